@@ -1,0 +1,1 @@
+"""EfficientDet object detectors."""

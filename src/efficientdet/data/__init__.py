@@ -1,0 +1,1 @@
+"""Image input: decoding, conversion and validation."""

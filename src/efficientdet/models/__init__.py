@@ -1,0 +1,1 @@
+"""Network modules: layers, backbone, feature network, heads, the detector."""

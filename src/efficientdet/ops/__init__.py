@@ -1,0 +1,1 @@
+"""Tensor operations around the network: boxes, anchors, box coding, NMS."""

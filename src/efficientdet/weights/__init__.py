@@ -1,0 +1,1 @@
+"""Weight files: safe loading, the official registry, checkpoint conversion, pretrained backbones."""
