@@ -1,0 +1,94 @@
+"""``Detector``: images in, boxes out (pre-processing, network, anchors, decoding, NMS)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .config import PostprocessConfig
+from .data.images import load_image
+from .models.efficientdet import EfficientDet
+from .ops.anchors import anchors_for_config
+from .postprocess import postprocess
+from .preprocess import preprocess_batch
+
+ImageInput = Any  # path, PIL.Image, HWC numpy array, CHW tensor
+
+
+class Detector:
+    """Runs an ``EfficientDet`` on images of any size.
+
+    ``detector(images)`` takes a list of images (paths, PIL images, HWC uint8 arrays or CHW
+    tensors; sizes may differ) and returns one dict per image: ``boxes`` ``[M, 4]`` xyxy in
+    that image's own pixels, ``scores`` ``[M]``, ``labels`` ``[M]`` (0-based class indices) and,
+    when the model carries class names, ``names`` (list of M strings).
+    """
+
+    def __init__(
+        self,
+        model: EfficientDet,
+        device: str | torch.device | None = None,
+        postprocess_config: PostprocessConfig | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        if model.config is None:
+            raise ValueError("the model has no config; build it with efficientdet.create_model")
+        self.config = model.config
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.postprocess_config = postprocess_config or self.config.postprocess
+        self.batch_size = batch_size
+        self.class_names = model.class_names
+        self.anchors = anchors_for_config(self.config.anchors, self.config.image_size).to(self.device)
+
+    @classmethod
+    def from_pretrained(
+        cls, weights: str | os.PathLike[str], name: str | None = None, device: str | None = None, **kwargs: Any
+    ) -> "Detector":
+        """A detector from a checkpoint, a registered weights name or a URL."""
+        from .factory import create_model
+
+        return cls(create_model(name, weights=weights), device=device, **kwargs)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        score_threshold: float | None = None,
+        batch_size: int | None = None,
+    ) -> list[dict[str, Any]]:
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        post = self.postprocess_config
+        if score_threshold is not None:
+            post = dataclasses.replace(post, score_threshold=score_threshold)
+        step = batch_size or self.batch_size
+        results: list[dict[str, Any]] = []
+        max_pixels = self.config.preprocess.max_input_pixels
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            decoded = [
+                load_image(img, name=None if isinstance(img, (str, os.PathLike)) else f"image #{start + i}", max_pixels=max_pixels)
+                for i, img in enumerate(chunk)
+            ]
+            batch, scales, sizes = preprocess_batch(decoded, self.config.preprocess)
+            class_out, box_out = self.model(batch.to(self.device))
+            dets = postprocess(
+                class_out,
+                box_out,
+                self.anchors,
+                post,
+                num_classes=self.config.num_classes,
+                scales=scales.to(self.device),
+                image_sizes=sizes,
+            )
+            for det in dets:
+                det = {k: v.cpu() for k, v in det.items()}
+                if self.class_names is not None:
+                    det["names"] = [self.class_names[i] for i in det["labels"].tolist()]
+                results.append(det)
+        return results

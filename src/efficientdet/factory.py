@@ -1,0 +1,103 @@
+"""``create_model``: a named variant, optionally with weights from a file, a name or a URL."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .config import ModelConfig
+from .models.efficientdet import EfficientDet, build_model
+from .variants import get_config
+from .weights.coco import coco90_class_names
+from .weights.convert import effdet_to_native, is_effdet_state_dict
+from .weights.io import WeightsError, read_weights
+from .weights.loading import checkpoint_num_classes, load_into_model
+from .weights.registry import resolve_weights
+
+
+def _normalise(name: str) -> str:
+    return get_config(name).name
+
+
+def create_model(
+    name: str | None = None,
+    num_classes: int | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    pretrained_backbone: bool = False,
+    class_names: list[str] | None = None,
+    **overrides: Any,
+) -> EfficientDet:
+    """Build an EfficientDet.
+
+    Args:
+        name: a variant from ``list_models()`` (``efficientdet_d0`` ...). May be omitted when
+            ``weights`` names its architecture (our checkpoints, registered official weights).
+        num_classes: classes to predict; default: the checkpoint's, else 90 (COCO). When it
+            differs from the checkpoint's, only the class head's last layer is re-initialised.
+        weights: a local effdet ``.pth`` state dict, one of our ``.safetensors`` checkpoints,
+            a registered name (``efficientdet_d0.coco``, see ``weights.registry``) or a URL.
+        pretrained_backbone: ImageNet backbone weights (timm download; offline for Lite0).
+        class_names: names of the classes (stored in checkpoints written from this model).
+        overrides: config fields, dotted for sub-configs (``feature_net.fusion="softmax"``,
+            ``image_size=640``, ``backbone.name="resnet50"``).
+    """
+    state_dict = None
+    meta = None
+    official = None
+    source = ""
+    if weights is not None:
+        path, official = resolve_weights(weights)
+        source = str(path)
+        state_dict, meta = read_weights(path)
+
+    if meta is not None and "config" in meta:
+        config = ModelConfig.from_dict(meta["config"])
+        if name is not None and _normalise(name) != config.name:
+            raise WeightsError(f"{source}: the checkpoint holds {config.name!r} weights, not {name!r}")
+        names = meta.get("class_names")
+    else:
+        if name is None:
+            if official is None:
+                raise ValueError("name is required unless the weights say which model they are")
+            name = official.model_name
+        config = get_config(name)
+        if official is not None and official.model_name != config.name:
+            raise WeightsError(f"weights {official.name!r} are for {official.model_name!r}, not {config.name!r}")
+        names = None
+    if overrides:
+        config = config.replace(**overrides)
+
+    ckpt_classes = None
+    if state_dict is not None:
+        if is_effdet_state_dict(state_dict):
+            try:
+                state_dict = effdet_to_native(state_dict)
+            except KeyError as err:
+                raise WeightsError(f"{source}: {err.args[0]}") from None
+        ckpt_classes = checkpoint_num_classes(state_dict, config.anchors.num_anchors)
+        if names is None and ckpt_classes == 90 and (official is not None or meta is None):
+            names = coco90_class_names()  # effdet / official weights are COCO-trained
+    target = num_classes or ckpt_classes or config.num_classes
+    config = config.replace(num_classes=target)
+    if names is not None and len(names) != target:
+        names = None  # the checkpoint's names describe classes this model no longer predicts
+    if class_names is not None:
+        if len(class_names) != target:
+            raise ValueError(f"{len(class_names)} class names given for {target} classes")
+        names = list(class_names)
+
+    model = build_model(config, pretrained_backbone=pretrained_backbone and state_dict is None)
+    if state_dict is not None:
+        load_into_model(model, state_dict, source)
+    model.class_names = names
+    return model
+
+
+def save_model(model: EfficientDet, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
+    """Write ``model`` as our own checkpoint: safetensors tensors + the JSON config and class
+    names in the file's metadata, atomically (a crash never leaves a half-written file)."""
+    from .weights.io import write_weights
+
+    if model.config is None:
+        raise ValueError("the model has no config; build it with create_model")
+    write_weights(path, model.state_dict(), model.config.to_dict(), model.class_names, extra)

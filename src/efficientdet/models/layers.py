@@ -1,0 +1,151 @@
+"""Small building blocks: separable convs, 1x1 projections, TF-"same" pooling and padding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_activation(name: str) -> nn.Module:
+    """``silu`` (swish), ``relu6`` (Lite models) or ``relu``."""
+    if name == "silu":
+        return nn.SiLU(inplace=True)
+    if name == "relu6":
+        return nn.ReLU6(inplace=True)
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    raise ValueError(f"unknown activation {name!r}; valid: silu, relu6, relu")
+
+
+class SeparableConv2d(nn.Module):
+    """Depthwise 3x3 (no bias) -> pointwise 1x1 (with bias) -> optional BatchNorm.
+
+    Stride 1 with odd kernel: TF "same" padding is symmetric, so static padding is exact.
+    Shapes: ``[N, C_in, H, W] -> [N, C_out, H, W]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        bias: bool = True,
+        norm: bool = False,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(
+            in_channels, in_channels, kernel_size, padding=kernel_size // 2, groups=in_channels, bias=False
+        )
+        self.pw = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum) if norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pw(self.dw(x))
+        if self.bn is not None:
+            x = self.bn(x)
+        return x
+
+
+class ConvBN(nn.Module):
+    """Plain ``k x k`` conv (with bias, as the official weights have) + optional BatchNorm."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        norm: bool = True,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True)
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum) if norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return x
+
+
+def _same_pad_1d(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF "same" padding (before, after) for one spatial dimension."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def max_pool_same(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Max-pool with kernel ``stride + 1`` and TF "same" padding: ``[N,C,H,W] -> [N,C,ceil(H/s),ceil(W/s)]``.
+
+    When the sides are multiples of the stride (always so for inputs whose sides are multiples
+    of the model's largest stride) the TF padding is (0, 1) with -inf, which equals
+    ``ceil_mode=True`` without any padding op. Other sizes pad explicitly with -inf.
+    """
+    kernel = stride + 1
+    h, w = x.shape[-2], x.shape[-1]
+    if h % stride == 0 and w % stride == 0:
+        return F.max_pool2d(x, kernel, stride, ceil_mode=True)
+    top, bottom = _same_pad_1d(h, kernel, stride)
+    left, right = _same_pad_1d(w, kernel, stride)
+    x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+    return F.max_pool2d(x, kernel, stride)
+
+
+class StaticSameConv2d(nn.Conv2d):
+    """A conv whose TF "same" padding is fixed at build time instead of computed every forward.
+
+    Valid when every input's sides are multiples of the stride (the backbone's stride-2 convs
+    see even sizes for any input whose sides are multiples of 32): then the total padding is
+    ``max(k_eff - s, 0)``, split with the extra pixel after, exactly as TensorFlow does.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        pads = []
+        for k, s, d in zip(self.kernel_size, self.stride, self.dilation):
+            total = max((k - 1) * d + 1 - s, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        self.static_pad = (left, right, top, bottom)
+        self.padding = (0, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.static_pad):
+            x = F.pad(x, self.static_pad)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def make_same_padding_static(module: nn.Module) -> int:
+    """Replace timm's dynamically padded ``Conv2dSame`` layers by ``StaticSameConv2d``, in place.
+
+    Parameter names and values are unchanged (the new conv takes the old one's tensors), so
+    state dicts keep loading. Returns the number of convs replaced.
+    """
+    from timm.layers import Conv2dSame
+
+    replaced = 0
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, Conv2dSame):
+                new = StaticSameConv2d(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    stride=child.stride,
+                    dilation=child.dilation,
+                    groups=child.groups,
+                    bias=child.bias is not None,
+                    device=child.weight.device,
+                    dtype=child.weight.dtype,
+                )
+                new.weight = child.weight
+                if child.bias is not None:
+                    new.bias = child.bias
+                setattr(parent, child_name, new)
+                replaced += 1
+    return replaced

@@ -1,0 +1,93 @@
+"""Class-wise hard NMS (torchvision) and a round-vectorised Gaussian soft-NMS."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms as _tv_batched_nms
+
+from efficientdet.ops.boxes import box_iou
+
+__all__ = ["batched_nms", "soft_nms"]
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """Class-wise hard NMS: boxes [N, 4] xyxy, scores [N], labels [N] -> kept indices [M] int64,
+    sorted by score descending. Boxes of different labels never suppress each other."""
+    return _tv_batched_nms(boxes, scores, labels, iou_threshold)
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    sigma: float = 0.5,
+    score_threshold: float = 0.001,
+    max_detections: int = 100,
+) -> tuple[Tensor, Tensor]:
+    """Class-wise Gaussian soft-NMS (Bodla et al. 2017): score *= exp(-iou^2 / sigma).
+
+    boxes [N, 4] xyxy, scores [N], labels [N] -> (kept indices [M] int64, new scores [M]),
+    sorted by new score descending, M <= max_detections. Same result as running the sequential
+    algorithm per class (select the best remaining box, decay the others of its class, drop boxes
+    below ``score_threshold``) and keeping the overall top ``max_detections``.
+
+    Vectorised over classes: each round selects the current best box of *every* class at once and
+    decays the remaining boxes of those classes, so there are R = (most boxes selected in one
+    class) rounds, not N. A round computes IoUs of the B <= C selected boxes against the n still
+    active boxes: O(B * n) time and memory, never an N x N matrix (rows computed on demand cost the
+    same as gathering rows of a precomputed matrix). Total O(R * C * N) worst case, O(N^2) for a
+    single class. Rounds also stop early: once ``max_detections`` are selected, a box whose score
+    is not above the current max_detections-th best can never enter the result (scores only
+    decrease, and anything it would be selected before has an even lower score), so it is dropped.
+    """
+    if sigma <= 0:
+        raise ValueError(f"soft-NMS sigma must be positive, got {sigma}")
+    device = boxes.device
+    n = boxes.shape[0]
+    empty = (torch.empty(0, dtype=torch.int64, device=device), scores.new_empty(0))
+    if n == 0 or max_detections <= 0:
+        return empty
+
+    # Contiguous class ids 0..C-1 so per-class maxima are a scatter over C slots.
+    _, cls = torch.unique(labels, return_inverse=True)
+    num_cls = int(cls.max()) + 1
+    idx = torch.arange(n, device=device)
+    cur = scores.clone()
+    active = cur >= score_threshold
+    sel_idx: list[Tensor] = []
+    sel_score: list[Tensor] = []
+    num_selected = 0
+    neg_inf = torch.tensor(float("-inf"), dtype=cur.dtype, device=device)
+
+    while bool(active.any()):
+        masked = torch.where(active, cur, neg_inf)
+        cls_max = torch.full((num_cls,), float("-inf"), dtype=cur.dtype, device=device)
+        cls_max = cls_max.scatter_reduce(0, cls, masked, "amax")
+        # One winner per class; ties go to the lowest index, as a sequential argmax would.
+        is_best = active & (masked == cls_max[cls])
+        cand = torch.where(is_best, idx, n)
+        best = torch.full((num_cls,), n, dtype=torch.int64, device=device).scatter_reduce(0, cls, cand, "amin")
+        best = best[best < n]  # [B] selected this round, one per class that still has boxes
+        sel_idx.append(best)
+        sel_score.append(cur[best])
+        active[best] = False
+        num_selected += best.numel()
+
+        # Decay the active boxes of the winners' classes; each box has one class, so at most one
+        # row of the masked IoU is non-zero per column and the sum of squares is that one IoU^2.
+        rest = active.nonzero().squeeze(1)
+        if rest.numel():
+            iou = box_iou(boxes[best], boxes[rest]) * (cls[best][:, None] == cls[rest][None, :])
+            cur[rest] = cur[rest] * torch.exp(-(iou * iou).sum(0) / sigma)
+            active[rest] = cur[rest] >= score_threshold
+        if num_selected >= max_detections:
+            kth = torch.cat(sel_score).topk(max_detections).values[-1]
+            active &= cur > kth
+
+    if not sel_idx:
+        return empty
+    keep = torch.cat(sel_idx)
+    new_scores = torch.cat(sel_score)
+    order = torch.sort(new_scores, descending=True, stable=True).indices[:max_detections]
+    return keep[order], new_scores[order]

@@ -1,0 +1,68 @@
+"""Putting a checkpoint's tensors into a built model, with errors that say what is wrong."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .io import WeightsError
+
+CLASS_HEAD_LAST = ("class_head.predict.pw.weight", "class_head.predict.pw.bias")
+
+
+def checkpoint_num_classes(state_dict: dict[str, torch.Tensor], num_anchors: int) -> int | None:
+    """Number of classes the checkpoint's class head predicts (None if it has no class head)."""
+    weight = state_dict.get(CLASS_HEAD_LAST[0])
+    if weight is None:
+        weight = state_dict.get("class_head.predict.conv.weight")
+    if weight is None:
+        return None
+    return int(weight.shape[0]) // num_anchors
+
+
+def load_into_model(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path) -> list[str]:
+    """Load ``state_dict`` (native key names) into ``model``; return re-initialised keys.
+
+    If only the class head's last layer differs in shape (another number of classes), that
+    layer keeps the model's fresh initialisation and a warning says so. Any other difference
+    raises ``WeightsError`` naming the first mismatched keys and their shapes.
+    """
+    own = model.state_dict()
+    mismatched = [
+        (k, tuple(v.shape), tuple(own[k].shape))
+        for k, v in state_dict.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    reinit = [k for k, _, _ in mismatched if k in CLASS_HEAD_LAST or k.startswith("class_head.predict.conv.")]
+    others = [m for m in mismatched if m[0] not in reinit]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if others or missing or unexpected:
+        parts = []
+        if others:
+            shown = "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in others[:5])
+            parts.append(f"{len(others)} tensor(s) with other shapes, first: {shown}")
+        if missing:
+            parts.append(f"{len(missing)} key(s) missing from the checkpoint, first: {missing[:5]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), first: {unexpected[:5]}")
+        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        raise WeightsError(
+            f"{source}: checkpoint does not fit model {name!r}: " + " | ".join(parts)
+            + ". Is it a checkpoint of another variant?"
+        )
+    if reinit:
+        warnings.warn(
+            f"{source}: the class head's last layer has another number of classes "
+            f"({dict((k, a) for k, a, _ in mismatched if k in reinit)}); it is re-initialised "
+            "(all other weights are loaded). Fine-tune before use.",
+            stacklevel=3,
+        )
+        state_dict = {k: v for k, v in state_dict.items() if k not in reinit}
+        for k in reinit:
+            state_dict[k] = own[k]
+    model.load_state_dict(state_dict, strict=True)
+    return reinit
