@@ -1,0 +1,326 @@
+"""Load images from files, PIL images, numpy arrays or tensors as uint8 RGB ``[3, H, W]``.
+
+Files are decoded by torchvision (libjpeg-turbo / libpng / libwebp / giflib) where it handles
+the format and its EXIF orientation, and by Pillow otherwise. Every failure is an
+:class:`ImageError` naming the image and the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageFile, ImageOps
+from torchvision.io import ImageReadMode, decode_image
+
+__all__ = ["ImageError", "ImageSource", "image_size_of", "load_image"]
+
+ImageSource = Union[str, "os.PathLike[str]", Image.Image, np.ndarray, torch.Tensor]
+
+DEFAULT_MAX_PIXELS = 100_000_000
+_EXIF_ORIENTATION = 0x0112
+# torchvision's decode_image honours EXIF orientation only for these; WebP/GIF with a
+# rotation tag go through Pillow instead (checked with torchvision 0.29).
+_TV_EXIF_FORMATS = frozenset({"JPEG", "PNG"})
+_TV_FORMATS = _TV_EXIF_FORMATS | {"WEBP", "GIF"}
+_PIL_16BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_NUMPY_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.uint16, np.float16, np.float32, np.float64))
+
+
+class ImageError(ValueError):
+    """An image that cannot be loaded; ``name`` says which image, ``problem`` what is wrong."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+def load_image(
+    source: ImageSource, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
+    """Load ``source`` as a contiguous uint8 RGB tensor ``[3, H, W]``.
+
+    ``source`` is a file path; a PIL image (any mode; EXIF orientation is applied); a numpy
+    array ``[H, W]`` or ``[H, W, C]``; or a tensor ``[H, W]`` or ``[C, H, W]`` (C in 1, 3, 4).
+    Arrays and tensors may be uint8, uint16 (0..65535) or float (0..1). Grayscale is repeated
+    to 3 channels, alpha is dropped, 16-bit is scaled to 8-bit. Tensors stay on their device;
+    a contiguous uint8 RGB tensor is returned as is (sharing memory). ``name`` labels the image in errors (default: the path, or
+    "image"). Images with more than ``max_pixels`` pixels are refused (``None``: no limit);
+    for files the size is read from the header before anything is decoded.
+
+    Raises:
+        ImageError: missing, empty, corrupt or truncated file; unsupported format, mode,
+            shape or dtype; zero-size or over-limit image.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return _load_file(source, name or os.fspath(source), max_pixels)
+    label = name or "image"
+    if isinstance(source, Image.Image):
+        return _from_pil(source, label, max_pixels)
+    if isinstance(source, np.ndarray):
+        return _from_numpy(source, label, max_pixels)
+    if isinstance(source, torch.Tensor):
+        return _from_tensor(source, label, max_pixels)
+    raise ImageError(
+        label,
+        f"unsupported image source type {type(source).__name__}; expected a path, PIL image, "
+        "numpy array or torch tensor",
+    )
+
+
+def image_size_of(source: ImageSource, name: str | None = None) -> tuple[int, int]:
+    """``(height, width)`` that :func:`load_image` would return, from the header for files.
+
+    EXIF rotations by 90 degrees are taken into account. Raises ImageError like load_image.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        label = name or os.fspath(source)
+        with _open_file(source, label) as f:
+            return _oriented_hw(_open_header(f, label, max_pixels=None))
+    label = name or "image"
+    if isinstance(source, Image.Image):
+        return _oriented_hw(source)
+    if isinstance(source, np.ndarray):
+        return _check_array_layout(source, label, channels_last=True)
+    if isinstance(source, torch.Tensor):
+        return _check_array_layout(source, label, channels_last=False)
+    raise ImageError(label, f"unsupported image source type {type(source).__name__}")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _load_file(path: str | os.PathLike[str], name: str, max_pixels: int | None) -> torch.Tensor:
+    data = _read_file(path, name)
+    header = _open_header(data, name, max_pixels)
+    fmt = header.format or "unknown"
+    orientation = _orientation(header)
+    if fmt in _TV_EXIF_FORMATS or (fmt in _TV_FORMATS and orientation == 1):
+        try:
+            image = decode_image(
+                torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                mode=ImageReadMode.RGB,
+                apply_exif_orientation=True,
+            )
+        except RuntimeError as exc:
+            # Pillow reports truncation too (as an OSError), unless the application has set
+            # ImageFile.LOAD_TRUNCATED_IMAGES, in which case it would hand back a partly grey
+            # image: then torchvision's verdict is final.
+            if ImageFile.LOAD_TRUNCATED_IMAGES:
+                raise ImageError(name, f"corrupt or truncated {fmt} file ({_tv_reason(exc)})") from exc
+            return _from_pil(header, name, max_pixels, tv_error=_tv_reason(exc))
+        if image.ndim == 4:  # animated GIF: [frames, 3, H, W]
+            image = image[0]
+        if image.dtype == torch.uint16:  # 16-bit PNG comes back unscaled (0..65535)
+            image = TF.to_dtype(image, torch.uint8, scale=True)
+        return image.contiguous()
+    return _from_pil(header, name, max_pixels)
+
+
+def _open_file(path: str | os.PathLike[str], name: str) -> BinaryIO:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:
+        raise ImageError(name, "file not found") from None
+    except IsADirectoryError:
+        raise ImageError(name, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageError(name, "cannot read file (permission denied)") from None
+    except OSError as exc:
+        raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from exc
+    if os.fstat(f.fileno()).st_size == 0:
+        f.close()
+        raise ImageError(name, "file is empty (0 bytes)")
+    return f
+
+
+def _read_file(path: str | os.PathLike[str], name: str) -> bytes:
+    with _open_file(path, name) as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from exc
+
+
+def _open_header(data: bytes | BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
+    """Lazily open ``data`` (file bytes or an open file) with Pillow: parses the header only."""
+    try:
+        with warnings.catch_warnings():
+            # We apply our own pixel limit below; Pillow's warning threshold (~89 MP) is lower.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            header = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses headers above 2 * Image.MAX_IMAGE_PIXELS before we can look at them.
+        pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else f"more than {pil_limit:,} pixels"
+        over_ours = max_pixels is not None and max_pixels <= pil_limit
+        over = f"more than max_pixels={max_pixels:,} and " if over_ours else ""
+        raise ImageError(
+            name,
+            f"image has {size} (from its header), {over}over Pillow's decompression-bomb limit of "
+            f"{pil_limit:,}; if you trust it, pass a larger max_pixels (or None) and raise "
+            "PIL.Image.MAX_IMAGE_PIXELS (or set it to None)",
+        ) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(name, "not an image file (unrecognised or unsupported format)") from None
+    except Exception as exc:  # Pillow raises assorted types (SyntaxError, struct.error, ...)
+        raise ImageError(name, f"corrupt image header ({type(exc).__name__}: {exc})") from exc
+    _check_size(header.height, header.width, name, max_pixels)
+    return header
+
+
+def _tv_reason(exc: RuntimeError) -> str:
+    # torchvision prefixes messages with "func, /path/to/file.cpp:123, "; keep the reason.
+    return re.split(r"\.cpp:\d+, ", str(exc))[-1].strip()
+
+
+# --------------------------------------------------------------------------- PIL
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a malformed EXIF block must not make a decodable image fail
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _oriented_hw(image: Image.Image) -> tuple[int, int]:
+    # Orientations 5-8 involve a 90 degree turn, swapping height and width.
+    h, w = image.height, image.width
+    return (w, h) if _orientation(image) >= 5 else (h, w)
+
+
+def _from_pil(
+    image: Image.Image, name: str, max_pixels: int | None, tv_error: str | None = None
+) -> torch.Tensor:
+    """Decode (if lazy) and convert a PIL image; the size check runs before decoding."""
+    _check_size(image.height, image.width, name, max_pixels)
+    try:
+        if _orientation(image) != 1:
+            image = ImageOps.exif_transpose(image)  # returns a new image: caller's is untouched
+        image.load()
+        mode = image.mode
+        if mode in _PIL_16BIT_MODES:
+            # Pillow's convert("RGB") clips 16-bit values at 255 instead of scaling them.
+            array: np.ndarray = np.asarray(image).astype(np.uint16)
+        elif mode == "I":  # 32-bit int: Pillow's representation of 16-bit data
+            array = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+        elif mode == "F":  # float: same 0..1 convention as float arrays
+            array = np.asarray(image)
+        elif mode in ("RGB", "L"):
+            array = np.asarray(image)
+        else:
+            if mode == "P" or "A" in mode or "a" in mode:
+                # Via RGBA: palette transparency and premultiplied modes convert cleanly.
+                image = image.convert("RGBA")
+            array = np.asarray(image.convert("RGB"))
+    except Exception as exc:  # decoder errors come as OSError, ValueError, SyntaxError, ...
+        fmt = f"{image.format} " if image.format else ""
+        detail = f"{type(exc).__name__}: {exc}"
+        if tv_error is not None:
+            detail = f"torchvision: {tv_error}; Pillow: {detail}"
+        raise ImageError(name, f"corrupt, truncated or unsupported {fmt}image ({detail})") from exc
+    return _from_numpy(array, name, max_pixels)
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def _check_size(h: int, w: int, name: str, max_pixels: int | None) -> None:
+    if h <= 0 or w <= 0:
+        raise ImageError(name, f"zero-size image ({h}x{w} pixels, HxW)")
+    if max_pixels is not None and h * w > max_pixels:
+        raise ImageError(
+            name,
+            f"image has {h * w:,} pixels ({h}x{w}), more than max_pixels={max_pixels:,}; "
+            "if you trust it, pass a larger max_pixels (or None), e.g. via "
+            "PreprocessConfig.max_input_pixels",
+        )
+
+
+def _check_array_layout(array: Any, name: str, channels_last: bool) -> tuple[int, int]:
+    """Validate a HW / HWC (numpy) or HW / CHW (tensor) shape; return ``(h, w)``."""
+    shape = tuple(array.shape)
+    kind = "array" if channels_last else "tensor"
+    expected = "[H, W] or [H, W, C]" if channels_last else "[H, W] or [C, H, W]"
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) != 3:
+        raise ImageError(name, f"unsupported {kind} shape {shape}; expected {expected} with C in 1, 3, 4")
+    c, other = (shape[2], shape[0]) if channels_last else (shape[0], shape[2])
+    if c not in (1, 3, 4):
+        hint = ""
+        if other in (1, 3, 4):
+            fix = ".transpose(1, 2, 0)" if channels_last else ".permute(2, 0, 1)"
+            hint = f"; reorder it with {fix}"
+        raise ImageError(name, f"unsupported {kind} shape {shape}; expected {expected} with C in 1, 3, 4{hint}")
+    return (shape[0], shape[1]) if channels_last else (shape[1], shape[2])
+
+
+def _from_numpy(array: np.ndarray, name: str, max_pixels: int | None) -> torch.Tensor:
+    h, w = _check_array_layout(array, name, channels_last=True)
+    _check_size(h, w, name, max_pixels)
+    if array.dtype.newbyteorder("=") not in _NUMPY_DTYPES:
+        raise ImageError(name, f"unsupported dtype {array.dtype}; expected uint8, uint16 or float in 0..1")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    elif array.shape[2] == 4:
+        array = array[:, :, :3]  # drop alpha before copying
+    # One copy does it all: CHW order, native byte order (Pillow's I;16B is big-endian),
+    # positive strides and a writable buffer (np.asarray of a PIL image is read-only, which
+    # torch.from_numpy warns about). Floats become float32 here rather than in a later copy.
+    dtype = np.dtype(np.float32) if array.dtype.kind == "f" else array.dtype.newbyteorder("=")
+    tensor = torch.from_numpy(np.array(array.transpose(2, 0, 1), dtype=dtype, order="C"))
+    return _to_rgb_uint8(tensor, name)
+
+
+def _from_tensor(tensor: torch.Tensor, name: str, max_pixels: int | None) -> torch.Tensor:
+    h, w = _check_array_layout(tensor, name, channels_last=False)
+    _check_size(h, w, name, max_pixels)
+    return _to_rgb_uint8(tensor[None] if tensor.ndim == 2 else tensor, name)
+
+
+def _to_rgb_uint8(image: torch.Tensor, name: str) -> torch.Tensor:
+    """``[C, H, W]`` (C in 1, 3, 4) uint8 / uint16 / float -> contiguous uint8 ``[3, H, W]``."""
+    if image.shape[0] == 4:
+        image = image[:3]  # drop alpha first: no point converting it
+    if image.dtype == torch.uint16:
+        image = TF.to_dtype(image, torch.uint8, scale=True)  # x >> 8: 65535 -> 255, 32768 -> 128
+    elif image.is_floating_point():
+        image = _float_to_uint8(image, name)
+    elif image.dtype != torch.uint8:
+        raise ImageError(
+            name,
+            f"unsupported dtype {str(image.dtype).removeprefix('torch.')}; "
+            "expected uint8, uint16 or float in 0..1",
+        )
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)  # grayscale: expanded after conversion, the cheap side
+    return image.contiguous()
+
+
+def _float_to_uint8(image: torch.Tensor, name: str) -> torch.Tensor:
+    image = image.float()  # no copy for float32; half/double become float32 once
+    lo, hi = torch.aminmax(image)
+    lo_v, hi_v = float(lo), float(hi)
+    if not (np.isfinite(lo_v) and np.isfinite(hi_v)):
+        raise ImageError(name, "float image contains NaN or infinite values")
+    # Small overshoot (e.g. from bicubic resampling) is clipped; far outside 0..1 is almost
+    # surely 0..255 data, which clipping would silently turn white.
+    if lo_v < -0.5 or hi_v > 1.5:
+        raise ImageError(
+            name,
+            f"float image values span {lo_v:g}..{hi_v:g}, expected 0..1; "
+            "divide by 255 or pass a uint8 array",
+        )
+    # Round to nearest (torchvision's to_dtype truncates: 0.5 -> 127); clamp makes a new tensor.
+    return image.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
