@@ -1,0 +1,37 @@
+"""The ``efficientdet`` command line: one sub-command per module in this package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import info
+
+# Each sub-command module has ``add_parser(subparsers)`` and ``run(args) -> int``.
+COMMANDS = [info]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="efficientdet", description="EfficientDet object detectors: inspect, train, evaluate, predict, export."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # Expected user errors (bad names, bad files): one clear line, no traceback.
+        print(f"efficientdet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
