@@ -104,11 +104,15 @@ def _load_file(path: str | os.PathLike[str], name: str, max_pixels: int | None) 
     orientation = _orientation(header)
     if fmt in _TV_EXIF_FORMATS or (fmt in _TV_FORMATS and orientation == 1):
         try:
-            image = decode_image(
-                torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                mode=ImageReadMode.RGB,
-                apply_exif_orientation=True,
-            )
+            with warnings.catch_warnings():
+                # torchvision 0.29 deprecates its decoders (in favour of TorchCodec) with a
+                # warning on every call; we know, and fall back to Pillow if they go away.
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+                image = decode_image(
+                    torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                    mode=ImageReadMode.RGB,
+                    apply_exif_orientation=True,
+                )
         except RuntimeError as exc:
             # Pillow reports truncation too (as an OSError), unless the application has set
             # ImageFile.LOAD_TRUNCATED_IMAGES, in which case it would hand back a partly grey

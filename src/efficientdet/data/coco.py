@@ -1,0 +1,236 @@
+"""COCO JSON detection annotations: reader and writer.
+
+Categories are sorted by id and mapped to contiguous 0-based labels (``index.category_ids``
+maps back, for writing COCO results). ``bbox`` is ``[x, y, w, h]`` in pixels, converted to
+xyxy. ``iscrowd=1`` annotations are skipped (counted under ``counts["crowd"]``, no warning).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ._common import Issues, check_box, is_file, resolve_under
+from .records import DatasetIndex, DetectionRecord
+
+__all__ = ["read_coco", "write_coco"]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file; a wholly unreadable file is a ValueError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM (Windows editors)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: annotation file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+def read_coco(
+    annotation_file: str | os.PathLike[str],
+    image_root: str | os.PathLike[str] | None = None,
+    allow_outside_root: bool = False,
+) -> DatasetIndex:
+    """Read a COCO detection JSON into a :class:`DatasetIndex`.
+
+    ``image_root`` is where ``file_name`` paths are resolved; by default the first of the
+    annotation file's folder, its ``images/``, and (for ``annotations/instances_<split>.json``)
+    ``../<split>``, ``../images/<split>``, ``../images``, ``..`` that holds the images.
+    Paths that are absolute or escape the root are refused unless ``allow_outside_root``.
+    Images without annotations are kept as background records (M=0).
+
+    Raises:
+        FileNotFoundError: no such annotation file.
+        ValueError: the file is not valid JSON or has no ``images`` list.
+    """
+    path = Path(annotation_file)
+    data = load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: not a COCO annotation file (no top-level 'images' list)")
+    images: list[Any] = data["images"]
+    annotations = data.get("annotations", [])
+    categories = data.get("categories")
+    if not isinstance(annotations, list):
+        raise ValueError(f"{path}: 'annotations' must be a list, got {type(annotations).__name__}")
+    if categories is None and annotations:
+        raise ValueError(f"{path}: has annotations but no 'categories' list")
+    if not isinstance(categories, (list, type(None))):
+        raise ValueError(f"{path}: 'categories' must be a list, got {type(categories).__name__}")
+
+    root = Path(image_root) if image_root is not None else _guess_root(path, images)
+    root = root.absolute()
+    issues = Issues()
+
+    # Categories: sorted by id -> contiguous labels.
+    cats: dict[int, str] = {}
+    for i, cat in enumerate(categories or []):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+            issues.report(path, f"category #{i}", "missing or non-integer 'id'", "category skipped", "bad_category")
+            continue
+        if cat["id"] in cats:
+            issues.report(path, f"category id={cat['id']}", "duplicate category id", "second one skipped", "bad_category")
+            continue
+        name = cat.get("name")
+        cats[cat["id"]] = str(name) if name is not None else str(cat["id"])
+    category_ids = sorted(cats)
+    label_of = {cid: label for label, cid in enumerate(category_ids)}
+
+    # Images: id -> (path, width, height); boxes appended in annotation order.
+    order: list[int] = []
+    info: dict[int, tuple[Path, int | None, int | None]] = {}
+    seen_ids: set[int] = set()  # includes images skipped for a missing file
+    for i, img in enumerate(images):
+        entry = _read_image_entry(img, i, path, root, allow_outside_root, seen_ids, issues)
+        if entry is not None:
+            image_id, image_path, w, h = entry
+            order.append(image_id)
+            info[image_id] = (image_path, w, h)
+    boxes: dict[int, list[tuple[float, float, float, float]]] = {k: [] for k in order}
+    labels: dict[int, list[int]] = {k: [] for k in order}
+
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            issues.report(path, f"annotation #{i}", f"not an object ({type(ann).__name__})", "annotation skipped", "malformed")
+            continue
+        rec = f"annotation id={ann['id']}" if "id" in ann else f"annotation #{i}"
+        image_id = ann.get("image_id")
+        if ann.get("iscrowd", 0) in (1, True):
+            issues.count("crowd")
+            continue
+        if not _is_int(image_id) or image_id not in seen_ids:
+            issues.report(path, rec, f"unknown image_id {image_id!r}", "annotation skipped", "unknown_image")
+            continue
+        if image_id not in info:
+            continue  # its image was skipped (already reported)
+        rec = f"{rec} (image id={image_id})"
+        cid = ann.get("category_id")
+        if not _is_int(cid) or cid not in label_of:
+            issues.report(path, rec, f"unknown category_id {cid!r}", "object dropped", "unknown_class")
+            continue
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_num(v) for v in bbox):
+            issues.report(path, rec, f"malformed bbox {bbox!r} (want [x, y, w, h] numbers)", "object dropped", "malformed")
+            continue
+        x, y, bw, bh = (float(v) for v in bbox)
+        _, w, h = info[image_id]
+        size = (w, h) if w is not None and h is not None else None
+        box = check_box((x, y, x + bw, y + bh), size, issues, path, rec)
+        if box is not None:
+            boxes[image_id].append(box)
+            labels[image_id].append(label_of[cid])
+
+    records = [
+        DetectionRecord(info[k][0], boxes[k], labels[k], image_id=k, width=info[k][1], height=info[k][2])
+        for k in order
+    ]
+    issues.finish(path)
+    return DatasetIndex(
+        records, [cats[c] for c in category_ids], issues.lines, root, category_ids, dict(issues.counts)
+    )
+
+
+def _read_image_entry(
+    img: Any, i: int, path: Path, root: Path, allow_outside_root: bool, seen: set[int], issues: Issues
+) -> tuple[int, Path, int | None, int | None] | None:
+    """Validate one ``images[i]`` entry; None (after reporting) if it cannot be used."""
+    if not isinstance(img, dict) or not _is_int(img.get("id")):
+        issues.report(path, f"image #{i}", "missing or non-integer 'id'", "image skipped", "malformed")
+        return None
+    image_id = img["id"]
+    rec = f"image id={image_id}"
+    if image_id in seen:
+        issues.report(path, rec, "duplicate image id", "second one skipped", "duplicate_image")
+        return None
+    seen.add(image_id)
+    name = img.get("file_name")
+    if not isinstance(name, str) or not name:
+        issues.report(path, rec, f"missing or invalid file_name {name!r}", "image skipped", "malformed")
+        return None
+    image_path = resolve_under(root, name, allow_outside_root)
+    if image_path is None:
+        issues.report(
+            path, rec, f"file_name {name!r} is absolute or escapes the image root {root}",
+            "image skipped (pass allow_outside_root=True to allow it)", "outside_root",
+        )
+        return None
+    if not is_file(image_path):
+        issues.report(path, rec, f"image file {image_path} not found", "image skipped", "missing_image")
+        return None
+    w, h = img.get("width"), img.get("height")
+    if w is None and h is None:
+        return image_id, image_path, None, None
+    # Some exporters write 640.0: accept whole numbers of either type.
+    if not (_is_num(w) and _is_num(h) and w == w // 1 and h == h // 1 and w > 0 and h > 0):
+        issues.report(path, rec, f"invalid width/height {w!r}x{h!r}", "size ignored (boxes not clipped)", "bad_size")
+        return image_id, image_path, None, None
+    return image_id, image_path, int(w), int(h)
+
+
+def _guess_root(path: Path, images: list[Any]) -> Path:
+    """The candidate folder holding most of the first few images (default: the json's)."""
+    folder = path.parent
+    candidates = [folder, folder / "images"]
+    if folder.name == "annotations":
+        split = path.stem.rsplit("_", 1)[-1]  # instances_val2017 -> val2017
+        up = folder.parent
+        candidates += [up / split, up / "images" / split, up / "images", up]
+    names = [img["file_name"] for img in images[:8] if isinstance(img, dict) and isinstance(img.get("file_name"), str)]
+    best, best_hits = folder, 0
+    for cand in candidates:
+        hits = 0
+        for n in names:
+            p = resolve_under(cand, n, allow_outside_root=False)
+            hits += p is not None and is_file(p)
+        if hits > best_hits:
+            best, best_hits = cand, hits
+    return best
+
+
+def write_coco(
+    index: DatasetIndex,
+    annotation_file: str | os.PathLike[str],
+    image_root: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write ``index`` as a COCO detection JSON; ``file_name`` is relative to ``image_root``.
+
+    ``image_root`` defaults to the annotation file's folder (so :func:`read_coco` finds the
+    images without arguments). Category ids are ``index.category_ids`` or 1..K.
+    Returns the annotation file's path.
+    """
+    from .images import image_size_of  # local: only needed when a record lacks its size
+
+    out = Path(annotation_file)
+    root = Path(image_root) if image_root is not None else out.parent
+    cat_ids = index.category_ids or list(range(1, index.num_classes + 1))
+    images, anns = [], []
+    for rec in index.records:
+        w, h = rec.width, rec.height
+        if w is None or h is None:
+            h, w = image_size_of(rec.image_path)
+        rel = os.path.relpath(os.path.abspath(rec.image_path), os.path.abspath(root)).replace(os.sep, "/")
+        images.append({"id": rec.image_id, "file_name": rel, "width": w, "height": h})
+        for box, label in zip(rec.boxes.tolist(), rec.labels.tolist()):
+            x0, y0, x1, y1 = box
+            bw, bh = x1 - x0, y1 - y0
+            anns.append({
+                "id": len(anns) + 1, "image_id": rec.image_id, "category_id": cat_ids[label],
+                "bbox": [round(v, 4) for v in (x0, y0, bw, bh)], "area": round(bw * bh, 4), "iscrowd": 0,
+            })
+    categories = [{"id": c, "name": n, "supercategory": "object"} for c, n in zip(cat_ids, index.class_names)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}), encoding="utf-8")
+    return out

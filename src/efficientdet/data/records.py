@@ -1,0 +1,87 @@
+"""Detection records and dataset indices: what the format readers produce.
+
+Boxes are always xyxy float32 pixels (continuous coordinates: a box covering pixel columns
+0..9 is ``x0=0, x1=10``); labels are contiguous 0-based class indices into ``class_names``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+__all__ = ["DataIssue", "DatasetIndex", "DetectionRecord"]
+
+
+class DataIssue(UserWarning):
+    """A problem in a dataset (bad record, box, image) that was skipped or repaired."""
+
+
+@dataclass
+class DetectionRecord:
+    """One image and its objects.
+
+    Attributes:
+        image_path: the image file.
+        boxes: ``[M, 4]`` float32 xyxy pixels (M may be 0: a background image).
+        labels: ``[M]`` int64 0-based class indices.
+        image_id: integer id (COCO's id; the position in the index for VOC and YOLO).
+        width, height: image size in pixels if known (from the annotation or the header).
+    """
+
+    image_path: Path
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    image_id: int
+    width: int | None = None
+    height: int | None = None
+
+    def __post_init__(self) -> None:
+        # Normalise once here so every consumer can rely on dtype and shape.
+        self.image_path = Path(self.image_path)
+        self.boxes = torch.as_tensor(self.boxes, dtype=torch.float32).reshape(-1, 4)
+        self.labels = torch.as_tensor(self.labels, dtype=torch.int64).reshape(-1)
+        if self.boxes.shape[0] != self.labels.shape[0]:
+            raise ValueError(
+                f"{self.image_path}: {self.boxes.shape[0]} boxes but {self.labels.shape[0]} labels"
+            )
+
+    @property
+    def num_objects(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class DatasetIndex:
+    """All records of a dataset split, plus what was skipped or repaired while reading.
+
+    Attributes:
+        records: the usable images, in annotation-file order.
+        class_names: ``class_names[label]``.
+        skipped: one human-readable line per skipped or repaired record or object, naming
+            the file and the record (also emitted as :class:`DataIssue` warnings).
+        root: the folder image paths were resolved under.
+        category_ids: ``category_ids[label]`` is the source category id (COCO); None when
+            the format has no ids of its own.
+        counts: tallies of what was dropped or repaired (``"crowd"``, ``"clipped"``,
+            ``"missing_image"``, ...), including things that are not warned about.
+    """
+
+    records: list[DetectionRecord]
+    class_names: list[str]
+    skipped: list[str] = field(default_factory=list)
+    root: Path = field(default_factory=Path)
+    category_ids: list[int] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_objects(self) -> int:
+        return sum(r.num_objects for r in self.records)

@@ -1,0 +1,275 @@
+"""Pascal VOC XML annotations: reader and writer.
+
+Coordinate convention: VOC stores 1-based, inclusive pixel indices, so a box covering the
+whole W x H image is ``xmin=1, ymin=1, xmax=W, ymax=H``. With ``one_based=True`` (default)
+we read that as the continuous xyxy box ``(xmin - 1, ymin - 1, xmax, ymax)`` = (0, 0, W, H),
+and the writer does the exact inverse, so read(write(x)) == x. Files written 0-based by
+some tools then read 1 px too far up-left at most, which is clipped silently at the image
+border. Pass ``one_based=False`` to take the four numbers as xyxy as written.
+
+``difficult`` objects are kept as ordinary objects (counted under ``counts["difficult"]``);
+evaluation that should ignore them has to re-read the XML.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import xml.etree.ElementTree as ET  # only for *writing* our own files; parsing uses defusedxml
+from pathlib import Path
+from typing import Any, Sequence
+
+import defusedxml
+import defusedxml.ElementTree as SafeET
+
+from ._common import IMAGE_EXTENSIONS, Issues, check_box, fmt_num, is_file, resolve_under
+from .images import ImageError, image_size_of
+from .records import DatasetIndex, DetectionRecord
+
+__all__ = ["read_voc", "write_voc"]
+
+_AUTO_IMAGE_DIRS = ("JPEGImages", "images", "Images", "")
+
+
+def read_voc(
+    annotations_dir: str | os.PathLike[str],
+    images_dir: str | os.PathLike[str] | None = None,
+    split_file: str | os.PathLike[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    allow_outside_root: bool = False,
+    one_based: bool = True,
+) -> DatasetIndex:
+    """Read a folder of VOC XML files into a :class:`DatasetIndex`.
+
+    ``split_file`` lists image ids (XML stems), one per line (the first token of a line,
+    so ``ImageSets/Main/<class>_train.txt`` works too); default: every ``*.xml``.
+    Image files are ``images_dir / <filename>``; if ``images_dir`` is None they are looked
+    up under the annotations' parent (the root) in ``<folder>/``, ``JPEGImages/``, ``images/``,
+    ``Images/``, the root itself and the annotations folder. Class names: ``class_names``
+    (objects of other classes are dropped with a warning) or all names found, sorted.
+    Image ids are positions in the index. Images without objects are kept (M=0).
+
+    Raises:
+        FileNotFoundError: the annotations folder or split file does not exist.
+    """
+    ann_dir = Path(annotations_dir).absolute()
+    if not ann_dir.is_dir():
+        raise FileNotFoundError(f"{ann_dir}: VOC annotations folder not found")
+    root = Path(images_dir).absolute() if images_dir is not None else ann_dir.parent
+    issues = Issues()
+    ids = _read_ids(ann_dir, Path(split_file) if split_file is not None else None, issues)
+
+    parsed: list[tuple[Path, Path, int | None, int | None, list[tuple[str, tuple[float, ...], str]]]] = []
+    for stem in ids:
+        xml = resolve_under(ann_dir, stem + ".xml", allow_outside_root)
+        if xml is None or not is_file(xml):
+            problem = "escapes the annotations folder" if xml is None else "not found"
+            issues.report(ann_dir, f"image id {stem!r}", f"annotation file {stem}.xml {problem}", "image skipped", "missing_annotation")
+            continue
+        item = _parse_xml(xml, root, images_dir is not None, ann_dir.name, allow_outside_root, one_based, issues)
+        if item is not None:
+            parsed.append(item)
+
+    names = list(class_names) if class_names is not None else sorted({n for p in parsed for n, _, _ in p[4]})
+    label_of = {n: i for i, n in enumerate(names)}
+    records = []
+    for xml, image_path, w, h, objects in parsed:
+        boxes, labels = [], []
+        for name, box, rec in objects:
+            if name not in label_of:
+                issues.report(xml, rec, f"unknown class name {name!r}", "object dropped", "unknown_class")
+                continue
+            boxes.append(box)
+            labels.append(label_of[name])
+        records.append(DetectionRecord(image_path, boxes, labels, image_id=len(records), width=w, height=h))
+    issues.finish(ann_dir)
+    return DatasetIndex(records, names, issues.lines, root, None, dict(issues.counts))
+
+
+def _read_ids(ann_dir: Path, split_file: Path | None, issues: Issues) -> list[str]:
+    """Image ids in order, duplicates reported and dropped."""
+    if split_file is None:
+        return sorted(p.stem for p in ann_dir.glob("*.xml"))
+    try:
+        lines = split_file.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{split_file}: VOC split file not found") from None
+    ids: list[str] = []
+    seen: set[str] = set()
+    for n, line in enumerate(lines, 1):
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        if tokens[0] in seen:
+            issues.report(split_file, f"line {n}", f"duplicate image id {tokens[0]!r}", "second one skipped", "duplicate_image")
+            continue
+        seen.add(tokens[0])
+        ids.append(tokens[0])
+    return ids
+
+
+def _parse_xml(
+    xml: Path, root: Path, explicit_dir: bool, ann_dir_name: str, allow: bool, one_based: bool, issues: Issues
+) -> tuple[Path, Path, int | None, int | None, list[tuple[str, tuple[float, ...], str]]] | None:
+    """Parse one annotation; None (after reporting) if the image cannot be used."""
+    try:
+        tree = SafeET.parse(xml)
+    except SafeET.ParseError as exc:
+        line, col = getattr(exc, "position", (0, 0))
+        issues.report(xml, "annotation", f"malformed XML at line {line} column {col}", "image skipped", "malformed")
+        return None
+    except defusedxml.DefusedXmlException as exc:
+        issues.report(xml, "annotation", f"forbidden XML construct ({type(exc).__name__})", "image skipped", "malformed")
+        return None
+    except OSError as exc:
+        issues.report(xml, "annotation", f"cannot read file ({exc.strerror or exc})", "image skipped", "malformed")
+        return None
+    ann = tree.getroot()
+    if ann.tag != "annotation":
+        issues.report(xml, "annotation", f"root element is <{ann.tag}>, not <annotation>", "image skipped", "malformed")
+        return None
+
+    filename = (ann.findtext("filename") or "").strip() or xml.stem
+    rec = f"image {filename!r}"
+    folder = (ann.findtext("folder") or "").strip()
+    dirs: list[str] = [""] if explicit_dir else list(dict.fromkeys([folder, *_AUTO_IMAGE_DIRS, ann_dir_name]))
+    has_ext = os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
+    names = [filename] if has_ext else [filename, *(filename + e for e in IMAGE_EXTENSIONS)]
+    if resolve_under(root, filename, allow_outside_root=False) is None and not allow:
+        dirs = []  # absolute or escaping on its own: no folder prefix may make it acceptable
+    elif os.path.isabs(filename.replace("\\", "/")):
+        dirs = [""]
+    tried: list[Path] = []
+    image_path = None
+    for d in dirs:
+        for name in names:
+            p = resolve_under(root, f"{d}/{name}" if d else name, allow)
+            if p is not None and p not in tried:
+                tried.append(p)
+                if is_file(p):
+                    image_path = p
+                    break
+        if image_path is not None:
+            break
+    if image_path is None:
+        if not tried:
+            issues.report(
+                xml, rec, f"image path is absolute or escapes the dataset root {root}",
+                "image skipped (pass allow_outside_root=True to allow it)", "outside_root",
+            )
+        else:
+            shown = ", ".join(str(p) for p in tried[:4]) + (", ..." if len(tried) > 4 else "")
+            issues.report(xml, rec, f"image file not found (tried {shown})", "image skipped", "missing_image")
+        return None
+
+    w, h = _size(ann)
+    if w is None or h is None:
+        try:
+            h, w = image_size_of(image_path)
+        except ImageError as exc:
+            issues.report(xml, rec, f"no <size> and unreadable image header ({exc.problem})", "image skipped", "bad_image")
+            return None
+    objects = []
+    for k, obj in enumerate(ann.findall("object"), 1):
+        name = (obj.findtext("name") or "").strip()
+        orec = f"object #{k} ({name!r})" if name else f"object #{k}"
+        box = _bndbox(obj)
+        if not name or box is None:
+            what = "missing <name>" if not name else "missing or non-numeric <bndbox>"
+            issues.report(xml, orec, what, "object dropped", "malformed")
+            continue
+        if one_based:
+            box = (box[0] - 1.0, box[1] - 1.0, box[2], box[3])
+        checked = check_box(box, (w, h), issues, xml, orec)
+        if checked is None:
+            continue
+        if (obj.findtext("difficult") or "0").strip() == "1":
+            issues.count("difficult")
+        objects.append((name, checked, orec))
+    return xml, image_path, w, h, objects
+
+
+def _size(ann: Any) -> tuple[int | None, int | None]:
+    """``<size>`` width and height if present and positive."""
+    try:
+        w = int(float(ann.findtext("size/width") or "0"))
+        h = int(float(ann.findtext("size/height") or "0"))
+    except (ValueError, OverflowError):  # text, NaN, inf
+        return None, None
+    return (w, h) if w > 0 and h > 0 else (None, None)
+
+
+def _bndbox(obj: Any) -> tuple[float, float, float, float] | None:
+    try:
+        values = [float(obj.findtext(f"bndbox/{k}") or "") for k in ("xmin", "ymin", "xmax", "ymax")]
+    except ValueError:
+        return None
+    return values[0], values[1], values[2], values[3]
+
+
+def write_voc(
+    index: DatasetIndex,
+    out_dir: str | os.PathLike[str],
+    copy_images: bool = True,
+    split: str | None = None,
+    one_based: bool = True,
+) -> Path:
+    """Write ``index`` as VOC: ``out_dir/Annotations/<stem>.xml`` (+ ``JPEGImages/``).
+
+    With ``copy_images`` the images are copied to ``JPEGImages/``; otherwise ``<folder>``
+    points at their current folder relative to ``out_dir`` (reading it back then needs
+    ``allow_outside_root=True`` if that is outside). ``split`` also writes
+    ``ImageSets/Main/<split>.txt``. Returns the Annotations folder.
+    """
+    out = Path(out_dir)
+    ann_dir, img_dir = out / "Annotations", out / "JPEGImages"
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    if copy_images:
+        img_dir.mkdir(exist_ok=True)
+    stems: list[str] = []
+    used: set[str] = set()
+    for rec in index.records:
+        name = rec.image_path.name
+        stem = Path(name).stem
+        if stem in used:  # different folders, same file name: keep both
+            stem, name = f"{rec.image_id}_{stem}", f"{rec.image_id}_{name}"
+        used.add(stem)
+        stems.append(stem)
+        if copy_images:
+            shutil.copyfile(rec.image_path, img_dir / name)
+            folder = "JPEGImages"
+        else:
+            name = rec.image_path.name
+            folder = os.path.relpath(os.path.abspath(rec.image_path.parent), os.path.abspath(out)).replace(os.sep, "/")
+        w, h = rec.width, rec.height
+        if w is None or h is None:
+            h, w = image_size_of(rec.image_path)
+        ET.ElementTree(_voc_xml(folder, name, w, h, rec, index.class_names, one_based)).write(
+            ann_dir / f"{stem}.xml", encoding="utf-8"
+        )
+    if split is not None:
+        sets = out / "ImageSets" / "Main"
+        sets.mkdir(parents=True, exist_ok=True)
+        (sets / f"{split}.txt").write_text("".join(s + "\n" for s in stems), encoding="utf-8")
+    return ann_dir
+
+
+def _voc_xml(
+    folder: str, name: str, w: int, h: int, rec: DetectionRecord, class_names: list[str], one_based: bool
+) -> ET.Element:
+    ann = ET.Element("annotation")
+    ET.SubElement(ann, "folder").text = folder
+    ET.SubElement(ann, "filename").text = name
+    size = ET.SubElement(ann, "size")
+    for key, value in (("width", w), ("height", h), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    shift = 1.0 if one_based else 0.0
+    for box, label in zip(rec.boxes.tolist(), rec.labels.tolist()):
+        obj = ET.SubElement(ann, "object")
+        ET.SubElement(obj, "name").text = class_names[label]
+        ET.SubElement(obj, "difficult").text = "0"
+        bnd = ET.SubElement(obj, "bndbox")
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), (box[0] + shift, box[1] + shift, box[2], box[3])):
+            ET.SubElement(bnd, key).text = fmt_num(value)
+    ET.indent(ann)
+    return ann

