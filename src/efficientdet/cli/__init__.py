@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import info
+from . import evaluate, info, predict, train
 
 # Each sub-command module has ``add_parser(subparsers)`` and ``run(args) -> int``.
-COMMANDS = [info]
+COMMANDS = [info, train, predict, evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

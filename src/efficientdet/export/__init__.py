@@ -17,7 +17,8 @@ from typing import Any, Callable
 from torch import nn
 
 from .fuse import count_batchnorms, fuse_batchnorm, optimize_for_inference
-from .onnx import ExportError, OnnxMetadata, export_onnx, read_onnx_metadata
+from .metadata import OnnxMetadata, read_onnx_metadata
+from .onnx import ExportError, attach_postprocess, check_onnx, export_onnx
 from .program import export_program, export_torchscript
 
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "program")
@@ -55,6 +56,8 @@ __all__ = [
     "ExportError",
     "OnnxDetector",
     "OnnxMetadata",
+    "attach_postprocess",
+    "check_onnx",
     "count_batchnorms",
     "export",
     "export_onnx",

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..ops.box_coder import decode
 from ..postprocess import flatten_outputs
 
-__all__ = ["DetectionGraph", "FlatOutputs", "batched_class_nms"]
+__all__ = ["DetectionGraph", "FlatOutputs", "PostprocessGraph", "batched_class_nms"]
 
 _OP = "efficientdet::batched_class_nms"
 
@@ -115,13 +115,13 @@ class FlatOutputs(nn.Module):
         return flatten_outputs(class_outputs, box_outputs, self.num_classes)
 
 
-class DetectionGraph(nn.Module):
-    """The network plus the official post-processing, in ops that export to ONNX.
+class PostprocessGraph(nn.Module):
+    """The official post-processing in ops that export to ONNX.
 
-    images [N, 3, H, W] (normalised, padded model input) -> ``boxes`` [N, D, 4] float32 xyxy in
-    model-input pixels, ``scores`` [N, D] float32, ``labels`` [N, D] int64 (0-based),
-    ``num_detections`` [N] int64. Rows past ``num_detections`` are padding: boxes and scores 0,
-    labels -1. Rows are sorted by score, best first.
+    (cls [N, T, K] logits, box [N, T, 4] codes) as :class:`FlatOutputs` gives them ->
+    ``boxes`` [N, D, 4] float32 xyxy in model-input pixels, ``scores`` [N, D] float32,
+    ``labels`` [N, D] int64 (0-based), ``num_detections`` [N] int64. Rows past
+    ``num_detections`` are padding: boxes and scores 0, labels -1. Rows are sorted by score.
 
     Same steps as :func:`efficientdet.postprocess.postprocess` with hard NMS: top
     ``max_candidates`` of the T*K logits, sigmoid, decode, clip, drop scores below
@@ -132,7 +132,6 @@ class DetectionGraph(nn.Module):
 
     def __init__(
         self,
-        model: nn.Module,
         anchors: Tensor,
         num_classes: int,
         image_size: tuple[int, int],
@@ -142,19 +141,16 @@ class DetectionGraph(nn.Module):
         max_detections: int,
     ) -> None:
         super().__init__()
-        self.flat = FlatOutputs(model, num_classes)
         self.register_buffer("anchors", anchors.to(torch.float32), persistent=False)  # [T, 4]
         self.num_classes = num_classes
-        num_anchors = anchors.shape[0]
-        self.k = min(max_candidates, num_anchors * num_classes)
+        self.k = min(max_candidates, anchors.shape[0] * num_classes)
         self.max_detections = min(max_detections, self.k)
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         h, w = image_size
         self.register_buffer("upper", torch.tensor([w, h, w, h], dtype=torch.float32), persistent=False)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        cls, box = self.flat(images)  # [N, T, K], [N, T, 4]
+    def forward(self, cls: Tensor, box: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         batch = cls.shape[0]
         k, num_classes, d = self.k, self.num_classes, self.max_detections
         logits, flat_idx = cls.reshape(batch, -1).topk(k, dim=1)  # [N, k], best first
@@ -185,3 +181,16 @@ class DetectionGraph(nn.Module):
         out_scores = torch.where(valid, top_scores, 0.0)
         out_labels = torch.where(valid, labels.gather(1, top_idx), -1)
         return out_boxes, out_scores, out_labels, num_detections
+
+
+class DetectionGraph(nn.Module):
+    """Network + :class:`PostprocessGraph`: images [N, 3, H, W] -> (boxes, scores, labels,
+    num_detections). The eager twin of an ONNX graph exported with NMS inside."""
+
+    def __init__(self, model: nn.Module, post: PostprocessGraph) -> None:
+        super().__init__()
+        self.flat = FlatOutputs(model, post.num_classes)
+        self.post = post
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.post(*self.flat(images))

@@ -1,129 +1,54 @@
-"""ONNX export, with or without post-processing (NMS) inside the graph, plus its metadata.
+"""ONNX export, with or without post-processing (decoding + NMS) inside the graph.
 
 Graph layouts (input ``images`` [N, 3, H, W] float32: resized, normalised, padded as
 ``efficientdet.preprocess.preprocess_batch`` makes it; N dynamic unless asked otherwise):
 
 * ``include_postprocess=False``: outputs ``cls_logits`` [N, T, K] (class logits, before the
   sigmoid) and ``box_codes`` [N, T, 4] (ty, tx, th, tw), one row per anchor in the order of
-  ``efficientdet.ops.anchors`` (level, row, column, anchor). We flatten in the graph because
-  two outputs are simpler to consume than 2 x levels and the transposes cost nothing there;
-  ``efficientdet.postprocess`` reproduces the detections from them.
+  ``efficientdet.ops.anchors`` (level, row, column, anchor). Flattened in the graph because two
+  outputs are simpler to consume than two per level, and the transposes cost nothing there;
+  ``efficientdet.postprocess`` gives the detections from them (``OnnxDetector`` does).
 * ``include_postprocess=True``: outputs ``boxes`` [N, D, 4] float32 xyxy in model-input pixels,
   ``scores`` [N, D] float32, ``labels`` [N, D] int64 and ``num_detections`` [N] int64; rows past
   ``num_detections`` are padding (0, 0, -1). Sigmoid, top-k, decoding with the anchors (a
   constant) and class-wise ONNX ``NonMaxSuppression`` run in the graph: a deployer divides the
-  boxes by the resize scale and needs nothing else. See ``graph.DetectionGraph``.
+  boxes by the resize scale and needs nothing else (``graph.PostprocessGraph``).
 
-Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export based, the default in torch >= 2.9)
-with the NMS op translated by ONNX Script; ``dynamo=False`` uses the deprecated TorchScript
-exporter, which is several times faster to run and gives equivalent graphs.
+The post-processing is exported as its own small graph and joined to the network's graph
+with ``onnx.compose`` (:func:`attach_postprocess`): the network part is then the very graph the
+raw export gives, and thresholds can be changed on an exported file in seconds.
 
-Metadata (``ModelProto.metadata_props``, all strings) is described by :class:`OnnxMetadata`.
+Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export based, the default since torch 2.9)
+with our NMS op translated by ONNX Script; ``dynamo=False`` uses the deprecated TorchScript
+exporter, several times faster to run, with the NMS op emitted by a registered symbolic.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
+import dataclasses
+import io
+import logging
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..ops.anchors import anchors_for_config
+from ..ops.anchors import anchors_for_config, feature_size
 from .fuse import fuse_batchnorm
-from .graph import DetectionGraph, FlatOutputs, dynamo_translations, register_torchscript_symbolic
+from .graph import FlatOutputs, PostprocessGraph, dynamo_translations, register_torchscript_symbolic
+from .metadata import NMS_LAYOUT, NMS_OUTPUTS, RAW_LAYOUT, RAW_OUTPUTS, OnnxMetadata, read_onnx_metadata
 
-__all__ = ["ExportError", "OnnxMetadata", "export_onnx", "read_onnx_metadata"]
-
-FORMAT_VERSION = "1"
-RAW_OUTPUTS = ("cls_logits", "box_codes")
-NMS_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
-RAW_LAYOUT = "cls_logits[N,T,K] logits; box_codes[N,T,4] (ty,tx,th,tw); rows in anchor order (level,y,x,anchor)"
-NMS_LAYOUT = (
-    "boxes[N,D,4] xyxy model-input pixels; scores[N,D]; labels[N,D] int64 (-1 = padding); "
-    "num_detections[N] int64; rows sorted by score"
-)
+__all__ = ["ExportError", "attach_postprocess", "check_onnx", "export_onnx"]
 
 
 class ExportError(RuntimeError):
-    """An export whose result failed validation (checker, loading or a test run)."""
-
-
-@dataclass(frozen=True)
-class OnnxMetadata:
-    """What an exported graph needs to be used without its Python model.
-
-    ``image_size`` (h, w) is the graph's fixed input size; ``mean``/``std`` normalise 0..255
-    pixels; ``postprocess`` holds the thresholds compiled into the graph (when ``nms_inside``).
-    """
-
-    model_name: str
-    image_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    num_classes: int
-    class_names: list[str] | None
-    nms_inside: bool
-    output_layout: str
-    outputs: tuple[str, ...]
-    config: ModelConfig
-    postprocess: dict[str, Any] | None = None
-
-    def to_props(self) -> dict[str, str]:
-        return {
-            "efficientdet.format_version": FORMAT_VERSION,
-            "model_name": self.model_name,
-            "image_size": json.dumps(list(self.image_size)),
-            "mean": json.dumps(list(self.mean)),
-            "std": json.dumps(list(self.std)),
-            "num_classes": str(self.num_classes),
-            "class_names": json.dumps(self.class_names),
-            "nms_inside": json.dumps(self.nms_inside),
-            "output_layout": self.output_layout,
-            "outputs": json.dumps(list(self.outputs)),
-            "config": self.config.to_json(),
-            "postprocess": json.dumps(self.postprocess),
-        }
-
-    @classmethod
-    def from_props(cls, props: dict[str, str], source: str = "model") -> "OnnxMetadata":
-        if "efficientdet.format_version" not in props:
-            raise ValueError(f"{source}: no efficientdet metadata; was it written by efficientdet.export?")
-        try:
-            h, w = json.loads(props["image_size"])
-            return cls(
-                model_name=props["model_name"],
-                image_size=(int(h), int(w)),
-                mean=tuple(float(v) for v in json.loads(props["mean"])),  # type: ignore[arg-type]
-                std=tuple(float(v) for v in json.loads(props["std"])),  # type: ignore[arg-type]
-                num_classes=int(props["num_classes"]),
-                class_names=json.loads(props["class_names"]),
-                nms_inside=bool(json.loads(props["nms_inside"])),
-                output_layout=props["output_layout"],
-                outputs=tuple(json.loads(props["outputs"])),
-                config=ModelConfig.from_dict(json.loads(props["config"])),
-                postprocess=json.loads(props["postprocess"]),
-            )
-        except (KeyError, ValueError, TypeError) as err:
-            raise ValueError(f"{source}: malformed efficientdet metadata ({err!r})") from None
-
-
-def read_onnx_metadata(model: str | os.PathLike[str] | Any) -> OnnxMetadata:
-    """Metadata of an exported graph: a path or a loaded ``onnx.ModelProto``."""
-    import onnx
-
-    if isinstance(model, (str, os.PathLike)):
-        source = os.fspath(model)
-        model = onnx.load(source, load_external_data=False)
-    else:
-        source = "model"
-    return OnnxMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)
+    """An export that failed, or whose result failed validation (checker, loading, a run)."""
 
 
 def _image_size(model: nn.Module, config: ModelConfig, image_size: int | tuple[int, int] | None) -> tuple[int, int]:
@@ -143,6 +68,87 @@ def inference_copy(model: nn.Module, fuse: bool) -> nn.Module:
     """A CPU float32 eval copy of ``model`` to trace (BNs folded when ``fuse``)."""
     model = copy.deepcopy(model).to("cpu", torch.float32).eval()
     return fuse_batchnorm(model, inplace=True) if fuse else model
+
+
+@contextlib.contextmanager
+def _quiet_onnx_ir() -> Iterator[None]:
+    """onnx_ir logs a harmless "Attribute type is ambiguous" warning for an empty attribute
+    in one of torchlib's translations; keep it out of the user's logs during our exports."""
+    logger = logging.getLogger("onnx_ir")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _set_output_shapes(proto: Any, shapes: dict[str, tuple[int | str, ...]]) -> None:
+    """Write the known output shapes into the graph (the TorchScript exporter leaves symbolic
+    names such as ``Concatcls_logits_dim_1`` for dimensions that are in fact fixed)."""
+    for output in proto.graph.output:
+        if output.name not in shapes:
+            continue
+        shape = output.type.tensor_type.shape
+        del shape.dim[:]
+        for size in shapes[output.name]:
+            dim = shape.dim.add()
+            if isinstance(size, str):
+                dim.dim_param = size
+            else:
+                dim.dim_value = size
+
+
+def _to_proto(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+    dynamic_batch: bool,
+    dynamo: bool,
+) -> Any:
+    """Export ``module`` called on ``args`` to an in-memory ``onnx.ModelProto``."""
+    import onnx
+
+    with warnings.catch_warnings(), _quiet_onnx_ir():
+        # Tracer warnings about Python bools on shapes are expected (the sizes are fixed), and
+        # the TorchScript exporter's deprecation is a documented choice of the caller.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            if dynamo:
+                shapes = tuple({0: torch.export.Dim("batch")} for _ in args) if dynamic_batch else None
+                program = torch.onnx.export(
+                    module,
+                    args,
+                    dynamo=True,
+                    input_names=input_names,
+                    output_names=output_names,
+                    opset_version=opset,
+                    dynamic_shapes=shapes,
+                    custom_translation_table=dynamo_translations(),
+                    verbose=False,
+                )
+                assert program is not None
+                return program.model_proto
+            register_torchscript_symbolic(opset)
+            axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
+            buffer = io.BytesIO()
+            torch.onnx.export(
+                module,
+                args,
+                buffer,
+                dynamo=False,
+                input_names=input_names,
+                output_names=output_names,
+                opset_version=opset,
+                dynamic_axes=axes,
+            )
+            return onnx.load_from_string(buffer.getvalue())
+        except Exception as err:
+            kind = "dynamo" if dynamo else "TorchScript"
+            raise ExportError(f"torch.onnx.export ({kind}) of {type(module).__name__} failed: {err}") from err
 
 
 def export_onnx(
@@ -165,15 +171,14 @@ def export_onnx(
 
     Args:
         image_size: the graph's fixed input size (h, w) or a side; default the model's. Sides
-            must be multiples of 32. Anchors depend on it, so it cannot be dynamic.
-        batch_size: batch of the example input (and of the graph when not ``dynamic_batch``).
-        include_postprocess: put decoding and NMS in the graph (see the module docs).
-        opset: ONNX opset (17 or newer; the dynamo exporter emits 18 and converts down).
+            must be multiples of 32. Anchors depend on it, so it is not dynamic.
+        batch_size: batch of the example input (and of the graph unless ``dynamic_batch``).
+        include_postprocess: decoding and NMS inside the graph (see the module docs).
+        opset: ONNX opset, >= 17 (the NMS op needs 10; the exporters' own needs set the floor).
         score_threshold, iou_threshold, max_detections, max_candidates: the in-graph
             post-processing; default the model's ``config.postprocess``. NMS is hard NMS.
-        fuse: fold BatchNorms first (the exporters fold them anyway; tracing the fused model is
-            quicker).
-        dynamo: use the torch.export-based exporter (else the TorchScript one).
+        fuse: fold BatchNorms first (both exporters fold them anyway; a fused model traces faster).
+        dynamo: the torch.export-based exporter (else the deprecated TorchScript one).
         check: run ``onnx.checker`` and one ONNX Runtime inference; :class:`ExportError` if
             either fails.
     """
@@ -185,126 +190,146 @@ def export_onnx(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     size = _image_size(model, config, image_size)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    net = inference_copy(model, fuse)
-    num_classes = config.num_classes
-    post = config.postprocess
-    post_meta: dict[str, Any] | None = None
-    wrapper: nn.Module
-    if include_postprocess:
-        if post.nms != "hard":
-            warnings.warn(f"the model's post-processing uses {post.nms} NMS; the ONNX graph does hard NMS", stacklevel=2)
-        post_meta = {
-            "max_candidates": max_candidates if max_candidates is not None else post.max_candidates,
-            "score_threshold": score_threshold if score_threshold is not None else post.score_threshold,
-            "iou_threshold": iou_threshold if iou_threshold is not None else post.iou_threshold,
-            "max_detections": max_detections if max_detections is not None else post.max_detections,
-            "nms": "hard",
-        }
-        anchors = anchors_for_config(config.anchors, size)
-        wrapper = DetectionGraph(
-            net,
-            anchors,
-            num_classes,
-            size,
-            post_meta["max_candidates"],
-            post_meta["score_threshold"],
-            post_meta["iou_threshold"],
-            post_meta["max_detections"],
-        )
-        post_meta.update(max_candidates=wrapper.k, max_detections=wrapper.max_detections)  # as clamped
-        outputs = NMS_OUTPUTS
-    else:
-        wrapper = FlatOutputs(net, num_classes)
-        outputs = RAW_OUTPUTS
-    wrapper.eval()
-
+    net = FlatOutputs(inference_copy(model, fuse), config.num_classes).eval()
     example = torch.zeros(batch_size, 3, *size)
-    with warnings.catch_warnings():
-        # Tracer warnings about Python bools on shapes are expected: the sizes are fixed.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        if dynamo:
-            _export_dynamo(wrapper, example, path, outputs, opset, dynamic_batch)
-        else:
-            _export_torchscript(wrapper, example, path, outputs, opset, dynamic_batch)
-
+    proto = _to_proto(net, (example,), ["images"], list(RAW_OUTPUTS), opset, dynamic_batch, dynamo)
+    batch: int | str = "batch" if dynamic_batch else batch_size
+    num_anchors = config.anchors.num_anchors * sum(
+        feature_size(size[0], level) * feature_size(size[1], level)
+        for level in range(config.anchors.min_level, config.anchors.max_level + 1)
+    )
+    _set_output_shapes(
+        proto, {"cls_logits": (batch, num_anchors, config.num_classes), "box_codes": (batch, num_anchors, 4)}
+    )
+    class_names = getattr(model, "class_names", None)
     meta = OnnxMetadata(
         model_name=config.name,
         image_size=size,
         mean=tuple(config.preprocess.mean),  # type: ignore[arg-type]
         std=tuple(config.preprocess.std),  # type: ignore[arg-type]
-        num_classes=num_classes,
-        class_names=list(model.class_names) if getattr(model, "class_names", None) else None,
-        nms_inside=include_postprocess,
-        output_layout=NMS_LAYOUT if include_postprocess else RAW_LAYOUT,
-        outputs=outputs,
+        num_classes=config.num_classes,
+        class_names=list(class_names) if class_names else None,
+        nms_inside=False,
+        output_layout=RAW_LAYOUT,
+        outputs=RAW_OUTPUTS,
         config=config.replace(image_size=size),
-        postprocess=post_meta,
     )
-    _write_metadata(path, meta)
-    if check:
-        check_onnx(path, batch_size)
-    return path
-
-
-def _export_dynamo(
-    wrapper: nn.Module, example: torch.Tensor, path: Path, outputs: tuple[str, ...], opset: int, dynamic: bool
-) -> None:
-    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
-    try:
-        program = torch.onnx.export(
-            wrapper,
-            (example,),
-            dynamo=True,
-            input_names=["images"],
-            output_names=list(outputs),
-            opset_version=opset,
-            dynamic_shapes=dynamic_shapes,
-            custom_translation_table=dynamo_translations(),
-            verbose=False,
+    meta.write_to(proto)
+    if include_postprocess:
+        proto = _with_postprocess(
+            proto, meta, batch_size, score_threshold, iou_threshold, max_detections, max_candidates, dynamo
         )
-    except Exception as err:
-        raise ExportError(f"torch.onnx.export (dynamo) failed: {err}") from err
-    assert program is not None
-    program.save(path, external_data=False)
+    return _save(proto, Path(path), batch_size, check)
 
 
-def _export_torchscript(
-    wrapper: nn.Module, example: torch.Tensor, path: Path, outputs: tuple[str, ...], opset: int, dynamic: bool
-) -> None:
-    register_torchscript_symbolic(opset)
-    axes = None
-    if dynamic:
-        axes = {"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}}
-    try:
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            os.fspath(path),
-            dynamo=False,
-            input_names=["images"],
-            output_names=list(outputs),
-            opset_version=opset,
-            dynamic_axes=axes,
-        )
-    except Exception as err:
-        raise ExportError(f"torch.onnx.export (TorchScript) failed: {err}") from err
+def attach_postprocess(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    score_threshold: float | None = None,
+    iou_threshold: float | None = None,
+    max_detections: int | None = None,
+    max_candidates: int | None = None,
+    dynamo: bool = True,
+    check: bool = True,
+) -> Path:
+    """Add decoding + NMS to a graph exported without them (``src``), writing ``dst``
+    (default: ``src`` with ``.nms`` before the suffix); returns ``dst``.
 
-
-def _write_metadata(path: Path, meta: OnnxMetadata) -> None:
+    Thresholds default to the exported model's ``config.postprocess``. Only the small
+    post-processing graph is exported, so this takes seconds, not the network's export time.
+    """
     import onnx
 
-    proto = onnx.load(os.fspath(path))
-    old = {p.key: p.value for p in proto.metadata_props}
-    del proto.metadata_props[:]
-    for key, value in {**old, **meta.to_props()}.items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.producer_name = proto.producer_name or "efficientdet"
+    src = Path(src)
+    proto = onnx.load(os.fspath(src))
+    meta = read_onnx_metadata(proto)
+    if meta.nms_inside:
+        raise ValueError(f"{src} already has post-processing inside")
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    batch_size = batch_dim.dim_value if batch_dim.HasField("dim_value") else 1
+    proto = _with_postprocess(
+        proto, meta, batch_size, score_threshold, iou_threshold, max_detections, max_candidates, dynamo,
+        dynamic_batch=not batch_dim.HasField("dim_value"),
+    )
+    dst = Path(dst) if dst is not None else src.with_name(f"{src.stem}.nms{src.suffix}")
+    return _save(proto, dst, batch_size, check)
+
+
+def _with_postprocess(
+    raw: Any,
+    meta: OnnxMetadata,
+    batch_size: int,
+    score_threshold: float | None,
+    iou_threshold: float | None,
+    max_detections: int | None,
+    max_candidates: int | None,
+    dynamo: bool,
+    dynamic_batch: bool | None = None,
+) -> Any:
+    """``raw`` (network graph, outputs ``cls_logits``/``box_codes``) joined to an exported
+    :class:`PostprocessGraph`; returns the combined ``ModelProto`` with updated metadata."""
+    import onnx
+    from onnx import compose
+
+    post = meta.config.postprocess
+    if post.nms != "hard":
+        warnings.warn(f"the model's post-processing uses {post.nms} NMS; the ONNX graph does hard NMS", stacklevel=3)
+    graph = PostprocessGraph(
+        anchors_for_config(meta.config.anchors, meta.image_size),
+        meta.num_classes,
+        meta.image_size,
+        max_candidates if max_candidates is not None else post.max_candidates,
+        score_threshold if score_threshold is not None else post.score_threshold,
+        iou_threshold if iou_threshold is not None else post.iou_threshold,
+        max_detections if max_detections is not None else post.max_detections,
+    ).eval()
+    if dynamic_batch is None:
+        dynamic_batch = not raw.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
+    opset = next(o.version for o in raw.opset_import if o.domain in ("", "ai.onnx"))
+    num_anchors = graph.anchors.shape[0]
+    # Random logits: a constant input would make top-k and NMS tie everywhere while tracing.
+    example = (torch.randn(batch_size, num_anchors, meta.num_classes), torch.zeros(batch_size, num_anchors, 4))
+    post_proto = _to_proto(graph, example, list(RAW_OUTPUTS), list(NMS_OUTPUTS), opset, dynamic_batch, dynamo)
+    batch: int | str = "batch" if dynamic_batch else batch_size
+    d = graph.max_detections
+    _set_output_shapes(
+        post_proto, {"boxes": (batch, d, 4), "scores": (batch, d), "labels": (batch, d), "num_detections": (batch,)}
+    )
+    # Prefix the post graph's internal names so they cannot collide with the network's; its
+    # inputs keep theirs (they are wired to the network's outputs) and so do its outputs.
+    post_proto = compose.add_prefix(post_proto, "postprocess/", rename_inputs=False, rename_outputs=False)
+    post_proto.ir_version = raw.ir_version
+    try:
+        merged = compose.merge_models(raw, post_proto, io_map=[(n, n) for n in RAW_OUTPUTS])
+    except Exception as err:
+        raise ExportError(f"could not join the post-processing graph to the network's: {err}") from err
+    merged.producer_name = raw.producer_name or "efficientdet"
+    merged.producer_version = raw.producer_version
+    onnx.helper.set_model_props(merged, {})  # merge_models drops metadata; rewritten below
+    post_meta = {
+        "max_candidates": graph.k,
+        "score_threshold": graph.score_threshold,
+        "iou_threshold": graph.iou_threshold,
+        "max_detections": graph.max_detections,
+        "nms": "hard",
+    }
+    new_meta = dataclasses.replace(
+        meta, nms_inside=True, output_layout=NMS_LAYOUT, outputs=NMS_OUTPUTS, postprocess=post_meta
+    )
+    new_meta.write_to(merged)
+    return merged
+
+
+def _save(proto: Any, path: Path, batch_size: int, check: bool) -> Path:
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     onnx.save(proto, os.fspath(tmp))
     os.replace(tmp, path)  # never leave a half-written file at ``path``
+    if check:
+        check_onnx(path, batch_size)
+    return path
 
 
 def check_onnx(path: str | os.PathLike[str], batch_size: int = 1) -> list[Any]:
@@ -332,4 +357,3 @@ def check_onnx(path: str | os.PathLike[str], batch_size: int = 1) -> list[Any]:
     if tuple(names) != tuple(meta.outputs):
         raise ExportError(f"{path}: graph outputs {names} do not match the metadata's {list(meta.outputs)}")
     return result
-

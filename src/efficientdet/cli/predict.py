@@ -1,0 +1,340 @@
+"""``efficientdet predict SOURCE...``: detect objects in images, folders, globs and videos.
+
+Writes one annotated image per readable input (same base name; ``.jpg`` for JPEG inputs,
+``.png`` otherwise), an annotated MP4 per video (or a PNG frame folder where no encoder is
+installed) and ``detections.json``/``.csv``. Unreadable inputs are reported and skipped.
+Exit status: 0 all inputs done, 1 some failed, 2 usage or weights errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data._common import IMAGE_EXTENSIONS
+from ..data.images import ImageError, load_image
+from ..models.efficientdet import EfficientDet
+from ..video import VIDEO_EXTENSIONS, VideoError, open_video, open_video_writer
+
+__all__ = ["add_parser", "collect_inputs", "load_model", "make_detector", "resolve_device", "run_predict"]
+
+DEFAULT_WEIGHTS = "efficientdet_d0.coco"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="detect objects in images, folders, globs or videos; write annotated copies + detections",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders (recursive), globs or videos")
+    p.add_argument(
+        "--weights", default=DEFAULT_WEIGHTS, help=f"checkpoint, registered name or URL (default {DEFAULT_WEIGHTS})"
+    )
+    p.add_argument("--model", default=None, help="model name, when the weights do not say (effdet .pth files)")
+    p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    p.add_argument("--score-threshold", type=float, default=0.3, help="keep detections scoring at least this (0.3)")
+    p.add_argument("--classes", default=None, help="comma-separated class names to keep (e.g. cat,dog)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--image-size", type=int, default=None, help="model input side, a multiple of 32 (default: the model's)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip (+ --tta-scales)")
+    p.add_argument("--tta-scales", default="1.0", help="TTA input scales, comma-separated (default 1.0)")
+    p.add_argument("--tta-merge", choices=("nms", "wbf"), default="nms", help="merge TTA boxes by NMS or box fusion")
+    p.add_argument("--format", choices=("json", "csv"), default="json", help="detections file format (json)")
+    p.add_argument("--no-draw", action="store_true", help="write only the detections file, no annotated images")
+    p.set_defaults(run=run_predict)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None`` -> cuda when available, else cpu; asking for cuda without it is a ValueError."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def load_model(weights: str, name: str | None = None, image_size: int | None = None) -> EfficientDet:
+    """``create_model`` for the CLI, with ``image_size`` (a positive multiple of 32) checked."""
+    from ..factory import create_model
+
+    overrides: dict[str, Any] = {}
+    if image_size is not None:
+        if image_size <= 0 or image_size % 32:
+            raise ValueError(f"--image-size {image_size}: must be a positive multiple of 32")
+        overrides["image_size"] = image_size
+    return create_model(name, weights=weights, **overrides)
+
+
+def make_detector(model: EfficientDet, args: argparse.Namespace, device: torch.device) -> Any:
+    """A Detector, wrapped in a TTADetector when ``--tta`` is given."""
+    from ..detector import Detector
+
+    detector = Detector(model, device=device, batch_size=args.batch_size)
+    if not getattr(args, "tta", False):
+        return detector
+    from ..tta import TTADetector
+
+    try:
+        scales = tuple(float(s) for s in args.tta_scales.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--tta-scales {args.tta_scales!r}: expected comma-separated numbers") from None
+    return TTADetector(detector, flips=True, scales=scales, merge=args.tta_merge)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class _Input:
+    path: Path
+    kind: str  # "image" or "video"
+    rel: Path  # output name relative to --out (extension replaced later)
+
+
+def collect_inputs(sources: Sequence[str]) -> tuple[list[_Input], list[str]]:
+    """Expand SOURCE arguments; return (inputs in order, one problem line per SOURCE that matched nothing).
+
+    A file is an input whatever its extension (a bad one fails to load and is reported); a
+    folder contributes its images recursively (sorted, sub-folders mirrored in the outputs);
+    anything else is tried as a glob (images and videos it matches).
+    """
+    inputs: list[_Input] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, rel: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            kind = "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image"
+            inputs.append(_Input(path, kind, rel))
+
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                problems.append(f"{source}: folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            for f in files:
+                add(f, f.relative_to(path))
+        elif path.is_file() or path.is_symlink():
+            add(path, Path(path.name))
+        else:
+            wanted = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+            matches = sorted(Path(m) for m in glob.glob(source, recursive=True))
+            matches = [m for m in matches if m.is_file() and m.suffix.lower() in wanted]
+            if not matches:
+                problems.append(f"{source}: no such file or folder, and no images or videos match it as a glob")
+            for m in matches:
+                add(m, Path(m.name))
+    return inputs, problems
+
+
+def _output_paths(inputs: Sequence[_Input], out: Path) -> list[Path]:
+    """Annotated-output path per input: ``.jpg`` for JPEG, ``.mp4`` for video, else ``.png``;
+    a name already taken (same stem from two folders) gets ``_2``, ``_3``..."""
+    taken: set[Path] = set()
+    paths: list[Path] = []
+    for inp in inputs:
+        suffix = inp.path.suffix.lower()
+        ext = ".mp4" if inp.kind == "video" else ".jpg" if suffix in (".jpg", ".jpeg") else ".png"
+        base = out / inp.rel.with_suffix("")
+        candidate, n = base.with_name(base.name + ext), 1
+        while candidate in taken:
+            n += 1
+            candidate = base.with_name(f"{base.name}_{n}{ext}")
+        taken.add(candidate)
+        paths.append(candidate)
+    return paths
+
+
+def _class_filter(spec: str | None, names: Sequence[str] | None, num_classes: int) -> torch.Tensor | None:
+    """``--classes`` -> the label indices to keep (None: all)."""
+    if not spec:
+        return None
+    keep: list[int] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        if names is not None and item in names:
+            keep.append(list(names).index(item))
+        elif item.isdigit() and int(item) < num_classes:
+            keep.append(int(item))
+        else:
+            if names:
+                hint = "; the model's classes are: " + ", ".join(list(names)[:20]) + (", ..." if len(names) > 20 else "")
+            else:
+                hint = f"; the model has no class names, use label numbers 0..{num_classes - 1}"
+            raise ValueError(f"--classes: unknown class {item!r}{hint}")
+    return torch.tensor(sorted(set(keep)), dtype=torch.int64)
+
+
+def _select(det: dict[str, Any], keep: torch.Tensor | None) -> dict[str, Any]:
+    if keep is None:
+        return det
+    mask = torch.isin(det["labels"], keep)
+    out = {k: det[k][mask] for k in ("boxes", "scores", "labels")}
+    if "names" in det:
+        out["names"] = [n for n, m in zip(det["names"], mask.tolist()) if m]
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _save(image: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jpg":
+        image.save(path, quality=95)
+    else:
+        image.save(path)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..results import write_detections
+    from ..visualize import draw_detections
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    inputs, problems = collect_inputs(args.sources)
+
+    def warn(msg: str) -> None:
+        tqdm.write(f"efficientdet predict: warning: {msg}", file=sys.stderr)  # keeps the bar intact
+
+    for line in problems:
+        warn(line)
+    if not inputs:
+        raise FileNotFoundError("no inputs: " + "; ".join(problems))
+    device = resolve_device(args.device)
+    model = load_model(args.weights, args.model, args.image_size)
+    keep = _class_filter(args.classes, model.class_names, model.config.num_classes)
+    detector = make_detector(model, args, device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = _output_paths(inputs, out)
+    draw = not args.no_draw
+    thr = args.score_threshold
+    max_pixels = model.config.preprocess.max_input_pixels
+    items: list[tuple[str, dict[str, Any]]] = []
+    failed = len(problems)
+
+    images = [(inp, t) for inp, t in zip(inputs, targets) if inp.kind == "image"]
+    videos = [(inp, t) for inp, t in zip(inputs, targets) if inp.kind == "video"]
+    bar = tqdm(total=len(images), desc="predict", unit="img", file=sys.stderr, disable=not images, dynamic_ncols=True)
+    pending: list[tuple[_Input, Path, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        dets = detector([img for _, _, img in pending], score_threshold=thr)
+        for (inp, target, img), det in zip(pending, dets):
+            det = _select(det, keep)
+            items.append((str(inp.path), {**det, "image_size": tuple(img.shape[1:])}))
+            if draw:
+                _save(draw_detections(img, det, model.class_names), target)
+        bar.update(len(pending))
+        pending.clear()
+
+    for inp, target in images:
+        try:
+            # Decoded here, not by the Detector: one bad file must not sink its whole batch.
+            pending.append((inp, target, load_image(inp.path, max_pixels=max_pixels)))
+        except ImageError as exc:
+            warn(f"skipped {exc}")
+            failed += 1
+            bar.update(1)
+            continue
+        if len(pending) >= args.batch_size:
+            flush()
+    flush()
+    bar.close()
+
+    for inp, target in videos:
+        try:
+            written = _predict_video(inp, target, detector, thr, keep, draw, model.class_names, items)
+        except VideoError as exc:
+            warn(f"skipped {exc}")
+            failed += 1
+            continue
+        if written is not None and not written[1]:
+            warn(f"{inp.path}: no video encoder installed; annotated frames written as PNGs to {written[0]}")
+
+    det_path = write_detections(out / f"detections.{args.format}", items, model.class_names)
+    num_boxes = sum(len(d["scores"]) for _, d in items)
+    total = len(inputs) + len(problems)
+    print(f"{total - failed} of {total} inputs done, {num_boxes} detections -> {det_path}")
+    if failed:
+        print(f"{failed} input(s) failed (see the warnings above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _predict_video(
+    inp: _Input,
+    target: Path,
+    detector: Any,
+    thr: float,
+    keep: torch.Tensor | None,
+    draw: bool,
+    class_names: Sequence[str] | None,
+    items: list[tuple[str, dict[str, Any]]],
+) -> tuple[Path, bool] | None:
+    """Detect in every frame (batched); entries ``"<video>#frame=N"``. Returns the writer's
+    (path, is_video) when drawing, else None. Raises VideoError when the video cannot be read."""
+    from tqdm import tqdm
+
+    from ..visualize import draw_detections
+
+    reader = open_video(inp.path)
+    writer = None
+    chunk: list[np.ndarray] = []
+    index = 0
+    bar = tqdm(desc=inp.path.name, unit="frame", file=sys.stderr, dynamic_ncols=True)
+
+    def flush() -> None:
+        nonlocal writer, index
+        if not chunk:
+            return
+        dets = detector(chunk, score_threshold=thr)
+        for frame, det in zip(chunk, dets):
+            det = _select(det, keep)
+            items.append((f"{inp.path}#frame={index}", {**det, "image_size": frame.shape[:2]}))
+            index += 1
+            if draw:
+                if writer is None:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    writer = open_video_writer(target, reader.fps, (frame.shape[1], frame.shape[0]))
+                writer.write(np.asarray(draw_detections(frame, det, class_names)))
+        bar.update(len(chunk))
+        chunk.clear()
+
+    try:
+        for frame in reader.frames():
+            chunk.append(frame)
+            if len(chunk) >= detector.batch_size:
+                flush()
+        flush()
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if index == 0:
+        raise VideoError(f"{inp.path}: no frames could be decoded")
+    return (writer.path, writer.is_video) if writer is not None else None
+

@@ -1,0 +1,63 @@
+"""``efficientdet train``: train or fine-tune on COCO / VOC / YOLO data (torchrun for DDP)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..engine.config import PRESETS, load_train_config
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a model",
+        description=(
+            "Train on a dataset in COCO JSON, Pascal VOC or YOLO format. Settings come from the "
+            "defaults, then --preset, then --config FILE (YAML), then KEY=VALUE overrides "
+            "(e.g. optim.lr=0.01 data.val=val.json). Multi-GPU / multi-node: "
+            "torchrun --nproc_per_node N -m efficientdet train ..."
+        ),
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dotted keys)")
+    p.add_argument("--config", help="YAML training config")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="finetune: AdamW recipe for small datasets")
+    p.add_argument("--data", help="training data (same as data.train=...)")
+    p.add_argument("--val", help="validation data (same as data.val=...)")
+    p.add_argument("--model", help="model name (same as model=...)")
+    p.add_argument("--output", help="output folder (same as output=...)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.ckpt if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    for flag, key in (("data", "data.train"), ("val", "data.val"), ("model", "model"), ("output", "output")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.resume:
+        overrides.append("resume=true")
+    cfg = load_train_config(args.config, overrides, args.preset)
+    if not cfg.data.train:
+        raise ValueError("no training data: pass --data PATH or data.train=PATH")
+
+    from ..engine.trainer import Trainer, TrainingDiverged
+
+    trainer = Trainer(cfg, progress=not args.no_progress)
+    try:
+        reason = trainer.fit()
+    except TrainingDiverged as err:
+        print(f"efficientdet train: {err}", file=sys.stderr)
+        return 3
+    if trainer.dist.is_main:
+        out = trainer.output
+        print(f"stopped: {reason} after {trainer.step} steps ({trainer.epoch} epochs)")
+        print(f"weights: {out / 'best.safetensors'} (EMA), checkpoint: {out / 'last.ckpt'}")
+        if trainer.nonfinite_steps or trainer.bad_batches:
+            print(f"skipped: {trainer.nonfinite_steps} non-finite steps, {trainer.bad_batches} empty batches")
+    from ..engine.distributed import cleanup
+
+    cleanup(trainer.dist)
+    return 130 if reason == "signal" else 0

@@ -1,0 +1,1 @@
+"""Training: configuration, optimisation, EMA, checkpoints, distributed helpers, the loop."""

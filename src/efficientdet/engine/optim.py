@@ -1,0 +1,67 @@
+"""Optimiser with the official weight-decay rule, and the warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only: not on BN, biases or BiFPN fusion weights.
+
+    Decided by the owning module's type, not by parameter names.
+    """
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            is_kernel = isinstance(module, (nn.Conv2d, nn.Linear)) and name == "weight"
+            (decay if is_kernel else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def default_lr(cfg: OptimConfig, total_batch: int) -> float:
+    """Linear scaling: official 0.08 per 64 images for SGD; 1e-3 per 16 images for AdamW."""
+    if cfg.lr is not None:
+        return cfg.lr
+    if cfg.optimizer == "sgd":
+        return 0.08 * total_batch / 64
+    return 1e-3 * total_batch / 16
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: sgd, adamw")
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, start_factor: float, min_factor: float) -> float:
+    """Learning-rate factor at optimiser step ``step``: linear warmup, then cosine decay."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return start_factor + (1.0 - start_factor) * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(max(progress, 0.0), 1.0)
+    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: warmup_cosine(step, warmup, total_steps, cfg.warmup_start_factor, cfg.min_lr_factor),
+    )

@@ -1,0 +1,346 @@
+"""The training loop: one process, or one per device under torchrun (DDP)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..data.formats import read_dataset
+from ..data.loaders import build_train_loader
+from ..data.dataset import DetectionDataset
+from ..data.transforms import TrainTransform
+from ..factory import create_model, save_model
+from ..losses import DetectionLoss
+from ..ops.anchors import anchors_for_config
+from ..ops.matcher import AnchorLabeler
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .ema import ModelEMA
+from .logger import MetricsLogger, plot_curves
+from .optim import build_optimizer, build_scheduler, default_lr
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row; a checkpoint was written before raising."""
+
+
+def _device(name: str, dist_local_rank: int) -> torch.device:
+    if name == "auto":
+        name = f"cuda:{dist_local_rank}" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+class Trainer:
+    """Builds data, model, optimiser from a ``TrainConfig``; ``fit()`` trains and validates.
+
+    ``history`` keeps every optimiser step's loss (the resume test compares them).
+    """
+
+    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> None:
+        self.cfg = cfg
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = _device(cfg.device, local_rank)
+        self.dist: DistInfo = init_distributed(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.log = log if self.dist.is_main else (lambda _msg: None)
+        self.progress = progress and self.dist.is_main
+        self.output = Path(cfg.output)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+
+        kw: dict[str, Any] = {"allow_outside_root": cfg.data.allow_outside_root}
+        self.train_index = read_dataset(cfg.data.train, **kw)
+        self.val_index = read_dataset(cfg.data.val, **kw) if cfg.data.val else None
+        self.class_names = self.train_index.class_names
+        overrides = {"image_size": cfg.image_size} if cfg.image_size else {}
+        model = create_model(
+            cfg.model,
+            num_classes=len(self.class_names),
+            weights=cfg.weights,
+            pretrained_backbone=cfg.pretrained_backbone and cfg.weights is None,
+            class_names=self.class_names,
+            **overrides,
+        )
+        self.model_config = model.config
+        assert self.model_config is not None
+        if cfg.freeze_backbone:
+            for p in model.backbone.parameters():
+                p.requires_grad_(False)
+        if cfg.bn_momentum is not None:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = cfg.bn_momentum
+        model.to(self.device)
+        if self.dist.enabled and cfg.sync_bn and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.ema = ModelEMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup_steps)
+        self.ema.module.config, self.ema.module.class_names = model.config, model.class_names
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        else:
+            self.ddp = model
+
+        size = self.model_config.image_size
+        transform = TrainTransform(size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
+        dataset = DetectionDataset(self.train_index, transform=transform)
+        self.loader, self.seeded, self.sampler = build_train_loader(
+            dataset, cfg.batch_size, cfg.data.workers, cfg.seed, self.dist.rank, self.dist.world_size,
+            pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        self.steps_per_epoch = max(1, math.ceil(len(self.loader) / cfg.grad_accum))
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        lr = default_lr(cfg.optim, cfg.batch_size * cfg.grad_accum * self.dist.world_size)
+        self.optimizer = build_optimizer(model, cfg.optim, lr)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, self.total_steps)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        anchors = anchors_for_config(self.model_config.anchors, size).to(self.device)
+        self.labeler = AnchorLabeler(anchors)
+        self.criterion = DetectionLoss(**vars(cfg.loss))
+        pp = self.model_config.preprocess
+        self.mean = torch.tensor(pp.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(pp.std, device=self.device).view(1, 3, 1, 1)
+
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.step = 0
+        self.best_metric = -1.0
+        self.nonfinite_steps = 0
+        self.bad_batches = 0
+        self.history: list[float] = []
+        self.stop_requested: str | None = None
+        self._stop_at_step: int | None = None
+        self.metrics = MetricsLogger(self.output, enabled=self.dist.is_main)
+        self._maybe_resume()
+
+    # -- set-up helpers -------------------------------------------------------------------
+    def _amp_dtype(self) -> torch.dtype | None:
+        mode = self.cfg.amp
+        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+            return None
+        if mode == "fp16":
+            return torch.float16
+        if mode == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+
+    def _maybe_resume(self) -> None:
+        resume = self.cfg.resume
+        if not resume:
+            return
+        path = self.output / "last.ckpt" if resume is True or resume == "auto" else Path(str(resume))
+        if not path.exists():
+            if resume is True or resume == "auto":
+                self.log(f"no checkpoint at {path}: starting a new run")
+                return
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        self.best_metric = state["best_metric"]
+        self.nonfinite_steps = state.get("nonfinite_steps", 0)
+        self.history = list(state.get("history", []))
+        set_rng_state(state["rng"])
+        self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self, name: str = "last") -> Path | None:
+        """Write ``{name}.ckpt`` (full training state) and ``{name}.safetensors`` (EMA weights)."""
+        if not self.dist.is_main:
+            return None
+        state = {
+            "format": "efficientdet-train-1",
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "best_metric": self.best_metric,
+            "nonfinite_steps": self.nonfinite_steps,
+            "history": list(self.history),
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "class_names": list(self.class_names),
+        }
+        path = self.output / f"{name}.ckpt"
+        save_checkpoint(path, state)
+        save_model(self.ema.module, self.output / f"{name}.safetensors")
+        return path
+
+    # -- one optimiser step -----------------------------------------------------------------
+    def _forward_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        images = batch["images"].to(self.device, non_blocking=True).float()
+        images = (images - self.mean) / self.std
+        boxes = [b.to(self.device) for b in batch["boxes"]]
+        labels = [lb.to(self.device) for lb in batch["labels"]]
+        cls_t, box_t, num_pos = self.labeler(boxes, labels)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            cls_out, box_out = self.ddp(images)
+        cls_out = [c.float() for c in cls_out]
+        box_out = [b.float() for b in box_out]
+        return self.criterion(cls_out, box_out, cls_t, box_t, num_pos)
+
+    def _optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.optim.clip_grad_norm > 0:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.ema.update(self.model)
+        self.step += 1
+
+    def train_epoch(self, deadline: float | None) -> str | None:
+        """Train until the epoch ends (None) or a stop reason ("max_steps", "time", "signal")."""
+        cfg = self.cfg
+        self.ddp.train()
+        if cfg.freeze_backbone:
+            self.model.backbone.eval()  # frozen BN statistics too
+        self.seeded.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.skip(self.batch_in_epoch * cfg.batch_size)
+        iterator: Any = self.loader
+        if self.progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", dynamic_ncols=True, leave=False)
+        accum, consecutive_bad, t0, seen = 0, 0, time.perf_counter(), 0
+        for batch in iterator:
+            self.batch_in_epoch += 1
+            if batch["images"].shape[0] == 0:
+                self.bad_batches += 1  # every image of the batch was unreadable (warned)
+                continue
+            sync = accum + 1 == cfg.grad_accum
+            no_sync = self.ddp.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()
+            with no_sync:
+                losses = self._forward_loss(batch)
+                finite = all_reduce_sum(torch.isfinite(losses["loss"]).float(), self.dist)
+                if finite.item() < self.dist.world_size:
+                    # A non-finite loss on any rank: every rank skips this step together.
+                    self.optimizer.zero_grad(set_to_none=True)
+                    accum = 0
+                    self.nonfinite_steps += 1
+                    consecutive_bad += 1
+                    self.log(f"warning: non-finite loss at step {self.step}, skipped ({self.nonfinite_steps} so far)")
+                    if consecutive_bad >= cfg.max_consecutive_nonfinite:
+                        path = self.save("last")
+                        raise TrainingDiverged(
+                            f"{consecutive_bad} non-finite losses in a row at step {self.step}: training "
+                            f"diverged. Checkpoint saved to {path}. Lower optim.lr or check the data."
+                        )
+                    continue
+                self.scaler.scale(losses["loss"] / cfg.grad_accum).backward()
+            accum += 1
+            seen += batch["images"].shape[0]
+            if accum < cfg.grad_accum:
+                continue
+            accum, consecutive_bad = 0, 0
+            self._optimizer_step()
+            loss = float(losses["loss"].detach())
+            self.history.append(loss)
+            if self.step % cfg.log_every == 0 or self.step == 1:
+                ips = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
+                lr = self.optimizer.param_groups[0]["lr"]
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                self.metrics.log("train", self.epoch, self.step, {**values, "lr": lr, "images_per_s": ips})
+                if self.progress:
+                    iterator.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+            if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
+                self.save("last")
+            if cfg.max_steps and self.step >= cfg.max_steps:
+                return "max_steps"
+            if deadline is not None and time.time() >= deadline:
+                return "time"
+            if self.stop_requested:
+                return "signal"
+            if self._stop_at_step is not None and self.step >= self._stop_at_step:
+                return "stopped"
+        return None
+
+    # -- validation -----------------------------------------------------------------------
+    def validate(self) -> dict[str, float] | None:
+        if self.val_index is None or not self.dist.is_main:
+            return None
+        from ..evaluation.run import evaluate
+
+        result = evaluate(self.ema.module, self.val_index, batch_size=self.cfg.batch_size, progress=False)
+        return {k: result.stats[k] for k in ("AP", "AP50", "AP75")}
+
+    # -- the whole run --------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop_requested = signal.Signals(signum).name
+        self.log(f"{self.stop_requested} received: finishing this step, saving a checkpoint")
+
+    def fit(self, stop_at_step: int | None = None) -> str:
+        """Train to the end (or a stop); returns why it stopped: "done", "max_steps", "time",
+        "signal", "stopped". ``stop_at_step`` interrupts like a signal at that optimiser step
+        (the schedule still assumes the full run), for tests and notebooks."""
+        cfg = self.cfg
+        self._stop_at_step = stop_at_step
+        deadline = time.time() + cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
+        old_handlers = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old_handlers[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread: the caller handles signals
+            old_handlers = {}
+        reason = "done"
+        try:
+            while self.epoch < cfg.epochs:
+                stop = self.train_epoch(deadline)
+                if stop is not None:
+                    reason = stop
+                    break
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                due = cfg.eval_every and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs)
+                metrics = self.validate() if due else None
+                if metrics is not None:
+                    self.metrics.log("val", self.epoch, self.step, metrics)
+                    self.log(f"epoch {self.epoch}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
+                    if metrics["AP"] > self.best_metric:
+                        self.best_metric = metrics["AP"]
+                        self.save("best")
+                self.save("last")
+                barrier(self.dist)
+            if reason != "done":
+                self.save("last")
+            if self.dist.is_main and self.val_index is None:
+                save_model(self.ema.module, self.output / "best.safetensors")  # no validation: best = last
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            self.metrics.close()
+        if self.dist.is_main and self.metrics.path.exists():
+            plot_curves(self.metrics.path, self.output / "training_curves.png")
+        return reason

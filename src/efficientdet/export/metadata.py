@@ -1,0 +1,103 @@
+"""Metadata stored in exported ONNX graphs (``ModelProto.metadata_props``, all strings)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import ModelConfig
+
+__all__ = ["NMS_LAYOUT", "NMS_OUTPUTS", "OnnxMetadata", "RAW_LAYOUT", "RAW_OUTPUTS", "read_onnx_metadata"]
+
+FORMAT_VERSION = "1"
+RAW_OUTPUTS = ("cls_logits", "box_codes")
+NMS_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
+RAW_LAYOUT = "cls_logits[N,T,K] logits; box_codes[N,T,4] (ty,tx,th,tw); rows in anchor order (level,y,x,anchor)"
+NMS_LAYOUT = (
+    "boxes[N,D,4] xyxy model-input pixels; scores[N,D]; labels[N,D] int64 (-1 = padding); "
+    "num_detections[N] int64; rows sorted by score"
+)
+
+
+@dataclass(frozen=True)
+class OnnxMetadata:
+    """What an exported graph needs to be used without its Python model.
+
+    ``image_size`` (h, w) is the graph's fixed input size; ``mean``/``std`` normalise 0..255
+    pixels (``(x - mean) / std``); ``outputs`` are the graph's output names, described by
+    ``output_layout``; ``config`` is the full model config (anchors, post-processing);
+    ``postprocess`` the thresholds compiled into the graph when ``nms_inside``.
+    """
+
+    model_name: str
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_classes: int
+    class_names: list[str] | None
+    nms_inside: bool
+    output_layout: str
+    outputs: tuple[str, ...]
+    config: ModelConfig
+    postprocess: dict[str, Any] | None = None
+
+    def to_props(self) -> dict[str, str]:
+        """The ``metadata_props`` entries (JSON values where not plain strings)."""
+        return {
+            "efficientdet.format_version": FORMAT_VERSION,
+            "model_name": self.model_name,
+            "image_size": json.dumps(list(self.image_size)),
+            "mean": json.dumps(list(self.mean)),
+            "std": json.dumps(list(self.std)),
+            "num_classes": str(self.num_classes),
+            "class_names": json.dumps(self.class_names),
+            "nms_inside": json.dumps(self.nms_inside),
+            "output_layout": self.output_layout,
+            "outputs": json.dumps(list(self.outputs)),
+            "config": self.config.to_json(),
+            "postprocess": json.dumps(self.postprocess),
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> "OnnxMetadata":
+        if "efficientdet.format_version" not in props:
+            raise ValueError(f"{source}: no efficientdet metadata; was it written by efficientdet.export?")
+        try:
+            h, w = json.loads(props["image_size"])
+            return cls(
+                model_name=props["model_name"],
+                image_size=(int(h), int(w)),
+                mean=tuple(float(v) for v in json.loads(props["mean"])),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in json.loads(props["std"])),  # type: ignore[arg-type]
+                num_classes=int(props["num_classes"]),
+                class_names=json.loads(props["class_names"]),
+                nms_inside=bool(json.loads(props["nms_inside"])),
+                output_layout=props["output_layout"],
+                outputs=tuple(json.loads(props["outputs"])),
+                config=ModelConfig.from_dict(json.loads(props["config"])),
+                postprocess=json.loads(props["postprocess"]),
+            )
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{source}: malformed efficientdet metadata ({err!r})") from None
+
+    def write_to(self, proto: Any) -> None:
+        """Set these entries on an ``onnx.ModelProto`` (other keys are kept)."""
+        props = {p.key: p.value for p in proto.metadata_props}
+        props.update(self.to_props())
+        del proto.metadata_props[:]
+        for key, value in props.items():
+            proto.metadata_props.add(key=key, value=value)
+
+
+def read_onnx_metadata(model: str | os.PathLike[str] | Any) -> OnnxMetadata:
+    """Metadata of an exported graph: a path or a loaded ``onnx.ModelProto``."""
+    import onnx
+
+    if isinstance(model, (str, os.PathLike)):
+        source = os.fspath(model)
+        model = onnx.load(source, load_external_data=False)
+    else:
+        source = "model"
+    return OnnxMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)

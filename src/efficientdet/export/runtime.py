@@ -1,0 +1,213 @@
+"""``OnnxDetector``: ``efficientdet.Detector``'s interface on an exported ONNX graph.
+
+Everything the graph needs is read from its metadata (input size, mean, std, class names,
+anchor and post-processing config), so only the ``.onnx`` file is required.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import PostprocessConfig, PreprocessConfig
+from ..data.images import load_image
+from ..ops.anchors import anchors_for_config
+from ..ops.boxes import clip_boxes
+from ..postprocess import postprocess
+from ..preprocess import preprocess_batch
+from .metadata import OnnxMetadata, read_onnx_metadata
+
+__all__ = ["OnnxDetector", "physical_cores"]
+
+ImageInput = Any  # path, PIL.Image, HWC numpy array, CHW tensor
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (SMT siblings counted once).
+
+    Intra-op threads beyond the physical cores compete for the same execution units and slow
+    conv-heavy graphs down; we also stay within the CPU affinity mask (containers, taskset).
+    """
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        allowed = os.cpu_count() or 1
+    try:
+        import psutil  # optional
+
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:
+        physical = None
+    if physical is None:
+        try:
+            cores = set()
+            with open("/proc/cpuinfo") as f:
+                phys = core = None
+                for line in f:
+                    key, _, value = line.partition(":")
+                    key = key.strip()
+                    if key == "physical id":
+                        phys = value.strip()
+                    elif key == "core id":
+                        core = value.strip()
+                    elif not line.strip() and core is not None:
+                        cores.add((phys, core))
+                        phys = core = None
+                if core is not None:
+                    cores.add((phys, core))
+            physical = len(cores) or None
+        except OSError:
+            physical = None
+    return max(1, min(allowed, physical or allowed))
+
+
+class OnnxDetector:
+    """Runs an ONNX graph written by :func:`efficientdet.export.export_onnx` on images.
+
+    ``detector(images)`` takes a list of images (paths, PIL images, HWC uint8 arrays or CHW
+    tensors; sizes may differ) and returns one dict per image, as ``efficientdet.Detector``:
+    ``boxes`` [M, 4] float32 xyxy in the image's own pixels, ``scores`` [M], ``labels`` [M]
+    int64 (0-based) and, when the graph carries class names, ``names``.
+
+    Graphs without NMS are post-processed with ``efficientdet.postprocess`` exactly as
+    ``Detector`` does. Graphs with NMS inside have their thresholds fixed; their boxes are
+    clipped to the whole model input before NMS (not to the letterboxed image's region), which
+    can rarely change which of two overlapping boxes at the image's bottom/right edge survives.
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: ONNX Runtime execution providers (default CPU).
+        intra_op_threads: threads per op; default the physical cores (see :func:`physical_cores`).
+        postprocess_config: for graphs without NMS; default the exported model's.
+        batch_size: images per run (graphs exported with a fixed batch use theirs, padding).
+        session_options: a ready ``onnxruntime.SessionOptions`` (overrides the threading choice).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        postprocess_config: PostprocessConfig | None = None,
+        batch_size: int = 8,
+        session_options: Any = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = os.fspath(path)
+        self.metadata: OnnxMetadata = read_onnx_metadata(self.path)
+        meta = self.metadata
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            session_options.intra_op_num_threads = intra_op_threads or physical_cores()
+            # One graph, one request at a time: parallelism inside ops, none between them.
+            session_options.inter_op_num_threads = 1
+            session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            self.path, session_options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        fixed = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch: int | None = fixed if isinstance(fixed, int) else None
+        self.batch_size = self.fixed_batch or batch_size
+        self.config = meta.config
+        self.class_names = meta.class_names
+        self.num_classes = meta.num_classes
+        self.preprocess_config = PreprocessConfig(
+            image_size=meta.image_size,
+            mean=meta.mean,
+            std=meta.std,
+            max_input_pixels=meta.config.preprocess.max_input_pixels,
+        )
+        self.postprocess_config = postprocess_config or meta.config.postprocess
+        self.anchors = None if meta.nms_inside else anchors_for_config(meta.config.anchors, meta.image_size)
+
+    def _run(self, batch: torch.Tensor) -> list[np.ndarray]:
+        """One session run, padding the batch to a fixed graph batch when there is one."""
+        n = batch.shape[0]
+        array = batch.numpy()
+        if self.fixed_batch is not None and n < self.fixed_batch:
+            pad = np.zeros((self.fixed_batch - n, *array.shape[1:]), dtype=array.dtype)
+            array = np.concatenate([array, pad])
+        return [out[:n] for out in self.session.run(None, {self.input_name: array})]
+
+    def __call__(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        score_threshold: float | None = None,
+        batch_size: int | None = None,
+    ) -> list[dict[str, Any]]:
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        post = self.postprocess_config
+        if score_threshold is not None:
+            post = dataclasses.replace(post, score_threshold=score_threshold)
+        graph_threshold = (self.metadata.postprocess or {}).get("score_threshold")
+        if self.metadata.nms_inside and score_threshold is not None and score_threshold < graph_threshold:
+            raise ValueError(
+                f"this graph drops scores below {graph_threshold} itself; a lower score_threshold "
+                f"({score_threshold}) needs a graph exported with it (or without NMS inside)"
+            )
+        step = self.fixed_batch or batch_size or self.batch_size
+        max_pixels = self.preprocess_config.max_input_pixels
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            decoded = [
+                load_image(img, name=None if isinstance(img, (str, os.PathLike)) else f"image #{start + i}", max_pixels=max_pixels)
+                for i, img in enumerate(chunk)
+            ]
+            batch, scales, sizes = preprocess_batch([d.cpu() for d in decoded], self.preprocess_config)
+            outputs = self._run(batch)
+            if self.metadata.nms_inside:
+                dets = self._from_nms_outputs(outputs, scales, sizes, score_threshold)
+            else:
+                dets = self._postprocess(outputs, post, scales, sizes)
+            for det in dets:
+                if self.class_names is not None:
+                    det["names"] = [self.class_names[i] for i in det["labels"].tolist()]
+                results.append(det)
+        return results
+
+    def _postprocess(
+        self, outputs: list[np.ndarray], post: PostprocessConfig, scales: torch.Tensor, sizes: list[tuple[int, int]]
+    ) -> list[dict[str, torch.Tensor]]:
+        cls, box = (torch.from_numpy(o) for o in outputs[:2])  # [N, T, K], [N, T, 4]
+        assert self.anchors is not None
+        # postprocess takes per-level [N, A*C, H, W] maps; the flat rows are one "level" of
+        # height T, width 1 and A = 1 (its flattening gives back exactly [N, T, C]).
+        return postprocess(
+            [cls.transpose(1, 2).unsqueeze(-1)],
+            [box.transpose(1, 2).unsqueeze(-1)],
+            self.anchors,
+            post,
+            num_classes=self.num_classes,
+            scales=scales,
+            image_sizes=sizes,
+        )
+
+    def _from_nms_outputs(
+        self,
+        outputs: list[np.ndarray],
+        scales: torch.Tensor,
+        sizes: list[tuple[int, int]],
+        score_threshold: float | None,
+    ) -> list[dict[str, torch.Tensor]]:
+        boxes, scores, labels, counts = (torch.from_numpy(np.ascontiguousarray(o)) for o in outputs[:4])
+        dets = []
+        for i, (h, w) in enumerate(sizes):
+            n = int(counts[i])
+            b, s, lab = boxes[i, :n], scores[i, :n], labels[i, :n].to(torch.int64)
+            if score_threshold is not None:
+                # Exact: a box below the threshold never suppresses one above it.
+                keep = s >= score_threshold
+                b, s, lab = b[keep], s[keep], lab[keep]
+            b = clip_boxes(b / scales[i], float(h), float(w))
+            dets.append({"boxes": b, "scores": s, "labels": lab})
+        return dets

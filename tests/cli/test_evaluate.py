@@ -1,0 +1,182 @@
+"""``efficientdet eval`` and ``evaluation.run.evaluate``: outputs, perfect detections, NMS modes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from efficientdet import Detector, create_model
+from efficientdet.cli import main
+from efficientdet.data.formats import read_dataset
+from efficientdet.data.records import DatasetIndex
+from efficientdet.data.synthetic import make_synthetic_dataset
+from efficientdet.evaluation import STAT_NAMES
+from efficientdet.evaluation.run import evaluate, label_mapping
+from efficientdet.models.efficientdet import EfficientDet
+from efficientdet.weights.coco import coco90_class_names
+
+NAMES = ["circle", "square", "triangle"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_images=6, image_size=(128, 128), seed=0)
+
+
+@pytest.fixture(scope="module")
+def index(dataset: Path) -> DatasetIndex:
+    return read_dataset(dataset)
+
+
+@pytest.fixture(scope="module")
+def model() -> EfficientDet:
+    torch.manual_seed(0)
+    return create_model("efficientdet_lite0", num_classes=3, class_names=NAMES)
+
+
+def _perfect_forward(
+    records: list[Any], model: EfficientDet, fake_heads: Callable, duplicates: bool = False
+) -> Callable[..., Any]:
+    """A fake forward returning the ground truth of ``records``, batch after batch, in order
+    (boxes moved into model-input pixels the way EvalTransform / Detector letterbox them)."""
+    queue = list(records)
+    h_in, w_in = model.config.image_size
+
+    def forward(images: Tensor) -> Any:
+        batch = [queue.pop(0) for _ in range(images.shape[0])]
+        targets = []
+        for r in batch:
+            scale = min(h_in / r.height, w_in / r.width)
+            targets.append((r.boxes * scale, r.labels))
+        return fake_heads(targets, model.config, (images.shape[-2], images.shape[-1]), duplicates=duplicates)
+
+    return forward
+
+
+def test_cli_end_to_end(dataset: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "eval"
+    args = ["eval", str(dataset), "--weights", str(tiny_weights), "--out", str(out), "--voc", "--quiet", "--max-images", "4"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in printed
+    assert "circle" in printed and "Pascal VOC" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["stats"]) == list(STAT_NAMES)
+    assert metrics["num_images"] == 4 and metrics["model"] == "efficientdet_lite0" and "mAP" in metrics["voc"]
+    assert set(metrics["per_class"]) == set(NAMES)
+    results = json.loads((out / "detections_coco.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {1, 2, 3}
+    assert {r["image_id"] for r in results} <= {1, 2, 3, 4}
+    assert all(len(r["bbox"]) == 4 and 0.001 <= r["score"] <= 1 for r in results)
+    assert (out / "pr_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_class_count_mismatch_exits_2(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from efficientdet import save_model
+
+    weights = tmp_path / "five.safetensors"
+    save_model(create_model("efficientdet_lite0", num_classes=5), weights)
+    assert main(["eval", str(dataset), "--weights", str(weights), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "5 classes" in err and "has 3" in err
+
+
+def test_perfect_detections_score_1(
+    index: DatasetIndex, model: EfficientDet, fake_heads: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model, "forward", _perfect_forward(index.records, model, fake_heads))
+    model.train()
+    run = evaluate(model, index, batch_size=4, voc=True, progress=False, num_workers=0)
+    assert run.stats["AP"] == pytest.approx(1.0) and run.stats["AP50"] == pytest.approx(1.0)
+    assert run.voc is not None and run.voc["mAP"] == pytest.approx(1.0)
+    assert run.num_images == 6 and run.skipped_images == []
+    assert model.training  # switched back after evaluating
+
+
+def test_wrapped_model_and_detector_like_callable(
+    index: DatasetIndex, model: EfficientDet, fake_heads: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Ema(torch.nn.Module):  # like timm's ModelEmaV2 / torch AveragedModel: the model in .module
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    monkeypatch.setattr(model, "forward", _perfect_forward(index.records, model, fake_heads))
+    assert evaluate(Ema(model), index, progress=False).stats["AP"] == pytest.approx(1.0)
+
+    # Any callable images -> detections (TTADetector, OnnxDetector) goes the generic way.
+    class PerfectCallable:
+        config = model.config
+        class_names = NAMES
+
+        def __init__(self) -> None:
+            self.queue = list(index.records)
+
+        def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+            recs = [self.queue.pop(0) for _ in images]
+            for r, im in zip(recs, images):
+                assert tuple(im.shape[1:]) == (r.height, r.width)
+            return [{"boxes": r.boxes, "scores": torch.ones(len(r.labels)), "labels": r.labels} for r in recs]
+
+    assert evaluate(PerfectCallable(), index, batch_size=4, progress=False).stats["AP"] == pytest.approx(1.0)
+
+
+def test_unreadable_image_is_skipped_and_counted(
+    index: DatasetIndex, model: EfficientDet, fake_heads: Callable, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not a jpeg")
+    records = list(index.records)
+    broken = type(records[2])(bad, records[2].boxes, records[2].labels, records[2].image_id, 128, 128)
+    damaged = DatasetIndex([*records[:2], broken, *records[3:]], index.class_names, category_ids=index.category_ids)
+    good = [r for r in damaged.records if r is not broken]
+    monkeypatch.setattr(model, "forward", _perfect_forward(good, model, fake_heads))
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        run = evaluate(model, damaged, batch_size=4, progress=False)
+    assert run.skipped_images == [str(bad)] and run.num_images == 5
+    assert run.stats["AP"] == pytest.approx(1.0)  # the unreadable image is left out, not counted as missed
+
+
+def test_soft_and_hard_nms_differ_on_the_same_outputs(
+    index: DatasetIndex, model: EfficientDet, fake_heads: Callable, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    results = {}
+    for nms in ("hard", "soft"):
+        monkeypatch.setattr(model, "forward", _perfect_forward(index.records, model, fake_heads, duplicates=True))
+        run = evaluate(model, index, batch_size=6, nms=nms, out_dir=tmp_path / nms, progress=False)
+        results[nms] = json.loads((tmp_path / nms / "detections_coco.json").read_text())
+        assert run.nms == nms and 0.0 <= run.stats["AP"] <= 1.0
+        for r in results[nms]:  # valid COCO results on the dataset's images and categories
+            x, y, w, h = r["bbox"]
+            assert r["image_id"] in range(1, 7) and r["category_id"] in (1, 2, 3)
+            assert 0.001 <= r["score"] <= 1 and x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= 128 and y + h <= 128
+    num_gt = index.num_objects
+    # Hard NMS drops every shifted duplicate; soft-NMS keeps them with decayed scores.
+    assert len(results["hard"]) == num_gt and len(results["soft"]) == 2 * num_gt
+    soft_scores = sorted(r["score"] for r in results["soft"])
+    assert soft_scores[num_gt - 1] < 0.73 * 0.5  # the duplicates' sigmoid(1) = 0.73, decayed
+    assert sorted(r["score"] for r in results["hard"]) == pytest.approx(soft_scores[num_gt:])
+
+
+def test_detector_input_uses_its_model(
+    index: DatasetIndex, model: EfficientDet, fake_heads: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model, "forward", _perfect_forward(index.records, model, fake_heads))
+    assert evaluate(Detector(model), index, progress=False).stats["AP"] == pytest.approx(1.0)
+
+
+def test_label_mapping_coco90_layout() -> None:
+    idx = DatasetIndex([], ["person", "car", "dog"], category_ids=[1, 3, 18])
+    cats, to_dataset = label_mapping(90, coco90_class_names(), idx)
+    assert cats == list(range(1, 91))
+    assert to_dataset[[0, 2, 17]].tolist() == [0, 1, 2] and (np.delete(to_dataset, [0, 2, 17]) == -1).all()
+    assert label_mapping(3, None, idx)[0] == [1, 3, 18]
+    with pytest.raises(ValueError, match="90 classes but the dataset has 3"):
+        label_mapping(90, ["x"] * 90, idx)

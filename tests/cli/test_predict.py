@@ -1,0 +1,192 @@
+"""``efficientdet predict``: mixed and broken inputs, EXIF orientation, outputs, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from efficientdet.cli import main
+from efficientdet.models.efficientdet import EfficientDet
+from efficientdet.variants import get_config
+from efficientdet.visualize import PALETTE
+
+DOG = PALETTE[1]  # the fake detector reports class 1 ("dog")
+
+
+def _canvas(h: int, w: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Black HxW RGB image with a white rectangle at ``box`` (x0, y0, x1, y1)."""
+    a = np.zeros((h, w, 3), np.uint8)
+    x0, y0, x1, y1 = box
+    a[y0:y1, x0:x1] = 255
+    return a
+
+
+def _bright_box(path: Path) -> list[float]:
+    """Bounding box of the white pixels of ``path`` as displayed (EXIF orientation applied)."""
+    g = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("L")) > 175
+    rows, cols = np.flatnonzero(g.any(1)), np.flatnonzero(g.any(0))
+    return [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]
+
+
+def _mixed_folder(root: Path) -> dict[str, Path]:
+    root.mkdir()
+    files = {
+        "photo.jpg": Image.fromarray(_canvas(240, 400, (100, 60, 180, 140))),
+        "shapes.png": Image.fromarray(_canvas(100, 150, (20, 30, 60, 70))),
+        "gray.png": Image.fromarray(_canvas(80, 90, (10, 20, 50, 60))[:, :, 0], mode="L"),
+        "rgba.png": Image.fromarray(np.dstack([_canvas(64, 96, (40, 10, 80, 40)), np.full((64, 96), 128, np.uint8)])),
+    }
+    for name, image in files.items():
+        image.save(root / name, **({"quality": 95} if name.endswith(".jpg") else {}))
+    # Stored 200x120 (WxH), displayed rotated 90 degrees clockwise (EXIF orientation 6): 120x200.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_canvas(120, 200, (20, 30, 60, 70))).save(root / "rotated.jpg", quality=95, exif=exif)
+    Image.fromarray(_canvas(100, 100, (10, 10, 50, 50))).save(root / "full.jpg", quality=95)
+    data = (root / "full.jpg").read_bytes()
+    (root / "full.jpg").unlink()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "notes.jpg").write_text("not an image")
+    (root / "empty.png").write_bytes(b"")
+    return {p.name: p for p in root.iterdir()}
+
+
+@pytest.fixture
+def fake_forward(monkeypatch: pytest.MonkeyPatch, bright_forward: Callable) -> None:
+    """Every EfficientDet "detects" the white region of its input as a dog."""
+    config = get_config("efficientdet_lite0").replace(num_classes=3)
+    monkeypatch.setattr(EfficientDet, "forward", bright_forward(config))
+
+
+def test_mixed_folder(tmp_path: Path, tiny_weights: Path, fake_forward: None, capsys: pytest.CaptureFixture) -> None:
+    files = _mixed_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    rc = main(["predict", str(tmp_path / "in"), "--weights", str(tiny_weights), "--out", str(out), "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    for bad in ("truncated.jpg", "notes.jpg", "empty.png"):
+        assert any(bad in line and "warning" in line for line in err.splitlines()), (bad, err)
+
+    valid = ["gray.png", "photo.jpg", "rgba.png", "rotated.jpg", "shapes.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*valid, "detections.json"])
+    entries = {Path(e["file"]).name: e for e in json.loads((out / "detections.json").read_text())}
+    assert sorted(entries) == valid
+    for name in valid:
+        src = ImageOps.exif_transpose(Image.open(files[name]))
+        drawn = Image.open(out / name)
+        assert drawn.size == src.size and drawn.mode == "RGB"
+        assert (entries[name]["height"], entries[name]["width"]) == (src.height, src.width)
+        [det] = entries[name]["detections"]
+        assert det["label"] == 1 and det["name"] == "dog" and det["score"] > 0.99
+        np.testing.assert_allclose(det["box"], _bright_box(files[name]), atol=2.5)
+
+    # The rotated photo is displayed 120 wide, 200 high; its white square moved with it.
+    assert Image.open(out / "rotated.jpg").size == (120, 200)
+    x0, y0, x1, y1 = entries["rotated.jpg"]["detections"][0]["box"]
+    assert abs(x0 - 50) < 2.5 and abs(y0 - 20) < 2.5 and abs(x1 - 90) < 2.5 and abs(y1 - 60) < 2.5
+    # ... and its "dog" tag sits right above the box (JPEG: colours approximate).
+    tag = np.asarray(Image.open(out / "rotated.jpg"))[round(y0) - 8 : round(y0) - 2, round(x0) + 2 : round(x0) + 30]
+    np.testing.assert_allclose(np.median(tag.reshape(-1, 3), 0), DOG, atol=40)
+    # Lossless output: the outline is exactly the class colour, where the object is.
+    shapes = np.asarray(Image.open(out / "shapes.png"))
+    bx0, by0, bx1, by1 = (round(v) for v in entries["shapes.png"]["detections"][0]["box"])
+    assert tuple(shapes[(by0 + by1) // 2, bx0]) == DOG and tuple(shapes[(by0 + by1) // 2, bx1 - 1]) == DOG
+    assert tuple(shapes[(by0 + by1) // 2, (bx0 + bx1) // 2]) == (255, 255, 255)  # inside untouched
+
+
+def test_all_valid_real_model_csv(tmp_path: Path, tiny_weights: Path) -> None:
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(_canvas(90, 120, (10, 10, 50, 50))).save(src / "a.jpg")
+    Image.fromarray(_canvas(60, 60, (5, 5, 20, 20))).save(src / "sub" / "b.png")
+    out = tmp_path / "out"
+    common = ["--weights", str(tiny_weights), "--out", str(out)]
+    assert main(["predict", str(src), *common, "--format", "csv", "--score-threshold", "0.0"]) == 0
+    assert (out / "a.jpg").is_file() and (out / "sub" / "b.png").is_file()  # folder layout mirrored
+    with open(out / "detections.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and set(rows[0]) == {"file", "x0", "y0", "x1", "y1", "score", "label", "name"}
+    assert {Path(r["file"]).name for r in rows} == {"a.jpg", "b.png"}
+    for r in rows:
+        assert 0 <= float(r["x0"]) <= float(r["x1"]) and 0 <= float(r["score"]) <= 1 and r["name"] in ("cat", "dog", "cup")
+
+
+def test_files_globs_class_filter_no_draw(tmp_path: Path, tiny_weights: Path, fake_forward: None) -> None:
+    for name in ("x1.png", "x2.png", "y.png"):
+        Image.fromarray(_canvas(64, 64, (8, 8, 40, 40))).save(tmp_path / name)
+    out = tmp_path / "out"
+    common = ["--weights", str(tiny_weights), "--out", str(out), "--no-draw"]
+    assert main(["predict", str(tmp_path / "x*.png"), str(tmp_path / "y.png"), *common, "--classes", "cat"]) == 0
+    entries = json.loads((out / "detections.json").read_text())
+    assert [Path(e["file"]).name for e in entries] == ["x1.png", "x2.png", "y.png"]
+    assert all(e["detections"] == [] for e in entries)  # the dogs are filtered out
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json"]
+    assert main(["predict", str(tmp_path / "y.png"), *common, "--classes", "dog"]) == 0
+    assert len(json.loads((out / "detections.json").read_text())[0]["detections"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--classes", "zebra"], "unknown class 'zebra'"),
+        (["--image-size", "100"], "multiple of 32"),
+        (["--weights", "missing.safetensors"], "missing.safetensors"),
+    ],
+)
+def test_usage_errors_exit_2(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    Image.fromarray(_canvas(64, 64, (8, 8, 40, 40))).save(tmp_path / "a.png")
+    args = ["predict", str(tmp_path / "a.png"), "--weights", str(tiny_weights), "--out", str(tmp_path / "o"), *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_nothing_to_do_exits_2(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["predict", str(tmp_path / "nope*.jpg"), "--weights", str(tiny_weights)]) == 2
+    assert "nope*.jpg" in capsys.readouterr().err
+
+
+def test_video_without_backend_is_reported(
+    tmp_path: Path, tiny_weights: Path, fake_forward: None, capsys: pytest.CaptureFixture
+) -> None:
+    Image.fromarray(_canvas(64, 64, (8, 8, 40, 40))).save(tmp_path / "a.png")
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    out = tmp_path / "out"
+    common = ["--weights", str(tiny_weights), "--out", str(out)]
+    assert main(["predict", str(tmp_path / "a.png"), str(tmp_path / "clip.mp4"), *common]) == 1
+    assert any("clip.mp4" in line for line in capsys.readouterr().err.splitlines())
+    assert (out / "a.png").is_file()
+
+
+def test_video_frames_pipeline(
+    tmp_path: Path, tiny_weights: Path, fake_forward: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a (fake) reader and no encoder: frames batched, PNG frames written, one entry per frame."""
+    import efficientdet.cli.predict as predict
+    import efficientdet.video as video
+
+    class FakeReader:
+        fps = 10.0
+
+        def frames(self):  # noqa: ANN202
+            for i in range(3):
+                yield _canvas(48, 64, (4 + 8 * i, 8, 24 + 8 * i, 30))
+
+    monkeypatch.setattr(predict, "open_video", lambda path: FakeReader())
+    monkeypatch.setattr(video, "video_backend", lambda: None)
+    (tmp_path / "clip.mp4").write_bytes(b"fake")
+    out = tmp_path / "out"
+    common = ["--weights", str(tiny_weights), "--out", str(out), "--batch-size", "2"]
+    assert main(["predict", str(tmp_path / "clip.mp4"), *common]) == 0
+    assert sorted(p.name for p in (out / "clip_frames").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    entries = json.loads((out / "detections.json").read_text())
+    assert [e["file"].rsplit("#", 1)[1] for e in entries] == ["frame=0", "frame=1", "frame=2"]
+    for i, e in enumerate(entries):
+        np.testing.assert_allclose(e["detections"][0]["box"], [4 + 8 * i, 8, 24 + 8 * i, 30], atol=1.5)

@@ -1,0 +1,246 @@
+"""ONNX export: ONNX Runtime vs PyTorch eager, with and without NMS in the graph, dynamic batch,
+metadata, ``OnnxDetector`` vs ``Detector``, the torch formats and the dispatcher.
+
+Models have random unit-scale weights and calibrated BNs (conftest), so outputs are O(1) and a
+wrong op shows. Default runs use 256x256 inputs; the native sizes are ``slow``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from efficientdet import Detector  # noqa: E402
+from efficientdet.export import (  # noqa: E402
+    EXPORT_FORMATS,
+    ExportError,
+    OnnxDetector,
+    OnnxMetadata,
+    attach_postprocess,
+    check_onnx,
+    export,
+    export_onnx,
+    read_onnx_metadata,
+)
+from efficientdet.export.graph import DetectionGraph, PostprocessGraph  # noqa: E402
+from efficientdet.export.runtime import physical_cores  # noqa: E402
+from efficientdet.ops.anchors import anchors_for_config  # noqa: E402
+from efficientdet.postprocess import flatten_outputs, postprocess  # noqa: E402
+
+TOL = 1e-4
+SIZE = (256, 256)
+MODELS = ["efficientdet_lite0", "efficientdet_d0"]
+NATIVE = [("efficientdet_lite0", (320, 320)), ("efficientdet_d0", (512, 512))]
+
+
+@pytest.fixture(scope="module")
+def exported(make_model, tmp_path_factory):
+    """``get(name, size)`` -> (model, raw graph path, NMS graph path), exported once per module
+    with the default (dynamo) exporter and a dynamic batch; the NMS graph is the raw one plus
+    the attached post-processing."""
+    cache = {}
+
+    def get(name: str, size: tuple[int, int] = SIZE):
+        if (name, size) not in cache:
+            model = make_model(name, size)
+            folder = tmp_path_factory.mktemp(f"{name}_{size[0]}x{size[1]}")
+            raw = export_onnx(model, folder / "raw.onnx")
+            nms = attach_postprocess(raw, folder / "nms.onnx")
+            cache[(name, size)] = (model, raw, nms)
+        return cache[(name, size)]
+
+    return get
+
+
+def _session(path) -> "ort.InferenceSession":
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _images(batch: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def _check_raw(model, raw_path, size):
+    session = _session(raw_path)
+    assert session.get_inputs()[0].shape[0] == "batch"
+    for batch in (1, 2):  # one graph, both batch sizes
+        x = _images(batch, size, seed=batch)
+        cls, box = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            ref_cls, ref_box = flatten_outputs(*model(x), model.config.num_classes)
+        assert min(ref_cls.std().item(), ref_box.std().item()) > 0.05  # non-trivial outputs
+        assert cls.shape == tuple(ref_cls.shape) and box.shape == tuple(ref_box.shape)
+        assert np.abs(cls - ref_cls.numpy()).max() < TOL
+        assert np.abs(box - ref_box.numpy()).max() < TOL
+
+
+def _check_nms(model, nms_path, size, assert_same_detections):
+    session = _session(nms_path)
+    cfg = model.config
+    anchors = anchors_for_config(cfg.anchors, size)
+    d = cfg.postprocess.max_detections
+    x = _images(2, size, seed=7)
+    with torch.no_grad():
+        cls_out, box_out = model(x)
+    # The graph clips to the whole input, i.e. postprocess with the input as the image size.
+    ref = postprocess(cls_out, box_out, anchors, cfg.postprocess, cfg.num_classes, image_sizes=[size] * 2)
+    runs = {2: session.run(None, {"images": x.numpy()}), 1: session.run(None, {"images": x[:1].numpy()})}
+    for batch, (boxes, scores, labels, counts) in runs.items():
+        assert boxes.shape == (batch, d, 4) and scores.shape == (batch, d) and labels.shape == (batch, d)
+        assert labels.dtype == np.int64 and counts.dtype == np.int64
+        for i in range(batch):
+            n = int(counts[i])
+            assert n > 10  # the comparison is not vacuous
+            assert (labels[i, n:] == -1).all() and (scores[i, n:] == 0).all() and (boxes[i, n:] == 0).all()
+            assert (np.diff(scores[i, :n]) <= 0).all()  # sorted, best first
+            got = {"boxes": torch.from_numpy(boxes[i, :n]), "scores": torch.from_numpy(scores[i, :n]),
+                   "labels": torch.from_numpy(labels[i, :n])}
+            assert_same_detections(got, ref[i], max_detections=d)
+    # The eager twin of the graph (our NMS op's PyTorch implementation) agrees as well.
+    post = PostprocessGraph(anchors, cfg.num_classes, size, cfg.postprocess.max_candidates,
+                            cfg.postprocess.score_threshold, cfg.postprocess.iou_threshold, d)
+    with torch.no_grad():
+        boxes, scores, labels, counts = DetectionGraph(model, post).eval()(x)
+    for i in range(2):
+        n = int(counts[i])
+        assert_same_detections({"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": labels[i, :n]}, ref[i], d)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_raw_outputs_match_eager(exported, name):
+    model, raw, _ = exported(name)
+    _check_raw(model, raw, SIZE)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_nms_graph_matches_postprocess(exported, name, assert_same_detections):
+    model, _, nms = exported(name)
+    _check_nms(model, nms, SIZE, assert_same_detections)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", NATIVE)
+def test_native_size(exported, name, size, assert_same_detections):
+    model, raw, nms = exported(name, size)
+    _check_raw(model, raw, size)
+    _check_nms(model, nms, size, assert_same_detections)
+
+
+def _photos(sizes, seed):
+    g = np.random.default_rng(seed)
+    return [g.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_detector_matches_detector(exported, name, assert_same_detections):
+    model, raw, nms = exported(name)
+    detector = Detector(model)
+    d = model.config.postprocess.max_detections
+    # Letterboxed images (padding inside the input): the raw graph + postprocess is Detector's pipeline.
+    photos = _photos([(300, 200), (180, 400), (256, 256)], seed=1)
+    want = detector(photos)
+    got = OnnxDetector(raw, batch_size=2)(photos)
+    for g, w in zip(got, want):
+        assert g["names"] == [model.class_names[i] for i in g["labels"].tolist()]
+        assert_same_detections(g, w, max_detections=d)
+    # Graph with NMS: same results where the image fills the input (see DetectionGraph docs).
+    photos = _photos([(300, 300), (128, 128)], seed=2)
+    onnx_nms = OnnxDetector(nms)
+    for g, w in zip(onnx_nms(photos), detector(photos)):
+        assert g["names"] == [model.class_names[i] for i in g["labels"].tolist()]
+        assert_same_detections(g, w, max_detections=d)
+    # A stricter score threshold is applied after the graph, exactly.
+    for g, w in zip(onnx_nms(photos, score_threshold=0.6), detector(photos, score_threshold=0.6)):
+        assert (g["scores"] >= 0.6).all()
+        assert_same_detections(g, w, max_detections=d)
+    with pytest.raises(ValueError, match="below"):
+        onnx_nms(photos, score_threshold=0.0001)
+
+
+def test_metadata_round_trip(exported):
+    model, raw, nms = exported("efficientdet_lite0")
+    cfg = model.config
+    for path, inside in ((raw, False), (nms, True)):
+        meta = read_onnx_metadata(path)
+        assert meta.model_name == cfg.name and meta.image_size == SIZE
+        assert meta.mean == tuple(cfg.preprocess.mean) and meta.std == tuple(cfg.preprocess.std)
+        assert meta.class_names == model.class_names and meta.num_classes == cfg.num_classes
+        assert meta.nms_inside is inside
+        assert meta.outputs == tuple(o.name for o in _session(path).get_outputs())
+        assert meta.config == cfg.replace(image_size=SIZE)
+        assert OnnxMetadata.from_props(meta.to_props()) == meta
+    post = read_onnx_metadata(nms).postprocess
+    assert post["score_threshold"] == cfg.postprocess.score_threshold
+    assert post["iou_threshold"] == cfg.postprocess.iou_threshold
+    assert post["max_detections"] == cfg.postprocess.max_detections
+    assert read_onnx_metadata(raw).postprocess is None
+    with pytest.raises(ValueError, match="already"):
+        attach_postprocess(nms)
+
+
+def test_onnx_detector_threads(exported):
+    _, raw, _ = exported("efficientdet_lite0")
+    detector = OnnxDetector(raw)
+    assert detector.session.get_session_options().intra_op_num_threads == physical_cores()
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+
+
+def test_torchscript_exporter_fixed_batch_custom_thresholds(make_model, tmp_path, assert_same_detections):
+    """The other exporter (TorchScript-based), NMS in the graph from the start, fixed batch 2."""
+    model = make_model("efficientdet_lite0", SIZE)
+    post = dataclasses.replace(model.config.postprocess, score_threshold=0.3, iou_threshold=0.6, max_detections=20)
+    path = export_onnx(
+        model, tmp_path / "ts.onnx", include_postprocess=True, dynamo=False, dynamic_batch=False, batch_size=2,
+        opset=17, score_threshold=0.3, iou_threshold=0.6, max_detections=20,
+    )
+    session = _session(path)
+    assert session.get_inputs()[0].shape == [2, 3, *SIZE]
+    x = _images(2, SIZE, seed=11)
+    boxes, scores, labels, counts = session.run(None, {"images": x.numpy()})
+    assert boxes.shape == (2, 20, 4)
+    with torch.no_grad():
+        ref = postprocess(*model(x), anchors_for_config(model.config.anchors, SIZE), post,
+                          model.config.num_classes, image_sizes=[SIZE] * 2)
+    for i in range(2):
+        n = int(counts[i])
+        got = {"boxes": torch.from_numpy(boxes[i, :n]), "scores": torch.from_numpy(scores[i, :n]),
+               "labels": torch.from_numpy(labels[i, :n])}
+        assert_same_detections(got, ref[i], max_detections=20)
+    assert read_onnx_metadata(path).postprocess["score_threshold"] == 0.3
+    # a fixed-batch graph still serves any number of images (padded runs)
+    assert len(OnnxDetector(path)(_photos([(100, 120)] * 3, seed=3))) == 3
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "program"])
+def test_torch_formats(make_model, tmp_path, fmt):
+    model = make_model("efficientdet_lite0", SIZE)
+    path = export(model, tmp_path / f"model.{fmt}", fmt)
+    loaded = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
+    for batch in (1, 3):
+        x = _images(batch, SIZE, seed=20 + batch)
+        with torch.no_grad():
+            cls, box = loaded(x)
+            ref_cls, ref_box = model(x)
+        assert len(cls) == len(ref_cls) == 5
+        for a, b in zip(list(cls) + list(box), list(ref_cls) + list(ref_box)):
+            assert (a - b).abs().max() < TOL
+
+
+def test_export_dispatch_errors(make_model, tmp_path):
+    model = make_model("efficientdet_lite0", SIZE)
+    with pytest.raises(ValueError) as err:
+        export(model, tmp_path / "m.tflite", "tflite")
+    assert all(fmt in str(err.value) for fmt in EXPORT_FORMATS)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        export_onnx(model, tmp_path / "m.onnx", image_size=250)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(ExportError, match="checker"):
+        check_onnx(bad)
