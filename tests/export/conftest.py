@@ -82,7 +82,7 @@ def match_detections(
     got: Detections, want: Detections, max_detections: int | None = None, iou: float = 0.99, score_tol: float = 1e-4
 ) -> None:
     """Assert ``got`` and ``want`` hold the same detections: each matched one to one by the same
-    label, IoU > ``iou`` and scores within ``score_tol``; order is free.
+    label, IoU > ``iou`` (or corners within 0.01 px) and scores within ``score_tol``; order is free.
 
     Scores that differ by float noise (~1e-6) may swap near-ties, so when a set was cut at
     ``max_detections``, detections within ``score_tol`` of its lowest score may be unmatched.
@@ -92,6 +92,10 @@ def match_detections(
     used = torch.zeros(len(wb), dtype=torch.bool)
     unmatched = []
     ious = box_iou(gb, wb) if len(gb) and len(wb) else torch.zeros(len(gb), len(wb))
+    # Boxes clipped to an image edge can have zero area (IoU undefined, reported as 0): those
+    # match when their corners agree to 0.01 px.
+    close = (gb[:, None, :] - wb[None, :, :]).abs().amax(-1) < 1e-2
+    ious = torch.where(close, torch.ones_like(ious), ious)
     for i in range(len(gb)):
         ok = (~used) & (wl == gl[i]) & ((ws - gs[i]).abs() < score_tol) & (ious[i] > iou)
         if ok.any():

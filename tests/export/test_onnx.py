@@ -38,23 +38,27 @@ TOL = 1e-4
 SIZE = (256, 256)
 MODELS = ["efficientdet_lite0", "efficientdet_d0"]
 NATIVE = [("efficientdet_lite0", (320, 320)), ("efficientdet_d0", (512, 512))]
+# A dynamo export takes ~5x longer than a TorchScript one (about a minute here): the default
+# run covers each exporter once; the slow run covers every model with both.
+DEFAULT_EXPORTER = {"efficientdet_lite0": True, "efficientdet_d0": False}
 
 
 @pytest.fixture(scope="module")
 def exported(make_model, tmp_path_factory):
-    """``get(name, size)`` -> (model, raw graph path, NMS graph path), exported once per module
-    with the default (dynamo) exporter and a dynamic batch; the NMS graph is the raw one plus
-    the attached post-processing."""
+    """``get(name, size, dynamo)`` -> (model, raw graph path, NMS graph path), exported once per
+    module with a dynamic batch; the NMS graph is the raw one plus attached post-processing."""
     cache = {}
 
-    def get(name: str, size: tuple[int, int] = SIZE):
-        if (name, size) not in cache:
+    def get(name: str, size: tuple[int, int] = SIZE, dynamo: bool | None = None):
+        dynamo = DEFAULT_EXPORTER[name] if dynamo is None else dynamo
+        key = (name, size, dynamo)
+        if key not in cache:
             model = make_model(name, size)
-            folder = tmp_path_factory.mktemp(f"{name}_{size[0]}x{size[1]}")
-            raw = export_onnx(model, folder / "raw.onnx")
-            nms = attach_postprocess(raw, folder / "nms.onnx")
-            cache[(name, size)] = (model, raw, nms)
-        return cache[(name, size)]
+            folder = tmp_path_factory.mktemp(f"{name}_{size[0]}x{size[1]}_{'dynamo' if dynamo else 'ts'}")
+            raw = export_onnx(model, folder / "raw.onnx", dynamo=dynamo)
+            nms = attach_postprocess(raw, folder / "nms.onnx", dynamo=dynamo)
+            cache[key] = (model, raw, nms)
+        return cache[key]
 
     return get
 
@@ -126,9 +130,10 @@ def test_nms_graph_matches_postprocess(exported, name, assert_same_detections):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,size", NATIVE)
-def test_native_size(exported, name, size, assert_same_detections):
-    model, raw, nms = exported(name, size)
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("name,size", NATIVE + [(name, SIZE) for name in MODELS])
+def test_all_exporters_and_sizes(exported, name, size, dynamo, assert_same_detections):
+    model, raw, nms = exported(name, size, dynamo)
     _check_raw(model, raw, size)
     _check_nms(model, nms, size, assert_same_detections)
 
@@ -218,6 +223,7 @@ def test_torchscript_exporter_fixed_batch_custom_thresholds(make_model, tmp_path
     assert len(OnnxDetector(path)(_photos([(100, 120)] * 3, seed=3))) == 3
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
 @pytest.mark.parametrize("fmt", ["torchscript", "program"])
 def test_torch_formats(make_model, tmp_path, fmt):
     model = make_model("efficientdet_lite0", SIZE)

@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import evaluate, info, predict, train
+from . import evaluate, info, predict, quickstart, train
 
 # Each sub-command module has ``add_parser(subparsers)`` and ``run(args) -> int``.
-COMMANDS = [info, train, predict, evaluate]
+COMMANDS = [info, train, predict, evaluate, quickstart]
 
 
 def build_parser() -> argparse.ArgumentParser:

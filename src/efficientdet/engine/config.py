@@ -76,6 +76,9 @@ class TrainConfig:
     resume: bool | str = False  # True: output/last.ckpt if present; a path: that file
     eval_every: int = 1  # epochs between validations (0: never)
     checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch (0: epoch ends only)
+    # epoch-end checkpoints at most this often (tiny epochs would otherwise spend their time
+    # writing files); the last epoch, stops and signals always write one
+    checkpoint_min_interval_s: float = 60.0
     max_consecutive_nonfinite: int = 5
     log_every: int = 10
 

@@ -126,6 +126,7 @@ class Trainer:
         self.history: list[float] = []
         self.stop_requested: str | None = None
         self._stop_at_step: int | None = None
+        self._last_save = time.time()
         self.metrics = MetricsLogger(self.output, enabled=self.dist.is_main)
         self._maybe_resume()
 
@@ -187,6 +188,7 @@ class Trainer:
         }
         path = self.output / f"{name}.ckpt"
         save_checkpoint(path, state)
+        self._last_save = time.time()
         save_model(self.ema.module, self.output / f"{name}.safetensors")
         return path
 
@@ -331,7 +333,8 @@ class Trainer:
                     if metrics["AP"] > self.best_metric:
                         self.best_metric = metrics["AP"]
                         self.save("best")
-                self.save("last")
+                if self.epoch == cfg.epochs or time.time() - self._last_save >= cfg.checkpoint_min_interval_s:
+                    self.save("last")
                 barrier(self.dist)
             if reason != "done":
                 self.save("last")

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..models.layers import StaticSameConv2d
 
-__all__ = ["fuse_batchnorm", "optimize_for_inference"]
+__all__ = ["count_batchnorms", "fuse_batchnorm", "optimize_for_inference"]
 
 
 def _foldable_conv_types() -> tuple[type[nn.Module], ...]:

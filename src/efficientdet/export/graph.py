@@ -6,13 +6,15 @@ ONNX has a batched, class-wise ``NonMaxSuppression``; torch has no op with its s
 class, so the wrapper also runs in PyTorch) and a translation to the ONNX op for each exporter:
 
 * ``torch.onnx.export(dynamo=True)`` (torch.export based, the default since torch 2.9): an
-  ONNX Script function in ``custom_translation_table`` (:data:`DYNAMO_TRANSLATIONS`);
+  ONNX Script function in ``custom_translation_table`` (:func:`dynamo_translations`);
 * ``torch.onnx.export(dynamo=False)`` (TorchScript based, deprecated but ~5x faster to run):
   a symbolic registered with ``torch.onnx.register_custom_op_symbolic``
   (:func:`register_torchscript_symbolic`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -71,7 +73,7 @@ def _dynamo_nms(boxes, scores, max_per_class: int, iou_threshold: float, score_t
     )
 
 
-def dynamo_translations() -> dict:
+def dynamo_translations() -> dict[Any, Any]:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``."""
     return {torch.ops.efficientdet.batched_class_nms.default: _dynamo_nms}
 

@@ -47,6 +47,16 @@ from .metadata import NMS_LAYOUT, NMS_OUTPUTS, RAW_LAYOUT, RAW_OUTPUTS, OnnxMeta
 __all__ = ["ExportError", "attach_postprocess", "check_onnx", "export_onnx"]
 
 
+# Exporter chatter that says nothing about our graphs: the TorchScript exporter's notes on
+# Slice folding and on index (we index with non-negative indices only), the dynamo
+# exporter's note that input and output batch axes share one name.
+_EXPECTED_WARNINGS = (
+    r"Constant folding - Only steps=1",
+    r"Exporting aten::index operator",
+    r".*The axis name: .* will not be used",
+)
+
+
 class ExportError(RuntimeError):
     """An export that failed, or whose result failed validation (checker, loading, a run)."""
 
@@ -116,6 +126,8 @@ def _to_proto(
         # the TorchScript exporter's deprecation is a documented choice of the caller.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        for message in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
         try:
             if dynamo:
                 shapes = tuple({0: torch.export.Dim("batch")} for _ in args) if dynamic_batch else None
@@ -216,9 +228,7 @@ def export_onnx(
     )
     meta.write_to(proto)
     if include_postprocess:
-        proto = _with_postprocess(
-            proto, meta, batch_size, score_threshold, iou_threshold, max_detections, max_candidates, dynamo
-        )
+        proto = _with_postprocess(proto, meta, score_threshold, iou_threshold, max_detections, max_candidates, dynamo)
     return _save(proto, Path(path), batch_size, check)
 
 
@@ -245,30 +255,29 @@ def attach_postprocess(
     meta = read_onnx_metadata(proto)
     if meta.nms_inside:
         raise ValueError(f"{src} already has post-processing inside")
-    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
-    batch_size = batch_dim.dim_value if batch_dim.HasField("dim_value") else 1
-    proto = _with_postprocess(
-        proto, meta, batch_size, score_threshold, iou_threshold, max_detections, max_candidates, dynamo,
-        dynamic_batch=not batch_dim.HasField("dim_value"),
-    )
+    proto = _with_postprocess(proto, meta, score_threshold, iou_threshold, max_detections, max_candidates, dynamo)
     dst = Path(dst) if dst is not None else src.with_name(f"{src.stem}.nms{src.suffix}")
-    return _save(proto, dst, batch_size, check)
+    return _save(proto, dst, _batch_of(proto)[0], check)
+
+
+def _batch_of(proto: Any) -> tuple[int, bool]:
+    """(batch size to run with, whether the batch is dynamic) of a graph's first input."""
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    fixed = dim.HasField("dim_value")
+    return (int(dim.dim_value) if fixed else 1), not fixed
 
 
 def _with_postprocess(
     raw: Any,
     meta: OnnxMetadata,
-    batch_size: int,
     score_threshold: float | None,
     iou_threshold: float | None,
     max_detections: int | None,
     max_candidates: int | None,
     dynamo: bool,
-    dynamic_batch: bool | None = None,
 ) -> Any:
     """``raw`` (network graph, outputs ``cls_logits``/``box_codes``) joined to an exported
     :class:`PostprocessGraph`; returns the combined ``ModelProto`` with updated metadata."""
-    import onnx
     from onnx import compose
 
     post = meta.config.postprocess
@@ -283,12 +292,15 @@ def _with_postprocess(
         iou_threshold if iou_threshold is not None else post.iou_threshold,
         max_detections if max_detections is not None else post.max_detections,
     ).eval()
-    if dynamic_batch is None:
-        dynamic_batch = not raw.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
+    batch_size, dynamic_batch = _batch_of(raw)
     opset = next(o.version for o in raw.opset_import if o.domain in ("", "ai.onnx"))
     num_anchors = graph.anchors.shape[0]
     # Random logits: a constant input would make top-k and NMS tie everywhere while tracing.
-    example = (torch.randn(batch_size, num_anchors, meta.num_classes), torch.zeros(batch_size, num_anchors, 4))
+    g = torch.Generator().manual_seed(0)
+    example = (
+        torch.randn(batch_size, num_anchors, meta.num_classes, generator=g),
+        torch.zeros(batch_size, num_anchors, 4),
+    )
     post_proto = _to_proto(graph, example, list(RAW_OUTPUTS), list(NMS_OUTPUTS), opset, dynamic_batch, dynamo)
     batch: int | str = "batch" if dynamic_batch else batch_size
     d = graph.max_detections
@@ -303,9 +315,13 @@ def _with_postprocess(
         merged = compose.merge_models(raw, post_proto, io_map=[(n, n) for n in RAW_OUTPUTS])
     except Exception as err:
         raise ExportError(f"could not join the post-processing graph to the network's: {err}") from err
+    # merge_models lists each model's opset imports (the same default-domain entry twice).
+    opsets = {o.domain: o.version for o in merged.opset_import}
+    del merged.opset_import[:]
+    for domain, version in opsets.items():
+        merged.opset_import.add(domain=domain, version=version)
     merged.producer_name = raw.producer_name or "efficientdet"
     merged.producer_version = raw.producer_version
-    onnx.helper.set_model_props(merged, {})  # merge_models drops metadata; rewritten below
     post_meta = {
         "max_candidates": graph.k,
         "score_threshold": graph.score_threshold,

@@ -1,0 +1,105 @@
+"""Training behaviour: non-finite losses, signals, frozen backbone, config handling."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from efficientdet.engine.checkpoint import load_checkpoint
+from efficientdet.engine.config import load_train_config
+from efficientdet.engine.optim import parameter_groups, warmup_cosine
+from efficientdet.engine.trainer import Trainer, TrainingDiverged
+
+
+def _poison(trainer: Trainer, bad_steps: set[int]) -> None:
+    """Make the loss NaN on the given batch numbers (1-based, counted over the run)."""
+    original = trainer._forward_loss
+    calls = {"n": 0}
+
+    def forward(batch):
+        calls["n"] += 1
+        losses = original(batch)
+        if calls["n"] in bad_steps:
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses
+
+    trainer._forward_loss = forward  # type: ignore[method-assign]
+
+
+def test_a_nonfinite_loss_skips_the_step(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=1), progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    _poison(trainer, {1})
+    assert trainer.fit() == "done"
+    assert trainer.nonfinite_steps == 1 and trainer.step == 3  # 4 batches, 1 skipped
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_repeated_nonfinite_losses_stop_with_a_checkpoint(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    cfg = make_config(tiny_dataset, tmp_path, epochs=2, max_consecutive_nonfinite=3)
+    trainer = Trainer(cfg, progress=False)
+    _poison(trainer, {2, 3, 4})
+    with pytest.raises(TrainingDiverged, match="3 non-finite losses in a row") as err:
+        trainer.fit()
+    assert str(tmp_path / "last.ckpt") in str(err.value)
+    state = load_checkpoint(tmp_path / "last.ckpt")
+    assert state["step"] == 1 and state["nonfinite_steps"] == 3
+
+
+def test_sigint_saves_and_stops_cleanly(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=3), progress=False)
+    original = trainer._optimizer_step
+
+    def step_then_interrupt() -> None:
+        original()
+        if trainer.step == 2:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C
+
+    trainer._optimizer_step = step_then_interrupt  # type: ignore[method-assign]
+    assert trainer.fit() == "signal"
+    state = load_checkpoint(tmp_path / "last.ckpt")
+    assert state["step"] == 2 and state["batch_in_epoch"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_frozen_backbone_does_not_change(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=1, freeze_backbone=True), progress=False)
+    before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics
+
+
+def test_weight_decay_only_on_conv_and_linear_weights() -> None:
+    from efficientdet import create_model
+
+    model = create_model("efficientdet_d0", num_classes=2, **{"feature_net.repeats": 1})
+    decay, no_decay = parameter_groups(model, 4e-5)
+    kernels = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert {id(p) for p in decay["params"]} == kernels
+    fusion = [n.weight for c in model.feature_net.cells for n in c.nodes]
+    assert all(id(w) in {id(p) for p in no_decay["params"]} for w in fusion)
+    assert decay["weight_decay"] == 4e-5 and no_decay["weight_decay"] == 0.0
+
+
+def test_warmup_then_cosine() -> None:
+    assert warmup_cosine(0, 10, 110, 0.1, 0.0) == pytest.approx(0.1)
+    assert warmup_cosine(5, 10, 110, 0.1, 0.0) == pytest.approx(0.55)
+    assert warmup_cosine(10, 10, 110, 0.1, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(60, 10, 110, 0.1, 0.0) == pytest.approx(0.5)
+    assert warmup_cosine(110, 10, 110, 0.1, 0.0) == pytest.approx(0.0)
+
+
+def test_config_file_preset_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("preset: finetune\nmodel: efficientdet_lite0\noptim:\n  lr: 0.002\ndata:\n  train: a.json\n")
+    cfg = load_train_config(path, ["optim.lr=0.005", "data.scale_range=[0.8, 1.2]", "epochs=7"])
+    assert cfg.optim.optimizer == "adamw" and cfg.bn_momentum == 0.1  # from the preset
+    assert cfg.optim.lr == 0.005 and cfg.data.scale_range == (0.8, 1.2) and cfg.epochs == 7
+    assert cfg.data.train == "a.json" and cfg.model == "efficientdet_lite0"
+    with pytest.raises(ValueError, match="unknown training config field 'optim.lrr'|'lrr'"):
+        load_train_config(None, ["optim.lrr=1"])
