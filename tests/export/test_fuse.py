@@ -137,10 +137,10 @@ def _best_time(model: nn.Module, x: torch.Tensor, runs: int) -> float:
 @pytest.mark.parametrize("name", MODELS)
 def test_report_cpu_speedup(make_model, name, capsys):
     """Reports (never asserts) eager CPU latency, native size, batch 1: unfused vs fused."""
-    model = make_model(name, SIZE)
-    size = model.config.image_size if name != "efficientdet_d0" else (512, 512)
-    from efficientdet import create_model
+    from efficientdet import create_model, get_config
 
+    model = make_model(name, SIZE)
+    size = get_config(name).image_size
     native = create_model(name, image_size=size).eval()
     native.load_state_dict(model.state_dict())
     x = torch.randn(1, 3, *size)

@@ -25,142 +25,22 @@ exporter, several times faster to run, with the NMS op emitted by a registered s
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
-import io
-import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig
 from ..ops.anchors import anchors_for_config, feature_size
-from .fuse import fuse_batchnorm
-from .graph import FlatOutputs, PostprocessGraph, dynamo_translations, register_torchscript_symbolic
+from .graph import FlatOutputs, PostprocessGraph
 from .metadata import NMS_LAYOUT, NMS_OUTPUTS, RAW_LAYOUT, RAW_OUTPUTS, OnnxMetadata, read_onnx_metadata
+from .tracing import ExportError, image_size_for, inference_copy, set_output_shapes, to_proto
 
 __all__ = ["ExportError", "attach_postprocess", "check_onnx", "export_onnx"]
-
-
-# Exporter chatter that says nothing about our graphs: the TorchScript exporter's notes on
-# Slice folding and on index (we index with non-negative indices only), the dynamo
-# exporter's note that input and output batch axes share one name.
-_EXPECTED_WARNINGS = (
-    r"Constant folding - Only steps=1",
-    r"Exporting aten::index operator",
-    r".*The axis name: .* will not be used",
-)
-
-
-class ExportError(RuntimeError):
-    """An export that failed, or whose result failed validation (checker, loading, a run)."""
-
-
-def _image_size(model: nn.Module, config: ModelConfig, image_size: int | tuple[int, int] | None) -> tuple[int, int]:
-    if image_size is None:
-        size = tuple(config.image_size)
-    elif isinstance(image_size, int):
-        size = (image_size, image_size)
-    else:
-        size = tuple(image_size)
-    divisor = int(getattr(model, "size_divisor", 32))
-    if len(size) != 2 or any(s <= 0 or s % divisor for s in size):
-        raise ValueError(f"image_size must be (h, w) with positive multiples of {divisor}, got {image_size}")
-    return int(size[0]), int(size[1])
-
-
-def inference_copy(model: nn.Module, fuse: bool) -> nn.Module:
-    """A CPU float32 eval copy of ``model`` to trace (BNs folded when ``fuse``)."""
-    model = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    return fuse_batchnorm(model, inplace=True) if fuse else model
-
-
-@contextlib.contextmanager
-def _quiet_onnx_ir() -> Iterator[None]:
-    """onnx_ir logs a harmless "Attribute type is ambiguous" warning for an empty attribute
-    in one of torchlib's translations; keep it out of the user's logs during our exports."""
-    logger = logging.getLogger("onnx_ir")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _set_output_shapes(proto: Any, shapes: dict[str, tuple[int | str, ...]]) -> None:
-    """Write the known output shapes into the graph (the TorchScript exporter leaves symbolic
-    names such as ``Concatcls_logits_dim_1`` for dimensions that are in fact fixed)."""
-    for output in proto.graph.output:
-        if output.name not in shapes:
-            continue
-        shape = output.type.tensor_type.shape
-        del shape.dim[:]
-        for size in shapes[output.name]:
-            dim = shape.dim.add()
-            if isinstance(size, str):
-                dim.dim_param = size
-            else:
-                dim.dim_value = size
-
-
-def _to_proto(
-    module: nn.Module,
-    args: tuple[torch.Tensor, ...],
-    input_names: list[str],
-    output_names: list[str],
-    opset: int,
-    dynamic_batch: bool,
-    dynamo: bool,
-) -> Any:
-    """Export ``module`` called on ``args`` to an in-memory ``onnx.ModelProto``."""
-    import onnx
-
-    with warnings.catch_warnings(), _quiet_onnx_ir():
-        # Tracer warnings about Python bools on shapes are expected (the sizes are fixed), and
-        # the TorchScript exporter's deprecation is a documented choice of the caller.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for message in _EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        try:
-            if dynamo:
-                shapes = tuple({0: torch.export.Dim("batch")} for _ in args) if dynamic_batch else None
-                program = torch.onnx.export(
-                    module,
-                    args,
-                    dynamo=True,
-                    input_names=input_names,
-                    output_names=output_names,
-                    opset_version=opset,
-                    dynamic_shapes=shapes,
-                    custom_translation_table=dynamo_translations(),
-                    verbose=False,
-                )
-                assert program is not None
-                return program.model_proto
-            register_torchscript_symbolic(opset)
-            axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
-            buffer = io.BytesIO()
-            torch.onnx.export(
-                module,
-                args,
-                buffer,
-                dynamo=False,
-                input_names=input_names,
-                output_names=output_names,
-                opset_version=opset,
-                dynamic_axes=axes,
-            )
-            return onnx.load_from_string(buffer.getvalue())
-        except Exception as err:
-            kind = "dynamo" if dynamo else "TorchScript"
-            raise ExportError(f"torch.onnx.export ({kind}) of {type(module).__name__} failed: {err}") from err
 
 
 def export_onnx(
@@ -201,16 +81,16 @@ def export_onnx(
         raise ValueError(f"opset must be >= 17, got {opset}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    size = _image_size(model, config, image_size)
+    size = image_size_for(model, config, image_size)
     net = FlatOutputs(inference_copy(model, fuse), config.num_classes).eval()
     example = torch.zeros(batch_size, 3, *size)
-    proto = _to_proto(net, (example,), ["images"], list(RAW_OUTPUTS), opset, dynamic_batch, dynamo)
+    proto = to_proto(net, (example,), ["images"], list(RAW_OUTPUTS), opset, dynamic_batch, dynamo)
     batch: int | str = "batch" if dynamic_batch else batch_size
     num_anchors = config.anchors.num_anchors * sum(
         feature_size(size[0], level) * feature_size(size[1], level)
         for level in range(config.anchors.min_level, config.anchors.max_level + 1)
     )
-    _set_output_shapes(
+    set_output_shapes(
         proto, {"cls_logits": (batch, num_anchors, config.num_classes), "box_codes": (batch, num_anchors, 4)}
     )
     class_names = getattr(model, "class_names", None)
@@ -301,10 +181,10 @@ def _with_postprocess(
         torch.randn(batch_size, num_anchors, meta.num_classes, generator=g),
         torch.zeros(batch_size, num_anchors, 4),
     )
-    post_proto = _to_proto(graph, example, list(RAW_OUTPUTS), list(NMS_OUTPUTS), opset, dynamic_batch, dynamo)
+    post_proto = to_proto(graph, example, list(RAW_OUTPUTS), list(NMS_OUTPUTS), opset, dynamic_batch, dynamo)
     batch: int | str = "batch" if dynamic_batch else batch_size
     d = graph.max_detections
-    _set_output_shapes(
+    set_output_shapes(
         post_proto, {"boxes": (batch, d, 4), "scores": (batch, d), "labels": (batch, d), "num_detections": (batch,)}
     )
     # Prefix the post graph's internal names so they cannot collide with the network's; its
@@ -372,4 +252,10 @@ def check_onnx(path: str | os.PathLike[str], batch_size: int = 1) -> list[Any]:
     names = [o.name for o in session.get_outputs()]
     if tuple(names) != tuple(meta.outputs):
         raise ExportError(f"{path}: graph outputs {names} do not match the metadata's {list(meta.outputs)}")
+    for out, value in zip(session.get_outputs(), result):
+        # The declared shapes are computed from the config; a graph that computes other sizes
+        # (ONNX Runtime only logs a warning then) traced some shape arithmetic wrongly.
+        declared = [d if isinstance(d, int) else None for d in out.shape]
+        if len(declared) != value.ndim or any(d is not None and d != v for d, v in zip(declared, value.shape)):
+            raise ExportError(f"{path}: output {out.name} has shape {list(value.shape)}, expected {out.shape}")
     return result

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .onnx import ExportError, _image_size, inference_copy
+from .tracing import ExportError, image_size_for, inference_copy
 
 __all__ = ["export_program", "export_torchscript"]
 
@@ -24,7 +24,7 @@ def _example(model: nn.Module, image_size: int | tuple[int, int] | None, batch_s
     config = getattr(model, "config", None)
     if config is None:
         raise ValueError("the model has no config; build it with efficientdet.create_model")
-    return torch.randn(batch_size, 3, *_image_size(model, config, image_size))
+    return torch.randn(batch_size, 3, *image_size_for(model, config, image_size))
 
 
 def _check_outputs(out: object, source: str) -> None:

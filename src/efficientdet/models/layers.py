@@ -74,7 +74,7 @@ class ConvBN(nn.Module):
 
 def _same_pad_1d(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TF "same" padding (before, after) for one spatial dimension."""
-    out = -(-size // stride)
+    out = (size + stride - 1) // stride  # ceil division the ONNX exporters translate exactly
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 

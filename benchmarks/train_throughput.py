@@ -1,0 +1,130 @@
+"""Training throughput (images/s) and peak memory: this package vs effdet, side by side.
+
+Each (implementation, model) pair runs in its own subprocess so peak RSS (CPU) or peak CUDA
+memory is measured cleanly; the table prints ratios. Same model, image size, batch, boxes.
+
+    python benchmarks/train_throughput.py --steps 10 --batch 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CASES = [("efficientdet_d0", 512), ("efficientdet_lite0", 320)]
+
+
+def _boxes(batch: int, size: int):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    boxes, labels = [], []
+    for _ in range(batch):
+        xy = torch.rand(5, 2, generator=g) * size * 0.6
+        wh = torch.rand(5, 2, generator=g) * size * 0.3 + 16
+        boxes.append(torch.cat([xy, xy + wh], 1))
+        labels.append(torch.randint(0, 20, (5,), generator=g))
+    return boxes, labels
+
+
+def run_ours(model_name: str, size: int, batch: int, steps: int) -> float:
+    import torch
+
+    from efficientdet import create_model
+    from efficientdet.losses import DetectionLoss
+    from efficientdet.ops.anchors import anchors_for_config
+    from efficientdet.ops.matcher import AnchorLabeler
+
+    model = create_model(model_name, num_classes=20).train()
+    labeler = AnchorLabeler(anchors_for_config(model.config.anchors, (size, size)))
+    loss_fn = DetectionLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, 3, size, size)
+    boxes, labels = _boxes(batch, size)
+
+    def step() -> None:
+        cls_t, box_t, npos = labeler(boxes, labels)
+        cls, box = model(x)
+        loss_fn(cls, box, cls_t, box_t, npos)["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - t)
+
+
+def run_effdet(model_name: str, size: int, batch: int, steps: int) -> float:
+    import torch
+    from effdet import DetBenchTrain, EfficientDet
+    from effdet.config import get_efficientdet_config
+
+    cfg = get_efficientdet_config("tf_" + model_name)
+    cfg.num_classes = 20
+    bench = DetBenchTrain(EfficientDet(cfg, pretrained_backbone=False)).train()
+    opt = torch.optim.SGD(bench.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, 3, size, size)
+    boxes, labels = _boxes(batch, size)
+    # effdet wants padded yxyx boxes and 1-based classes
+    target = {
+        "bbox": torch.stack([b[:, [1, 0, 3, 2]] for b in boxes]),
+        "cls": torch.stack([lb + 1 for lb in labels]).float(),
+    }
+
+    def step() -> None:
+        bench(x, target)["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - t)
+
+
+def child(impl: str, model_name: str, size: int, batch: int, steps: int) -> None:
+    fn = run_ours if impl == "efficientdet" else run_effdet
+    ips = fn(model_name, size, batch, steps)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"images_per_s": ips, "peak_mb": peak_mb}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--child", nargs=3, metavar=("IMPL", "MODEL", "SIZE"))
+    args = parser.parse_args()
+    if args.child:
+        impl, model_name, size = args.child
+        child(impl, model_name, int(size), args.batch, args.steps)
+        return
+    import torch
+
+    print(f"CPU training, batch {args.batch}, {args.steps} timed steps, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'model':<20}{'impl':<14}{'images/s':>10}{'peak MB':>10}")
+    for model_name, size in CASES:
+        res = {}
+        for impl in ("effdet", "efficientdet"):
+            cmd = [sys.executable, __file__, "--child", impl, model_name, str(size),
+                   "--steps", str(args.steps), "--batch", str(args.batch)]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            res[impl] = json.loads(out.strip().splitlines()[-1])
+            print(f"{model_name + '@' + str(size):<20}{impl:<14}{res[impl]['images_per_s']:>10.2f}{res[impl]['peak_mb']:>10.0f}")
+        speed = res["efficientdet"]["images_per_s"] / res["effdet"]["images_per_s"]
+        mem = res["efficientdet"]["peak_mb"] / res["effdet"]["peak_mb"]
+        print(f"{'':<20}{'ratio':<14}{speed:>9.2f}x{mem:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
