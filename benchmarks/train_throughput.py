@@ -112,7 +112,7 @@ def main() -> None:
 
     print(f"CPU training, batch {args.batch}, {args.steps} timed steps, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'model':<20}{'impl':<14}{'images/s':>10}{'peak MB':>10}")
+    print(f"{'model':<24}{'impl':<14}{'images/s':>10}{'peak MB':>10}")
     for model_name, size in CASES:
         res = {}
         for impl in ("effdet", "efficientdet"):
@@ -120,10 +120,10 @@ def main() -> None:
                    "--steps", str(args.steps), "--batch", str(args.batch)]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             res[impl] = json.loads(out.strip().splitlines()[-1])
-            print(f"{model_name + '@' + str(size):<20}{impl:<14}{res[impl]['images_per_s']:>10.2f}{res[impl]['peak_mb']:>10.0f}")
+            print(f"{model_name + '@' + str(size):<24}{impl:<14}{res[impl]['images_per_s']:>10.2f}{res[impl]['peak_mb']:>10.0f}")
         speed = res["efficientdet"]["images_per_s"] / res["effdet"]["images_per_s"]
         mem = res["efficientdet"]["peak_mb"] / res["effdet"]["peak_mb"]
-        print(f"{'':<20}{'ratio':<14}{speed:>9.2f}x{mem:>9.2f}x")
+        print(f"{'':<24}{'ratio':<14}{speed:>9.2f}x{mem:>9.2f}x")
 
 
 if __name__ == "__main__":
