@@ -21,12 +21,13 @@ from .metadata import OnnxMetadata, read_onnx_metadata
 from .onnx import ExportError, attach_postprocess, check_onnx, export_onnx
 from .program import export_program, export_torchscript
 
-EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "program")
+EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")
 
 _EXPORTERS: dict[str, Callable[..., Path]] = {
     "onnx": export_onnx,
     "torchscript": export_torchscript,
-    "program": export_program,
+    "exported-program": export_program,
+    "program": export_program,  # short alias
 }
 
 

@@ -130,19 +130,27 @@ class FusionNode(nn.Module):
         else:
             self.conv = ConvBN(channels, channels, 3, True, bn_eps, bn_momentum)
 
-    def _fusion_weights(self) -> torch.Tensor | None:
+    def _fusion_terms(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(per-input weights, divisor or None): the fused map is sum_i x_i * w_i [/ divisor]."""
         if self.weight is None:
-            return None
+            return None, None
         if self.fusion == "fast_normalized":
             w = F.relu(self.weight)
-            return w / (w.sum() + 1e-4)
+            return w, w.sum() + 1e-4
         if self.fusion == "softmax":
-            return torch.softmax(self.weight, dim=0)
-        return self.weight  # unbounded
+            return torch.softmax(self.weight, dim=0), None
+        return self.weight, None  # unbounded
+
+    def _fusion_weights(self) -> torch.Tensor | None:
+        """The effective normalised weight of each input ([num_inputs]), or None for "sum"."""
+        weights, denom = self._fusion_terms()
+        if weights is None:
+            return None
+        return weights / denom if denom is not None else weights
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """``feats``: the running list; returns ``[N, channels, H_level, W_level]``."""
-        weights = self._fusion_weights()
+        weights, denom = self._fusion_terms()
         # Every node has an input at its own level; its size is the node's size. Upsampling
         # to that size (not by a factor 2) matters where "same" pooling rounded up an odd side
         # (Lite0 at 320: P6 5x5 -> P7 3x3; P7 upsampled to P6 must give 5x5).
@@ -161,7 +169,12 @@ class FusionNode(nn.Module):
                 else:
                     x = F.interpolate(x, scale_factor=float(2**-step), mode="nearest")
             if weights is not None:
-                x = x * weights[i].to(x.dtype)
+                if denom is not None:
+                    # (x * w) / sum, in the reference's order: a*(w/sum) rounds differently and
+                    # the difference grows past 1e-4 through D5's seven cells
+                    x = x * weights[i].to(x.dtype) / denom.to(x.dtype)
+                else:
+                    x = x * weights[i].to(x.dtype)
             out = x if out is None else out + x
         assert out is not None
         return self.conv(self.act(out))
