@@ -41,7 +41,8 @@ def main() -> None:
     splits = {}
     for split in ("train", "val"):
         index = read_voc(root / "annotations", root / "images", split_file=root / "splits" / f"{split}.txt")
-        splits[split] = write_coco(index, out / f"{split}.json", image_root=root / "images")
+        # file names relative to the JSON's folder: they point outside it, which must be allowed
+        splits[split] = write_coco(index, out / f"{split}.json")
         print(f"{split}: {len(index)} images, {index.num_objects} boxes, classes {index.class_names}")
 
     cfg = load_train_config(
@@ -58,6 +59,7 @@ def main() -> None:
             "output": str(out / "train"),
             "optim.lr": 2e-3,
             "log_every": 10,
+            "data.allow_outside_root": True,
         },
         preset="finetune",
     )
@@ -68,7 +70,8 @@ def main() -> None:
     model = create_model(weights=out / "train" / "last.safetensors").eval()
     from efficientdet.data.formats import read_coco
 
-    result = evaluate(model, read_coco(splits["val"]), batch_size=8, out_dir=out / "eval", progress=True)
+    val_index = read_coco(splits["val"], allow_outside_root=True)
+    result = evaluate(model, val_index, batch_size=8, out_dir=out / "eval", progress=True)
     summary = {
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "train_minutes": round(train_min, 1),

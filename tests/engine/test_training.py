@@ -103,3 +103,13 @@ def test_config_file_preset_and_overrides(tmp_path: Path) -> None:
     assert cfg.data.train == "a.json" and cfg.model == "efficientdet_lite0"
     with pytest.raises(ValueError, match="unknown training config field 'optim.lrr'|'lrr'"):
         load_train_config(None, ["optim.lrr=1"])
+
+
+def test_no_usable_images_is_a_clear_error(tmp_path: Path, make_config) -> None:
+    from efficientdet.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", num_images=2, image_size=(64, 64), seed=0)
+    for image in (tmp_path / "data" / "images").iterdir():
+        image.unlink()  # every annotation now points at a missing image
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no usable training images"):
+        Trainer(make_config(data, tmp_path / "run"), progress=False)

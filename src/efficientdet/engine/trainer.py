@@ -101,6 +101,12 @@ class Trainer:
             dataset, cfg.batch_size, cfg.data.workers, cfg.seed, self.dist.rank, self.dist.world_size,
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
+        if len(self.loader) == 0:
+            # Nothing to learn from: stop now rather than run empty epochs.
+            raise ValueError(
+                f"{cfg.data.train}: no usable training images ({len(self.train_index)} records; "
+                f"{len(self.train_index.skipped)} skipped or repaired, see the warnings above)"
+            )
         self.steps_per_epoch = max(1, math.ceil(len(self.loader) / cfg.grad_accum))
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps:
