@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .config import PostprocessConfig
-from .data.images import load_image
+from .data.images import iter_image_chunks
 from .models.efficientdet import EfficientDet
 from .ops.anchors import anchors_for_config
 from .postprocess import postprocess
@@ -61,20 +61,13 @@ class Detector:
         score_threshold: float | None = None,
         batch_size: int | None = None,
     ) -> list[dict[str, Any]]:
-        if not isinstance(images, (list, tuple)):
-            images = [images]
         post = self.postprocess_config
         if score_threshold is not None:
             post = dataclasses.replace(post, score_threshold=score_threshold)
         step = batch_size or self.batch_size
         results: list[dict[str, Any]] = []
         max_pixels = self.config.preprocess.max_input_pixels
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step]
-            decoded = [
-                load_image(img, name=None if isinstance(img, (str, os.PathLike)) else f"image #{start + i}", max_pixels=max_pixels)
-                for i, img in enumerate(chunk)
-            ]
+        for decoded in iter_image_chunks(images, step, max_pixels):
             batch, scales, sizes = preprocess_batch(decoded, self.config.preprocess)
             class_out, box_out = self.model(batch.to(self.device))
             dets = postprocess(

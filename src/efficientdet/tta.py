@@ -13,14 +13,13 @@ pixels, mirrored boxes are mirrored back, and the candidates of all views are me
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from .data.images import load_image
+from .data.images import iter_image_chunks
 from .detector import Detector, ImageInput
 from .ops.anchors import anchors_for_config
 from .ops.boxes import box_iou, clip_boxes
@@ -160,21 +159,13 @@ class TTADetector:
     ) -> list[dict[str, Any]]:
         """Like ``Detector.__call__``: one dict (boxes [M, 4] xyxy own pixels, scores, labels,
         names) per image."""
-        if not isinstance(images, (list, tuple)):
-            images = [images]
         post = self.postprocess_config
         if score_threshold is not None:
             post = dataclasses.replace(post, score_threshold=score_threshold)
         step = batch_size or self.batch_size
         max_pixels = self.config.preprocess.max_input_pixels
         results: list[dict[str, Any]] = []
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step]
-            decoded = [
-                load_image(img, name=None if isinstance(img, (str, os.PathLike)) else f"image #{start + i}",
-                           max_pixels=max_pixels)
-                for i, img in enumerate(chunk)
-            ]  # fmt: skip
+        for decoded in iter_image_chunks(images, step, max_pixels):
             for det in self._detect_chunk(decoded, post):
                 det = {k: v.cpu() for k, v in det.items()}
                 if self.class_names is not None:

@@ -328,3 +328,15 @@ def _float_to_uint8(image: torch.Tensor, name: str) -> torch.Tensor:
         )
     # Round to nearest (torchvision's to_dtype truncates: 0.5 -> 127); clamp makes a new tensor.
     return image.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+
+
+def iter_image_chunks(images: Any, chunk_size: int, max_pixels: int | None) -> Any:
+    """Decode ``images`` (one input or a list) ``chunk_size`` at a time: yields lists of uint8
+    ``[3, H, W]`` tensors. In-memory inputs are named "image #i" (their index) in errors."""
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    for start in range(0, len(images), chunk_size):
+        yield [
+            load_image(img, name=None if isinstance(img, (str, os.PathLike)) else f"image #{start + i}", max_pixels=max_pixels)
+            for i, img in enumerate(images[start : start + chunk_size])
+        ]

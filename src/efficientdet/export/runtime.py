@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import PostprocessConfig, PreprocessConfig
-from ..data.images import load_image
+from ..data.images import iter_image_chunks
 from ..ops.anchors import anchors_for_config
 from ..ops.boxes import clip_boxes
 from ..postprocess import postprocess
@@ -143,8 +143,6 @@ class OnnxDetector:
         score_threshold: float | None = None,
         batch_size: int | None = None,
     ) -> list[dict[str, Any]]:
-        if not isinstance(images, (list, tuple)):
-            images = [images]
         post = self.postprocess_config
         if score_threshold is not None:
             post = dataclasses.replace(post, score_threshold=score_threshold)
@@ -157,12 +155,7 @@ class OnnxDetector:
         step = self.fixed_batch or batch_size or self.batch_size
         max_pixels = self.preprocess_config.max_input_pixels
         results: list[dict[str, Any]] = []
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step]
-            decoded = [
-                load_image(img, name=None if isinstance(img, (str, os.PathLike)) else f"image #{start + i}", max_pixels=max_pixels)
-                for i, img in enumerate(chunk)
-            ]
+        for decoded in iter_image_chunks(images, step, max_pixels):
             batch, scales, sizes = preprocess_batch([d.cpu() for d in decoded], self.preprocess_config)
             outputs = self._run(batch)
             if self.metadata.nms_inside:
