@@ -180,3 +180,22 @@ def test_label_mapping_coco90_layout() -> None:
     assert label_mapping(3, None, idx)[0] == [1, 3, 18]
     with pytest.raises(ValueError, match="90 classes but the dataset has 3"):
         label_mapping(90, ["x"] * 90, idx)
+
+
+def test_cli_image_over_max_input_pixels_is_skipped_with_a_hint(
+    tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+
+    root = make_synthetic_dataset(tmp_path / "synth", num_images=3, image_size=(128, 128), seed=1)
+    first = sorted((root.parent / "images").iterdir())[0]
+    Image.new("RGB", (300, 300), (90, 90, 90)).save(first, format="JPEG")  # 90,000 pixels
+    out = tmp_path / "eval"
+    args = ["eval", str(root), "--weights", str(tiny_weights), "--out", str(out), "--quiet", "--max-input-pixels", "20000"]
+    with pytest.warns(UserWarning, match=first.name):
+        assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"{first}: image has 90,000 pixels (300x300), over the limit of 20,000" in err
+    assert "--max-input-pixels 90000" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 2 and metrics["skipped_images"] == [str(first)]

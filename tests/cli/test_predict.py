@@ -190,3 +190,77 @@ def test_video_frames_pipeline(
     assert [e["file"].rsplit("#", 1)[1] for e in entries] == ["frame=0", "frame=1", "frame=2"]
     for i, e in enumerate(entries):
         np.testing.assert_allclose(e["detections"][0]["box"], [4 + 8 * i, 8, 24 + 8 * i, 30], atol=1.5)
+
+
+# ----------------------------------------------------------------------------- image size limit
+
+
+def _huge_png(path: Path, width: int, height: int) -> None:
+    """A valid 1-bit grayscale PNG of ``width x height`` black pixels, written cheaply: the
+    zero rows deflate ~1000:1, so 30000x30000 is ~110 KB on disk (900 M pixels decoded)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte 0 + packed bits
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_image_over_the_pixel_limit_is_refused_quickly(
+    tmp_path: Path, tiny_weights: Path, fake_forward: None, capsys: pytest.CaptureFixture
+) -> None:
+    import time
+
+    from efficientdet.data.images import ImageError, load_image
+
+    huge = tmp_path / "huge.png"
+    _huge_png(huge, 30000, 30000)
+    assert huge.stat().st_size < 1_000_000 and huge.read_bytes()[16:24] == bytes.fromhex("0000753000007530")
+    Image.fromarray(_canvas(64, 64, (8, 8, 40, 40))).save(tmp_path / "small.png")
+    start = time.perf_counter()
+    with pytest.raises(ImageError):
+        load_image(huge, max_pixels=100_000_000)  # from the header: nothing is decoded
+    assert time.perf_counter() - start < 5.0  # decoding 900 M pixels would take far longer (and 2.7 GB)
+
+    out = tmp_path / "out"
+    rc = main(["predict", str(huge), str(tmp_path / "small.png"), "--weights", str(tiny_weights), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1  # one input failed; the other is done
+    [line] = [ln for ln in err.splitlines() if "huge.png" in ln]
+    assert "900,000,000 pixels" in line and "limit of 100,000,000" in line
+    assert "--max-input-pixels 900000000" in line  # says how to raise it
+    assert [Path(e["file"]).name for e in json.loads((out / "detections.json").read_text())] == ["small.png"]
+
+
+def test_raised_pixel_limit_accepts_a_large_image(
+    tmp_path: Path, fake_forward: None, capsys: pytest.CaptureFixture
+) -> None:
+    from efficientdet import create_model, save_model
+
+    # A model whose configured limit (1 M pixels) is below the 5000x5000 image's 25 M.
+    model = create_model(
+        "efficientdet_lite0", num_classes=3, class_names=["cat", "dog", "cup"],
+        **{"preprocess.max_input_pixels": 1_000_000},
+    )  # fmt: skip
+    weights = tmp_path / "limited.safetensors"
+    save_model(model, weights)
+    big = tmp_path / "big.png"
+    Image.fromarray(_canvas(5000, 5000, (1000, 2000, 3000, 4000))[:, :, 0], mode="L").save(big, compress_level=1)
+    common = [str(big), "--weights", str(weights), "--no-draw"]
+
+    assert main(["predict", *common, "--out", str(tmp_path / "refused")]) == 1
+    err = capsys.readouterr().err
+    assert "big.png: image has 25,000,000 pixels (5000x5000), over the limit of 1,000,000" in err
+    assert "--max-input-pixels 25000000" in err
+
+    out = tmp_path / "accepted"
+    assert main(["predict", *common, "--out", str(out), "--max-input-pixels", "30000000"]) == 0
+    [entry] = json.loads((out / "detections.json").read_text())
+    assert (entry["height"], entry["width"]) == (5000, 5000)
+    [det] = entry["detections"]  # the fake detector finds the white square, in original pixels
+    assert det["name"] == "dog" and det["box"] == pytest.approx([1000, 2000, 3000, 4000], abs=40)

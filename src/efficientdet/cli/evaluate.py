@@ -4,7 +4,9 @@ DATASET is a COCO annotation JSON, a Pascal VOC folder or a YOLO folder / data.y
 COCO JSON the annotation file itself is the ground truth (crowd regions and areas as in the
 official evaluation). Prints the 12 COCO stats and a per-class table; writes ``metrics.json``,
 ``detections_coco.json`` (COCO results format, the dataset's category ids) and ``pr_curve.png``
-to ``--out``. Unreadable images are skipped with a warning, counted and left out of the metrics.
+to ``--out``. Unreadable images (and images over ``--max-input-pixels``) are skipped with a
+warning, counted and left out of the metrics. ``--backend onnxruntime`` scores the model run in
+ONNX Runtime with the same pre- and post-processing (see ``efficientdet predict --help``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data.formats import detect_format, read_dataset
+from ..data.images import ImageError, image_size_of
 from ..data.records import DatasetIndex
-from .predict import load_model, make_detector, resolve_device
+from .common import add_model_args, build_runner, pil_pixel_limit, resolve_device, too_large_message
 
 __all__ = ["add_parser", "load_index", "run_eval"]
 
@@ -32,23 +35,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dataset", metavar="DATASET", help="COCO .json, VOC folder, or YOLO folder / data.yaml")
-    p.add_argument("--weights", required=True, help="checkpoint, registered name (efficientdet_d0.coco) or URL")
-    p.add_argument("--model", default=None, help="model name, when the weights do not say (effdet .pth files)")
+    add_model_args(p)
     p.add_argument(
         "--split", default=None, help="VOC/YOLO split (default val; VOC: all XMLs when there is no ImageSets/Main/val.txt)"
     )
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
     p.add_argument("--nms", choices=("hard", "soft"), default="hard", help="hard NMS or Gaussian soft-NMS (official eval)")
     p.add_argument("--voc", action="store_true", help="also report Pascal VOC AP50")
     p.add_argument("--out", default="eval", help="output folder (default ./eval)")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--backend", choices=("torch",), default="torch", help="inference backend (torch)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--workers", type=int, default=None, help="image-decoding worker processes (default: auto)")
-    p.add_argument("--image-size", type=int, default=None, help="model input side, a multiple of 32 (default: the model's)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip (+ --tta-scales)")
-    p.add_argument("--tta-scales", default="1.0", help="TTA input scales, comma-separated (default 1.0)")
-    p.add_argument("--tta-merge", choices=("nms", "wbf"), default="nms", help="merge TTA boxes by NMS or box fusion")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_eval)
 
@@ -82,27 +77,36 @@ def run_eval(args: argparse.Namespace) -> int:
         index = dataclasses.replace(index, records=index.records[: args.max_images])
     if len(index) == 0:
         raise ValueError(f"{args.dataset}: no images to evaluate")
-    device = resolve_device(args.device)
-    model = load_model(args.weights, args.model, args.image_size)
-    target: Any = model.to(device)
-    if args.tta:
-        target = make_detector(model, args, device)
     out = Path(args.out)
-    run = evaluate(
-        target, index, batch_size=args.batch_size, nms=args.nms, voc=args.voc, out_dir=out,
-        progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
-    )  # fmt: skip
+    runner = build_runner(args, out)
+    if runner.nms_inside:
+        raise ValueError(
+            f"{args.weights} has NMS inside, with fixed thresholds; evaluation needs the raw scores "
+            "(score threshold 0.001, --nms): export without --nms, or pass the normal weights"
+        )
+    target: Any = runner.detector
+    if runner.model is not None and not args.tta:
+        # The model itself: evaluate's fast path (DataLoader letterboxing, batched postprocess).
+        target = runner.model.to(resolve_device(args.device))
+    with pil_pixel_limit(runner.max_input_pixels):
+        run = evaluate(
+            target, index, batch_size=args.batch_size, nms=args.nms, voc=args.voc, out_dir=out,
+            progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
+        )  # fmt: skip
 
     # metrics.json gets what was evaluated, next to the numbers.
     metrics_path = out / "metrics.json"
     doc = json.loads(metrics_path.read_text(encoding="utf-8"))
     doc = {
-        "model": model.config.name, "weights": str(args.weights), "dataset": str(args.dataset), "format": fmt,
-        "split": args.split, "tta": bool(args.tta), **doc,
+        "model": runner.config.name, "weights": str(args.weights), "dataset": str(args.dataset), "format": fmt,
+        "split": args.split, "tta": bool(args.tta), "backend": args.backend, **doc,
     }  # fmt: skip
     metrics_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
-    print(f"{model.config.name} on {args.dataset}: {run.num_images} images, nms={args.nms}, {run.seconds:.1f}s")
+    print(
+        f"{runner.config.name} ({args.backend}) on {args.dataset}: {run.num_images} images, "
+        f"nms={args.nms}, {run.seconds:.1f}s"
+    )
     print(coco_summary(run.stats))
     print()
     print(run.table())
@@ -116,5 +120,26 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"{'mAP':<{width}}  {fmt_ap(run.voc['mAP'])}")
     if run.skipped_images:
         print(f"{len(run.skipped_images)} unreadable image(s) skipped and left out of the metrics", file=sys.stderr)
+        for line in _too_large(run.skipped_images, runner.max_input_pixels):
+            print(f"efficientdet eval: {line}", file=sys.stderr)
     print(f"wrote {metrics_path}, {out / 'detections_coco.json'}, {out / 'pr_curve.png'}")
     return 0
+
+
+def _too_large(paths: list[str], limit: int) -> list[str]:
+    """One line per skipped image that was skipped for its size (read from its header)."""
+    lines = []
+    for path in paths:
+        try:
+            h, w = image_size_of(path)
+        except ImageError as exc:  # Pillow's own bomb guard refuses the header of huge images
+            msg = too_large_message(exc, limit)
+            if msg is not None:
+                lines.append(msg)
+            continue
+        if h * w > limit:
+            lines.append(
+                f"{path}: image has {h * w:,} pixels ({h}x{w}), over the limit of {limit:,}; "
+                f"if you trust the file, rerun with --max-input-pixels {h * w}"
+            )
+    return lines

@@ -2,7 +2,10 @@
 
 Writes one annotated image per readable input (same base name; ``.jpg`` for JPEG inputs,
 ``.png`` otherwise), an annotated MP4 per video (or a PNG frame folder where no encoder is
-installed) and ``detections.json``/``.csv``. Unreadable inputs are reported and skipped.
+installed) and ``detections.json``/``.csv``. Unreadable inputs, and images over
+``--max-input-pixels``, are reported and skipped. ``--backend onnxruntime`` runs the network in
+ONNX Runtime with the same pre- and post-processing (an ``.onnx`` --weights is used as is;
+other weights are exported once into ``--onnx-cache``, default ``<out>/onnx-cache``).
 Exit status: 0 all inputs done, 1 some failed, 2 usage or weights errors.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,17 @@ import torch
 
 from ..data._common import IMAGE_EXTENSIONS
 from ..data.images import ImageError, load_image
-from ..models.efficientdet import EfficientDet
 from ..video import VIDEO_EXTENSIONS, VideoError, open_video, open_video_writer
+from .common import (
+    Runner,
+    add_model_args,
+    build_runner,
+    load_model,
+    make_detector,
+    pil_pixel_limit,
+    resolve_device,
+    too_large_message,
+)
 
 __all__ = ["add_parser", "collect_inputs", "load_model", "make_detector", "resolve_device", "run_predict"]
 
@@ -37,63 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders (recursive), globs or videos")
-    p.add_argument(
-        "--weights", default=DEFAULT_WEIGHTS, help=f"checkpoint, registered name or URL (default {DEFAULT_WEIGHTS})"
-    )
-    p.add_argument("--model", default=None, help="model name, when the weights do not say (effdet .pth files)")
+    add_model_args(p, weights_default=DEFAULT_WEIGHTS)
     p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
     p.add_argument("--score-threshold", type=float, default=0.3, help="keep detections scoring at least this (0.3)")
     p.add_argument("--classes", default=None, help="comma-separated class names to keep (e.g. cat,dog)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--image-size", type=int, default=None, help="model input side, a multiple of 32 (default: the model's)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip (+ --tta-scales)")
-    p.add_argument("--tta-scales", default="1.0", help="TTA input scales, comma-separated (default 1.0)")
-    p.add_argument("--tta-merge", choices=("nms", "wbf"), default="nms", help="merge TTA boxes by NMS or box fusion")
     p.add_argument("--format", choices=("json", "csv"), default="json", help="detections file format (json)")
     p.add_argument("--no-draw", action="store_true", help="write only the detections file, no annotated images")
     p.set_defaults(run=run_predict)
-
-
-# ----------------------------------------------------------------------------- shared helpers
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``None`` -> cuda when available, else cpu; asking for cuda without it is a ValueError."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
-def load_model(weights: str, name: str | None = None, image_size: int | None = None) -> EfficientDet:
-    """``create_model`` for the CLI, with ``image_size`` (a positive multiple of 32) checked."""
-    from ..factory import create_model
-
-    overrides: dict[str, Any] = {}
-    if image_size is not None:
-        if image_size <= 0 or image_size % 32:
-            raise ValueError(f"--image-size {image_size}: must be a positive multiple of 32")
-        overrides["image_size"] = image_size
-    return create_model(name, weights=weights, **overrides)
-
-
-def make_detector(model: EfficientDet, args: argparse.Namespace, device: torch.device) -> Any:
-    """A Detector, wrapped in a TTADetector when ``--tta`` is given."""
-    from ..detector import Detector
-
-    detector = Detector(model, device=device, batch_size=args.batch_size)
-    if not getattr(args, "tta", False):
-        return detector
-    from ..tta import TTADetector
-
-    try:
-        scales = tuple(float(s) for s in args.tta_scales.split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"--tta-scales {args.tta_scales!r}: expected comma-separated numbers") from None
-    return TTADetector(detector, flips=True, scales=scales, merge=args.tta_merge)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -208,9 +170,6 @@ def _save(image: Any, path: Path) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..results import write_detections
-    from ..visualize import draw_detections
-
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
     inputs, problems = collect_inputs(args.sources)
@@ -222,16 +181,35 @@ def run_predict(args: argparse.Namespace) -> int:
         warn(line)
     if not inputs:
         raise FileNotFoundError("no inputs: " + "; ".join(problems))
-    device = resolve_device(args.device)
-    model = load_model(args.weights, args.model, args.image_size)
-    keep = _class_filter(args.classes, model.class_names, model.config.num_classes)
-    detector = make_detector(model, args, device)
     out = Path(args.out)
+    runner = build_runner(args, out)
+    keep = _class_filter(args.classes, runner.class_names, runner.config.num_classes)
     out.mkdir(parents=True, exist_ok=True)
     targets = _output_paths(inputs, out)
+    with pil_pixel_limit(runner.max_input_pixels):
+        return _run(args, inputs, problems, targets, runner, keep, warn)
+
+
+def _run(
+    args: argparse.Namespace,
+    inputs: list[_Input],
+    problems: list[str],
+    targets: list[Path],
+    runner: Runner,
+    keep: torch.Tensor | None,
+    warn: Callable[[str], None],
+) -> int:
+    """Detect in every input and write the outputs (the body of :func:`run_predict`)."""
+    from tqdm import tqdm
+
+    from ..results import write_detections
+    from ..visualize import draw_detections
+
+    out = Path(args.out)
+    detector, class_names = runner.detector, runner.class_names
     draw = not args.no_draw
     thr = args.score_threshold
-    max_pixels = model.config.preprocess.max_input_pixels
+    max_pixels = runner.max_input_pixels
     items: list[tuple[str, dict[str, Any]]] = []
     failed = len(problems)
 
@@ -248,7 +226,7 @@ def run_predict(args: argparse.Namespace) -> int:
             det = _select(det, keep)
             items.append((str(inp.path), {**det, "image_size": tuple(img.shape[1:])}))
             if draw:
-                _save(draw_detections(img, det, model.class_names), target)
+                _save(draw_detections(img, det, class_names), target)
         bar.update(len(pending))
         pending.clear()
 
@@ -257,7 +235,7 @@ def run_predict(args: argparse.Namespace) -> int:
             # Decoded here, not by the Detector: one bad file must not sink its whole batch.
             pending.append((inp, target, load_image(inp.path, max_pixels=max_pixels)))
         except ImageError as exc:
-            warn(f"skipped {exc}")
+            warn(f"skipped {too_large_message(exc, max_pixels) or exc}")
             failed += 1
             bar.update(1)
             continue
@@ -268,7 +246,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     for inp, target in videos:
         try:
-            written = _predict_video(inp, target, detector, thr, keep, draw, model.class_names, items)
+            written = _predict_video(inp, target, detector, thr, keep, draw, class_names, items)
         except VideoError as exc:
             warn(f"skipped {exc}")
             failed += 1
@@ -276,7 +254,7 @@ def run_predict(args: argparse.Namespace) -> int:
         if written is not None and not written[1]:
             warn(f"{inp.path}: no video encoder installed; annotated frames written as PNGs to {written[0]}")
 
-    det_path = write_detections(out / f"detections.{args.format}", items, model.class_names)
+    det_path = write_detections(out / f"detections.{args.format}", items, class_names)
     num_boxes = sum(len(d["scores"]) for _, d in items)
     total = len(inputs) + len(problems)
     print(f"{total - failed} of {total} inputs done, {num_boxes} detections -> {det_path}")

@@ -193,9 +193,12 @@ def _model_batches(
         model.train(was_training)  # also when the caller stops early
 
 
-def _callable_batches(runner: Any, index: DatasetIndex, post: Any, batch_size: int, num_workers: int) -> Iterator[Batch]:
-    """Generic path: decoded images (own sizes) in batches to a detector-like callable."""
-    dataset = DetectionDataset(index, None, None)
+def _callable_batches(
+    runner: Any, index: DatasetIndex, post: Any, batch_size: int, num_workers: int, max_pixels: int | None
+) -> Iterator[Batch]:
+    """Generic path: decoded images (own sizes) in batches to a detector-like callable.
+    Images over ``max_pixels`` are skipped from their header, before any decoding."""
+    dataset = DetectionDataset(index, None, max_pixels)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_list)
     with _postprocess_config(runner, post):
         for samples in loader:
@@ -288,7 +291,9 @@ def evaluate(
     if model is not None:
         batches = _model_batches(model, device, index, post, batch_size, num_workers)
     else:
-        batches = _callable_batches(runner, index, post, batch_size, num_workers)
+        # The runner's own limit (OnnxDetector keeps it in preprocess_config, TTA in config).
+        pre = getattr(runner, "preprocess_config", None) or config.preprocess
+        batches = _callable_batches(runner, index, post, batch_size, num_workers, pre.max_input_pixels)
     for paths, image_ids, dets in tqdm(batches, total=math.ceil(len(index) / batch_size), **bar):
         seen.update(paths)
         add(image_ids, dets)

@@ -28,7 +28,8 @@ def load_into_model(model: nn.Module, state_dict: dict[str, torch.Tensor], sourc
 
     If only the class head's last layer differs in shape (another number of classes), that
     layer keeps the model's fresh initialisation and a warning says so. Any other difference
-    raises ``WeightsError`` naming the first mismatched keys and their shapes.
+    raises ``WeightsError``: naming the variant the weights are for when their shapes are
+    another named variant's (``identify.py``), else the first mismatched keys and their shapes.
     """
     own = model.state_dict()
     mismatched = [
@@ -50,9 +51,21 @@ def load_into_model(model: nn.Module, state_dict: dict[str, torch.Tensor], sourc
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), first: {unexpected[:5]}")
         name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        detail = " | ".join(parts)
+        # A plain state dict says nothing about its variant; its shapes do (see identify.py).
+        from .identify import variant_mismatch_message
+
+        named = variant_mismatch_message(state_dict, name, str(source))
+        if named is not None:
+            if others:
+                k, a, b = others[0]
+                first = f"{len(others)} tensor(s) with other shapes, first: {k}: checkpoint {a} vs model {b}"
+            else:
+                first = f"{len(missing)} key(s) missing" if missing else f"{len(unexpected)} unexpected key(s)"
+                first += f", first: {(missing or unexpected)[0]}"
+            raise WeightsError(f"{named} ({first})")
         raise WeightsError(
-            f"{source}: checkpoint does not fit model {name!r}: " + " | ".join(parts)
-            + ". Is it a checkpoint of another variant?"
+            f"{source}: checkpoint does not fit model {name!r}: {detail}. Is it a checkpoint of another variant?"
         )
     if reinit:
         warnings.warn(
