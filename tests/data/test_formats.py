@@ -177,7 +177,7 @@ def test_coco_default_root_for_annotations_folder(tmp_path: Path) -> None:
     _image(tmp_path / "val2017" / "x.jpg")
     ann = tmp_path / "annotations" / "instances_val2017.json"
     ann.parent.mkdir()
-    ann.write_text(json.dumps({"images": [{"id": 5, "file_name": "x.jpg"}], "categories": CATS}))
+    ann.write_text(json.dumps({"images": [{"id": 5, "file_name": "x.jpg"}], "annotations": [], "categories": CATS}))
     index, messages = _read(read_coco, ann)
     assert messages == [] and index.root == (tmp_path / "val2017").absolute() and len(index) == 1
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
+import struct
 import sys
 import warnings
 from collections import Counter
@@ -20,6 +22,14 @@ MAX_WARNINGS = 50
 # Boxes sticking out of the image by at most this many pixels are clipped without a warning
 # (still counted): float round-off and 0-vs-1-based corner conventions produce such boxes.
 CLIP_TOLERANCE = 1.0
+
+# Image sides above this are refused as implausible (JPEG stops at 65535, WebP at 16383): it
+# also keeps every clipped coordinate exactly representable in the float32 boxes.
+MAX_SIDE = 2**24
+
+# Record and problem texts are cut to this many characters: a 5000-character file name or
+# bbox from a broken file must not turn into a 5000-character warning.
+MAX_TEXT = 300
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -45,7 +55,7 @@ class Issues:
 
     def report(self, file: object, record: str, problem: str, action: str, kind: str) -> None:
         """One line ``"<file>: <record>: <problem>; <action>"``, counted under ``kind``."""
-        line = f"{file}: {record}: {problem}; {action}"
+        line = f"{file}: {clip_text(record)}: {clip_text(problem)}; {action}"
         self.lines.append(line)
         self.counts[kind] += 1
         if self._warned < self.max_warnings:
@@ -75,8 +85,9 @@ def check_box(
 ) -> tuple[float, float, float, float] | None:
     """Validate an xyxy box; clip it to ``size`` = (width, height) if known.
 
-    Returns None (after reporting) for non-finite, inverted, zero-area boxes and boxes
-    wholly outside the image.
+    Returns the box rounded to float32 (what the index stores), or None (after reporting)
+    for non-finite, inverted, zero-area boxes, boxes wholly outside the image and boxes
+    that collapse or overflow in float32 (e.g. ``x1 = x0 + 1e-9``, or ``1e39``).
     """
     if not all(math.isfinite(v) for v in box):
         issues.report(file, record, f"non-finite box coordinates {list(box)}", "object dropped", "nonfinite_box")
@@ -86,25 +97,71 @@ def check_box(
         what = "zero-area" if x1 == x0 or y1 == y0 else "inverted"
         issues.report(file, record, f"{what} box {_fmt(box)} (xyxy)", "object dropped", "degenerate_box")
         return None
-    if size is None:
-        return box
-    w, h = size
-    overshoot = max(-x0, -y0, x1 - w, y1 - h)
-    if overshoot <= 0:
-        return box
-    clipped = (min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h))
-    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+    out = box
+    if size is not None:
+        w, h = size
+        overshoot = max(-x0, -y0, x1 - w, y1 - h)
+        if overshoot > 0:
+            out = (min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h))
+            if out[2] <= out[0] or out[3] <= out[1]:
+                issues.report(
+                    file, record, f"box {_fmt(box)} (xyxy) lies outside the {w}x{h} image", "object dropped", "outside_box"
+                )
+                return None
+            issues.count("clipped")
+            if overshoot > CLIP_TOLERANCE:
+                issues.report(
+                    file, record, f"box {_fmt(box)} (xyxy) extends outside the {w}x{h} image",
+                    f"clipped to {_fmt(out)}", "clipped_box",
+                )
+    f32 = (to_f32(out[0]), to_f32(out[1]), to_f32(out[2]), to_f32(out[3]))
+    if not all(math.isfinite(v) for v in f32):
+        issues.report(file, record, f"box {_fmt(box)} (xyxy) is beyond float32 range", "object dropped", "nonfinite_box")
+        return None
+    if f32[2] <= f32[0] or f32[3] <= f32[1]:
         issues.report(
-            file, record, f"box {_fmt(box)} (xyxy) lies outside the {w}x{h} image", "object dropped", "outside_box"
+            file, record, f"box {_fmt(box)} (xyxy) has zero area in float32", "object dropped", "degenerate_box"
         )
         return None
-    issues.count("clipped")
-    if overshoot > CLIP_TOLERANCE:
-        issues.report(
-            file, record, f"box {_fmt(box)} (xyxy) extends outside the {w}x{h} image",
-            f"clipped to {_fmt(clipped)}", "clipped_box",
-        )
-    return clipped
+    return f32
+
+
+def to_f32(v: float) -> float:
+    """``v`` rounded to float32 (the dtype of the index's boxes); +-inf beyond its range."""
+    try:
+        return struct.unpack("f", struct.pack("f", v))[0]
+    except OverflowError:  # (older Pythons; 3.11 packs an overflow as inf)
+        return math.inf if v > 0 else -math.inf
+
+
+def to_float(v: int | float) -> float:
+    """``float(v)``, but +-inf for ints too large for a float (JSON allows 1e400 as an int)."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+def clip_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, keeping its head and tail."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters (for values quoted from broken files).
+
+    Bounded work and depth: a value may be a million-element or 10000-deep JSON list.
+    """
+    r = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    r.maxlevel, r.maxtuple, r.maxlist, r.maxdict = 3, 6, 6, 4
+    r.maxstring, r.maxother, r.maxlong = limit, limit, 40
+    try:
+        return clip_text(r.repr(value), limit)
+    except ValueError:  # an int with more digits than Python will print
+        return f"<{type(value).__name__}>"
 
 
 def _fmt(box: tuple[float, ...]) -> str:

@@ -3,6 +3,8 @@
 Categories are sorted by id and mapped to contiguous 0-based labels (``index.category_ids``
 maps back, for writing COCO results). ``bbox`` is ``[x, y, w, h]`` in pixels, converted to
 xyxy. ``iscrowd=1`` annotations are skipped (counted under ``counts["crowd"]``, no warning).
+Annotation ids are not used for training, but a repeated id is reported: an exact copy
+(same image, category and bbox) is dropped, a different annotation under a used id is kept.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._common import Issues, check_box, is_file, resolve_under
+from ._common import MAX_SIDE, Issues, check_box, is_file, resolve_under, short_repr, to_float
 from .records import DatasetIndex, DetectionRecord
 
 __all__ = ["read_coco", "write_coco"]
@@ -34,10 +36,16 @@ def load_json(path: Path) -> Any:
         raise FileNotFoundError(f"{path}: annotation file not found") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:  # a folder, no permission, I/O error
+        raise ValueError(f"{path}: cannot read annotation file ({exc.strerror or exc})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:  # [[[[... thousands deep: no annotation file looks like that
+        raise ValueError(f"{path}: malformed JSON (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise ValueError(f"{path}: malformed JSON ({exc})") from None
 
 
 def read_coco(
@@ -60,7 +68,8 @@ def read_coco(
     path = Path(annotation_file)
     data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{path}: not a COCO annotation file (no top-level 'images' list)")
+        what = f"a JSON {type(data).__name__}" if not isinstance(data, dict) else "no top-level 'images' list"
+        raise ValueError(f"{path}: not a COCO annotation file ({what}; want an object with an 'images' list)")
     images: list[Any] = data["images"]
     annotations = data.get("annotations", [])
     categories = data.get("categories")
@@ -74,6 +83,9 @@ def read_coco(
     root = Path(image_root) if image_root is not None else _guess_root(path, images)
     root = root.absolute()
     issues = Issues()
+    if "annotations" not in data and images:
+        # Legal for an image-info (test-dev) file, but training on it would learn nothing.
+        issues.report(path, "file", "no 'annotations' list", "every image read as background (no objects)", "no_annotations")
 
     # Categories: sorted by id -> contiguous labels.
     cats: dict[int, str] = {}
@@ -82,9 +94,14 @@ def read_coco(
             issues.report(path, f"category #{i}", "missing or non-integer 'id'", "category skipped", "bad_category")
             continue
         if cat["id"] in cats:
-            issues.report(path, f"category id={cat['id']}", "duplicate category id", "second one skipped", "bad_category")
+            issues.report(path, f"category id={cat['id']}", "duplicate category id", "second one skipped", "duplicate_category")
             continue
         name = cat.get("name")
+        if name is not None and not isinstance(name, (str, int, float)):
+            issues.report(
+                path, f"category id={cat['id']}", f"name {short_repr(name)} is not text", "id used as its name", "bad_category"
+            )
+            name = None
         cats[cat["id"]] = str(name) if name is not None else str(cat["id"])
     category_ids = sorted(cats)
     label_of = {cid: label for label, cid in enumerate(category_ids)}
@@ -102,30 +119,36 @@ def read_coco(
     boxes: dict[int, list[tuple[float, float, float, float]]] = {k: [] for k in order}
     labels: dict[int, list[int]] = {k: [] for k in order}
 
+    ann_ids: dict[Any, tuple[Any, ...]] = {}  # id -> (image_id, category_id, bbox) of its first use
     for i, ann in enumerate(annotations):
         if not isinstance(ann, dict):
             issues.report(path, f"annotation #{i}", f"not an object ({type(ann).__name__})", "annotation skipped", "malformed")
             continue
-        rec = f"annotation id={ann['id']}" if "id" in ann else f"annotation #{i}"
+        ann_id = ann.get("id")
+        rec = f"annotation id={short_repr(ann_id)}" if _is_int(ann_id) or isinstance(ann_id, str) else f"annotation #{i}"
         image_id = ann.get("image_id")
         if ann.get("iscrowd", 0) in (1, True):
             issues.count("crowd")
             continue
         if not _is_int(image_id) or image_id not in seen_ids:
-            issues.report(path, rec, f"unknown image_id {image_id!r}", "annotation skipped", "unknown_image")
+            issues.report(path, rec, f"unknown image_id {short_repr(image_id)}", "annotation skipped", "unknown_image")
             continue
         if image_id not in info:
             continue  # its image was skipped (already reported)
         rec = f"{rec} (image id={image_id})"
+        if (_is_int(ann_id) or isinstance(ann_id, str)) and _duplicate_id(ann, ann_id, ann_ids, issues, path, rec):
+            continue
         cid = ann.get("category_id")
         if not _is_int(cid) or cid not in label_of:
-            issues.report(path, rec, f"unknown category_id {cid!r}", "object dropped", "unknown_class")
+            issues.report(path, rec, f"unknown category_id {short_repr(cid)}", "object dropped", "unknown_class")
             continue
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_num(v) for v in bbox):
-            issues.report(path, rec, f"malformed bbox {bbox!r} (want [x, y, w, h] numbers)", "object dropped", "malformed")
+            issues.report(
+                path, rec, f"malformed bbox {short_repr(bbox)} (want [x, y, w, h] numbers)", "object dropped", "malformed"
+            )
             continue
-        x, y, bw, bh = (float(v) for v in bbox)
+        x, y, bw, bh = (to_float(v) for v in bbox)
         _, w, h = info[image_id]
         size = (w, h) if w is not None and h is not None else None
         box = check_box((x, y, x + bw, y + bh), size, issues, path, rec)
@@ -143,6 +166,25 @@ def read_coco(
     )
 
 
+def _duplicate_id(
+    ann: dict[str, Any], ann_id: Any, seen: dict[Any, tuple[Any, ...]], issues: Issues, path: Path, rec: str
+) -> bool:
+    """Report a repeated annotation id; True if this annotation is an exact copy (to drop)."""
+    bbox = ann.get("bbox")
+    box_key = tuple(bbox) if isinstance(bbox, list) and all(_is_num(v) for v in bbox) else object()
+    key = (ann.get("image_id"), ann.get("category_id"), box_key)
+    first = seen.setdefault(ann_id, key)
+    if first is key:
+        return False
+    if first == key:
+        issues.report(
+            path, rec, "duplicate annotation (same id, image, category and bbox)", "copy dropped", "duplicate_annotation"
+        )
+        return True
+    issues.report(path, rec, "duplicate annotation id", "kept (annotation ids are not used for training)", "duplicate_annotation")
+    return False
+
+
 def _read_image_entry(
     img: Any, i: int, path: Path, root: Path, allow_outside_root: bool, seen: set[int], issues: Issues
 ) -> tuple[int, Path, int | None, int | None] | None:
@@ -158,12 +200,12 @@ def _read_image_entry(
     seen.add(image_id)
     name = img.get("file_name")
     if not isinstance(name, str) or not name:
-        issues.report(path, rec, f"missing or invalid file_name {name!r}", "image skipped", "malformed")
+        issues.report(path, rec, f"missing or invalid file_name {short_repr(name)}", "image skipped", "malformed")
         return None
     image_path = resolve_under(root, name, allow_outside_root)
     if image_path is None:
         issues.report(
-            path, rec, f"file_name {name!r} is absolute or escapes the image root {root}",
+            path, rec, f"file_name {short_repr(name)} is absolute or escapes the image root {root}",
             "image skipped (pass allow_outside_root=True to allow it)", "outside_root",
         )
         return None
@@ -173,9 +215,12 @@ def _read_image_entry(
     w, h = img.get("width"), img.get("height")
     if w is None and h is None:
         return image_id, image_path, None, None
-    # Some exporters write 640.0: accept whole numbers of either type.
-    if not (_is_num(w) and _is_num(h) and w == w // 1 and h == h // 1 and w > 0 and h > 0):
-        issues.report(path, rec, f"invalid width/height {w!r}x{h!r}", "size ignored (boxes not clipped)", "bad_size")
+    # Some exporters write 640.0: accept whole numbers of either type (inf // 1 is NaN: refused).
+    if not (_is_num(w) and _is_num(h) and 0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE and w == w // 1 and h == h // 1):
+        issues.report(
+            path, rec, f"invalid width/height {short_repr(w, 30)}x{short_repr(h, 30)} (want whole numbers 1..{MAX_SIDE})",
+            "size ignored (boxes not clipped)", "bad_size",
+        )
         return image_id, image_path, None, None
     return image_id, image_path, int(w), int(h)
 

@@ -1,8 +1,16 @@
 """Load images from files, PIL images, numpy arrays or tensors as uint8 RGB ``[3, H, W]``.
 
-Files are decoded by torchvision (libjpeg-turbo / libpng / libwebp / giflib) where it handles
-the format and its EXIF orientation, and by Pillow otherwise. Every failure is an
-:class:`ImageError` naming the image and the problem.
+Files are decoded by torchvision (libjpeg-turbo / libwebp / giflib) where it handles the
+format and its EXIF orientation, and by Pillow otherwise (PNG included: torchvision 0.29's
+decode_png crashes the process with a segmentation fault on a PNG whose pixel data is
+corrupt, e.g. one flipped byte in an IDAT chunk). Every failure is an :class:`ImageError`
+naming the image and the problem. The format is read from the file's content, not its
+extension, so a PNG named ``.jpg`` loads.
+
+Decompression bombs: the pixel count is read from the header and checked against
+``max_pixels`` before anything is decoded. ``max_pixels`` is the one limit to raise: a file
+over Pillow's own process-wide limit (``PIL.Image.MAX_IMAGE_PIXELS``, ~179 MP) is opened
+anyway when ``max_pixels`` allows it (or is None).
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import warnings
 from typing import Any, BinaryIO, Union
 
@@ -25,10 +34,16 @@ ImageSource = Union[str, "os.PathLike[str]", Image.Image, np.ndarray, torch.Tens
 
 DEFAULT_MAX_PIXELS = 100_000_000
 _EXIF_ORIENTATION = 0x0112
-# torchvision's decode_image honours EXIF orientation only for these; WebP/GIF with a
-# rotation tag go through Pillow instead (checked with torchvision 0.29).
-_TV_EXIF_FORMATS = frozenset({"JPEG", "PNG"})
+# torchvision's decode_image honours EXIF orientation only for JPEG (and PNG); WebP/GIF with
+# a rotation tag go through Pillow instead (checked with torchvision 0.29). PNG always goes
+# through Pillow: see the module docstring (libpng errors in decode_png are a segfault).
+_TV_EXIF_FORMATS = frozenset({"JPEG"})
 _TV_FORMATS = _TV_EXIF_FORMATS | {"WEBP", "GIF"}
+# File signatures: to tell "not an image" from "an image whose header is broken".
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
 _PIL_16BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _NUMPY_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.uint16, np.float16, np.float32, np.float64))
 
@@ -122,8 +137,6 @@ def _load_file(path: str | os.PathLike[str], name: str, max_pixels: int | None) 
             return _from_pil(header, name, max_pixels, tv_error=_tv_reason(exc))
         if image.ndim == 4:  # animated GIF: [frames, 3, H, W]
             image = image[0]
-        if image.dtype == torch.uint16:  # 16-bit PNG comes back unscaled (0..65535)
-            image = TF.to_dtype(image, torch.uint8, scale=True)
         return image.contiguous()
     return _from_pil(header, name, max_pixels)
 
@@ -155,30 +168,81 @@ def _read_file(path: str | os.PathLike[str], name: str) -> bytes:
 
 def _open_header(data: bytes | BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
     """Lazily open ``data`` (file bytes or an open file) with Pillow: parses the header only."""
+    fp = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         with warnings.catch_warnings():
             # We apply our own pixel limit below; Pillow's warning threshold (~89 MP) is lower.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            header = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+            header = Image.open(fp)
     except Image.DecompressionBombError as exc:
-        # Pillow refuses headers above 2 * Image.MAX_IMAGE_PIXELS before we can look at them.
-        pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found.group(1)):,} pixels" if found else f"more than {pil_limit:,} pixels"
-        over_ours = max_pixels is not None and max_pixels <= pil_limit
-        over = f"more than max_pixels={max_pixels:,} and " if over_ours else ""
-        raise ImageError(
-            name,
-            f"image has {size} (from its header), {over}over Pillow's decompression-bomb limit of "
-            f"{pil_limit:,}; if you trust it, pass a larger max_pixels (or None) and raise "
-            "PIL.Image.MAX_IMAGE_PIXELS (or set it to None)",
-        ) from None
+        header = _open_over_pillow_limit(fp, name, max_pixels, str(exc))
     except Image.UnidentifiedImageError:
-        raise ImageError(name, "not an image file (unrecognised or unsupported format)") from None
+        raise ImageError(name, _unidentified(fp)) from None
     except Exception as exc:  # Pillow raises assorted types (SyntaxError, struct.error, ...)
         raise ImageError(name, f"corrupt image header ({type(exc).__name__}: {exc})") from exc
     _check_size(header.height, header.width, name, max_pixels)
     return header
+
+
+def _open_over_pillow_limit(fp: BinaryIO, name: str, max_pixels: int | None, message: str) -> Image.Image:
+    """Open a header Pillow refused as a bomb, if ``max_pixels`` allows it; else ImageError."""
+    pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    found = re.search(r"\((\d+) pixels\)", message)
+    pixels = int(found.group(1)) if found else None
+    size = f"{pixels:,} pixels" if pixels is not None else f"more than {pil_limit:,} pixels"
+    if max_pixels is not None and (pixels is None or pixels > max_pixels):
+        raise ImageError(
+            name,
+            f"image has {size} (from its header), more than max_pixels={max_pixels:,} "
+            "(a decompression-bomb guard); if you trust it, pass a larger max_pixels (or None), "
+            "e.g. via PreprocessConfig.max_input_pixels",
+        )
+    try:
+        header = _open_unchecked(fp)
+    except Exception as exc:
+        header, message = None, f"{type(exc).__name__}: {exc}"
+    if header is None:
+        raise ImageError(name, f"image has {size} (from its header) and cannot be opened past Pillow's limit ({message})")
+    return header
+
+
+def _open_unchecked(fp: BinaryIO) -> Image.Image | None:
+    """``Image.open`` without Pillow's process-wide pixel limit; None if no plugin accepts it.
+
+    The limit check lives in ``Image.open`` itself and reads the global
+    ``Image.MAX_IMAGE_PIXELS``; changing that would affect other threads, so the format
+    plugins are tried directly, in Pillow's order (the caller applies ``max_pixels``).
+    """
+    Image.init()
+    fp.seek(0)
+    prefix = fp.read(16)
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        ok = accept is None or accept(prefix)
+        if not ok or isinstance(ok, str):  # a str is Pillow's "maybe, but unsupported"
+            continue
+        fp.seek(0)
+        try:
+            return factory(fp, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue
+    return None
+
+
+def _unidentified(fp: BinaryIO) -> str:
+    """Why Pillow could not identify the file: not an image, or a broken header."""
+    fp.seek(0)
+    head = fp.read(32)
+    fmt = next((f for magic, f in _MAGIC if head.startswith(magic)), None)
+    if fmt is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        fmt = "WEBP"
+    if fmt is None:
+        return "not an image file (unrecognised or unsupported format)"
+    if fmt == "PNG" and len(head) >= 24 and head[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", head[16:24])
+        if w == 0 or h == 0:
+            return f"zero-size image ({h}x{w} pixels, HxW, in its PNG header)"
+    return f"corrupt {fmt} header (the file starts like a {fmt} image but its header cannot be parsed)"
 
 
 def _tv_reason(exc: RuntimeError) -> str:

@@ -9,6 +9,9 @@ border. Pass ``one_based=False`` to take the four numbers as xyxy as written.
 
 ``difficult`` objects are kept as ordinary objects (counted under ``counts["difficult"]``);
 evaluation that should ignore them has to re-read the XML.
+
+XML is parsed with defusedxml: entity declarations (billion laughs) and external entities
+(XXE) make that file's image skipped with a warning, never expanded or fetched.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, Sequence
 import defusedxml
 import defusedxml.ElementTree as SafeET
 
-from ._common import IMAGE_EXTENSIONS, Issues, check_box, fmt_num, is_file, resolve_under
+from ._common import IMAGE_EXTENSIONS, MAX_SIDE, Issues, check_box, fmt_num, is_file, resolve_under, short_repr
 from .images import ImageError, image_size_of
 from .records import DatasetIndex, DetectionRecord
 
@@ -60,6 +63,7 @@ def read_voc(
     ids = _read_ids(ann_dir, Path(split_file) if split_file is not None else None, issues)
 
     parsed: list[tuple[Path, Path, int | None, int | None, list[tuple[str, tuple[float, ...], str]]]] = []
+    used_by: dict[Path, Path] = {}  # image file -> the annotation that claimed it first
     for stem in ids:
         xml = resolve_under(ann_dir, stem + ".xml", allow_outside_root)
         if xml is None or not is_file(xml):
@@ -67,8 +71,16 @@ def read_voc(
             issues.report(ann_dir, f"image id {stem!r}", f"annotation file {stem}.xml {problem}", "image skipped", "missing_annotation")
             continue
         item = _parse_xml(xml, root, images_dir is not None, ann_dir.name, allow_outside_root, one_based, issues)
-        if item is not None:
-            parsed.append(item)
+        if item is None:
+            continue
+        if item[1] in used_by:  # two annotation files for one image: training on it twice
+            issues.report(
+                xml, f"image {item[1].name!r}", f"image already annotated by {used_by[item[1]].name}",
+                "second annotation skipped", "duplicate_image",
+            )
+            continue
+        used_by[item[1]] = xml
+        parsed.append(item)
 
     names = list(class_names) if class_names is not None else sorted({n for p in parsed for n, _, _ in p[4]})
     label_of = {n: i for i, n in enumerate(names)}
@@ -77,7 +89,7 @@ def read_voc(
         boxes, labels = [], []
         for name, box, rec in objects:
             if name not in label_of:
-                issues.report(xml, rec, f"unknown class name {name!r}", "object dropped", "unknown_class")
+                issues.report(xml, rec, f"unknown class name {short_repr(name)}", "object dropped", "unknown_class")
                 continue
             boxes.append(box)
             labels.append(label_of[name])
@@ -119,10 +131,13 @@ def _parse_xml(
         issues.report(xml, "annotation", f"malformed XML at line {line} column {col}", "image skipped", "malformed")
         return None
     except defusedxml.DefusedXmlException as exc:
-        issues.report(xml, "annotation", f"forbidden XML construct ({type(exc).__name__})", "image skipped", "malformed")
+        issues.report(xml, "annotation", _forbidden(exc), "image skipped", "unsafe_xml")
         return None
     except OSError as exc:
         issues.report(xml, "annotation", f"cannot read file ({exc.strerror or exc})", "image skipped", "malformed")
+        return None
+    except (LookupError, ValueError) as exc:  # <?xml encoding="bogus"?> is a LookupError
+        issues.report(xml, "annotation", f"malformed XML ({type(exc).__name__}: {exc})", "image skipped", "malformed")
         return None
     ann = tree.getroot()
     if ann.tag != "annotation":
@@ -130,7 +145,7 @@ def _parse_xml(
         return None
 
     filename = (ann.findtext("filename") or "").strip() or xml.stem
-    rec = f"image {filename!r}"
+    rec = f"image {short_repr(filename)}"
     folder = (ann.findtext("folder") or "").strip()
     dirs: list[str] = [""] if explicit_dir else list(dict.fromkeys([folder, *_AUTO_IMAGE_DIRS, ann_dir_name]))
     has_ext = os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
@@ -167,12 +182,15 @@ def _parse_xml(
         try:
             h, w = image_size_of(image_path)
         except ImageError as exc:
-            issues.report(xml, rec, f"no <size> and unreadable image header ({exc.problem})", "image skipped", "bad_image")
+            issues.report(xml, rec, f"no usable <size> and unreadable image header ({exc.problem})", "image skipped", "bad_image")
+            return None
+        if w > MAX_SIDE or h > MAX_SIDE:
+            issues.report(xml, rec, f"image header says {w}x{h} pixels (sides over {MAX_SIDE})", "image skipped", "bad_image")
             return None
     objects = []
     for k, obj in enumerate(ann.findall("object"), 1):
         name = (obj.findtext("name") or "").strip()
-        orec = f"object #{k} ({name!r})" if name else f"object #{k}"
+        orec = f"object #{k} ({short_repr(name)})" if name else f"object #{k}"
         box = _bndbox(obj)
         if not name or box is None:
             what = "missing <name>" if not name else "missing or non-numeric <bndbox>"
@@ -190,13 +208,27 @@ def _parse_xml(
 
 
 def _size(ann: Any) -> tuple[int | None, int | None]:
-    """``<size>`` width and height if present and positive."""
+    """``<size>`` width and height if present, positive and at most MAX_SIDE."""
     try:
         w = int(float(ann.findtext("size/width") or "0"))
         h = int(float(ann.findtext("size/height") or "0"))
     except (ValueError, OverflowError):  # text, NaN, inf
         return None, None
-    return (w, h) if w > 0 and h > 0 else (None, None)
+    return (w, h) if 0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE else (None, None)
+
+
+def _forbidden(exc: Exception) -> str:
+    """The problem text for XML that defusedxml refused (entities, external references)."""
+    if isinstance(exc, defusedxml.EntitiesForbidden):
+        where = f" with external source {exc.sysid!r}" if exc.sysid else ""
+        what = f"entity declaration {exc.name!r}{where}"
+    elif isinstance(exc, defusedxml.ExternalReferenceForbidden):
+        what = f"external reference {exc.sysid!r}"
+    elif isinstance(exc, defusedxml.DTDForbidden):
+        what = f"DTD {exc.name!r}"
+    else:
+        what = type(exc).__name__
+    return f"forbidden XML construct ({what}): entity expansion and external entities are refused for safety"
 
 
 def _bndbox(obj: Any) -> tuple[float, float, float, float] | None:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ._common import IMAGE_EXTENSIONS, Issues, check_box, resolve_under
+from ._common import IMAGE_EXTENSIONS, MAX_SIDE, Issues, check_box, clip_text, resolve_under, short_repr
 from .images import ImageError, image_size_of
 from .records import DatasetIndex, DetectionRecord
 
@@ -25,6 +25,9 @@ __all__ = ["read_yolo", "write_yolo"]
 
 _YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml")
 _NAMES_FILES = ("classes.txt", "obj.names", "classes.names")
+# Class ids at or above this are refused: without a names list every id up to the largest
+# one becomes a class, so one corrupt line ("1e300 ...") must not create a billion classes.
+MAX_CLASS_ID = 100_000
 
 _Obj = tuple[int, tuple[float, float, float, float], Path, str]
 
@@ -61,7 +64,7 @@ def read_yolo(
     cfg = _load_yaml(yaml_file) if yaml_file is not None else {}
     issues = Issues()
     class_names = list(names) if names is not None else _class_names(cfg, root_path)
-    images = _list_images(root_path, split, cfg, allow_outside_root, issues)
+    images, whole_folder = _list_images(root_path, split, cfg, allow_outside_root, issues)
 
     parsed: list[tuple[Path, int, int, list[_Obj]]] = []
     used_labels: dict[Path, Path] = {}
@@ -80,10 +83,16 @@ def read_yolo(
             kind = "missing_image" if "not found" in exc.problem else "bad_image"
             issues.report(label_file, f"image {image}", exc.problem, "image skipped", kind)
             continue
+        if w > MAX_SIDE or h > MAX_SIDE:
+            problem = f"header says {w}x{h} pixels (sides over {MAX_SIDE})"
+            issues.report(label_file, f"image {image}", problem, "image skipped", "bad_image")
+            continue
         objects = _read_labels(label_file, image, w, h, issues)
         if objects is not None:
             parsed.append((image, w, h, objects))
 
+    if whole_folder:
+        _report_orphan_labels(images, used_labels, issues)
     if names is None and not class_names:
         top = max((o[0] for p in parsed for o in p[3]), default=-1)
         class_names = [str(i) for i in range(top + 1)]
@@ -104,8 +113,10 @@ def read_yolo(
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable YAML ({exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"{path}: unreadable YAML ({clip_text(str(exc))})") from None
+    except (RecursionError, ValueError) as exc:  # nested thousands deep; a 5000-digit number
+        raise ValueError(f"{path}: unreadable YAML ({type(exc).__name__}: {clip_text(str(exc))})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -118,7 +129,8 @@ def _class_names(cfg: dict[str, Any], root: Path) -> list[str]:
     if isinstance(raw, list):
         return [str(n) for n in raw]
     if isinstance(raw, dict):
-        ids = {int(k): str(v) for k, v in raw.items() if str(k).lstrip("-").isdigit()}
+        # {0: cat, 1: dog}; keys that are not ids in 0..MAX_CLASS_ID are ignored.
+        ids = {int(k): str(v) for k, v in raw.items() if _is_class_id(k)}
         return [ids.get(i, str(i)) for i in range(max(ids, default=-1) + 1)]
     for folder in (root, root / "labels"):
         for n in _NAMES_FILES:
@@ -128,40 +140,66 @@ def _class_names(cfg: dict[str, Any], root: Path) -> list[str]:
     return []
 
 
+def _is_class_id(key: Any) -> bool:
+    if isinstance(key, bool):
+        return False
+    if isinstance(key, str):
+        key = key.strip()
+        if not (key.isascii() and key.isdigit()):  # "²".isdigit() is True, int("²") fails
+            return False
+        key = int(key) if len(key) < 10 else MAX_CLASS_ID
+    return isinstance(key, int) and 0 <= key < MAX_CLASS_ID
+
+
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
 def _list_images(
     root: Path, split: str | os.PathLike[str] | None, cfg: dict[str, Any], allow: bool, issues: Issues
-) -> list[Path]:
-    """Image files of the split, in order."""
+) -> tuple[list[Path], bool]:
+    """Image files of the split, in order, and whether they are a whole folder (not a list)."""
     flat = root / "images" if (root / "images").is_dir() else root
     if split is None:
-        return _images_in(flat)
+        return _images_in(flat), True
     split_str = os.fspath(split)
     as_file = Path(split_str) if os.path.isabs(split_str) else root / split_str
     if split_str.endswith(".txt") and as_file.is_file():
-        return _read_list(as_file, root, allow, issues)
+        return _read_list(as_file, root, allow, issues), False
     entries = cfg.get(split_str)
     tried: list[Path] = []
     for entry in entries if isinstance(entries, list) else [entries] if isinstance(entries, str) else []:
-        p = resolve_under(root, entry, allow)
+        p = resolve_under(root, entry, allow) if isinstance(entry, str) else None
         if p is None:
-            issues.report(root, f"data.yaml {split_str}: {entry!r}", "escapes the dataset root", "entry ignored", "outside_root")
+            problem = "escapes the dataset root" if isinstance(entry, str) else "is not a path"
+            issues.report(root, f"data.yaml {split_str}: {short_repr(entry)}", problem, "entry ignored", "outside_root")
             continue
         tried.append(p)
         if p.is_file():
-            return _read_list(p, root, allow, issues)
+            return _read_list(p, root, allow, issues), False
     tried += [root / "images" / split_str, root / split_str / "images", root / split_str]
     for folder in tried:
         if folder.is_dir():
-            return _images_in(folder)
+            return _images_in(folder), True
     if split_str.endswith(".txt"):
         raise FileNotFoundError(f"{as_file}: YOLO image list not found")
     if flat.is_dir() and not any(p.is_dir() for p in flat.iterdir()):
-        return _images_in(flat)  # flat images/ + labels/ layout: there are no splits
+        return _images_in(flat), True  # flat images/ + labels/ layout: there are no splits
     raise FileNotFoundError(f"{root}: no images for split {split_str!r} (tried {', '.join(map(str, tried))})")
+
+
+def _report_orphan_labels(images: list[Path], used: dict[Path, Path], issues: Issues) -> None:
+    """Report label files in the split's labels/ folders that no image uses.
+
+    Usually a renamed image or a different extension (``a.JPG`` vs ``a.jpeg.txt``): those
+    objects would silently be missing. Only for whole folders (a list file may name a subset)
+    and separate labels/ folders (next to the images, other .txt files are common).
+    """
+    folders = {lf.parent for lf, img in used.items() if lf.parent != img.parent}
+    for folder in sorted(folders):
+        for lf in sorted(folder.glob("*.txt")):
+            if lf not in used and lf.name not in _NAMES_FILES:
+                issues.report(lf, "label file", "no image with this name", "ignored", "orphan_label")
 
 
 def _read_list(list_file: Path, root: Path, allow: bool, issues: Issues) -> list[Path]:
@@ -173,11 +211,11 @@ def _read_list(list_file: Path, root: Path, allow: bool, issues: Issues) -> list
         p = resolve_under(root, entry, allow)
         if p is None:
             issues.report(
-                list_file, f"line {n}", f"image path {entry!r} is absolute or escapes the dataset root {root}",
+                list_file, f"line {n}", f"image path {short_repr(entry)} is absolute or escapes the dataset root {root}",
                 "image skipped (pass allow_outside_root=True to allow it)", "outside_root",
             )
         elif p in seen:
-            issues.report(list_file, f"line {n}", f"duplicate image {entry!r}", "second one skipped", "duplicate_image")
+            issues.report(list_file, f"line {n}", f"duplicate image {short_repr(entry)}", "second one skipped", "duplicate_image")
         else:
             seen.add(p)
             images.append(p)
@@ -196,6 +234,7 @@ def _label_path(root: Path, image: Path) -> Path:
 def _read_labels(label_file: Path, image: Path, w: int, h: int, issues: Issues) -> list[_Obj] | None:
     """Objects of one label file (pixel xyxy); None (after reporting) if unreadable."""
     if not label_file.exists():
+        issues.count("no_label_file")  # a background image: legal, but worth a tally
         return []
     try:
         text = label_file.read_text(encoding="utf-8-sig")
@@ -212,7 +251,7 @@ def _read_labels(label_file: Path, image: Path, w: int, h: int, issues: Issues) 
             cls_f = float(tokens[0])
             values = [float(t) for t in tokens[1:]]
         except ValueError:
-            issues.report(label_file, rec, f"non-numeric value in {line.strip()!r}", "line skipped", "malformed")
+            issues.report(label_file, rec, f"non-numeric value in {short_repr(line.strip())}", "line skipped", "malformed")
             continue
         polygon = len(values) >= 6 and len(values) % 2 == 0
         if len(values) != 4 and not polygon:
@@ -221,8 +260,15 @@ def _read_labels(label_file: Path, image: Path, w: int, h: int, issues: Issues) 
                 "line skipped", "malformed",
             )
             continue
-        if not (math.isfinite(cls_f) and cls_f == int(cls_f) and cls_f >= 0):
-            issues.report(label_file, rec, f"invalid class id {tokens[0]!r}", "object dropped", "unknown_class")
+        if not (math.isfinite(cls_f) and cls_f == int(cls_f) and 0 <= cls_f < MAX_CLASS_ID):
+            issues.report(
+                label_file, rec, f"invalid class id {short_repr(tokens[0])} (want a whole number 0..{MAX_CLASS_ID - 1})",
+                "object dropped", "unknown_class",
+            )
+            continue
+        if not all(math.isfinite(v) for v in values):  # min()/max() of a polygon would skip a NaN
+            problem = f"non-finite coordinates in {short_repr(line.strip())}"
+            issues.report(label_file, rec, problem, "object dropped", "nonfinite_box")
             continue
         if polygon:
             xs, ys = values[0::2], values[1::2]
