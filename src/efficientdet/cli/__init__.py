@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import evaluate, export, info, predict, quickstart, train
+from . import benchmark, evaluate, export, info, predict, quickstart, train
 
 # Each sub-command module has ``add_parser(subparsers)`` and ``run(args) -> int``.
-COMMANDS = [info, train, predict, evaluate, export, quickstart]
+COMMANDS = [info, train, predict, evaluate, export, quickstart, benchmark]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,257 @@
+"""The benchmarked inference paths, each split into decode / preprocess / network / postprocess.
+
+Every pipeline runs exactly the steps its public entry point runs, in the same order, so the
+sum of the stages is what a user of that entry point waits for:
+
+* ``torch``: ``efficientdet.Detector`` on the inference-optimised model (BatchNorms folded,
+  channels_last; ``torch.compile`` on request): ``load_image`` (torchvision's libjpeg-turbo
+  decoder), ``preprocess_batch``, the network, ``postprocess`` (+ copy to CPU, class names).
+* ``onnxruntime``: ``efficientdet.export.OnnxDetector`` on the raw graph (no NMS inside): the
+  same decode / preprocess, one ONNX Runtime session run, the same ``postprocess``.
+* ``onnxruntime-nms``: the same on a graph with decoding + NMS inside, so its "network" stage
+  includes the post-processing and "postprocess" is only the rescaling on the host.
+* ``effdet`` (the reference, its predict path as its README and ``validate.py`` use it):
+  Pillow decode + ``convert("RGB")``, effdet's eval transforms (``ResizePad`` +
+  ``ImageToNumpy``, i.e. ``transforms_coco_eval``), stacking + normalising as its loader does,
+  ``DetBenchPredict``: the raw model, then effdet's top-k + per-image NMS (its
+  ``_post_process`` / ``_batch_detection``, called in ``DetBenchPredict.forward``'s order),
+  and the detections copied to CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.images import iter_image_chunks
+from ..models.efficientdet import EfficientDet
+
+__all__ = ["BACKENDS", "Pipeline", "make_pipeline"]
+
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-nms")
+REFERENCE = "effdet"
+
+
+class Pipeline:
+    """One inference path; ``network`` input/output types are the backend's own."""
+
+    name: str = ""
+    device: torch.device = torch.device("cpu")
+    # False where "network" includes post-processing (NMS in the graph): no network-only rows.
+    network_only: bool = True
+
+    def decode(self, paths: Sequence[Path]) -> list[Any]:
+        raise NotImplementedError
+
+    def preprocess(self, decoded: list[Any]) -> tuple[Any, Any]:
+        """-> (network input, what ``postprocess`` needs: scales, original sizes)."""
+        raise NotImplementedError
+
+    def network(self, inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def postprocess(self, outputs: Any, info: Any) -> Any:
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Wait for queued device work (CUDA kernels run asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _with_names(dets: list[dict[str, Any]], class_names: list[str] | None) -> list[dict[str, Any]]:
+    if class_names is not None:
+        for det in dets:
+            det["names"] = [class_names[i] for i in det["labels"].tolist()]
+    return dets
+
+
+class TorchPipeline(Pipeline):
+    """``Detector``'s steps on ``optimize_for_inference(model)``."""
+
+    def __init__(self, model: EfficientDet, device: torch.device, compile: bool = False) -> None:
+        from ..detector import Detector
+        from ..export import optimize_for_inference
+
+        self.name = "torch-compile" if compile else "torch"
+        self.device = device
+        self.detector = Detector(optimize_for_inference(model.to(device), compile=compile), device=device)
+        self.max_pixels = self.detector.config.preprocess.max_input_pixels
+
+    def decode(self, paths: Sequence[Path]) -> list[torch.Tensor]:
+        return next(iter_image_chunks(list(paths), len(paths), self.max_pixels))
+
+    def preprocess(self, decoded: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        from ..preprocess import preprocess_batch
+
+        batch, scales, sizes = preprocess_batch(decoded, self.detector.config.preprocess)
+        return batch.to(self.device), (scales.to(self.device), sizes)
+
+    def network(self, inputs: torch.Tensor) -> Any:
+        return self.detector.model(inputs)
+
+    def postprocess(self, outputs: Any, info: Any) -> list[dict[str, Any]]:
+        from ..postprocess import postprocess
+
+        d = self.detector
+        dets = postprocess(
+            *outputs, d.anchors, d.postprocess_config, d.config.num_classes, scales=info[0], image_sizes=info[1]
+        )
+        return _with_names([{k: v.cpu() for k, v in det.items()} for det in dets], d.class_names)
+
+
+def export_for_benchmark(model: EfficientDet, folder: Path, nms_inside: bool, dynamo: bool) -> Path:
+    """The model's ONNX graph in ``folder`` (exported once; the NMS variant is derived from it)."""
+    from ..export import attach_postprocess, export_onnx
+
+    raw = folder / "model.onnx"
+    if not raw.exists():
+        export_onnx(model, raw, dynamic_batch=True, dynamo=dynamo, check=False)
+    if not nms_inside:
+        return raw
+    with_nms = folder / "model.nms.onnx"
+    if not with_nms.exists():
+        attach_postprocess(raw, with_nms, dynamo=dynamo, check=False)
+    return with_nms
+
+
+class OnnxPipeline(Pipeline):
+    """``OnnxDetector``'s steps on a graph exported from the model."""
+
+    def __init__(self, path: Path, device: torch.device, threads: int) -> None:
+        from ..export.runtime import OnnxDetector
+
+        if device.type == "cuda":
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError(
+                    "backend onnxruntime on cuda needs onnxruntime-gpu (CUDAExecutionProvider is not available)"
+                )
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.detector = OnnxDetector(path, providers=providers, intra_op_threads=threads)
+        self.name = "onnxruntime-nms" if self.detector.metadata.nms_inside else "onnxruntime"
+        self.network_only = not self.detector.metadata.nms_inside
+        self.max_pixels = self.detector.preprocess_config.max_input_pixels
+
+    def decode(self, paths: Sequence[Path]) -> list[torch.Tensor]:
+        return next(iter_image_chunks(list(paths), len(paths), self.max_pixels))
+
+    def preprocess(self, decoded: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        from ..preprocess import preprocess_batch
+
+        batch, scales, sizes = preprocess_batch(decoded, self.detector.preprocess_config)
+        return batch, (scales, sizes)
+
+    def network(self, inputs: torch.Tensor) -> list[np.ndarray]:
+        return self.detector._run(inputs)
+
+    def postprocess(self, outputs: list[np.ndarray], info: Any) -> list[dict[str, Any]]:
+        d = self.detector
+        if d.metadata.nms_inside:
+            dets = d._from_nms_outputs(outputs, info[0], info[1], None)
+        else:
+            dets = d._postprocess(outputs, d.postprocess_config, info[0], info[1])
+        return _with_names(dets, d.class_names)
+
+
+class EffdetPipeline(Pipeline):
+    """The reference's predict path (see the module docs) on an effdet ``EfficientDet``."""
+
+    name = REFERENCE
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        from effdet import DetBenchPredict
+        from effdet.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, transforms_coco_eval
+
+        self.device = device
+        self.bench = DetBenchPredict(model).eval().to(device)
+        cfg = model.config
+        mean = tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN))
+        std = tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
+        # effdet's defaults for evaluation (effdet.data.loader.create_loader, is_training=False).
+        self.transform = transforms_coco_eval(
+            tuple(cfg.image_size), interpolation="bilinear", use_prefetcher=True, fill_color="mean", mean=mean, std=std
+        )
+        # Its PrefetchLoader normalises on the device: x.float().sub_(255 * mean).div_(255 * std).
+        self.mean = torch.tensor([255 * m for m in mean], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor([255 * s for s in std], device=device).view(1, 3, 1, 1)
+
+    def decode(self, paths: Sequence[Path]) -> list[Any]:
+        from PIL import Image
+
+        return [Image.open(p).convert("RGB") for p in paths]
+
+    def preprocess(self, decoded: list[Any]) -> tuple[torch.Tensor, Any]:
+        arrays, scales, sizes = [], [], []
+        for image in decoded:
+            array, anno = self.transform(image, {})
+            arrays.append(array)
+            scales.append(anno["img_scale"])
+            sizes.append((image.width, image.height))  # effdet's img_size is (w, h)
+        x = torch.from_numpy(np.stack(arrays)).to(self.device).float().sub_(self.mean).div_(self.std)
+        info = {
+            "img_scale": torch.tensor(scales, dtype=torch.float32, device=self.device),
+            "img_size": torch.tensor(sizes, dtype=torch.float32, device=self.device),
+        }
+        return x, info
+
+    def network(self, inputs: torch.Tensor) -> Any:
+        return self.bench.model(inputs)
+
+    def postprocess(self, outputs: Any, info: dict[str, torch.Tensor]) -> torch.Tensor:
+        """-> [N, max_det, 6] (x0, y0, x1, y1, score, class), on CPU."""
+        from effdet.bench import _batch_detection, _post_process
+
+        b = self.bench
+        cls, box, indices, classes = _post_process(
+            *outputs, num_levels=b.num_levels, num_classes=b.num_classes, max_detection_points=b.max_detection_points
+        )
+        dets = _batch_detection(
+            cls.shape[0], cls, box, b.anchors.boxes, indices, classes, info["img_scale"], info["img_size"],
+            max_det_per_image=b.max_det_per_image, soft_nms=b.soft_nms,
+        )  # fmt: skip
+        return dets.cpu()
+
+
+def make_pipeline(
+    backend: str,
+    model: EfficientDet,
+    device: torch.device,
+    threads: int,
+    workdir: Path,
+    compile: bool = False,
+    onnx_exporter: str = "dynamo",
+    reference: torch.nn.Module | None = None,
+) -> Pipeline:
+    """Set up ``backend`` (export, fold, open a session); not timed."""
+    if backend == "torch":
+        return TorchPipeline(model, device, compile=compile)
+    if backend in ("onnxruntime", "onnxruntime-nms"):
+        path = export_for_benchmark(model, workdir, backend == "onnxruntime-nms", onnx_exporter == "dynamo")
+        return OnnxPipeline(path, device, threads)
+    if backend == REFERENCE:
+        if reference is None:
+            raise ValueError("the effdet pipeline needs the reference model")
+        return EffdetPipeline(reference, device)
+    raise ValueError(f"unknown backend {backend!r}; available backends: {', '.join(BACKENDS)}")
+
+
+def image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files directly in or below ``folder``, sorted (for ``--images``)."""
+    from ..data._common import IMAGE_EXTENSIONS
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--images {root}: not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"--images {root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return files

@@ -1,0 +1,100 @@
+"""``efficientdet benchmark MODEL``: latency, throughput, memory and FLOP rates per backend.
+
+Network only (preprocessed tensors -> head outputs) and end-to-end (JPEG files -> detections:
+decode, preprocess, network, postprocess) at each batch size, for each backend; with
+``--compare-effdet`` the reference implementation runs the same architecture with the same
+weights on the same images and every row shows ours / effdet images per second.
+
+    efficientdet benchmark efficientdet_d0 --image-size 512 --batch-sizes 1,4 \\
+        --backends torch,onnxruntime --compare-effdet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..benchmark import BACKENDS
+
+    p = sub.add_parser(
+        "benchmark",
+        help="latency, throughput, memory and GFLOP/s per backend (optionally against effdet)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="a model name (see `efficientdet list`)")
+    p.add_argument("--weights", default=None, help="checkpoint, registered name or URL (default: random weights)")
+    p.add_argument("--image-size", type=int, default=None, help="model input side, a multiple of 32 (default: the model's)")
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 8], help="comma-separated batch sizes (default 1,8)")
+    p.add_argument(
+        "--backends", type=_names, default=["torch", "onnxruntime"],
+        help=f"comma-separated, from: {', '.join(BACKENDS)} (default torch,onnxruntime)",
+    )  # fmt: skip
+    p.add_argument("--iterations", type=int, default=20, help="timed runs per measurement (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs before each measurement (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the physical cores)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
+    p.add_argument(
+        "--onnx-exporter", choices=["dynamo", "torchscript"], default="dynamo",
+        help="torch.onnx exporter for the onnxruntime backends (default dynamo; torchscript exports faster)",
+    )  # fmt: skip
+    p.add_argument("--compare-effdet", action="store_true", help="also run the reference (effdet) on the same weights")
+    p.add_argument("--images", default=None, help="folder of images for end-to-end runs (default: synthetic JPEGs)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON to OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..benchmark import check_backends, render_table, run_benchmark
+
+    if args.iterations < 1 or args.warmup < 0:
+        raise ValueError(f"--iterations must be >= 1 and --warmup >= 0, got {args.iterations} and {args.warmup}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if not args.backends:
+        raise ValueError("--backends: name at least one backend")
+    check_backends(args.backends, args.compare_effdet)  # fail before building anything
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = run_benchmark(
+        args.model,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_sizes=args.batch_sizes,
+        backends=args.backends,
+        iterations=args.iterations,
+        warmup=args.warmup,
+        threads=args.threads,
+        device=args.device,
+        compare_effdet=args.compare_effdet,
+        images=args.images,
+        compile=args.compile,
+        onnx_exporter=args.onnx_exporter,
+        log=log,
+    )
+    print(render_table(result))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"\nwrote {out}")
+    return 0

@@ -1,0 +1,155 @@
+"""``efficientdet benchmark`` and ``efficientdet.benchmark``: tiny runs, every field checked."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from efficientdet import Detector, create_model  # noqa: E402
+from efficientdet.benchmark import BACKENDS, render_table, run_benchmark  # noqa: E402
+from efficientdet.benchmark.measure import MemoryProbe, synthetic_images  # noqa: E402
+from efficientdet.benchmark.models import build_models  # noqa: E402
+from efficientdet.benchmark.pipelines import TorchPipeline  # noqa: E402
+from efficientdet.cli import main  # noqa: E402
+from efficientdet.flops import count_macs  # noqa: E402
+
+MODEL, SIZE = "efficientdet_lite0", 128
+TINY = ["--image-size", str(SIZE), "--batch-sizes", "1,2", "--iterations", "2", "--warmup", "1", "--threads", "1"]
+ROW_KEYS = {
+    "backend", "mode", "batch_size", "latency_ms", "p90_ms", "images_per_s", "gflops_per_s", "decode_ms",
+    "preprocess_ms", "network_ms", "postprocess_ms", "postprocess_share", "peak_memory_mb", "ratio_vs_effdet",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, int]:
+    config = create_model(MODEL, image_size=(SIZE, SIZE)).config
+    model = create_model(MODEL, image_size=(SIZE, SIZE))
+    return {"parameters": sum(p.numel() for p in model.parameters()), "macs": count_macs(config, (SIZE, SIZE))}
+
+
+def _check_rows(doc: dict, backends: list[str], with_ratio: bool) -> None:
+    rows = doc["rows"]
+    for backend in backends:
+        modes = ["end-to-end"] if backend == "onnxruntime-nms" else ["network", "end-to-end"]
+        for mode in modes:
+            for n in (1, 2):
+                [row] = [r for r in rows if (r["backend"], r["mode"], r["batch_size"]) == (backend, mode, n)]
+                assert set(row) == ROW_KEYS
+                assert 0 < row["latency_ms"] <= row["p90_ms"] + 1e-9
+                assert row["images_per_s"] == pytest.approx(n / (row["latency_ms"] / 1000))
+                assert row["gflops_per_s"] == pytest.approx(doc["flops_per_image"] * row["images_per_s"] / 1e9)
+                assert row["peak_memory_mb"] is not None and row["peak_memory_mb"] >= 0
+                if mode == "end-to-end":
+                    stages = [row[k] for k in ("decode_ms", "preprocess_ms", "network_ms", "postprocess_ms")]
+                    assert all(s > 0 for s in stages)
+                    # medians of parts vs median of sums: close, not equal
+                    assert sum(stages) == pytest.approx(row["latency_ms"], rel=0.5)
+                    assert 0 < row["postprocess_share"] < 1
+                else:
+                    assert row["decode_ms"] is None and row["postprocess_share"] is None
+                if with_ratio:
+                    assert row["ratio_vs_effdet"] > 0
+                else:
+                    assert row["ratio_vs_effdet"] is None
+
+
+def test_cli_torch_and_onnxruntime(tmp_path: Path, capsys: pytest.CaptureFixture[str], expected: dict) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    backends = ["torch", "onnxruntime", "onnxruntime-nms"]
+    args = ["benchmark", MODEL, *TINY, "--backends", ",".join(backends), "--onnx-exporter", "torchscript"]
+    assert main([*args, "--json", str(out), "--quiet"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["model"] == MODEL and doc["image_size"] == [SIZE, SIZE] and doc["threads"] == 1
+    assert doc["parameters"] == expected["parameters"]
+    assert doc["macs"] == expected["macs"] and doc["flops_per_image"] == 2 * expected["macs"]
+    assert doc["batch_sizes"] == [1, 2] and doc["iterations"] == 2 and doc["warmup"] == 1
+    assert "onnxruntime" in doc["versions"] and "effdet" not in doc["versions"]
+    assert len(doc["rows"]) == 2 * 2 + 2 * 2 + 2
+    _check_rows(doc, backends, with_ratio=False)
+    text = capsys.readouterr().out
+    assert f"{MODEL} at {SIZE}x{SIZE}" in text and "parameters" in text and "MACs" in text
+    assert text.count("end-to-end") >= 6 and "onnxruntime-nms" in text
+
+
+def test_compare_effdet_gives_ratios(tmp_path: Path) -> None:
+    pytest.importorskip("effdet")
+    result = run_benchmark(
+        MODEL, image_size=SIZE, batch_sizes=[1, 2], backends=["torch"], iterations=2, warmup=1, threads=1,
+        compare_effdet=True,
+    )  # fmt: skip
+    doc = json.loads(json.dumps(result.to_dict()))
+    _check_rows(doc, ["torch", "effdet"], with_ratio=True)
+    for mode in ("network", "end-to-end"):
+        for n in (1, 2):
+            ours, ref = result.row("torch", mode, n), result.row("effdet", mode, n)
+            assert ref.ratio_vs_effdet == 1.0
+            assert ours.ratio_vs_effdet == pytest.approx(ours.images_per_s / ref.images_per_s)
+    assert "effdet" in result.versions and "effdet init" in result.weights
+    table = render_table(result)
+    assert "vs effdet" in table and "effdet end-to-end = its predict path" in table
+
+
+def test_unknown_backend_and_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["benchmark", MODEL, "--backends", "torch,tensorrt"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown backend 'tensorrt'" in err and all(b in err for b in BACKENDS)
+    with pytest.raises(ValueError, match="unknown backend"):
+        run_benchmark(MODEL, backends=["openvino"])
+    assert main(["benchmark", MODEL, "--iterations", "0"]) == 2
+    assert "--iterations must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["benchmark", MODEL, "--batch-sizes", "0,2"])
+
+
+def test_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "effdet" else real(name, *a))
+    assert main(["benchmark", MODEL, "--backends", "torch", "--compare-effdet"]) == 2
+    assert "--compare-effdet needs the effdet package, which is not installed" in capsys.readouterr().err
+
+
+def test_pipelines_match_the_public_entry_points(tmp_path: Path) -> None:
+    """The timed stages compute what Detector(paths) and effdet's DetBenchPredict compute."""
+    pytest.importorskip("effdet")
+    files = synthetic_images(tmp_path / "images", 2)
+    ours, ref, _ = build_models(MODEL, (SIZE, SIZE), None, True, tmp_path, files)
+    pipe = TorchPipeline(ours, torch.device("cpu"))
+    with torch.inference_mode():
+        inputs, info = pipe.preprocess(pipe.decode(files))
+        staged = pipe.postprocess(pipe.network(inputs), info)
+    direct = Detector(pipe.detector.model)(files)
+    assert len(staged) == 2 and len(staged[0]["scores"]) > 0
+    for a, b in zip(staged, direct):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(a[key], b[key])
+
+    from efficientdet.benchmark.pipelines import EffdetPipeline
+
+    eff = EffdetPipeline(ref, torch.device("cpu"))
+    with torch.inference_mode():
+        x, img_info = eff.preprocess(eff.decode(files))
+        staged_ref = eff.postprocess(eff.network(x), img_info)
+        direct_ref = eff.bench(x, img_info)
+    assert torch.equal(staged_ref, direct_ref)
+    # same weights, same images: the top detection agrees (different resizers, so not exactly)
+    best = staged_ref[0, 0]
+    assert int(best[5]) - 1 == int(direct[0]["labels"][0])
+
+
+def test_memory_probe_sees_an_allocation() -> None:
+    probe = MemoryProbe(torch.device("cpu"))
+    probe.start()
+    block = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+    peak = probe.peak_mb()
+    del block
+    assert 48 <= peak <= 256
