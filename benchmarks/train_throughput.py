@@ -18,6 +18,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CASES = [("efficientdet_d0", 512), ("efficientdet_lite0", 320)]
+# "efficientdet-cl": the same with channels_last memory format (TrainConfig.channels_last)
+IMPLS = ("effdet", "efficientdet", "efficientdet-cl")
 
 
 def _boxes(batch: int, size: int):
@@ -33,7 +35,7 @@ def _boxes(batch: int, size: int):
     return boxes, labels
 
 
-def run_ours(model_name: str, size: int, batch: int, steps: int) -> float:
+def run_ours(model_name: str, size: int, batch: int, steps: int, channels_last: bool = False) -> float:
     import torch
 
     from efficientdet import create_model
@@ -46,6 +48,9 @@ def run_ours(model_name: str, size: int, batch: int, steps: int) -> float:
     loss_fn = DetectionLoss()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 3, size, size)
+    if channels_last:  # TrainConfig.channels_last
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     boxes, labels = _boxes(batch, size)
 
     def step() -> None:
@@ -92,8 +97,10 @@ def run_effdet(model_name: str, size: int, batch: int, steps: int) -> float:
 
 
 def child(impl: str, model_name: str, size: int, batch: int, steps: int) -> None:
-    fn = run_ours if impl == "efficientdet" else run_effdet
-    ips = fn(model_name, size, batch, steps)
+    if impl == "effdet":
+        ips = run_effdet(model_name, size, batch, steps)
+    else:
+        ips = run_ours(model_name, size, batch, steps, channels_last=impl.endswith("-cl"))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"images_per_s": ips, "peak_mb": peak_mb}))
 
@@ -115,15 +122,16 @@ def main() -> None:
     print(f"{'model':<24}{'impl':<14}{'images/s':>10}{'peak MB':>10}")
     for model_name, size in CASES:
         res = {}
-        for impl in ("effdet", "efficientdet"):
+        for impl in IMPLS:
             cmd = [sys.executable, __file__, "--child", impl, model_name, str(size),
                    "--steps", str(args.steps), "--batch", str(args.batch)]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             res[impl] = json.loads(out.strip().splitlines()[-1])
             print(f"{model_name + '@' + str(size):<24}{impl:<14}{res[impl]['images_per_s']:>10.2f}{res[impl]['peak_mb']:>10.0f}")
-        speed = res["efficientdet"]["images_per_s"] / res["effdet"]["images_per_s"]
-        mem = res["efficientdet"]["peak_mb"] / res["effdet"]["peak_mb"]
-        print(f"{'':<24}{'ratio':<14}{speed:>9.2f}x{mem:>9.2f}x")
+        for impl in IMPLS[1:]:
+            speed = res[impl]["images_per_s"] / res["effdet"]["images_per_s"]
+            mem = res[impl]["peak_mb"] / res["effdet"]["peak_mb"]
+            print(f"{'':<24}{impl + '/effdet':<14}{speed:>9.2f}x{mem:>9.2f}x")
 
 
 if __name__ == "__main__":

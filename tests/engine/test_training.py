@@ -113,3 +113,41 @@ def test_no_usable_images_is_a_clear_error(tmp_path: Path, make_config) -> None:
         image.unlink()  # every annotation now points at a missing image
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="no usable training images"):
         Trainer(make_config(data, tmp_path / "run"), progress=False)
+
+
+def test_time_budget_schedule_decays_by_the_end_of_the_budget() -> None:
+    """Under a time budget the cosine follows the budget when that ends before total_steps."""
+    from efficientdet.engine.optim import WarmupCosine
+
+    schedule = WarmupCosine(warmup_steps=10, total_steps=100_000, start_factor=0.1, min_factor=0.0)
+    assert schedule(5) == pytest.approx(0.55)  # warmup is by steps
+    schedule.time_fraction = 0.2  # warmup ended at 20 % of the budget: decay spans the other 80 %
+    assert schedule(10) == pytest.approx(1.0)
+    schedule.time_fraction = 0.6  # half of the decay span
+    assert schedule(50) == pytest.approx(0.5)
+    schedule.time_fraction = 1.0
+    assert schedule(90) == pytest.approx(0.0)
+    # the step schedule still wins when it is further along
+    short = WarmupCosine(warmup_steps=10, total_steps=110, start_factor=0.1, min_factor=0.0)
+    short.time_fraction = 0.1
+    assert short(10) == pytest.approx(1.0)
+    assert short(60) == pytest.approx(0.5)
+
+
+def test_time_budget_schedule_state_survives_a_checkpoint() -> None:
+    from efficientdet.engine.optim import WarmupCosine
+
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.SGD(params, lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(2, 1000, 0.1, 0.0))
+    for fraction in (0.1, 0.2, 0.5):
+        sched.lr_lambdas[0].time_fraction = fraction
+        opt.step()
+        sched.step()
+    state = sched.state_dict()
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, WarmupCosine(2, 1000, 0.1, 0.0))
+    sched2.load_state_dict(state)
+    assert sched2.lr_lambdas[0].decay_start_fraction == pytest.approx(0.2)
+    assert sched2.lr_lambdas[0].time_fraction == pytest.approx(0.5)
+    assert sched2.get_last_lr() == pytest.approx(sched.get_last_lr())

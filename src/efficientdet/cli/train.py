@@ -26,7 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", help="validation data (same as data.val=...)")
     p.add_argument("--model", help="model name (same as model=...)")
     p.add_argument("--output", help="output folder (same as output=...)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.ckpt if it exists")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT/last.ckpt if it exists, else start anew (same as resume=auto); "
+        "under torchrun --max-restarts, restarted workers resume by themselves",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 

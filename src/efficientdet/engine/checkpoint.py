@@ -7,14 +7,23 @@ tensors and containers only, read back with ``weights_only=True``.
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+
+from ..variants import get_config
+
+
+TEMP_SUFFIX = ".tmp"
+TRAIN_FORMAT = "efficientdet-train-1"
 
 
 class CheckpointError(RuntimeError):
@@ -52,40 +61,150 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _RecordingWriter:
+    """File wrapper that keeps the ``OSError`` a write raised.
+
+    ``torch.save`` into a file object turns a failed ``write`` (a full disk) into an opaque
+    ``RuntimeError`` ("unexpected pos ..."); this wrapper lets us report the real cause.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _os_errno(err: BaseException) -> int | None:
+    """The OS error number behind ``err``: an ``OSError``'s, or "(os error 28)" in the text of
+    errors from Rust writers (safetensors) that do not subclass ``OSError``."""
+    if isinstance(err, OSError):
+        return err.errno
+    match = re.search(r"os error (\d+)", str(err))
+    return int(match.group(1)) if match else None
+
+
+def describe_write_error(path: Path, err: BaseException, what: str = "the checkpoint") -> str:
+    """One line naming the file and the cause, a full disk spelt out as such."""
+    code = _os_errno(err)
+    reason = os.strerror(code) if code is not None else str(err)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        cause = f"the disk is full ({reason})"
+    elif code == errno.EFBIG:
+        cause = f"the file is larger than this system allows ({reason})"
+    else:
+        cause = reason
+    hint = " Free disk space or choose another output folder, then resume." if code is not None else ""
+    return f"{path}: could not write {what}: {cause}; the previous file, if any, is intact.{hint}"
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
     A crash (or SIGKILL, or a full disk) at any moment leaves either the previous file or
-    the new one, never a half-written file. Errors name the file and keep the previous one.
+    the new one, never a half-written file; the temp file (``.NAME.*.tmp``, never matching
+    ``*.ckpt``) is removed on errors. Raises ``CheckpointError`` naming the file and the cause.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise CheckpointError(describe_write_error(path, err)) from err
+    writer: _RecordingWriter | None = None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            writer = _RecordingWriter(f)
+            torch.save(state, writer)  # type: ignore[arg-type]  # has write/flush
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # some filesystems report a full disk only here
         os.replace(tmp, path)
     except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(err, OSError):
-            raise CheckpointError(
-                f"{path}: could not write the checkpoint ({err.strerror or err}); the previous "
-                "checkpoint, if any, is intact. Free disk space or choose another --output."
-            ) from err
+        cause = writer.error if writer is not None and writer.error is not None else err
+        if isinstance(cause, OSError):
+            raise CheckpointError(describe_write_error(path, cause)) from err
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; best effort (not every OS/filesystem allows it)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
     except OSError:
         pass
+    finally:
+        os.close(dir_fd)
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete temp files a killed writer left behind (``.last.ckpt.XXXX.tmp`` and the
+    ``.safetensors`` ones of ``write_weights``); returns what was removed.
+
+    Only one training run may write to an output folder, so at start-up none is in use.
+    """
+    folder = Path(folder)
+    removed = []
+    for pattern in (f".*.ckpt.*{TEMP_SUFFIX}", f".*.safetensors.*{TEMP_SUFFIX}"):
+        for stale in folder.glob(pattern):
+            try:
+                stale.unlink()
+                removed.append(stale)
+            except OSError:
+                pass  # e.g. removed concurrently: nothing to do
+    return removed
+
+
+def check_resumable(
+    path: Path, state: dict[str, Any], model: str, image_size: Any, class_names: list[str]
+) -> None:
+    """Refuse to resume a checkpoint of another model, image size or class list (both named)."""
+    if state.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"{path}: not a training checkpoint of this library (format {state.get('format')!r})")
+    saved = state.get("config") or {}
+    try:
+        variant = get_config(str(saved.get("model")))
+        saved_model, native_size = variant.name, variant.image_size
+    except ValueError:
+        saved_model, native_size = str(saved.get("model")), None
+    saved_size = _pair(saved.get("image_size") or native_size)
+    if saved_model != model or (saved_size is not None and saved_size != _pair(image_size)):
+        raise CheckpointError(
+            f"{path}: the checkpoint is a {saved_model!r} run at image size {saved_size}, but this "
+            f"config trains {model!r} at {image_size}. Use the checkpoint's model settings, or "
+            "another output folder for a new run."
+        )
+    names = state.get("class_names")
+    if names is not None and list(names) != list(class_names):
+        raise CheckpointError(
+            f"{path}: the checkpoint was trained on the classes {list(names)[:10]}, but the "
+            f"training data has {list(class_names)[:10]}"
+        )
+
+
+def _pair(size: Any) -> tuple[int, int] | None:
+    """128 and (128, 128) (or a list from a config file) are the same image size."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    return (int(size[0]), int(size[1]))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -95,5 +214,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refused a global: the file holds Python objects, maybe code
+        match = re.search(r"GLOBAL ([\w.]+)", str(err))
+        culprit = f" (it references {match.group(1)!r})" if match else ""
+        raise CheckpointError(
+            f"{path}: refused to load: the file contains Python objects or code, not only tensors"
+            f"{culprit}. Nothing in it was executed. Training checkpoints of this library hold "
+            "tensors and plain values only: use a checkpoint from a source you trust."
+        ) from err
     except Exception as err:  # noqa: BLE001 - any failure means the same to the user
-        raise CheckpointError(f"{path}: not a readable training checkpoint ({err})") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: not a readable training checkpoint, the file is truncated or of another "
+            f"format ({type(err).__name__}: {first})"
+        ) from err

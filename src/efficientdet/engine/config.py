@@ -68,12 +68,17 @@ class TrainConfig:
     # official 0.01 (TF decay 0.99), right for long runs; short fine-tunes need a faster one,
     # or eval-mode statistics still mostly reflect the pretraining data after a few hundred steps.
     bn_momentum: float | None = None
+    # NHWC activations: faster convolutions with oneDNN on CPU and tensor cores on GPU
+    channels_last: bool = False
     sync_bn: bool = True  # under DDP on GPUs
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
     output: str = "runs/train"
-    resume: bool | str = False  # True: output/last.ckpt if present; a path: that file
+    # True or "auto": continue from output/last.ckpt when it exists, else start a new run (safe
+    # to put in a config that is re-run after crashes); a path: that file. Workers restarted by
+    # torchrun --max-restarts always resume from output/last.ckpt when there is one.
+    resume: bool | str = False
     eval_every: int = 1  # epochs between validations (0: never)
     checkpoint_every_steps: int = 0  # extra checkpoints inside an epoch (0: epoch ends only)
     # epoch-end checkpoints at most this often (tiny epochs would otherwise spend their time

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.rendezvous import rendezvous
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,17 @@ def init_distributed(device: torch.device) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is None:  # another launcher: the plain env:// set-up
+            dist.init_process_group(backend=backend)
+        else:
+            # torchrun keeps one store for all attempts of a --max-restarts run, and the
+            # process group's keys (each rank's address) carry no attempt number: restarted
+            # workers would read the dead workers' addresses and fail to connect (seen with
+            # gloo, torch 2.14). A prefix per attempt keeps the attempts apart.
+            store, rank, world = next(rendezvous("env://"))
+            attempt_store = dist.PrefixStore(f"efficientdet/attempt_{restart}", store)
+            dist.init_process_group(backend=backend, store=attempt_store, rank=rank, world_size=world)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world)
 
 

@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
 COLUMNS = ["kind", "epoch", "step", "loss", "class_loss", "box_loss", "lr", "images_per_s", "AP", "AP50", "AP75"]
 
 
-class MetricsLogger:
-    """Appends rows to ``metrics.csv`` (kept across resumes) and mirrors them to TensorBoard."""
+class MetricsError(RuntimeError):
+    """``metrics.csv`` could not be written; the message names the file."""
 
-    def __init__(self, output: Path, enabled: bool = True) -> None:
+
+class MetricsLogger:
+    """Appends rows to ``metrics.csv`` and mirrors them to TensorBoard.
+
+    The file always describes the run that ``last.ckpt`` holds: on start-up, rows written
+    after the checkpoint being resumed (train rows with ``step > resume_step``, validation
+    rows with ``epoch > resume_epoch``) are dropped, because the resumed run replays those
+    steps; a new run (step 0) starts an empty file. An incomplete last line (a process killed
+    while appending) is dropped too. TensorBoard events after ``resume_step`` are purged.
+    """
+
+    def __init__(self, output: Path, enabled: bool = True, resume_step: int = 0, resume_epoch: int = 0) -> None:
         self.enabled = enabled
         self.path = output / "metrics.csv"
         self.writer = None
+        self.dropped_rows = 0
         if not enabled:
             return
         output.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(COLUMNS)
+        self.dropped_rows = _rewrite_until(self.path, resume_step, resume_epoch)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(output / "tensorboard"))
+            self.writer = SummaryWriter(str(output / "tensorboard"), purge_step=resume_step + 1)
         except ImportError:  # tensorboard is an optional extra
             self.writer = None
 
@@ -33,8 +44,11 @@ class MetricsLogger:
         if not self.enabled:
             return
         row = {"kind": kind, "epoch": epoch, "step": step, **values}
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row.get(c)) for c in COLUMNS])
+        try:
+            with self.path.open("a", newline="") as f:
+                csv.writer(f).writerow([_fmt(row.get(c)) for c in COLUMNS])
+        except OSError as err:  # e.g. a full disk: stop with one clear line, not a traceback
+            raise MetricsError(f"{self.path}: could not append training metrics ({err.strerror or err})") from err
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
@@ -51,6 +65,41 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
+
+
+def _rewrite_until(path: Path, step: int, epoch: int) -> int:
+    """Keep the header and the rows up to (``step``, ``epoch``), verbatim; atomic rewrite.
+
+    Returns how many rows were dropped (a new file with the header when none exists).
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a process killed during this rewrite
+    lines = []
+    if path.exists():
+        with path.open(newline="", errors="replace") as f:  # keep csv's "\r\n" line ends as they are
+            lines = f.read().splitlines(keepends=True)
+    if not lines:
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerow(COLUMNS)
+        return 0
+    kept, dropped = [lines[0]], 0
+    for line in lines[1:]:
+        fields = next(csv.reader([line]), [])
+        try:
+            # a killed append leaves a line without its newline: incomplete, dropped
+            kind, row_epoch, row_step = fields[0], int(fields[1]), int(fields[2])
+            keep = line.endswith("\n") and (row_step <= step if kind == "train" else row_epoch <= epoch)
+        except (IndexError, ValueError):  # a damaged row: drop it rather than fail the run
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        with tmp.open("w", newline="") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:

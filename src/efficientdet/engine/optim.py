@@ -57,11 +57,41 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, start_factor: 
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class WarmupCosine:
+    """The LR factor at optimiser step ``step`` (a ``LambdaLR`` lambda): linear warmup, then
+    cosine decay over the rest of the run.
+
+    The run's length is ``total_steps``, or, under a time budget, whichever ends first: the
+    trainer sets ``time_fraction`` (share of the budget used) before each step, so a budgeted run
+    decays to ``min_factor`` when its time is up instead of stopping at a high LR partway down a
+    schedule laid over ``epochs``. A callable object (not a lambda) so that ``LambdaLR`` keeps
+    its state in checkpoints.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, start_factor: float, min_factor: float) -> None:
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.start_factor = start_factor
+        self.min_factor = min_factor
+        self.time_fraction: float | None = None  # None: no time budget
+        self.decay_start_fraction: float | None = None  # budget share used when warmup ended
+
+    def __call__(self, step: int) -> float:
+        factor = warmup_cosine(step, self.warmup_steps, self.total_steps, self.start_factor, self.min_factor)
+        if self.time_fraction is None or step < self.warmup_steps:
+            return factor
+        if self.decay_start_fraction is None:
+            self.decay_start_fraction = min(self.time_fraction, 0.5)
+        start = self.decay_start_fraction
+        progress = min(max((self.time_fraction - start) / max(1e-9, 1.0 - start), 0.0), 1.0)
+        by_time = self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return min(factor, by_time)  # the schedule that is further along wins
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup over ``cfg.warmup_epochs`` epochs, then cosine to the end (see :class:`WarmupCosine`)."""
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: warmup_cosine(step, warmup, total_steps, cfg.warmup_start_factor, cfg.min_lr_factor),
-    )
+    schedule = WarmupCosine(warmup, total_steps, cfg.warmup_start_factor, cfg.min_lr_factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -21,7 +21,18 @@ from ..factory import create_model, save_model
 from ..losses import DetectionLoss
 from ..ops.anchors import anchors_for_config
 from ..ops.matcher import AnchorLabeler
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..weights.io import WeightsError
+from .checkpoint import (
+    TRAIN_FORMAT,
+    CheckpointError,
+    check_resumable,
+    describe_write_error,
+    load_checkpoint,
+    remove_stale_temp_files,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .ema import ModelEMA
@@ -83,6 +94,8 @@ class Trainer:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = cfg.bn_momentum
         model.to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        model.to(memory_format=self.memory_format)
         if self.dist.enabled and cfg.sync_bn and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
@@ -96,7 +109,9 @@ class Trainer:
 
         size = self.model_config.image_size
         transform = TrainTransform(size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
-        dataset = DetectionDataset(self.train_index, transform=transform)
+        dataset = DetectionDataset(
+            self.train_index, transform=transform, max_pixels=self.model_config.preprocess.max_input_pixels
+        )
         self.loader, self.seeded, self.sampler = build_train_loader(
             dataset, cfg.batch_size, cfg.data.workers, cfg.seed, self.dist.rank, self.dist.world_size,
             pin_memory=self.device.type == "cuda",
@@ -130,11 +145,21 @@ class Trainer:
         self.nonfinite_steps = 0
         self.bad_batches = 0
         self.history: list[float] = []
+        # training time so far, across resumes: a time budget covers the whole run
+        self.elapsed_s = 0.0
+        self._clock: tuple[float, float] | None = None  # (wall time, elapsed_s) when fit() began
+        self.budget_used = 0.0  # share of cfg.time_budget_minutes spent, as all ranks agree
         self.stop_requested: str | None = None
         self._stop_at_step: int | None = None
         self._last_save = time.time()
-        self.metrics = MetricsLogger(self.output, enabled=self.dist.is_main)
+        self._saved_at: tuple[int, int, int] | None = None  # (epoch, batch, step) of last.ckpt
+        if self.dist.is_main:
+            for stale in remove_stale_temp_files(self.output):
+                self.log(f"removed {stale}: a temp file of an interrupted save")
         self._maybe_resume()
+        self.metrics = MetricsLogger(self.output, self.dist.is_main, self.step, self.epoch)
+        if self.metrics.dropped_rows:
+            self.log(f"{self.metrics.path}: dropped {self.metrics.dropped_rows} rows logged after the checkpoint")
 
     # -- set-up helpers -------------------------------------------------------------------
     def _amp_dtype(self) -> torch.dtype | None:
@@ -147,27 +172,57 @@ class Trainer:
             return torch.bfloat16
         return torch.float16
 
-    def _maybe_resume(self) -> None:
+    def _resume_path(self) -> Path | None:
+        """The checkpoint to resume from, or None for a new run.
+
+        ``resume``: True / "auto": ``output/last.ckpt`` when it exists; a path: that file. A
+        worker that torchrun restarted (``--max-restarts``, TORCHELASTIC_RESTART_COUNT > 0)
+        always resumes from ``output/last.ckpt`` when there is one: starting over would
+        overwrite the run's checkpoints with a fresh run.
+        """
         resume = self.cfg.resume
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        if not resume and restarts > 0:
+            self.log(f"torchrun restart {restarts}: resuming automatically")
+            resume = "auto"
         if not resume:
-            return
-        path = self.output / "last.ckpt" if resume is True or resume == "auto" else Path(str(resume))
-        if not path.exists():
-            if resume is True or resume == "auto":
+            return None
+        if resume is True or str(resume).lower() == "auto":
+            path = self.output / "last.ckpt"
+            if not path.exists():
                 self.log(f"no checkpoint at {path}: starting a new run")
-                return
+                return None
+            return path
+        return Path(str(resume))  # an explicit file must exist: load_checkpoint says if not
+
+    def _maybe_resume(self) -> None:
+        path = self._resume_path()
+        if path is None:
+            return
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
+        check_resumable(path, state, self.model_config.name, self.model_config.image_size, self.class_names)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            schedule = self.scheduler.lr_lambdas[0]
+            shape = {k: getattr(schedule, k) for k in ("warmup_steps", "total_steps", "start_factor", "min_factor")}
+            self.scheduler.load_state_dict(state["scheduler"])
+            # The run's length is this run's config (epochs/max_steps may have been raised);
+            # only the progress (step, time-budget share) comes from the checkpoint.
+            vars(schedule).update(shape)
+            if "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0][:300]
+            raise CheckpointError(f"{path}: does not fit this training run ({first})") from err
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.best_metric = state["best_metric"]
         self.nonfinite_steps = state.get("nonfinite_steps", 0)
         self.history = list(state.get("history", []))
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
         set_rng_state(state["rng"])
+        self._saved_at = (self.epoch, self.batch_in_epoch, self.step)
         self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -176,7 +231,7 @@ class Trainer:
         if not self.dist.is_main:
             return None
         state = {
-            "format": "efficientdet-train-1",
+            "format": TRAIN_FORMAT,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -188,20 +243,30 @@ class Trainer:
             "best_metric": self.best_metric,
             "nonfinite_steps": self.nonfinite_steps,
             "history": list(self.history),
+            "elapsed_s": self._elapsed(),
             "rng": rng_state(),
             "config": self.cfg.to_dict(),
             "class_names": list(self.class_names),
         }
         path = self.output / f"{name}.ckpt"
-        save_checkpoint(path, state)
+        save_checkpoint(path, state)  # first: the resume point matters most
         self._last_save = time.time()
-        save_model(self.ema.module, self.output / f"{name}.safetensors")
+        if name == "last":
+            self._saved_at = (self.epoch, self.batch_in_epoch, self.step)
+        self._write_ema(self.output / f"{name}.safetensors")
         return path
+
+    def _write_ema(self, path: Path) -> None:
+        """The EMA weights as ``.safetensors`` (atomic too: on errors the previous file stays)."""
+        try:
+            save_model(self.ema.module, path)
+        except WeightsError as err:
+            raise CheckpointError(describe_write_error(path, err.__cause__ or err, "the EMA weights")) from err
 
     # -- one optimiser step -----------------------------------------------------------------
     def _forward_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = batch["images"].to(self.device, non_blocking=True).float()
-        images = (images - self.mean) / self.std
+        images = ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
         boxes = [b.to(self.device) for b in batch["boxes"]]
         labels = [lb.to(self.device) for lb in batch["labels"]]
         cls_t, box_t, num_pos = self.labeler(boxes, labels)
@@ -216,6 +281,13 @@ class Trainer:
         box_out = [b.float() for b in box_out]
         return self.criterion(cls_out, box_out, cls_t, box_t, num_pos)
 
+    def _elapsed(self) -> float:
+        """Seconds of training so far in this run, earlier (resumed-from) sessions included."""
+        if self._clock is None:
+            return self.elapsed_s
+        start, base = self._clock
+        return base + time.time() - start
+
     def _optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
         if self.cfg.optim.clip_grad_norm > 0:
@@ -224,6 +296,13 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        budget = self.cfg.time_budget_minutes
+        if budget:
+            # Ranks must agree on it (same LR, same stop step): the mean over ranks.
+            used = torch.tensor([self._elapsed() / (budget * 60)], device=self.device)
+            self.budget_used = float(all_reduce_sum(used, self.dist)) / self.dist.world_size
+            # budget-aware schedule: the cosine reaches its end when the time is up
+            self.scheduler.lr_lambdas[0].time_fraction = self.budget_used
         self.scheduler.step()
         self.ema.update(self.model)
         self.step += 1
@@ -287,7 +366,7 @@ class Trainer:
                 self.save("last")
             if cfg.max_steps and self.step >= cfg.max_steps:
                 return "max_steps"
-            if deadline is not None and time.time() >= deadline:
+            if deadline is not None and self.budget_used >= 1.0:
                 return "time"
             if self.stop_requested:
                 return "signal"
@@ -315,7 +394,10 @@ class Trainer:
         (the schedule still assumes the full run), for tests and notebooks."""
         cfg = self.cfg
         self._stop_at_step = stop_at_step
-        deadline = time.time() + cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
+        self._clock = (time.time(), self.elapsed_s)
+        budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
+        # the budget covers the whole run: a resumed run gets what its earlier sessions left
+        deadline = time.time() + budget_s - self.elapsed_s if budget_s else None
         old_handlers = {}
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -342,11 +424,12 @@ class Trainer:
                 if self.epoch == cfg.epochs or time.time() - self._last_save >= cfg.checkpoint_min_interval_s:
                     self.save("last")
                 barrier(self.dist)
-            if reason != "done":
-                self.save("last")
+            if reason != "done" and self._saved_at != (self.epoch, self.batch_in_epoch, self.step):
+                self.save("last")  # unless this very state was just saved
             if self.dist.is_main and self.val_index is None:
-                save_model(self.ema.module, self.output / "best.safetensors")  # no validation: best = last
+                self._write_ema(self.output / "best.safetensors")  # no validation: best = last
         finally:
+            self.elapsed_s, self._clock = self._elapsed(), None
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             self.metrics.close()
