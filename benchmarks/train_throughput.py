@@ -19,7 +19,9 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CASES = [("efficientdet_d0", 512), ("efficientdet_lite0", 320)]
 # "efficientdet-cl": the same with channels_last memory format (TrainConfig.channels_last)
-IMPLS = ("effdet", "efficientdet", "efficientdet-cl")
+# "efficientdet-ddp2": channels_last, 2 DDP processes (gloo, torchrun) of 1 thread each sharing the
+# same global batch: `torchrun --nproc-per-node=2 -m efficientdet train ...` on a 2-core CPU
+IMPLS = ("effdet", "efficientdet", "efficientdet-cl", "efficientdet-ddp2")
 
 
 def _boxes(batch: int, size: int):
@@ -35,7 +37,7 @@ def _boxes(batch: int, size: int):
     return boxes, labels
 
 
-def run_ours(model_name: str, size: int, batch: int, steps: int, channels_last: bool = False) -> float:
+def run_ours(model_name: str, size: int, batch: int, steps: int, channels_last: bool = False, ddp: bool = False) -> float:
     import torch
 
     from efficientdet import create_model
@@ -48,22 +50,35 @@ def run_ours(model_name: str, size: int, batch: int, steps: int, channels_last: 
     loss_fn = DetectionLoss()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 3, size, size)
+    boxes, labels = _boxes(batch, size)
+    net: torch.nn.Module = model
+    if ddp:  # this rank's share of the same global batch
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        share = slice(rank * batch // world, (rank + 1) * batch // world)
+        x, boxes, labels = x[share], boxes[share], labels[share]
     if channels_last:  # TrainConfig.channels_last
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    boxes, labels = _boxes(batch, size)
+    if ddp:
+        net = torch.nn.parallel.DistributedDataParallel(model)
 
     def step() -> None:
         cls_t, box_t, npos = labeler(boxes, labels)
-        cls, box = model(x)
+        cls, box = net(x)
         loss_fn(cls, box, cls_t, box_t, npos)["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     step()  # warm-up
+    if ddp:
+        torch.distributed.barrier()
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    if ddp:
+        torch.distributed.barrier()
     return batch * steps / (time.perf_counter() - t)
 
 
@@ -99,6 +114,19 @@ def run_effdet(model_name: str, size: int, batch: int, steps: int) -> float:
 def child(impl: str, model_name: str, size: int, batch: int, steps: int) -> None:
     if impl == "effdet":
         ips = run_effdet(model_name, size, batch, steps)
+    elif impl.endswith("-ddp2"):
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        ips = run_ours(model_name, size, batch, steps, channels_last=True, ddp=True)
+        # memory of the whole job: the ranks' peaks added up
+        peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])
+        dist.all_reduce(peak)
+        if dist.get_rank() == 0:
+            print(json.dumps({"images_per_s": ips, "peak_mb": float(peak)}))
+        dist.destroy_process_group()
+        return
     else:
         ips = run_ours(model_name, size, batch, steps, channels_last=impl.endswith("-cl"))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -125,6 +153,9 @@ def main() -> None:
         for impl in IMPLS:
             cmd = [sys.executable, __file__, "--child", impl, model_name, str(size),
                    "--steps", str(args.steps), "--batch", str(args.batch)]  # fmt: skip
+            if impl.endswith("-ddp2"):
+                # torchrun gives each worker OMP_NUM_THREADS=1: one core per process
+                cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             res[impl] = json.loads(out.strip().splitlines()[-1])
             print(f"{model_name + '@' + str(size):<24}{impl:<14}{res[impl]['images_per_s']:>10.2f}{res[impl]['peak_mb']:>10.0f}")

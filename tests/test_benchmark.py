@@ -133,6 +133,16 @@ def test_pipelines_match_the_public_entry_points(tmp_path: Path) -> None:
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(a[key], b[key])
 
+    # --score-threshold: the predict setting, a threshold before NMS, same as Detector's
+    pipe.set_score_threshold(0.5)
+    with torch.inference_mode():
+        thresholded = pipe.postprocess(pipe.network(inputs), info)
+    direct_thr = Detector(pipe.detector.model)(files, score_threshold=0.5)
+    for a, b in zip(thresholded, direct_thr):
+        assert bool((a["scores"] >= 0.5).all())
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(a[key], b[key])
+
     from efficientdet.benchmark.pipelines import EffdetPipeline
 
     eff = EffdetPipeline(ref, torch.device("cpu"))

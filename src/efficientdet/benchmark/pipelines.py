@@ -20,6 +20,7 @@ sum of the stages is what a user of that entry point waits for:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,10 @@ class Pipeline:
     def postprocess(self, outputs: Any, info: Any) -> Any:
         raise NotImplementedError
 
+    def set_score_threshold(self, threshold: float) -> None:
+        """Drop scores below ``threshold`` before NMS (our backends; what predict does)."""
+        raise ValueError(f"{self.name}: no score threshold option")
+
     def sync(self) -> None:
         """Wait for queued device work (CUDA kernels run asynchronously)."""
         if self.device.type == "cuda":
@@ -85,6 +90,10 @@ class TorchPipeline(Pipeline):
 
     def decode(self, paths: Sequence[Path]) -> list[torch.Tensor]:
         return next(iter_image_chunks(list(paths), len(paths), self.max_pixels))
+
+    def set_score_threshold(self, threshold: float) -> None:
+        cfg = self.detector.postprocess_config
+        self.detector.postprocess_config = dataclasses.replace(cfg, score_threshold=threshold)
 
     def preprocess(self, decoded: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
         from ..preprocess import preprocess_batch
@@ -143,6 +152,12 @@ class OnnxPipeline(Pipeline):
 
     def decode(self, paths: Sequence[Path]) -> list[torch.Tensor]:
         return next(iter_image_chunks(list(paths), len(paths), self.max_pixels))
+
+    def set_score_threshold(self, threshold: float) -> None:
+        if self.detector.metadata.nms_inside:
+            raise ValueError("onnxruntime-nms: the graph's score threshold is fixed at export")
+        cfg = self.detector.postprocess_config
+        self.detector.postprocess_config = dataclasses.replace(cfg, score_threshold=threshold)
 
     def preprocess(self, decoded: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
         from ..preprocess import preprocess_batch

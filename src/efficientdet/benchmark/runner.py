@@ -170,6 +170,7 @@ def run_benchmark(
     images: str | os.PathLike[str] | None = None,
     compile: bool = False,
     onnx_exporter: str = "dynamo",
+    score_threshold: float | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
     """Benchmark ``model`` on each of ``backends`` (and effdet with ``compare_effdet``).
@@ -178,7 +179,9 @@ def run_benchmark(
     preprocessed, run and post-processed as one batch) latency, throughput and, end-to-end,
     the per-stage breakdown. ``images``: a folder of real images (default: synthetic
     COCO-sized JPEGs). ``threads``: intra-op threads for torch and ONNX Runtime (default the
-    physical cores). Backends run one after the other in this process; see
+    physical cores). ``score_threshold``: our backends' score threshold before NMS (default the
+    model's, 0.001 = COCO evaluation; ``efficientdet predict`` uses 0.3); effdet's predict path
+    has no such option and always runs NMS on its top 5000. Backends run one after the other in this process; see
     :class:`BenchmarkRow` and :class:`BenchmarkResult` for the definitions.
     """
     from ..export.runtime import physical_cores
@@ -232,6 +235,8 @@ def run_benchmark(
             for label, backend in zip(names, backends):
                 say(f"setting up {label}")
                 pipeline = make_pipeline(backend, ours, dev, threads, work, compile, onnx_exporter)
+                if score_threshold is not None:
+                    pipeline.set_score_threshold(score_threshold)
                 result.rows += _measure(pipeline, files, sizes, iterations, warmup, 2 * macs, dev, say)
                 del pipeline
             if reference is not None:
@@ -243,6 +248,11 @@ def run_benchmark(
         torch.set_num_threads(saved_threads)
     _set_ratios(result)
     result.notes = _notes(result, compare_effdet, onnx_exporter)
+    if score_threshold is not None:
+        result.notes.append(
+            f"our backends drop scores below {score_threshold} before NMS (as `efficientdet predict "
+            f"--score-threshold {score_threshold}` does); effdet's predict path has no such option."
+        )
     return result
 
 

@@ -57,6 +57,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--onnx-exporter", choices=["dynamo", "torchscript"], default="dynamo",
         help="torch.onnx exporter for the onnxruntime backends (default dynamo; torchscript exports faster)",
     )  # fmt: skip
+    p.add_argument(
+        "--score-threshold", type=float, default=None,
+        help="our backends: drop scores below this before NMS (default the model's 0.001, COCO evaluation; "
+        "`efficientdet predict` uses 0.3)",
+    )  # fmt: skip
     p.add_argument("--compare-effdet", action="store_true", help="also run the reference (effdet) on the same weights")
     p.add_argument("--images", default=None, help="folder of images for end-to-end runs (default: synthetic JPEGs)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON to OUT")
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         images=args.images,
         compile=args.compile,
         onnx_exporter=args.onnx_exporter,
+        score_threshold=args.score_threshold,
         log=log,
     )
     print(render_table(result))

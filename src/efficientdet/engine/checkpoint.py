@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..variants import get_config
+from ..weights.io import fsync_dir
 
 
 TEMP_SUFFIX = ".tmp"
@@ -136,21 +137,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         if isinstance(cause, OSError):
             raise CheckpointError(describe_write_error(path, cause)) from err
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; best effort (not every OS/filesystem allows it)."""
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:

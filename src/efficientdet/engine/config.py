@@ -69,7 +69,7 @@ class TrainConfig:
     # or eval-mode statistics still mostly reflect the pretraining data after a few hundred steps.
     bn_momentum: float | None = None
     # NHWC activations: faster convolutions with oneDNN on CPU and tensor cores on GPU
-    channels_last: bool = False
+    channels_last: bool = True
     sync_bn: bool = True  # under DDP on GPUs
     device: str = "auto"
     seed: int = 0

@@ -203,7 +203,7 @@ def write_weights(
         if isinstance(exc, Exception) and not isinstance(exc, WeightsError):
             raise WeightsError(f"{file}: writing weights failed ({type(exc).__name__}: {exc})") from exc
         raise
-    _fsync_dir(file.parent)
+    fsync_dir(file.parent)
 
 
 def _prepare_tensors(state_dict: Mapping[str, Tensor], file: Path) -> dict[str, Tensor]:
@@ -226,7 +226,7 @@ def _prepare_tensors(state_dict: Mapping[str, Tensor], file: Path) -> dict[str, 
     return out
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Persist the rename itself; best effort (not possible on every OS/filesystem)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
