@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,6 +17,39 @@ from .postprocess import postprocess
 from .preprocess import preprocess_batch
 
 ImageInput = Any  # path, PIL.Image, HWC numpy array, CHW tensor
+Detections = list[dict[str, Any]]
+
+
+def with_score_threshold(config: PostprocessConfig, score_threshold: float | None) -> PostprocessConfig:
+    """``config`` with another score threshold (None: unchanged)."""
+    return config if score_threshold is None else dataclasses.replace(config, score_threshold=score_threshold)
+
+
+def finish_detections(dets: Detections, class_names: Sequence[str] | None) -> Detections:
+    """Detections as ``Detector`` returns them: tensors on the CPU, class names attached."""
+    out = []
+    for det in dets:
+        det = {k: v.cpu() for k, v in det.items()}
+        if class_names is not None:
+            det["names"] = [class_names[i] for i in det["labels"].tolist()]
+        out.append(det)
+    return out
+
+
+def detect_in_chunks(
+    images: ImageInput | Sequence[ImageInput],
+    detect_chunk: Callable[[list[torch.Tensor]], Detections],
+    batch_size: int,
+    max_pixels: int | None,
+    class_names: Sequence[str] | None,
+) -> Detections:
+    """The loop every detector shares: decode ``batch_size`` images at a time (uint8 CHW, the
+    ``max_pixels`` guard included), ``detect_chunk(decoded)`` -> one dict per image, tensors
+    moved to the CPU and class names attached (:func:`finish_detections`)."""
+    results: Detections = []
+    for decoded in iter_image_chunks(images, batch_size, max_pixels):
+        results += finish_detections(detect_chunk(decoded), class_names)
+    return results
 
 
 class Detector:
@@ -60,17 +93,13 @@ class Detector:
         images: ImageInput | Sequence[ImageInput],
         score_threshold: float | None = None,
         batch_size: int | None = None,
-    ) -> list[dict[str, Any]]:
-        post = self.postprocess_config
-        if score_threshold is not None:
-            post = dataclasses.replace(post, score_threshold=score_threshold)
-        step = batch_size or self.batch_size
-        results: list[dict[str, Any]] = []
-        max_pixels = self.config.preprocess.max_input_pixels
-        for decoded in iter_image_chunks(images, step, max_pixels):
+    ) -> Detections:
+        post = with_score_threshold(self.postprocess_config, score_threshold)
+
+        def detect_chunk(decoded: list[torch.Tensor]) -> Detections:
             batch, scales, sizes = preprocess_batch(decoded, self.config.preprocess)
             class_out, box_out = self.model(batch.to(self.device))
-            dets = postprocess(
+            return postprocess(
                 class_out,
                 box_out,
                 self.anchors,
@@ -79,9 +108,8 @@ class Detector:
                 scales=scales.to(self.device),
                 image_sizes=sizes,
             )
-            for det in dets:
-                det = {k: v.cpu() for k, v in det.items()}
-                if self.class_names is not None:
-                    det["names"] = [self.class_names[i] for i in det["labels"].tolist()]
-                results.append(det)
-        return results
+
+        return detect_in_chunks(
+            images, detect_chunk, batch_size or self.batch_size, self.config.preprocess.max_input_pixels,
+            self.class_names,
+        )  # fmt: skip

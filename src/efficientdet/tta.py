@@ -19,8 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .data.images import iter_image_chunks
-from .detector import Detector, ImageInput
+from .detector import Detector, ImageInput, detect_in_chunks, with_score_threshold
 from .ops.anchors import anchors_for_config
 from .ops.boxes import box_iou, clip_boxes
 from .ops.nms import batched_nms, soft_nms
@@ -159,19 +158,11 @@ class TTADetector:
     ) -> list[dict[str, Any]]:
         """Like ``Detector.__call__``: one dict (boxes [M, 4] xyxy own pixels, scores, labels,
         names) per image."""
-        post = self.postprocess_config
-        if score_threshold is not None:
-            post = dataclasses.replace(post, score_threshold=score_threshold)
-        step = batch_size or self.batch_size
-        max_pixels = self.config.preprocess.max_input_pixels
-        results: list[dict[str, Any]] = []
-        for decoded in iter_image_chunks(images, step, max_pixels):
-            for det in self._detect_chunk(decoded, post):
-                det = {k: v.cpu() for k, v in det.items()}
-                if self.class_names is not None:
-                    det["names"] = [self.class_names[i] for i in det["labels"].tolist()]
-                results.append(det)
-        return results
+        post = with_score_threshold(self.postprocess_config, score_threshold)
+        return detect_in_chunks(
+            images, lambda decoded: self._detect_chunk(decoded, post), batch_size or self.batch_size,
+            self.config.preprocess.max_input_pixels, self.class_names,
+        )  # fmt: skip
 
     def _detect_chunk(self, decoded: list[Tensor], post: Any) -> list[dict[str, Tensor]]:
         """uint8 [3, H_i, W_i] images -> merged detections, one dict per image."""

@@ -151,3 +151,28 @@ def test_time_budget_schedule_state_survives_a_checkpoint() -> None:
     assert sched2.lr_lambdas[0].decay_start_fraction == pytest.approx(0.2)
     assert sched2.lr_lambdas[0].time_fraction == pytest.approx(0.5)
     assert sched2.get_last_lr() == pytest.approx(sched.get_last_lr())
+
+
+def test_schedule_checkpoint_restores_progress_not_the_run_length() -> None:
+    """A run resumed with a larger max_steps/epochs follows the new, longer cosine."""
+    from efficientdet.engine.optim import WarmupCosine, WarmupCosineLR
+
+    def make(total: int) -> WarmupCosineLR:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return WarmupCosineLR(opt, WarmupCosine(0, total, 0.1, 0.0))
+
+    short = make(100)
+    short.schedule.time_fraction = 0.3
+    for _ in range(50):
+        short.optimizer.step()
+        short.step()
+    longer = make(200)
+    longer.load_state_dict(short.state_dict())
+    assert longer.schedule.total_steps == 200  # not the checkpoint's 100
+    assert longer.schedule.time_fraction == pytest.approx(0.3)  # progress does come back
+    assert longer.schedule.decay_start_fraction == pytest.approx(0.3)
+    longer.schedule.time_fraction = None
+    longer.optimizer.step()
+    longer.step()
+    assert longer.last_epoch == 51
+    assert longer.get_last_lr()[0] == pytest.approx(warmup_cosine(51, 0, 200, 0.1, 0.0))

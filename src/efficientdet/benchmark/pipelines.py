@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data.images import iter_image_chunks
+from ..detector import finish_detections
 from ..models.efficientdet import EfficientDet
 
 __all__ = ["BACKENDS", "Pipeline", "make_pipeline"]
@@ -69,13 +70,6 @@ class Pipeline:
             torch.cuda.synchronize(self.device)
 
 
-def _with_names(dets: list[dict[str, Any]], class_names: list[str] | None) -> list[dict[str, Any]]:
-    if class_names is not None:
-        for det in dets:
-            det["names"] = [class_names[i] for i in det["labels"].tolist()]
-    return dets
-
-
 class TorchPipeline(Pipeline):
     """``Detector``'s steps on ``optimize_for_inference(model)``."""
 
@@ -111,7 +105,7 @@ class TorchPipeline(Pipeline):
         dets = postprocess(
             *outputs, d.anchors, d.postprocess_config, d.config.num_classes, scales=info[0], image_sizes=info[1]
         )
-        return _with_names([{k: v.cpu() for k, v in det.items()} for det in dets], d.class_names)
+        return finish_detections(dets, d.class_names)
 
 
 def export_for_benchmark(model: EfficientDet, folder: Path, nms_inside: bool, dynamo: bool) -> Path:
@@ -174,7 +168,7 @@ class OnnxPipeline(Pipeline):
             dets = d._from_nms_outputs(outputs, info[0], info[1], None)
         else:
             dets = d._postprocess(outputs, d.postprocess_config, info[0], info[1])
-        return _with_names(dets, d.class_names)
+        return finish_detections(dets, d.class_names)
 
 
 class EffdetPipeline(Pipeline):

@@ -68,6 +68,9 @@ class WarmupCosine:
     its state in checkpoints.
     """
 
+    # What a checkpoint restores; the run's shape (warmup, length) comes from the current config.
+    PROGRESS = ("time_fraction", "decay_start_fraction")
+
     def __init__(self, warmup_steps: int, total_steps: int, start_factor: float, min_factor: float) -> None:
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
@@ -88,10 +91,29 @@ class WarmupCosine:
         return min(factor, by_time)  # the schedule that is further along wins
 
 
+class WarmupCosineLR(torch.optim.lr_scheduler.LambdaLR):
+    """``LambdaLR`` over a :class:`WarmupCosine` whose checkpoints restore only its progress, so a
+    run resumed with more ``epochs`` or ``max_steps`` follows the new, longer schedule."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: WarmupCosine) -> None:
+        super().__init__(optimizer, schedule)
+
+    @property
+    def schedule(self) -> WarmupCosine:
+        return self.lr_lambdas[0]
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        state["lr_lambdas"] = [
+            None if fn is None else {k: v for k, v in fn.items() if k in WarmupCosine.PROGRESS}
+            for fn in state_dict["lr_lambdas"]
+        ]
+        super().load_state_dict(state)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
+) -> WarmupCosineLR:
     """Warmup over ``cfg.warmup_epochs`` epochs, then cosine to the end (see :class:`WarmupCosine`)."""
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    schedule = WarmupCosine(warmup, total_steps, cfg.warmup_start_factor, cfg.min_lr_factor)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return WarmupCosineLR(optimizer, WarmupCosine(warmup, total_steps, cfg.warmup_start_factor, cfg.min_lr_factor))

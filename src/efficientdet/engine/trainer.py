@@ -205,12 +205,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
-            schedule = self.scheduler.lr_lambdas[0]
-            shape = {k: getattr(schedule, k) for k in ("warmup_steps", "total_steps", "start_factor", "min_factor")}
-            self.scheduler.load_state_dict(state["scheduler"])
-            # The run's length is this run's config (epochs/max_steps may have been raised);
-            # only the progress (step, time-budget share) comes from the checkpoint.
-            vars(schedule).update(shape)
+            self.scheduler.load_state_dict(state["scheduler"])  # progress only, not the run's length
             if "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError, RuntimeError) as err:
@@ -302,12 +297,12 @@ class Trainer:
             used = torch.tensor([self._elapsed() / (budget * 60)], device=self.device)
             self.budget_used = float(all_reduce_sum(used, self.dist)) / self.dist.world_size
             # budget-aware schedule: the cosine reaches its end when the time is up
-            self.scheduler.lr_lambdas[0].time_fraction = self.budget_used
+            self.scheduler.schedule.time_fraction = self.budget_used
         self.scheduler.step()
         self.ema.update(self.model)
         self.step += 1
 
-    def train_epoch(self, deadline: float | None) -> str | None:
+    def train_epoch(self) -> str | None:
         """Train until the epoch ends (None) or a stop reason ("max_steps", "time", "signal")."""
         cfg = self.cfg
         self.ddp.train()
@@ -366,7 +361,7 @@ class Trainer:
                 self.save("last")
             if cfg.max_steps and self.step >= cfg.max_steps:
                 return "max_steps"
-            if deadline is not None and self.budget_used >= 1.0:
+            if cfg.time_budget_minutes and self.budget_used >= 1.0:
                 return "time"
             if self.stop_requested:
                 return "signal"
@@ -394,10 +389,8 @@ class Trainer:
         (the schedule still assumes the full run), for tests and notebooks."""
         cfg = self.cfg
         self._stop_at_step = stop_at_step
+        # the time budget covers the whole run: a resumed run gets what its earlier sessions left
         self._clock = (time.time(), self.elapsed_s)
-        budget_s = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else None
-        # the budget covers the whole run: a resumed run gets what its earlier sessions left
-        deadline = time.time() + budget_s - self.elapsed_s if budget_s else None
         old_handlers = {}
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -407,7 +400,7 @@ class Trainer:
         reason = "done"
         try:
             while self.epoch < cfg.epochs:
-                stop = self.train_epoch(deadline)
+                stop = self.train_epoch()
                 if stop is not None:
                     reason = stop
                     break

@@ -6,7 +6,6 @@ anchor and post-processing config), so only the ``.onnx`` file is required.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from ..config import PostprocessConfig, PreprocessConfig
-from ..data.images import iter_image_chunks
+from ..detector import detect_in_chunks, with_score_threshold
 from ..ops.anchors import anchors_for_config
 from ..ops.boxes import clip_boxes
 from ..postprocess import postprocess
@@ -143,30 +142,25 @@ class OnnxDetector:
         score_threshold: float | None = None,
         batch_size: int | None = None,
     ) -> list[dict[str, Any]]:
-        post = self.postprocess_config
-        if score_threshold is not None:
-            post = dataclasses.replace(post, score_threshold=score_threshold)
+        post = with_score_threshold(self.postprocess_config, score_threshold)
         graph_threshold = (self.metadata.postprocess or {}).get("score_threshold")
         if self.metadata.nms_inside and score_threshold is not None and score_threshold < graph_threshold:
             raise ValueError(
                 f"this graph drops scores below {graph_threshold} itself; a lower score_threshold "
                 f"({score_threshold}) needs a graph exported with it (or without NMS inside)"
             )
-        step = self.fixed_batch or batch_size or self.batch_size
-        max_pixels = self.preprocess_config.max_input_pixels
-        results: list[dict[str, Any]] = []
-        for decoded in iter_image_chunks(images, step, max_pixels):
+
+        def detect_chunk(decoded: list[torch.Tensor]) -> list[dict[str, Any]]:
             batch, scales, sizes = preprocess_batch([d.cpu() for d in decoded], self.preprocess_config)
             outputs = self._run(batch)
             if self.metadata.nms_inside:
-                dets = self._from_nms_outputs(outputs, scales, sizes, score_threshold)
-            else:
-                dets = self._postprocess(outputs, post, scales, sizes)
-            for det in dets:
-                if self.class_names is not None:
-                    det["names"] = [self.class_names[i] for i in det["labels"].tolist()]
-                results.append(det)
-        return results
+                return self._from_nms_outputs(outputs, scales, sizes, score_threshold)
+            return self._postprocess(outputs, post, scales, sizes)
+
+        return detect_in_chunks(
+            images, detect_chunk, self.fixed_batch or batch_size or self.batch_size,
+            self.preprocess_config.max_input_pixels, self.class_names,
+        )  # fmt: skip
 
     def _postprocess(
         self, outputs: list[np.ndarray], post: PostprocessConfig, scales: torch.Tensor, sizes: list[tuple[int, int]]
