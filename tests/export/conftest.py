@@ -12,6 +12,7 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from efficientdet import EfficientDet, create_model  # noqa: E402
+from efficientdet.benchmark.models import calibrate_batchnorm_  # noqa: E402
 from efficientdet.ops.boxes import box_iou  # noqa: E402
 
 Detections = dict[str, torch.Tensor]
@@ -34,26 +35,11 @@ def _randomise_(model: nn.Module, seed: int) -> None:
 
 
 def _calibrate_bn_(model: nn.Module, image_size: tuple[int, int], seed: int, var_floor: float = 0.5) -> None:
-    """BN running stats = the randomised network's true statistics (train-mode forward with
-    momentum=None), so every BN normalises and eval outputs depend on every layer.
-
-    Variances are floored at ``var_floor``: a random network has near-constant channels whose
-    normalisation would multiply float32 rounding noise by up to 1/sqrt(eps) ~ 32 per layer.
-    Unfloored, two float32 evaluations of the same network (torch vs ONNX Runtime kernels,
-    folded vs unfolded BN) already differ by ~5e-4, although the fold is exact in float64.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(2, 3, *image_size, generator=torch.Generator().manual_seed(seed + 1)))
-    for m, momentum in zip(bns, saved):
-        m.momentum = momentum
-        m.running_var.clamp_(min=var_floor)
-    model.eval()
+    """BN running stats = the randomised network's true statistics on noise, variances floored
+    at ``var_floor`` (see ``calibrate_batchnorm_``): unfloored, two float32 evaluations of the
+    same network (torch vs ONNX Runtime kernels, folded vs unfolded BN) already differ by ~5e-4."""
+    noise = torch.randn(2, 3, *image_size, generator=torch.Generator().manual_seed(seed + 1))
+    calibrate_batchnorm_(model, noise, var_floor=var_floor)
 
 
 _MODELS: dict[tuple[str, tuple[int, int]], EfficientDet] = {}

@@ -15,7 +15,7 @@ from ..models.efficientdet import EfficientDet
 __all__ = ["build_models", "calibrate_batchnorm_"]
 
 
-def calibrate_batchnorm_(model: nn.Module, images: torch.Tensor) -> None:
+def calibrate_batchnorm_(model: nn.Module, images: torch.Tensor, var_floor: float | None = None) -> None:
     """Set every BatchNorm's running statistics to the true statistics of ``model`` on
     ``images`` [B, 3, H, W] (preprocessed: one train-mode pass with ``momentum=None``, i.e. a
     plain average), then eval mode.
@@ -25,6 +25,10 @@ def calibrate_batchnorm_(model: nn.Module, images: torch.Tensor) -> None:
     on photos when calibrated on white noise), and post-processing gets an unrealistic load.
     Calibrated on the benchmark's own images, every layer normalises its input and the class
     scores sit around the prior (~0.01), as a trained detector's mostly do.
+
+    ``var_floor``: a lower bound for the running variances. Random networks have near-constant
+    channels whose normalisation multiplies float32 rounding noise by up to 1/sqrt(eps); parity
+    tests between two float32 runtimes floor them so that noise is not what they compare.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
@@ -38,6 +42,8 @@ def calibrate_batchnorm_(model: nn.Module, images: torch.Tensor) -> None:
     finally:
         for m, momentum in zip(bns, saved):
             m.momentum = momentum
+            if var_floor is not None:
+                m.running_var.clamp_(min=var_floor)
         model.eval()
 
 
