@@ -11,15 +11,12 @@ and reused while the weights file and the model options are unchanged.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import importlib.util
 import json
-import re
 import sys
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,6 @@ __all__ = [
     "build_runner",
     "load_model",
     "make_detector",
-    "pil_pixel_limit",
     "resolve_device",
     "too_large_message",
 ]
@@ -276,35 +272,14 @@ def _exported_graph(args: argparse.Namespace, out: Path) -> Path:
 # ----------------------------------------------------------------------------- input-size limit
 
 
-@contextlib.contextmanager
-def pil_pixel_limit(limit: int | None) -> Iterator[None]:
-    """Raise Pillow's decompression-bomb limit to ``limit`` for the duration (never lower it):
-    a user who raised ``--max-input-pixels`` must not be stopped by Pillow's ~179 MP guard."""
-    from PIL import Image
-
-    old = Image.MAX_IMAGE_PIXELS
-    if limit is not None and old is not None and limit > old:
-        Image.MAX_IMAGE_PIXELS = limit
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
-
-
-_PIXELS_RE = re.compile(r"image has ([\d,]+) pixels(?: \((\d+x\d+)\))?")
-
-
 def too_large_message(exc: ImageError, limit: int) -> str | None:
     """CLI wording for an image over the pixel limit (None: ``exc`` is about something else)."""
-    problem = exc.problem
-    if "max_pixels" not in problem and "decompression-bomb" not in problem:
+    if not exc.too_large:
         return None
-    m = _PIXELS_RE.search(problem)
-    if m is None:
+    if exc.pixels is None:
         return f"{exc}; to accept it, raise the limit with --max-input-pixels (now {limit:,})"
-    size = f" ({m.group(2)})" if m.group(2) else ""
-    pixels = int(m.group(1).replace(",", ""))
+    size = f" ({exc.size})" if exc.size else ""
     return (
-        f"{exc.name}: image has {pixels:,} pixels{size}, over the limit of {limit:,} "
-        f"(decoding it could exhaust memory); if you trust the file, rerun with --max-input-pixels {pixels}"
+        f"{exc.name}: image has {exc.pixels:,} pixels{size}, over the limit of {limit:,} "
+        f"(decoding it could exhaust memory); if you trust the file, rerun with --max-input-pixels {exc.pixels}"
     )

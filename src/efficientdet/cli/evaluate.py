@@ -22,7 +22,7 @@ from typing import Any
 from ..data.formats import detect_format, read_dataset
 from ..data.images import ImageError, image_size_of
 from ..data.records import DatasetIndex
-from .common import add_model_args, build_runner, pil_pixel_limit, resolve_device, too_large_message
+from .common import add_model_args, build_runner, resolve_device, too_large_message
 
 __all__ = ["add_parser", "load_index", "run_eval"]
 
@@ -88,11 +88,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if runner.model is not None and not args.tta:
         # The model itself: evaluate's fast path (DataLoader letterboxing, batched postprocess).
         target = runner.model.to(resolve_device(args.device))
-    with pil_pixel_limit(runner.max_input_pixels):
-        run = evaluate(
-            target, index, batch_size=args.batch_size, nms=args.nms, voc=args.voc, out_dir=out,
-            progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
-        )  # fmt: skip
+    run = evaluate(
+        target, index, batch_size=args.batch_size, nms=args.nms, voc=args.voc, out_dir=out,
+        progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
+    )  # fmt: skip
 
     # metrics.json gets what was evaluated, next to the numbers.
     metrics_path = out / "metrics.json"

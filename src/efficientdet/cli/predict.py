@@ -31,7 +31,6 @@ from .common import (
     build_runner,
     load_model,
     make_detector,
-    pil_pixel_limit,
     resolve_device,
     too_large_message,
 )
@@ -186,8 +185,7 @@ def run_predict(args: argparse.Namespace) -> int:
     keep = _class_filter(args.classes, runner.class_names, runner.config.num_classes)
     out.mkdir(parents=True, exist_ok=True)
     targets = _output_paths(inputs, out)
-    with pil_pixel_limit(runner.max_input_pixels):
-        return _run(args, inputs, problems, targets, runner, keep, warn)
+    return _run(args, inputs, problems, targets, runner, keep, warn)
 
 
 def _run(

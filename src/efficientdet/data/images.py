@@ -49,12 +49,21 @@ _NUMPY_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.uint16, np.float16,
 
 
 class ImageError(ValueError):
-    """An image that cannot be loaded; ``name`` says which image, ``problem`` what is wrong."""
+    """An image that cannot be loaded; ``name`` says which image, ``problem`` what is wrong.
 
-    def __init__(self, name: str, problem: str) -> None:
+    For an image refused by the ``max_pixels`` guard, ``too_large`` is True and ``pixels`` its
+    pixel count when known (``size`` its "HxW"), so callers can word their own hint.
+    """
+
+    def __init__(
+        self, name: str, problem: str, too_large: bool = False, pixels: int | None = None, size: str | None = None
+    ) -> None:
         super().__init__(f"{name}: {problem}")
         self.name = name
         self.problem = problem
+        self.too_large = too_large
+        self.pixels = pixels
+        self.size = size
 
 
 def load_image(
@@ -196,6 +205,8 @@ def _open_over_pillow_limit(fp: BinaryIO, name: str, max_pixels: int | None, mes
             f"image has {size} (from its header), more than max_pixels={max_pixels:,} "
             "(a decompression-bomb guard); if you trust it, pass a larger max_pixels (or None), "
             "e.g. via PreprocessConfig.max_input_pixels",
+            too_large=True,
+            pixels=pixels,
         )
     try:
         header = _open_unchecked(fp)
@@ -312,6 +323,9 @@ def _check_size(h: int, w: int, name: str, max_pixels: int | None) -> None:
             f"image has {h * w:,} pixels ({h}x{w}), more than max_pixels={max_pixels:,}; "
             "if you trust it, pass a larger max_pixels (or None), e.g. via "
             "PreprocessConfig.max_input_pixels",
+            too_large=True,
+            pixels=h * w,
+            size=f"{h}x{w}",
         )
 
 
