@@ -21,7 +21,9 @@ CASES = [("efficientdet_d0", 512), ("efficientdet_lite0", 320)]
 # "efficientdet-cl": the same with channels_last memory format (TrainConfig.channels_last)
 # "efficientdet-ddp2": channels_last, 2 DDP processes (gloo, torchrun) of 1 thread each sharing the
 # same global batch: `torchrun --nproc-per-node=2 -m efficientdet train ...` on a 2-core CPU
-IMPLS = ("effdet", "efficientdet", "efficientdet-cl", "efficientdet-ddp2")
+# "efficientdet-threads": channels_last and the batch split over 2 single-threaded workers of one
+# process (TrainConfig.data_parallel_threads="auto", the CPU default; engine/threads.py)
+IMPLS = ("effdet", "efficientdet", "efficientdet-cl", "efficientdet-ddp2", "efficientdet-threads")
 
 
 def _boxes(batch: int, size: int):
@@ -37,8 +39,12 @@ def _boxes(batch: int, size: int):
     return boxes, labels
 
 
-def run_ours(model_name: str, size: int, batch: int, steps: int, channels_last: bool = False, ddp: bool = False) -> float:
+def run_ours(
+    model_name: str, size: int, batch: int, steps: int, channels_last: bool = False, ddp: bool = False, threads: int = 1
+) -> float:
     import torch
+
+    from efficientdet.engine.threads import ThreadDataParallel
 
     from efficientdet import create_model
     from efficientdet.losses import DetectionLoss
@@ -64,10 +70,18 @@ def run_ours(model_name: str, size: int, batch: int, steps: int, channels_last: 
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(model)
 
-    def step() -> None:
-        cls_t, box_t, npos = labeler(boxes, labels)
+    def loss_of(net: torch.nn.Module, x: torch.Tensor, boxes, labels):  # as Trainer._loss
+        cls_t, box_t, npos = labeler(list(boxes), list(labels))
         cls, box = net(x)
-        loss_fn(cls, box, cls_t, box_t, npos)["loss"].backward()
+        return loss_fn(cls, box, cls_t, box_t, npos)
+
+    tdp = ThreadDataParallel(model, threads) if threads > 1 else None
+
+    def step() -> None:
+        if tdp is not None:
+            tdp.forward_backward(loss_of, x, boxes, labels)
+        else:
+            loss_of(net, x, boxes, labels)["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -127,6 +141,10 @@ def child(impl: str, model_name: str, size: int, batch: int, steps: int) -> None
             print(json.dumps({"images_per_s": ips, "peak_mb": float(peak)}))
         dist.destroy_process_group()
         return
+    elif impl.endswith("-threads"):
+        import torch
+
+        ips = run_ours(model_name, size, batch, steps, channels_last=True, threads=torch.get_num_threads())
     else:
         ips = run_ours(model_name, size, batch, steps, channels_last=impl.endswith("-cl"))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

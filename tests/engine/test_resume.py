@@ -4,28 +4,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from efficientdet.engine.checkpoint import load_checkpoint
 from efficientdet.engine.trainer import Trainer
 
 
-def test_resume_mid_epoch_equals_uninterrupted(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
-    # 8 images, batch 2 -> 4 steps per epoch; 3 epochs = 12 steps; stop at 6 (mid-epoch 2)
-    cfg = make_config(tiny_dataset, tmp_path / "full", **{"data.hflip": 0.5, "data.scale_range": (0.5, 1.5)})
+@pytest.mark.parametrize(
+    "threads, batch", [(1, 2), (2, 4)], ids=["one-thread", "thread-data-parallel"]
+)  # 2 threads: shares of 2 images (the 1x1 top level at 128 px needs 2 per BN)
+def test_resume_mid_epoch_equals_uninterrupted(
+    tiny_dataset: Path, tmp_path: Path, make_config, threads: int, batch: int
+) -> None:
+    # 8 images -> 8 / batch steps per epoch, 3 epochs; stop 1 batch into epoch 2
+    per_epoch = 8 // batch
+    aug = {"data.hflip": 0.5, "data.scale_range": (0.5, 1.5), "data_parallel_threads": threads, "batch_size": batch}
+    cfg = make_config(tiny_dataset, tmp_path / "full", **aug)
     full = Trainer(cfg, progress=False)
+    assert (full.threads is not None) == (threads > 1)
     assert full.fit() == "done"
 
-    cfg_a = make_config(tiny_dataset, tmp_path / "split", **{"data.hflip": 0.5, "data.scale_range": (0.5, 1.5)})
+    cfg_a = make_config(tiny_dataset, tmp_path / "split", **aug)
     first = Trainer(cfg_a, progress=False)
-    assert first.fit(stop_at_step=5) == "stopped"  # 5 = mid-epoch: 1 batch into epoch 2
-    assert first.step == 5 and first.batch_in_epoch == 1
+    assert first.fit(stop_at_step=per_epoch + 1) == "stopped"  # mid-epoch: 1 batch into epoch 2
+    assert first.step == per_epoch + 1 and first.batch_in_epoch == 1
     torch.manual_seed(1234)  # a resumed process starts with some other RNG state
     second = Trainer(cfg_a.replace(resume=True), progress=False)
-    assert second.step == 5
+    assert second.step == per_epoch + 1
     assert second.fit() == "done"
 
-    assert len(full.history) == len(second.history) == 12
+    assert len(full.history) == len(second.history) == 3 * per_epoch
     assert max(abs(a - b) for a, b in zip(full.history, second.history)) < 1e-5
     for (name, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name

@@ -15,18 +15,18 @@ from efficientdet.engine.trainer import Trainer, TrainingDiverged
 
 
 def _poison(trainer: Trainer, bad_steps: set[int]) -> None:
-    """Make the loss NaN on the given batch numbers (1-based, counted over the run)."""
-    original = trainer._forward_loss
+    """Make the loss NaN on the given batch numbers (1-based, counted over the run): NaN pixels."""
+    original = trainer._inputs
     calls = {"n": 0}
 
-    def forward(batch):
+    def inputs(batch):
         calls["n"] += 1
-        losses = original(batch)
+        images, boxes, labels = original(batch)
         if calls["n"] in bad_steps:
-            losses = {k: v * float("nan") for k, v in losses.items()}
-        return losses
+            images = images * float("nan")
+        return images, boxes, labels
 
-    trainer._forward_loss = forward  # type: ignore[method-assign]
+    trainer._inputs = inputs  # type: ignore[method-assign]
 
 
 def test_a_nonfinite_loss_skips_the_step(tiny_dataset: Path, tmp_path: Path, make_config) -> None:

@@ -70,6 +70,10 @@ class TrainConfig:
     bn_momentum: float | None = None
     # NHWC activations: faster convolutions with oneDNN on CPU and tensor cores on GPU
     channels_last: bool = True
+    # CPU only, one process: split each batch over this many single-threaded workers (threads
+    # of this process sharing one copy of the weights; engine/threads.py). "auto": as many as
+    # PyTorch's threads; 1: off (operator-level threads only). BN normalises over each share.
+    data_parallel_threads: int | Literal["auto"] = "auto"
     sync_bn: bool = True  # under DDP on GPUs
     device: str = "auto"
     seed: int = 0

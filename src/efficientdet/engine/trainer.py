@@ -8,7 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -38,6 +38,7 @@ from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .ema import ModelEMA
 from .logger import MetricsLogger, plot_curves
 from .optim import build_optimizer, build_scheduler, default_lr
+from .threads import ThreadDataParallel, resolve_threads
 
 
 class TrainingDiverged(RuntimeError):
@@ -106,6 +107,11 @@ class Trainer:
             self.ddp: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         else:
             self.ddp = model
+        threads = resolve_threads(cfg.data_parallel_threads, self.device, self.dist.enabled, cfg.batch_size)
+        # BN of a share of 1 image fails when the top level's map is 1x1 (small image sizes)
+        top = min(self.model_config.image_size) // self.model_config.max_stride
+        self._bn_stats = [b for b in model.buffers() if b.is_floating_point()]
+        self.threads = ThreadDataParallel(model, threads, min_share=2 if top <= 1 else 1) if threads > 1 else None
 
         size = self.model_config.image_size
         transform = TrainTransform(size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
@@ -259,19 +265,26 @@ class Trainer:
             raise CheckpointError(describe_write_error(path, err.__cause__ or err, "the EMA weights")) from err
 
     # -- one optimiser step -----------------------------------------------------------------
-    def _forward_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Normalised images [N, 3, H, W] in the training memory format, boxes, labels."""
         images = batch["images"].to(self.device, non_blocking=True).float()
         images = ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
         boxes = [b.to(self.device) for b in batch["boxes"]]
         labels = [lb.to(self.device) for lb in batch["labels"]]
-        cls_t, box_t, num_pos = self.labeler(boxes, labels)
+        return images, boxes, labels
+
+    def _loss(
+        self, net: nn.Module, images: torch.Tensor, boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Anchor labels, forward and loss of ``images`` through ``net`` (the model, DDP or a replica)."""
+        cls_t, box_t, num_pos = self.labeler(list(boxes), list(labels))
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
             else contextlib.nullcontext()
         )
         with autocast:
-            cls_out, box_out = self.ddp(images)
+            cls_out, box_out = net(images)
         cls_out = [c.float() for c in cls_out]
         box_out = [b.float() for b in box_out]
         return self.criterion(cls_out, box_out, cls_t, box_t, num_pos)
@@ -325,11 +338,21 @@ class Trainer:
             sync = accum + 1 == cfg.grad_accum
             no_sync = self.ddp.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()
             with no_sync:
-                losses = self._forward_loss(batch)
+                inputs = self._inputs(batch)
+                # a forward that ends in NaN has already written NaN into the BN running
+                # statistics: keep a copy to put back if the step is skipped (a few KB)
+                bn_saved = [b.clone() for b in self._bn_stats]
+                if self.threads is not None:  # forward and backward, over the batch's shares
+                    losses = self.threads.forward_backward(self._loss, *inputs, grad_scale=1.0 / cfg.grad_accum)
+                else:
+                    losses = self._loss(self.ddp, *inputs)
                 finite = all_reduce_sum(torch.isfinite(losses["loss"]).float(), self.dist)
                 if finite.item() < self.dist.world_size:
                     # A non-finite loss on any rank: every rank skips this step together.
                     self.optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():
+                        for buf, saved in zip(self._bn_stats, bn_saved):
+                            buf.copy_(saved)
                     accum = 0
                     self.nonfinite_steps += 1
                     consecutive_bad += 1
@@ -341,7 +364,8 @@ class Trainer:
                             f"diverged. Checkpoint saved to {path}. Lower optim.lr or check the data."
                         )
                     continue
-                self.scaler.scale(losses["loss"] / cfg.grad_accum).backward()
+                if self.threads is None:
+                    self.scaler.scale(losses["loss"] / cfg.grad_accum).backward()
             accum += 1
             seen += batch["images"].shape[0]
             if accum < cfg.grad_accum:
