@@ -6,7 +6,8 @@ Graph layouts (input ``images`` [N, 3, H, W] float32: resized, normalised, padde
 * ``include_postprocess=False``: outputs ``cls_logits`` [N, T, K] (class logits, before the
   sigmoid) and ``box_codes`` [N, T, 4] (ty, tx, th, tw), one row per anchor in the order of
   ``efficientdet.ops.anchors`` (level, row, column, anchor). Flattened in the graph because two
-  outputs are simpler to consume than two per level, and the transposes cost nothing there;
+  outputs are simpler to consume than two per level; the heads' last conv is one matrix
+  product producing that layout directly (``ort_graph.FlatHead``), so flattening costs nothing.
   ``efficientdet.postprocess`` gives the detections from them (``OnnxDetector`` does).
 * ``include_postprocess=True``: outputs ``boxes`` [N, D, 4] float32 xyxy in model-input pixels,
   ``scores`` [N, D] float32, ``labels`` [N, D] int64 and ``num_detections`` [N] int64; rows past
@@ -36,8 +37,10 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..ops.anchors import anchors_for_config, feature_size
-from .graph import FlatOutputs, PostprocessGraph
+from .graph import PostprocessGraph
 from .metadata import NMS_LAYOUT, NMS_OUTPUTS, RAW_LAYOUT, RAW_OUTPUTS, OnnxMetadata, read_onnx_metadata
+from .onnx_passes import fold_pads_into_convs
+from .ort_graph import export_network
 from .tracing import ExportError, image_size_for, inference_copy, set_output_shapes, to_proto
 
 __all__ = ["ExportError", "attach_postprocess", "check_onnx", "export_onnx"]
@@ -70,6 +73,9 @@ def export_onnx(
         score_threshold, iou_threshold, max_detections, max_candidates: the in-graph
             post-processing; default the model's ``config.postprocess``. NMS is hard NMS.
         fuse: fold BatchNorms first (both exporters fold them anyway; a fused model traces faster).
+            Independently of it, the graph is laid out for ONNX Runtime's CPU kernels
+            (``ort_graph.py``: constant BiFPN fusion weights, heads' last conv as one product,
+            heads' BNs folded per level; ``onnx_passes.py``: zero Pads folded into convs).
         dynamo: the torch.export-based exporter (else the deprecated TorchScript one).
         check: run ``onnx.checker`` and one ONNX Runtime inference; :class:`ExportError` if
             either fails.
@@ -82,9 +88,11 @@ def export_onnx(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     size = image_size_for(model, config, image_size)
-    net = FlatOutputs(inference_copy(model, fuse), config.num_classes).eval()
+    # Rewritten for ONNX Runtime's blocked CPU layout (ort_graph.py): same outputs up to rounding.
+    net = export_network(inference_copy(model, fuse), config.num_classes)
     example = torch.zeros(batch_size, 3, *size)
     proto = to_proto(net, (example,), ["images"], list(RAW_OUTPUTS), opset, dynamic_batch, dynamo)
+    fold_pads_into_convs(proto)  # the TorchScript exporter's explicit "same" padding
     batch: int | str = "batch" if dynamic_batch else batch_size
     num_anchors = config.anchors.num_anchors * sum(
         feature_size(size[0], level) * feature_size(size[1], level)
@@ -133,6 +141,7 @@ def attach_postprocess(
     src = Path(src)
     proto = onnx.load(os.fspath(src))
     meta = read_onnx_metadata(proto)
+    fold_pads_into_convs(proto)  # no-op on graphs export_onnx wrote
     if meta.nms_inside:
         raise ValueError(f"{src} already has post-processing inside")
     proto = _with_postprocess(proto, meta, score_threshold, iou_threshold, max_detections, max_candidates, dynamo)

@@ -84,7 +84,8 @@ class OnnxDetector:
         intra_op_threads: threads per op; default the physical cores (see :func:`physical_cores`).
         postprocess_config: for graphs without NMS; default the exported model's.
         batch_size: images per run (graphs exported with a fixed batch use theirs, padding).
-        session_options: a ready ``onnxruntime.SessionOptions`` (overrides the threading choice).
+        session_options: a ready ``onnxruntime.SessionOptions`` (overrides the threading and
+            spinning choices).
     """
 
     def __init__(
@@ -108,6 +109,10 @@ class OnnxDetector:
             session_options.inter_op_num_threads = 1
             session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # No busy-waiting workers after a run: between runs this process decodes, resizes
+            # and post-processes on the same cores, and spinning threads would compete with that
+            # (end to end ~5% slower on 2 cores); the wake-up cost per run is far smaller.
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             self.path, session_options, providers=list(providers or ["CPUExecutionProvider"])
         )

@@ -1,0 +1,115 @@
+"""Small ONNX graph passes applied to exported graphs: zero-``Pad`` -> ``Conv`` folding.
+
+The backbone's stride-2 convs use TF "same" padding, asymmetric (0 before, 1 after), which a
+PyTorch conv cannot express: the model pads explicitly (``F.pad``) and convolves unpadded. An
+ONNX ``Conv`` takes asymmetric ``pads``, so the two fold into one node. The dynamo exporter's
+optimiser does this itself; the TorchScript exporter leaves ``Pad`` nodes whose ``pads`` come
+from a chain of shape ops that ONNX Runtime folds too late for its own Pad fusion: a separate
+full copy of the padded map per stride-2 conv (~5% of D0's time) and a layout change for
+ONNX Runtime's blocked convs around each.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+__all__ = ["fold_pads_into_convs", "remove_unused_nodes"]
+
+# Ops whose output is a function of their inputs' values only (no shapes of run-time tensors).
+_FOLDABLE = {"Constant", "Cast", "Concat", "ConstantOfShape", "Reshape", "Slice", "Transpose", "Unsqueeze",
+             "Squeeze", "Gather", "Add", "Sub", "Mul", "Neg", "Identity"}  # fmt: skip
+
+
+def _constant_value(name: str, producers: dict[str, Any], inits: dict[str, Any], cache: dict[str, Any]) -> Any:
+    """The value of tensor ``name`` when it is computed from constants only, else None."""
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    if name in cache:
+        return cache[name]
+    value = None
+    if name in inits:
+        value = numpy_helper.to_array(inits[name])
+    elif name in producers and producers[name].op_type in _FOLDABLE:
+        node = producers[name]
+        args = [_constant_value(i, producers, inits, cache) if i else None for i in node.input]
+        if all(a is not None for a, i in zip(args, node.input) if i):
+            feeds = {i: a for i, a in zip(node.input, args) if i}
+            outputs = ReferenceEvaluator(node).run(None, feeds)
+            value = outputs[list(node.output).index(name)]
+    cache[name] = value
+    return value
+
+
+def fold_pads_into_convs(proto: Any) -> int:
+    """Fold each zero-valued constant ``Pad`` of the spatial dims that feeds only a ``Conv``
+    into the conv's ``pads`` (in place); returns the number folded. Exact: the conv's own
+    padding is zeros too."""
+    from onnx import helper
+
+    graph = proto.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    users: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for i in node.input:
+            users.setdefault(i, []).append(node)
+    outputs = {o.name for o in graph.output}
+    cache: dict[str, Any] = {}
+    folded = []
+    for pad in graph.node:
+        if pad.op_type != "Pad" or pad.output[0] in outputs or len(users.get(pad.output[0], [])) != 1:
+            continue
+        conv = users[pad.output[0]][0]
+        if conv.op_type != "Conv" or conv.input[0] != pad.output[0]:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
+        if attrs.get("mode", b"constant") not in (b"constant", "constant") or len(pad.input) > 3 and pad.input[3]:
+            continue  # other modes, or an ``axes`` input
+        pads = _constant_value(pad.input[1], producers, inits, cache) if len(pad.input) > 1 else None
+        fill = _constant_value(pad.input[2], producers, inits, cache) if len(pad.input) > 2 and pad.input[2] else 0
+        if pads is None or fill is None or np.any(np.asarray(fill) != 0):
+            continue
+        pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+        if len(pads) != 8 or any(p < 0 for p in pads) or pads[0] or pads[1] or pads[4] or pads[5]:
+            continue  # only non-negative spatial padding of a 4-D map
+        conv_attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        if conv_attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        old = list(conv_attrs.get("pads", [0, 0, 0, 0]))
+        new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
+        keep = [a for a in conv.attribute if a.name != "pads"]
+        del conv.attribute[:]
+        conv.attribute.extend(keep)
+        conv.attribute.append(helper.make_attribute("pads", new))
+        conv.input[0] = pad.input[0]
+        folded.append(pad)
+    for pad in folded:
+        graph.node.remove(pad)
+    if folded:
+        remove_unused_nodes(proto)
+    return len(folded)
+
+
+def remove_unused_nodes(proto: Any) -> int:
+    """Drop nodes (in place) whose outputs nothing uses, and then unused initializers; returns
+    the number of nodes removed."""
+    graph = proto.graph
+    removed = 0
+    while True:
+        used = Counter(i for n in graph.node for i in n.input)
+        used.update(o.name for o in graph.output)
+        dead = [n for n in graph.node if not any(used[o] for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+        removed += len(dead)
+    used = Counter(i for n in graph.node for i in n.input)
+    unused = [i for i in graph.initializer if not used[i.name]]
+    for init in unused:
+        graph.initializer.remove(init)
+    return removed
