@@ -14,7 +14,7 @@ from efficientdet.ops.box_coder import decode
 from efficientdet.ops.boxes import clip_boxes
 from efficientdet.ops.nms import batched_nms, soft_nms
 
-__all__ = ["flatten_outputs", "postprocess"]
+__all__ = ["flatten_outputs", "postprocess", "postprocess_candidates"]
 
 
 def _check_levels(class_outputs: Sequence[Tensor], box_outputs: Sequence[Tensor], num_classes: int) -> None:
@@ -158,45 +158,129 @@ def postprocess(
     if image_sizes is not None and len(image_sizes) != batch:
         raise ValueError(f"need one image size per image ({batch}), got {len(image_sizes)}")
 
-    # Clip before NMS, in model-input pixels, to the part of the input the image covers (the
-    # reference does this): overlaps are then measured on the visible parts.
-    upper = None
-    if image_sizes is not None:
-        limits = torch.tensor(image_sizes, dtype=torch.float32, device=anchors.device)  # [N, 2] (h, w)
-        if scales is not None:
-            limits = limits * scales.to(limits)[:, None]
-        upper = limits.flip(1).repeat(1, 2)  # [N, 4] = (w, h, w, h)
+    upper = _clip_limits(anchors, scales, image_sizes)
     k = min(config.max_candidates, num_anchors * num_classes)
     best = cls.amax()  # [N, T]
     anchors = anchors.to(best.device, torch.float32)
-    if upper is not None:
-        upper = upper.to(best.device)
 
     results: list[dict[str, Tensor]] = []
     for i in range(batch):
         logits, anchor_idx, labels_i = _top_candidates(cls, best[i], i, k, _logit_floor(config.score_threshold))
-        boxes_i = decode(box.rows(i, anchor_idx).float(), anchors[anchor_idx])  # [k_i, 4]
-        scores_i = logits.float().sigmoid()
-        if upper is not None:
-            boxes_i = torch.minimum(boxes_i, upper[i]).clamp_(min=0)
-        keep = scores_i >= config.score_threshold
-        boxes_i, scores_i, labels_i = boxes_i[keep], scores_i[keep], labels_i[keep]
-        if config.nms == "soft":
-            kept, scores_i = soft_nms(
-                boxes_i, scores_i, labels_i, config.soft_nms_sigma, config.score_threshold, config.max_detections
-            )
-        elif config.nms == "hard":
-            kept = _hard_nms_top(boxes_i, scores_i, labels_i, config.iou_threshold, config.max_detections)
-            scores_i = scores_i[kept]
-        else:
-            raise ValueError(f"unknown nms mode {config.nms!r}; expected 'hard' or 'soft'")
-        boxes_i, labels_i = boxes_i[kept], labels_i[kept]
-        if scales is not None:
-            boxes_i = boxes_i / scales[i].to(boxes_i)
-        if image_sizes is not None:
-            boxes_i = clip_boxes(boxes_i, float(image_sizes[i][0]), float(image_sizes[i][1]))
-        results.append({"boxes": boxes_i, "scores": scores_i, "labels": labels_i.to(torch.int64)})
+        codes = box.rows(i, anchor_idx)
+        results.append(_detections(logits, anchor_idx, labels_i, codes, anchors, config, i, upper, scales, image_sizes))
     return results
+
+
+def postprocess_candidates(
+    logits: Tensor,
+    codes: Tensor,
+    anchor_idx: Tensor,
+    anchors: Tensor,
+    config: PostprocessConfig,
+    scales: Tensor | None = None,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
+) -> list[dict[str, Tensor]]:
+    """:func:`postprocess` from pre-selected anchors: the same detections, from ~T/C of the data.
+
+    logits [N, C, K], codes [N, C, 4], anchor_idx [N, C] (any order): the rows of the C anchors
+    with the largest per-anchor maximum logit (an ONNX graph exported with ``candidates=True``
+    selects them). Exact when ``config.max_candidates`` <= C: the top-k logits over all T*K lie
+    in the k anchors with the largest maxima (see :func:`_top_candidates`).
+    """
+    batch, num_rows, _ = logits.shape
+    if config.max_candidates > num_rows and num_rows < anchors.shape[0]:
+        raise ValueError(
+            f"max_candidates {config.max_candidates} needs that many pre-selected anchors, the graph "
+            f"gives {num_rows}; export it with max_candidates >= {config.max_candidates}"
+        )
+    if scales is not None:
+        scales = torch.as_tensor(scales, dtype=torch.float32).reshape(-1)
+    upper = _clip_limits(anchors, scales, image_sizes)
+    anchors = anchors.to(logits.device, torch.float32)
+    k = min(config.max_candidates, num_rows * logits.shape[2])
+    min_logit = _logit_floor(config.score_threshold)
+    results: list[dict[str, Tensor]] = []
+    for i in range(batch):
+        values, rows, labels_i = _top_of_rows(logits[i], k, min_logit)
+        results.append(
+            _detections(
+                values, anchor_idx[i, rows], labels_i, codes[i, rows], anchors, config, i, upper, scales, image_sizes
+            )
+        )
+    return results
+
+
+def _top_of_rows(rows: Tensor, k: int, min_logit: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` largest values >= ``min_logit`` of ``rows`` [R, K], sorted descending ->
+    (values [k'], row indices [k'], columns [k']); as :func:`_top_candidates` for whole rows."""
+    best = torch.from_numpy(rows.numpy().max(axis=1)) if _numpy_friendly(rows) else rows.amax(1)  # [R]
+    bound = min_logit
+    if best.numel() == k:
+        bound = max(bound, float(best.min()))
+    elif best.numel() > k:
+        bound = max(bound, float(best.kthvalue(best.numel() - k + 1).values))
+    if _numpy_friendly(rows):
+        hits = torch.from_numpy(np.flatnonzero(rows.numpy() >= bound))
+        r, columns = hits // rows.shape[1], hits % rows.shape[1]
+    else:
+        r, columns = (rows >= bound).nonzero(as_tuple=True)
+    values = rows[r, columns]
+    if values.numel() > k:
+        values, order = values.topk(k)
+    else:
+        values, order = values.sort(descending=True)
+    return values, r[order], columns[order]
+
+
+def _clip_limits(
+    anchors: Tensor, scales: Tensor | None, image_sizes: Sequence[tuple[int, int]] | None
+) -> Tensor | None:
+    """[N, 4] (w, h, w, h) of each image's region in model-input pixels, or None.
+
+    Boxes are clipped before NMS, in model-input pixels, to the part of the input the image
+    covers (the reference does this): overlaps are then measured on the visible parts.
+    """
+    if image_sizes is None:
+        return None
+    limits = torch.tensor(image_sizes, dtype=torch.float32, device=anchors.device)  # [N, 2] (h, w)
+    if scales is not None:
+        limits = limits * scales.to(limits)[:, None]
+    return limits.flip(1).repeat(1, 2)
+
+
+def _detections(
+    logits: Tensor,
+    anchor_idx: Tensor,
+    labels: Tensor,
+    codes: Tensor,
+    anchors: Tensor,
+    config: PostprocessConfig,
+    i: int,
+    upper: Tensor | None,
+    scales: Tensor | None,
+    image_sizes: Sequence[tuple[int, int]] | None,
+) -> dict[str, Tensor]:
+    """Image ``i``'s candidates (logits [k], anchor indices [k], labels [k], box codes [k, 4])
+    -> its detections: sigmoid, decode, clip, threshold, NMS, top detections, rescale."""
+    boxes = decode(codes.float(), anchors[anchor_idx])  # [k, 4]
+    scores = logits.float().sigmoid()
+    if upper is not None:
+        boxes = torch.minimum(boxes, upper[i].to(boxes)).clamp_(min=0)
+    keep = scores >= config.score_threshold
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if config.nms == "soft":
+        kept, scores = soft_nms(boxes, scores, labels, config.soft_nms_sigma, config.score_threshold, config.max_detections)
+    elif config.nms == "hard":
+        kept = _hard_nms_top(boxes, scores, labels, config.iou_threshold, config.max_detections)
+        scores = scores[kept]
+    else:
+        raise ValueError(f"unknown nms mode {config.nms!r}; expected 'hard' or 'soft'")
+    boxes, labels = boxes[kept], labels[kept]
+    if scales is not None:
+        boxes = boxes / scales[i].to(boxes)
+    if image_sizes is not None:
+        boxes = clip_boxes(boxes, float(image_sizes[i][0]), float(image_sizes[i][1]))
+    return {"boxes": boxes, "scores": scores, "labels": labels.to(torch.int64)}
 
 
 def _logit_floor(score_threshold: float) -> float:
@@ -221,7 +305,7 @@ def _top_candidates(cls: _Levels, best: Tensor, i: int, k: int, min_logit: float
     anchor whose maximum is >= v. The values >= v are all we need to rank.
     """
     bound = min_logit
-    if best.numel() > k:
+    if best.numel() >= k:
         bound = max(bound, float(best.kthvalue(best.numel() - k + 1).values))
     if cls.channels_contiguous():
         # Whole rows are cheap to gather here: rank the values of the anchors that can hold one.

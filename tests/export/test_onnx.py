@@ -23,6 +23,7 @@ from efficientdet.export import (  # noqa: E402
     ExportError,
     OnnxDetector,
     OnnxMetadata,
+    attach_candidates,
     attach_postprocess,
     check_onnx,
     export,
@@ -32,7 +33,7 @@ from efficientdet.export import (  # noqa: E402
 from efficientdet.export.graph import DetectionGraph, PostprocessGraph  # noqa: E402
 from efficientdet.export.runtime import physical_cores  # noqa: E402
 from efficientdet.ops.anchors import anchors_for_config  # noqa: E402
-from efficientdet.postprocess import flatten_outputs, postprocess  # noqa: E402
+from efficientdet.postprocess import flatten_outputs, postprocess, postprocess_candidates  # noqa: E402
 
 TOL = 1e-4
 SIZE = (256, 256)
@@ -167,6 +168,48 @@ def test_onnx_detector_matches_detector(exported, name, assert_same_detections):
         assert_same_detections(g, w, max_detections=d)
     with pytest.raises(ValueError, match="below"):
         onnx_nms(photos, score_threshold=0.0001)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_candidate_graph_gives_the_same_detections(exported, name, assert_same_detections, tmp_path):
+    model, raw, _ = exported(name)
+    cfg = model.config
+    c = cfg.postprocess.max_candidates  # 5000 of 12276 anchors at 256
+    path = attach_candidates(raw, tmp_path / "cand.onnx")
+    meta = read_onnx_metadata(path)
+    assert meta.candidates and meta.postprocess == {"max_candidates": c} and not meta.nms_inside
+    x = _images(2, SIZE, seed=5)
+    logits, codes, rows = _session(path).run(None, {"images": x.numpy()})
+    assert logits.shape == (2, c, cfg.num_classes) and codes.shape == (2, c, 4) and rows.dtype == np.int64
+    with torch.no_grad():
+        cls, box = flatten_outputs(*model(x), cfg.num_classes)
+    for i in range(2):  # the rows are the c anchors with the largest class logit
+        best = cls[i].amax(1)
+        assert set(rows[i].tolist()) == set(best.topk(c).indices.tolist())
+        assert np.abs(logits[i] - cls[i, rows[i]].numpy()).max() < TOL
+        assert np.abs(codes[i] - box[i, rows[i]].numpy()).max() < TOL
+    anchors = anchors_for_config(cfg.anchors, SIZE)
+    # exact: the same as postprocess on the full outputs (also for a smaller top-k than c)
+    for nms, k in (("hard", c), ("soft", c), ("hard", 2000)):
+        post = dataclasses.replace(cfg.postprocess, nms=nms, max_candidates=k)
+        want = postprocess([cls.transpose(1, 2).unsqueeze(-1)], [box.transpose(1, 2).unsqueeze(-1)], anchors, post,
+                           cfg.num_classes)  # fmt: skip
+        got = postprocess_candidates(cls.gather(1, torch.from_numpy(rows)[..., None].expand(-1, -1, cfg.num_classes)),
+                                     box.gather(1, torch.from_numpy(rows)[..., None].expand(-1, -1, 4)),
+                                     torch.from_numpy(rows), anchors, post)  # fmt: skip
+        for g, w in zip(got, want):
+            assert len(w["scores"]) > 10
+            assert torch.equal(g["labels"], w["labels"]) and torch.equal(g["scores"], w["scores"])
+            assert torch.equal(g["boxes"], w["boxes"])
+    # OnnxDetector on it: Detector's detections (letterboxed images)
+    photos = _photos([(300, 200), (180, 400)], seed=1)
+    for g, w in zip(OnnxDetector(path)(photos), Detector(model)(photos)):
+        assert_same_detections(g, w, max_detections=cfg.postprocess.max_detections)
+    too_many = OnnxDetector(path, postprocess_config=dataclasses.replace(cfg.postprocess, max_candidates=c + 1))
+    with pytest.raises(ValueError, match=f"max_candidates >= {c + 1}"):
+        too_many(photos)
+    with pytest.raises(ValueError, match="already has post-processing"):
+        attach_postprocess(path)
 
 
 def test_metadata_round_trip(exported):

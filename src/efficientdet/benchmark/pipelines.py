@@ -109,18 +109,18 @@ class TorchPipeline(Pipeline):
 
 
 def export_for_benchmark(model: EfficientDet, folder: Path, nms_inside: bool, dynamo: bool) -> Path:
-    """The model's ONNX graph in ``folder`` (exported once; the NMS variant is derived from it)."""
-    from ..export import attach_postprocess, export_onnx
+    """The model's ONNX graph in ``folder``, as the CLI's ``--backend onnxruntime`` runs it
+    (candidate pre-selection inside) or with NMS inside; both derive from one raw export."""
+    from ..export import attach_candidates, attach_postprocess, export_onnx
 
     raw = folder / "model.onnx"
     if not raw.exists():
         export_onnx(model, raw, dynamic_batch=True, dynamo=dynamo, check=False)
-    if not nms_inside:
-        return raw
-    with_nms = folder / "model.nms.onnx"
-    if not with_nms.exists():
-        attach_postprocess(raw, with_nms, dynamo=dynamo, check=False)
-    return with_nms
+    path = folder / ("model.nms.onnx" if nms_inside else "model.candidates.onnx")
+    if not path.exists():
+        attach = attach_postprocess if nms_inside else attach_candidates
+        attach(raw, path, dynamo=dynamo, check=False)
+    return path
 
 
 class OnnxPipeline(Pipeline):

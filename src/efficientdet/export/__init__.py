@@ -18,7 +18,7 @@ from torch import nn
 
 from .fuse import count_batchnorms, fuse_batchnorm, optimize_for_inference
 from .metadata import OnnxMetadata, read_onnx_metadata
-from .onnx import ExportError, attach_postprocess, check_onnx, export_onnx
+from .onnx import ExportError, attach_candidates, attach_postprocess, check_onnx, export_onnx
 from .program import export_program, export_torchscript
 
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")
@@ -57,6 +57,7 @@ __all__ = [
     "ExportError",
     "OnnxDetector",
     "OnnxMetadata",
+    "attach_candidates",
     "attach_postprocess",
     "check_onnx",
     "count_batchnorms",

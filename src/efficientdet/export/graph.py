@@ -117,6 +117,28 @@ class FlatOutputs(nn.Module):
         return flatten_outputs(class_outputs, box_outputs, self.num_classes)
 
 
+class CandidateGraph(nn.Module):
+    """Pre-selection for post-processing outside the graph: (cls [N, T, K] logits, box [N, T, 4]
+    codes) -> the C anchors with the largest maximum class logit: ``cand_logits`` [N, C, K],
+    ``cand_codes`` [N, C, 4], ``cand_anchors`` [N, C] int64 (their rows in anchor order).
+
+    The top-k of all T*K logits (k <= C) lie in these C anchors, so
+    :func:`efficientdet.postprocess.postprocess_candidates` gives exactly the detections of the
+    full outputs while reading C/T of them (5000 of 49104 anchors at D0 512), and the graph's
+    multi-threaded reduction replaces the caller's single-threaded scan of every logit.
+    """
+
+    def __init__(self, num_candidates: int) -> None:
+        super().__init__()
+        self.num_candidates = num_candidates
+
+    def forward(self, cls: Tensor, box: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        _, idx = cls.amax(2).topk(self.num_candidates, dim=1)  # [N, C]
+        logits = cls.gather(1, idx.unsqueeze(-1).expand(-1, -1, cls.shape[2]))
+        codes = box.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4))
+        return logits, codes, idx
+
+
 class PostprocessGraph(nn.Module):
     """The official post-processing in ops that export to ONNX.
 

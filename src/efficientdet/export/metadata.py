@@ -9,12 +9,17 @@ from typing import Any
 
 from ..config import ModelConfig
 
-__all__ = ["NMS_LAYOUT", "NMS_OUTPUTS", "OnnxMetadata", "RAW_LAYOUT", "RAW_OUTPUTS", "read_onnx_metadata"]
+__all__ = ["CANDIDATE_LAYOUT", "CANDIDATE_OUTPUTS", "NMS_LAYOUT", "NMS_OUTPUTS", "OnnxMetadata", "RAW_LAYOUT", "RAW_OUTPUTS", "read_onnx_metadata"]
 
 FORMAT_VERSION = "1"
 RAW_OUTPUTS = ("cls_logits", "box_codes")
 NMS_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
+CANDIDATE_OUTPUTS = ("cand_logits", "cand_codes", "cand_anchors")
 RAW_LAYOUT = "cls_logits[N,T,K] logits; box_codes[N,T,4] (ty,tx,th,tw); rows in anchor order (level,y,x,anchor)"
+CANDIDATE_LAYOUT = (
+    "cand_logits[N,C,K] logits; cand_codes[N,C,4] (ty,tx,th,tw); cand_anchors[N,C] int64 anchor rows: "
+    "the C anchors with the largest class logit, best first"
+)
 NMS_LAYOUT = (
     "boxes[N,D,4] xyxy model-input pixels; scores[N,D]; labels[N,D] int64 (-1 = padding); "
     "num_detections[N] int64; rows sorted by score"
@@ -42,6 +47,11 @@ class OnnxMetadata:
     outputs: tuple[str, ...]
     config: ModelConfig
     postprocess: dict[str, Any] | None = None
+
+    @property
+    def candidates(self) -> bool:
+        """Whether the graph outputs pre-selected candidates (``export_onnx(candidates=True)``)."""
+        return self.outputs == CANDIDATE_OUTPUTS
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` entries (JSON values where not plain strings)."""

@@ -14,6 +14,10 @@ Graph layouts (input ``images`` [N, 3, H, W] float32: resized, normalised, padde
   ``num_detections`` are padding (0, 0, -1). Sigmoid, top-k, decoding with the anchors (a
   constant) and class-wise ONNX ``NonMaxSuppression`` run in the graph: a deployer divides the
   boxes by the resize scale and needs nothing else (``graph.PostprocessGraph``).
+* ``candidates=True``: outputs ``cand_logits`` [N, C, K], ``cand_codes`` [N, C, 4] and
+  ``cand_anchors`` [N, C] int64: the rows of the C = ``max_candidates`` anchors with the largest
+  class logit (``graph.CandidateGraph``). ``postprocess_candidates`` gives exactly the detections
+  of the raw outputs from them; the CLI's ``--backend onnxruntime`` exports this form.
 
 The post-processing is exported as its own small graph and joined to the network's graph
 with ``onnx.compose`` (:func:`attach_postprocess`): the network part is then the very graph the
@@ -37,13 +41,22 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..ops.anchors import anchors_for_config, feature_size
-from .graph import PostprocessGraph
-from .metadata import NMS_LAYOUT, NMS_OUTPUTS, RAW_LAYOUT, RAW_OUTPUTS, OnnxMetadata, read_onnx_metadata
+from .graph import CandidateGraph, PostprocessGraph
+from .metadata import (
+    CANDIDATE_LAYOUT,
+    CANDIDATE_OUTPUTS,
+    NMS_LAYOUT,
+    NMS_OUTPUTS,
+    RAW_LAYOUT,
+    RAW_OUTPUTS,
+    OnnxMetadata,
+    read_onnx_metadata,
+)
 from .onnx_passes import fold_pads_into_convs
 from .ort_graph import export_network
 from .tracing import ExportError, image_size_for, inference_copy, set_output_shapes, to_proto
 
-__all__ = ["ExportError", "attach_postprocess", "check_onnx", "export_onnx"]
+__all__ = ["ExportError", "attach_candidates", "attach_postprocess", "check_onnx", "export_onnx"]
 
 
 def export_onnx(
@@ -53,6 +66,7 @@ def export_onnx(
     batch_size: int = 1,
     dynamic_batch: bool = True,
     include_postprocess: bool = False,
+    candidates: bool = False,
     opset: int = 18,
     score_threshold: float | None = None,
     iou_threshold: float | None = None,
@@ -69,6 +83,9 @@ def export_onnx(
             must be multiples of 32. Anchors depend on it, so it is not dynamic.
         batch_size: batch of the example input (and of the graph unless ``dynamic_batch``).
         include_postprocess: decoding and NMS inside the graph (see the module docs).
+        candidates: instead, pre-select in the graph the ``max_candidates`` anchors with the
+            largest class logit (``graph.CandidateGraph``); ``OnnxDetector`` finishes the exact
+            post-processing from those ~10x smaller outputs (the ``--backend onnxruntime`` form).
         opset: ONNX opset, >= 17 (the NMS op needs 10; the exporters' own needs set the floor).
         score_threshold, iou_threshold, max_detections, max_candidates: the in-graph
             post-processing; default the model's ``config.postprocess``. NMS is hard NMS.
@@ -115,8 +132,12 @@ def export_onnx(
         config=config.replace(image_size=size),
     )
     meta.write_to(proto)
+    if include_postprocess and candidates:
+        raise ValueError("include_postprocess and candidates are exclusive: NMS inside needs no pre-selection")
     if include_postprocess:
         proto = _with_postprocess(proto, meta, score_threshold, iou_threshold, max_detections, max_candidates, dynamo)
+    elif candidates:
+        proto = _with_candidates(proto, meta, max_candidates, dynamo)
     return _save(proto, Path(path), batch_size, check)
 
 
@@ -142,10 +163,31 @@ def attach_postprocess(
     proto = onnx.load(os.fspath(src))
     meta = read_onnx_metadata(proto)
     fold_pads_into_convs(proto)  # no-op on graphs export_onnx wrote
-    if meta.nms_inside:
+    if meta.nms_inside or meta.candidates:
         raise ValueError(f"{src} already has post-processing inside")
     proto = _with_postprocess(proto, meta, score_threshold, iou_threshold, max_detections, max_candidates, dynamo)
     dst = Path(dst) if dst is not None else src.with_name(f"{src.stem}.nms{src.suffix}")
+    return _save(proto, dst, _batch_of(proto)[0], check)
+
+
+def attach_candidates(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    max_candidates: int | None = None,
+    dynamo: bool = True,
+    check: bool = True,
+) -> Path:
+    """Add the candidate pre-selection (``export_onnx(candidates=True)``) to a raw graph
+    ``src``, writing ``dst`` (default: ``src`` with ``.candidates`` before the suffix)."""
+    import onnx
+
+    src = Path(src)
+    proto = onnx.load(os.fspath(src))
+    meta = read_onnx_metadata(proto)
+    if meta.nms_inside or meta.candidates:
+        raise ValueError(f"{src} already has post-processing inside")
+    proto = _with_candidates(proto, meta, max_candidates, dynamo)
+    dst = Path(dst) if dst is not None else src.with_name(f"{src.stem}.candidates{src.suffix}")
     return _save(proto, dst, _batch_of(proto)[0], check)
 
 
@@ -167,8 +209,6 @@ def _with_postprocess(
 ) -> Any:
     """``raw`` (network graph, outputs ``cls_logits``/``box_codes``) joined to an exported
     :class:`PostprocessGraph`; returns the combined ``ModelProto`` with updated metadata."""
-    from onnx import compose
-
     post = meta.config.postprocess
     if post.nms != "hard":
         warnings.warn(f"the model's post-processing uses {post.nms} NMS; the ONNX graph does hard NMS", stacklevel=3)
@@ -181,36 +221,11 @@ def _with_postprocess(
         iou_threshold if iou_threshold is not None else post.iou_threshold,
         max_detections if max_detections is not None else post.max_detections,
     ).eval()
-    batch_size, dynamic_batch = _batch_of(raw)
-    opset = next(o.version for o in raw.opset_import if o.domain in ("", "ai.onnx"))
     num_anchors = graph.anchors.shape[0]
-    # Random logits: a constant input would make top-k and NMS tie everywhere while tracing.
-    g = torch.Generator().manual_seed(0)
-    example = (
-        torch.randn(batch_size, num_anchors, meta.num_classes, generator=g),
-        torch.zeros(batch_size, num_anchors, 4),
-    )
-    post_proto = to_proto(graph, example, list(RAW_OUTPUTS), list(NMS_OUTPUTS), opset, dynamic_batch, dynamo)
-    batch: int | str = "batch" if dynamic_batch else batch_size
     d = graph.max_detections
-    set_output_shapes(
-        post_proto, {"boxes": (batch, d, 4), "scores": (batch, d), "labels": (batch, d), "num_detections": (batch,)}
-    )
-    # Prefix the post graph's internal names so they cannot collide with the network's; its
-    # inputs keep theirs (they are wired to the network's outputs) and so do its outputs.
-    post_proto = compose.add_prefix(post_proto, "postprocess/", rename_inputs=False, rename_outputs=False)
-    post_proto.ir_version = raw.ir_version
-    try:
-        merged = compose.merge_models(raw, post_proto, io_map=[(n, n) for n in RAW_OUTPUTS])
-    except Exception as err:
-        raise ExportError(f"could not join the post-processing graph to the network's: {err}") from err
-    # merge_models lists each model's opset imports (the same default-domain entry twice).
-    opsets = {o.domain: o.version for o in merged.opset_import}
-    del merged.opset_import[:]
-    for domain, version in opsets.items():
-        merged.opset_import.add(domain=domain, version=version)
-    merged.producer_name = raw.producer_name or "efficientdet"
-    merged.producer_version = raw.producer_version
+    merged = _join(raw, graph, num_anchors, meta.num_classes, dynamo, {
+        "boxes": (d, 4), "scores": (d,), "labels": (d,), "num_detections": (),
+    })  # fmt: skip
     post_meta = {
         "max_candidates": graph.k,
         "score_threshold": graph.score_threshold,
@@ -222,6 +237,57 @@ def _with_postprocess(
         meta, nms_inside=True, output_layout=NMS_LAYOUT, outputs=NMS_OUTPUTS, postprocess=post_meta
     )
     new_meta.write_to(merged)
+    return merged
+
+
+def _with_candidates(raw: Any, meta: OnnxMetadata, max_candidates: int | None, dynamo: bool) -> Any:
+    """``raw`` joined to a :class:`CandidateGraph` keeping the ``max_candidates`` best anchors."""
+    num_anchors = len(anchors_for_config(meta.config.anchors, meta.image_size))
+    wanted = max_candidates if max_candidates is not None else meta.config.postprocess.max_candidates
+    c = max(1, min(wanted, num_anchors))
+    merged = _join(raw, CandidateGraph(c).eval(), num_anchors, meta.num_classes, dynamo, {
+        "cand_logits": (c, meta.num_classes), "cand_codes": (c, 4), "cand_anchors": (c,),
+    })  # fmt: skip
+    new_meta = dataclasses.replace(
+        meta, output_layout=CANDIDATE_LAYOUT, outputs=CANDIDATE_OUTPUTS, postprocess={"max_candidates": c}
+    )
+    new_meta.write_to(merged)
+    return merged
+
+
+def _join(
+    raw: Any, graph: nn.Module, num_anchors: int, num_classes: int, dynamo: bool, shapes: dict[str, tuple[int, ...]]
+) -> Any:
+    """``raw`` (outputs ``cls_logits``/``box_codes``) with ``graph`` (exported on its own) fed by
+    them; ``shapes``: the outputs of ``graph`` in order, each shape without the batch dim."""
+    from onnx import compose
+
+    batch_size, dynamic_batch = _batch_of(raw)
+    opset = next(o.version for o in raw.opset_import if o.domain in ("", "ai.onnx"))
+    # Random logits: a constant input would make top-k and NMS tie everywhere while tracing.
+    g = torch.Generator().manual_seed(0)
+    example = (
+        torch.randn(batch_size, num_anchors, num_classes, generator=g),
+        torch.zeros(batch_size, num_anchors, 4),
+    )
+    part = to_proto(graph, example, list(RAW_OUTPUTS), list(shapes), opset, dynamic_batch, dynamo)
+    batch: int | str = "batch" if dynamic_batch else batch_size
+    set_output_shapes(part, {name: (batch, *shape) for name, shape in shapes.items()})
+    # Prefix the part's internal names so they cannot collide with the network's; its inputs
+    # keep theirs (they are wired to the network's outputs) and so do its outputs.
+    part = compose.add_prefix(part, "postprocess/", rename_inputs=False, rename_outputs=False)
+    part.ir_version = raw.ir_version
+    try:
+        merged = compose.merge_models(raw, part, io_map=[(n, n) for n in RAW_OUTPUTS])
+    except Exception as err:
+        raise ExportError(f"could not join the post-processing graph to the network's: {err}") from err
+    # merge_models lists each model's opset imports (the same default-domain entry twice).
+    opsets = {o.domain: o.version for o in merged.opset_import}
+    del merged.opset_import[:]
+    for domain, version in opsets.items():
+        merged.opset_import.add(domain=domain, version=version)
+    merged.producer_name = raw.producer_name or "efficientdet"
+    merged.producer_version = raw.producer_version
     return merged
 
 

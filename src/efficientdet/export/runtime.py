@@ -17,7 +17,7 @@ from ..config import PostprocessConfig, PreprocessConfig
 from ..detector import detect_in_chunks, with_score_threshold
 from ..ops.anchors import anchors_for_config
 from ..ops.boxes import clip_boxes
-from ..postprocess import postprocess
+from ..postprocess import postprocess, postprocess_candidates
 from ..preprocess import preprocess_batch
 from .metadata import OnnxMetadata, read_onnx_metadata
 
@@ -170,8 +170,11 @@ class OnnxDetector:
     def _postprocess(
         self, outputs: list[np.ndarray], post: PostprocessConfig, scales: torch.Tensor, sizes: list[tuple[int, int]]
     ) -> list[dict[str, torch.Tensor]]:
-        cls, box = (torch.from_numpy(o) for o in outputs[:2])  # [N, T, K], [N, T, 4]
         assert self.anchors is not None
+        if self.metadata.candidates:
+            logits, codes, rows = (torch.from_numpy(o) for o in outputs[:3])  # [N, C, K], [N, C, 4], [N, C]
+            return postprocess_candidates(logits, codes, rows, self.anchors, post, scales=scales, image_sizes=sizes)
+        cls, box = (torch.from_numpy(o) for o in outputs[:2])  # [N, T, K], [N, T, 4]
         # postprocess takes per-level [N, A*C, H, W] maps; the flat rows are one "level" of
         # height T, width 1 and A = 1 (its flattening gives back exactly [N, T, C]).
         return postprocess(
