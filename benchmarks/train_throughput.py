@@ -64,8 +64,11 @@ def run_ours(
         rank, world = dist.get_rank(), dist.get_world_size()
         share = slice(rank * batch // world, (rank + 1) * batch // world)
         x, boxes, labels = x[share], boxes[share], labels[share]
-    if channels_last:  # TrainConfig.channels_last
+    if channels_last:  # TrainConfig.channels_last, as the Trainer sets it up on a CPU
+        from efficientdet.models.layers import make_pointwise_convs_matmul
+
         model = model.to(memory_format=torch.channels_last)
+        make_pointwise_convs_matmul(model)
         x = x.contiguous(memory_format=torch.channels_last)
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(model)

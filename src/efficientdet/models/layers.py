@@ -149,3 +149,55 @@ def make_same_padding_static(module: nn.Module) -> int:
                 setattr(parent, child_name, new)
                 replaced += 1
     return replaced
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1, stride-1 conv that runs as a matrix product on channels-last inputs.
+
+    PyTorch sends such convs to its generic (im2col) kernel when a thread runs single-threaded
+    with a batch under 16 (a heuristic in ``ConvParams::use_mkldnn``), which first copies a
+    channels-last input to NCHW and back: on a one-thread training worker that was ~40% of a
+    step (``engine/threads.py``). On NHWC memory the conv is exactly ``x @ W^T`` over the
+    pixels, so ``F.linear`` on the permuted view (no copy) runs it with one GEMM, forward and
+    backward, and returns a channels-last result. Other inputs take the usual conv.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)  # [N, H, W, C_out]
+            return out.permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+def make_pointwise_convs_matmul(module: nn.Module) -> int:
+    """Replace 1x1, stride-1, ungrouped, unpadded convs (``nn.Conv2d``, :class:`StaticSameConv2d`)
+    by :class:`PointwiseConv2d`,
+    in place (the new conv takes the old one's parameters: names and values are unchanged).
+    For training on CPUs; exports keep plain convs. Returns the number replaced."""
+    replaced = 0
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            unpadded = type(child) is nn.Conv2d or (type(child) is StaticSameConv2d and not any(child.static_pad))
+            if (
+                unpadded
+                and child.kernel_size == (1, 1)
+                and child.stride == (1, 1)
+                and child.dilation == (1, 1)
+                and child.groups == 1
+                and child.padding in ((0, 0), "valid")
+            ):
+                new = PointwiseConv2d(
+                    child.in_channels,
+                    child.out_channels,
+                    1,
+                    bias=child.bias is not None,
+                    device=child.weight.device,
+                    dtype=child.weight.dtype,
+                )
+                new.weight = child.weight
+                if child.bias is not None:
+                    new.bias = child.bias
+                new.train(child.training)
+                setattr(parent, child_name, new)
+                replaced += 1
+    return replaced
