@@ -3,7 +3,7 @@
 Each (implementation, model) pair runs in its own subprocess so peak RSS (CPU) or peak CUDA
 memory is measured cleanly; the table prints ratios. Same model, image size, batch, boxes.
 
-    python benchmarks/train_throughput.py --steps 10 --batch 4
+    python benchmarks/train_throughput.py --steps 10 --batch 4 [--repeats 3 --impls effdet,efficientdet-cl]
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CASES = [("efficientdet_d0", 512), ("efficientdet_lite0", 320)]
-# "efficientdet-cl": the same with channels_last memory format (TrainConfig.channels_last)
+# "efficientdet": the Trainer's CPU set-up with channels_last=false, data_parallel_threads=1
+# "efficientdet-cl": the same with channels_last (the default; 1x1 convs then run as GEMMs)
 # "efficientdet-ddp2": channels_last, 2 DDP processes (gloo, torchrun) of 1 thread each sharing the
 # same global batch: `torchrun --nproc-per-node=2 -m efficientdet train ...` on a 2-core CPU
 # "efficientdet-threads": channels_last and the batch split over 2 single-threaded workers of one
@@ -64,9 +65,13 @@ def run_ours(
         rank, world = dist.get_rank(), dist.get_world_size()
         share = slice(rank * batch // world, (rank + 1) * batch // world)
         x, boxes, labels = x[share], boxes[share], labels[share]
-    if channels_last:  # TrainConfig.channels_last, as the Trainer sets it up on a CPU
-        from efficientdet.models.layers import make_pointwise_convs_matmul
+    # as the Trainer sets the model up for a CPU: lean BN + SiLU always, 1x1 convs as GEMMs
+    # with channels_last
+    from efficientdet.models.layers import make_pointwise_convs_matmul
+    from efficientdet.models.lean_bn import make_batchnorm_silu_lean
 
+    make_batchnorm_silu_lean(model)
+    if channels_last:  # TrainConfig.channels_last
         model = model.to(memory_format=torch.channels_last)
         make_pointwise_convs_matmul(model)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -158,32 +163,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {', '.join(IMPLS)}")
+    parser.add_argument(
+        "--repeats", type=int, default=1,
+        help="rounds over all implementations, interleaved; the table shows each one's median "
+        "(this VM's speed drifts: interleaving spreads the drift over all of them)",
+    )  # fmt: skip
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "MODEL", "SIZE"))
     args = parser.parse_args()
     if args.child:
         impl, model_name, size = args.child
         child(impl, model_name, int(size), args.batch, args.steps)
         return
+    import statistics
+
     import torch
 
-    print(f"CPU training, batch {args.batch}, {args.steps} timed steps, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'model':<24}{'impl':<14}{'images/s':>10}{'peak MB':>10}")
+    impls = [i for i in args.impls.split(",") if i]
+    unknown = sorted(set(impls) - set(IMPLS))
+    if unknown or "effdet" not in impls:
+        parser.error(f"--impls must include effdet and name only {', '.join(IMPLS)} (got {', '.join(unknown)})")
+    print(f"CPU training, batch {args.batch}, {args.steps} timed steps, {args.repeats} interleaved round(s), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    print(f"{'model':<24}{'impl':<22}{'images/s':>10}{'peak MB':>10}   (each round)")
     for model_name, size in CASES:
-        res = {}
-        for impl in IMPLS:
-            cmd = [sys.executable, __file__, "--child", impl, model_name, str(size),
-                   "--steps", str(args.steps), "--batch", str(args.batch)]  # fmt: skip
-            if impl.endswith("-ddp2"):
-                # torchrun gives each worker OMP_NUM_THREADS=1: one core per process
-                cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            res[impl] = json.loads(out.strip().splitlines()[-1])
-            print(f"{model_name + '@' + str(size):<24}{impl:<14}{res[impl]['images_per_s']:>10.2f}{res[impl]['peak_mb']:>10.0f}")
-        for impl in IMPLS[1:]:
+        runs: dict[str, list[dict[str, float]]] = {impl: [] for impl in impls}
+        for _ in range(args.repeats):
+            for impl in impls:
+                cmd = [sys.executable, __file__, "--child", impl, model_name, str(size),
+                       "--steps", str(args.steps), "--batch", str(args.batch)]  # fmt: skip
+                if impl.endswith("-ddp2"):
+                    # torchrun gives each worker OMP_NUM_THREADS=1: one core per process
+                    cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                runs[impl].append(json.loads(out.strip().splitlines()[-1]))
+        res = {
+            impl: {key: statistics.median(r[key] for r in rs) for key in ("images_per_s", "peak_mb")}
+            for impl, rs in runs.items()
+        }
+        for impl in impls:
+            each = " ".join(f"{r['images_per_s']:.2f}" for r in runs[impl])
+            print(f"{model_name + '@' + str(size):<24}{impl:<22}{res[impl]['images_per_s']:>10.2f}"
+                  f"{res[impl]['peak_mb']:>10.0f}   ({each})")  # fmt: skip
+        for impl in impls:
+            if impl == "effdet":
+                continue
             speed = res[impl]["images_per_s"] / res["effdet"]["images_per_s"]
             mem = res[impl]["peak_mb"] / res["effdet"]["peak_mb"]
-            print(f"{'':<24}{impl + '/effdet':<14}{speed:>9.2f}x{mem:>9.2f}x")
+            print(f"{'':<24}{impl + ' / effdet':<22}{speed:>9.2f}x{mem:>9.2f}x")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from ..data.transforms import TrainTransform
 from ..factory import create_model, save_model
 from ..losses import DetectionLoss
 from ..models.layers import make_pointwise_convs_matmul
+from ..models.lean_bn import make_batchnorm_silu_lean
 from ..ops.anchors import anchors_for_config
 from ..ops.matcher import AnchorLabeler
 from ..weights.io import WeightsError
@@ -98,10 +99,13 @@ class Trainer:
         model.to(self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model.to(memory_format=self.memory_format)
-        if cfg.channels_last and self.device.type == "cpu":
-            # 1x1 convs as one GEMM on the NHWC memory: single-threaded workers otherwise get
-            # PyTorch's im2col kernel plus layout copies (models/layers.PointwiseConv2d)
-            make_pointwise_convs_matmul(model)
+        if self.device.type == "cpu" and self._amp_dtype() is None:
+            # BN + SiLU keeping one activation less for backward (models/lean_bn.py)
+            make_batchnorm_silu_lean(model)
+            if cfg.channels_last:
+                # 1x1 convs as one GEMM on the NHWC memory: PyTorch's own choice of kernel
+                # copies layouts (models/layers.PointwiseConv2d)
+                make_pointwise_convs_matmul(model)
         if self.dist.enabled and cfg.sync_bn and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
