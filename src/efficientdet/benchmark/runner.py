@@ -303,7 +303,9 @@ def _notes(result: BenchmarkResult, compare_effdet: bool, exporter: str) -> list
     if any(r.backend.startswith("onnxruntime") for r in result.rows):
         notes.append(
             f"ONNX graphs: exported with the {exporter} exporter, dynamic batch, BatchNorm folded; "
-            "onnxruntime-nms has NMS in the graph (its net stage includes it; no network-only rows)."
+            "onnxruntime's graph also selects the max_candidates anchors with the highest class logit "
+            "(as --backend onnxruntime; its network rows include that); onnxruntime-nms has NMS in the "
+            "graph (its net stage includes it; no network-only rows)."
         )
     if "random" in result.weights:
         notes.append(
