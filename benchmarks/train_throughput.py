@@ -169,6 +169,7 @@ def main() -> None:
         help="rounds over all implementations, interleaved; the table shows each one's median "
         "(this VM's speed drifts: interleaving spreads the drift over all of them)",
     )  # fmt: skip
+    parser.add_argument("--models", default=",".join(m for m, _ in CASES), help="comma-separated subset of the models")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "MODEL", "SIZE"))
     args = parser.parse_args()
     if args.child:
@@ -186,7 +187,7 @@ def main() -> None:
     print(f"CPU training, batch {args.batch}, {args.steps} timed steps, {args.repeats} interleaved round(s), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     print(f"{'model':<24}{'impl':<22}{'images/s':>10}{'peak MB':>10}   (each round)")
-    for model_name, size in CASES:
+    for model_name, size in [(m, sz) for m, sz in CASES if m in args.models.split(",")]:
         runs: dict[str, list[dict[str, float]]] = {impl: [] for impl in impls}
         for _ in range(args.repeats):
             for impl in impls:
