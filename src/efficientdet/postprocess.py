@@ -151,13 +151,7 @@ def postprocess(
     batch, num_anchors = class_outputs[0].shape[0], cls.total
     if anchors.shape[0] != num_anchors:
         raise ValueError(f"head outputs give {num_anchors} anchors but {anchors.shape[0]} anchors were passed")
-    if scales is not None:
-        scales = torch.as_tensor(scales, dtype=torch.float32).reshape(-1)
-    if scales is not None and scales.numel() != batch:
-        raise ValueError(f"need one scale per image ({batch}), got {scales.numel()}")
-    if image_sizes is not None and len(image_sizes) != batch:
-        raise ValueError(f"need one image size per image ({batch}), got {len(image_sizes)}")
-
+    scales = _per_image_scales(scales, image_sizes, batch)
     upper = _clip_limits(anchors, scales, image_sizes)
     k = min(config.max_candidates, num_anchors * num_classes)
     best = cls.amax()  # [N, T]
@@ -193,8 +187,7 @@ def postprocess_candidates(
             f"max_candidates {config.max_candidates} needs that many pre-selected anchors, the graph "
             f"gives {num_rows}; export it with max_candidates >= {config.max_candidates}"
         )
-    if scales is not None:
-        scales = torch.as_tensor(scales, dtype=torch.float32).reshape(-1)
+    scales = _per_image_scales(scales, image_sizes, batch)
     upper = _clip_limits(anchors, scales, image_sizes)
     anchors = anchors.to(logits.device, torch.float32)
     k = min(config.max_candidates, num_rows * logits.shape[2])
@@ -214,22 +207,43 @@ def _top_of_rows(rows: Tensor, k: int, min_logit: float) -> tuple[Tensor, Tensor
     """The ``k`` largest values >= ``min_logit`` of ``rows`` [R, K], sorted descending ->
     (values [k'], row indices [k'], columns [k']); as :func:`_top_candidates` for whole rows."""
     best = torch.from_numpy(rows.numpy().max(axis=1)) if _numpy_friendly(rows) else rows.amax(1)  # [R]
-    bound = min_logit
-    if best.numel() == k:
-        bound = max(bound, float(best.min()))
-    elif best.numel() > k:
-        bound = max(bound, float(best.kthvalue(best.numel() - k + 1).values))
+    bound = _candidate_bound(best, k, min_logit)
     if _numpy_friendly(rows):
         hits = torch.from_numpy(np.flatnonzero(rows.numpy() >= bound))
         r, columns = hits // rows.shape[1], hits % rows.shape[1]
     else:
         r, columns = (rows >= bound).nonzero(as_tuple=True)
-    values = rows[r, columns]
-    if values.numel() > k:
-        values, order = values.topk(k)
-    else:
-        values, order = values.sort(descending=True)
+    values, order = _best_first(rows[r, columns], k)
     return values, r[order], columns[order]
+
+
+def _per_image_scales(
+    scales: Tensor | Sequence[float] | None, image_sizes: Sequence[tuple[int, int]] | None, batch: int
+) -> Tensor | None:
+    """``scales`` as a float32 [N] tensor (or None); both checked to have one entry per image."""
+    if scales is not None:
+        scales = torch.as_tensor(scales, dtype=torch.float32).reshape(-1)
+        if scales.numel() != batch:
+            raise ValueError(f"need one scale per image ({batch}), got {scales.numel()}")
+    if image_sizes is not None and len(image_sizes) != batch:
+        raise ValueError(f"need one image size per image ({batch}), got {len(image_sizes)}")
+    return scales
+
+
+def _candidate_bound(best: Tensor, k: int, min_logit: float) -> float:
+    """The value every top-``k`` logit reaches: the k-th largest per-anchor maximum of ``best``
+    [R] (see :func:`_top_candidates`), or ``min_logit`` when that is higher."""
+    if best.numel() < k:
+        return min_logit
+    kth = best.min() if best.numel() == k else best.kthvalue(best.numel() - k + 1).values
+    return max(min_logit, float(kth))
+
+
+def _best_first(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest of ``values`` [M], descending -> (values [min(k, M)], their indices)."""
+    if values.numel() > k:
+        return values.topk(k)
+    return values.sort(descending=True)
 
 
 def _clip_limits(
@@ -304,9 +318,7 @@ def _top_candidates(cls: _Levels, best: Tensor, i: int, k: int, min_logit: float
     logit >= v, so the k-th largest logit is >= v: every top-k logit is >= v and lies in an
     anchor whose maximum is >= v. The values >= v are all we need to rank.
     """
-    bound = min_logit
-    if best.numel() >= k:
-        bound = max(bound, float(best.kthvalue(best.numel() - k + 1).values))
+    bound = _candidate_bound(best, k, min_logit)
     if cls.channels_contiguous():
         # Whole rows are cheap to gather here: rank the values of the anchors that can hold one.
         rows = (best >= bound).nonzero().squeeze(1)
@@ -315,10 +327,7 @@ def _top_candidates(cls: _Levels, best: Tensor, i: int, k: int, min_logit: float
         values, anchor_idx = sub[r, labels], rows[r]
     else:
         values, anchor_idx, labels = cls.at_least(i, bound)
-    if values.numel() > k:
-        values, order = values.topk(k)
-    else:
-        values, order = values.sort(descending=True)
+    values, order = _best_first(values, k)
     return values, anchor_idx[order], labels[order]
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -148,4 +148,4 @@ def resolve_threads(setting: int | str, device: torch.device, distributed: bool,
     return threads
 
 
-__all__: list[Any] = ["ThreadDataParallel", "resolve_threads"]
+__all__ = ["ThreadDataParallel", "resolve_threads"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,6 +122,38 @@ class StaticSameConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+def replace_modules(module: nn.Module, make: Callable[[nn.Module], nn.Module | None]) -> int:
+    """Swap, in place, every submodule for which ``make(child)`` returns a new module; returns
+    how many were swapped. ``make`` hands the old module's tensors to the new one, so
+    parameter names and values (and state dicts) are unchanged."""
+    replaced = 0
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            new = make(child)
+            if new is not None:
+                new.train(child.training)
+                setattr(parent, child_name, new)
+                replaced += 1
+    return replaced
+
+
+def _conv_like(child: nn.Conv2d, cls: type[nn.Conv2d], **kwargs: Any) -> nn.Conv2d:
+    """A ``cls`` conv with ``child``'s shape and its own weight and bias tensors."""
+    new = cls(
+        child.in_channels,
+        child.out_channels,
+        child.kernel_size,
+        bias=child.bias is not None,
+        device=child.weight.device,
+        dtype=child.weight.dtype,
+        **kwargs,
+    )
+    new.weight = child.weight
+    if child.bias is not None:
+        new.bias = child.bias
+    return new
+
+
 def make_same_padding_static(module: nn.Module) -> int:
     """Replace timm's dynamically padded ``Conv2dSame`` layers by ``StaticSameConv2d``, in place.
 
@@ -128,27 +162,12 @@ def make_same_padding_static(module: nn.Module) -> int:
     """
     from timm.layers import Conv2dSame
 
-    replaced = 0
-    for parent in list(module.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, Conv2dSame):
-                new = StaticSameConv2d(
-                    child.in_channels,
-                    child.out_channels,
-                    child.kernel_size,
-                    stride=child.stride,
-                    dilation=child.dilation,
-                    groups=child.groups,
-                    bias=child.bias is not None,
-                    device=child.weight.device,
-                    dtype=child.weight.dtype,
-                )
-                new.weight = child.weight
-                if child.bias is not None:
-                    new.bias = child.bias
-                setattr(parent, child_name, new)
-                replaced += 1
-    return replaced
+    def make(child: nn.Module) -> nn.Module | None:
+        if not isinstance(child, Conv2dSame):
+            return None
+        return _conv_like(child, StaticSameConv2d, stride=child.stride, dilation=child.dilation, groups=child.groups)
+
+    return replace_modules(module, make)
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -171,33 +190,21 @@ class PointwiseConv2d(nn.Conv2d):
 
 def make_pointwise_convs_matmul(module: nn.Module) -> int:
     """Replace 1x1, stride-1, ungrouped, unpadded convs (``nn.Conv2d``, :class:`StaticSameConv2d`)
-    by :class:`PointwiseConv2d`,
-    in place (the new conv takes the old one's parameters: names and values are unchanged).
-    For training on CPUs; exports keep plain convs. Returns the number replaced."""
-    replaced = 0
-    for parent in list(module.modules()):
-        for child_name, child in list(parent.named_children()):
-            unpadded = type(child) is nn.Conv2d or (type(child) is StaticSameConv2d and not any(child.static_pad))
-            if (
-                unpadded
-                and child.kernel_size == (1, 1)
-                and child.stride == (1, 1)
-                and child.dilation == (1, 1)
-                and child.groups == 1
-                and child.padding in ((0, 0), "valid")
-            ):
-                new = PointwiseConv2d(
-                    child.in_channels,
-                    child.out_channels,
-                    1,
-                    bias=child.bias is not None,
-                    device=child.weight.device,
-                    dtype=child.weight.dtype,
-                )
-                new.weight = child.weight
-                if child.bias is not None:
-                    new.bias = child.bias
-                new.train(child.training)
-                setattr(parent, child_name, new)
-                replaced += 1
-    return replaced
+    by :class:`PointwiseConv2d`, in place (the new conv takes the old one's parameters: names and
+    values are unchanged). For training on CPUs; exports keep plain convs. Returns the number
+    replaced."""
+
+    def make(child: nn.Module) -> nn.Module | None:
+        unpadded = type(child) is nn.Conv2d or (type(child) is StaticSameConv2d and not any(child.static_pad))
+        if not (
+            unpadded
+            and child.kernel_size == (1, 1)
+            and child.stride == (1, 1)
+            and child.dilation == (1, 1)
+            and child.groups == 1
+            and child.padding in ((0, 0), "valid")
+        ):
+            return None
+        return _conv_like(child, PointwiseConv2d)
+
+    return replace_modules(module, make)

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from .layers import replace_modules
+
 __all__ = ["LeanBatchNormSiLU2d", "make_batchnorm_silu_lean"]
 
 
@@ -76,24 +78,21 @@ def make_batchnorm_silu_lean(module: nn.Module) -> int:
     buffers (names and values unchanged). Returns the number replaced."""
     from timm.layers import BatchNormAct2d
 
-    replaced = 0
-    for parent in list(module.modules()):
-        for child_name, child in list(parent.named_children()):
-            if not (
-                type(child) is BatchNormAct2d
-                and type(child.act) is nn.SiLU
-                and isinstance(child.drop, nn.Identity)
-                and child.affine
-                and child.track_running_stats
-            ):
-                continue
-            new = LeanBatchNormSiLU2d(
-                child.num_features, child.eps, child.momentum, device=child.weight.device, dtype=child.weight.dtype
-            )
-            new.weight, new.bias = child.weight, child.bias
-            new.running_mean, new.running_var = child.running_mean, child.running_var
-            new.num_batches_tracked = child.num_batches_tracked
-            new.train(child.training)
-            setattr(parent, child_name, new)
-            replaced += 1
-    return replaced
+    def make(child: nn.Module) -> nn.Module | None:
+        if not (
+            type(child) is BatchNormAct2d
+            and type(child.act) is nn.SiLU
+            and isinstance(child.drop, nn.Identity)
+            and child.affine
+            and child.track_running_stats
+        ):
+            return None
+        new = LeanBatchNormSiLU2d(
+            child.num_features, child.eps, child.momentum, device=child.weight.device, dtype=child.weight.dtype
+        )
+        new.weight, new.bias = child.weight, child.bias
+        new.running_mean, new.running_var = child.running_mean, child.running_var
+        new.num_batches_tracked = child.num_batches_tracked
+        return new
+
+    return replace_modules(module, make)
