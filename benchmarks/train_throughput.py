@@ -4,6 +4,10 @@ Each (implementation, model) pair runs in its own subprocess so peak RSS (CPU) o
 memory is measured cleanly; the table prints ratios. Same model, image size, batch, boxes.
 
     python benchmarks/train_throughput.py --steps 10 --batch 4 [--repeats 3 --impls effdet,efficientdet-cl]
+    python benchmarks/train_throughput.py --device cuda --batch 16 --impls effdet,efficientdet-cl
+
+On a GPU both implementations train under bf16 autocast (the Trainer's ``amp: auto``) and
+ours uses the Trainer's GPU set-up: channels_last, without the CPU-only rewrites.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-CASES = [("efficientdet_d0", 512), ("efficientdet_lite0", 320)]
+CASES = [("efficientdet_d0", 512), ("efficientdet_lite0", 320), ("efficientdet_d3", 896)]
+DEFAULT_MODELS = "efficientdet_d0,efficientdet_lite0"
 # "efficientdet": the Trainer's CPU set-up with channels_last=false, data_parallel_threads=1
 # "efficientdet-cl": the same with channels_last (the default; 1x1 convs then run as GEMMs)
 # "efficientdet-ddp2": channels_last, 2 DDP processes (gloo, torchrun) of 1 thread each sharing the
@@ -40,8 +45,30 @@ def _boxes(batch: int, size: int):
     return boxes, labels
 
 
+def _autocast(device: str):
+    import contextlib
+
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def run_ours(
-    model_name: str, size: int, batch: int, steps: int, channels_last: bool = False, ddp: bool = False, threads: int = 1
+    model_name: str,
+    size: int,
+    batch: int,
+    steps: int,
+    channels_last: bool = False,
+    ddp: bool = False,
+    threads: int = 1,
+    device: str = "cpu",
 ) -> float:
     import torch
 
@@ -53,11 +80,13 @@ def run_ours(
     from efficientdet.ops.matcher import AnchorLabeler
 
     model = create_model(model_name, num_classes=20).train()
-    labeler = AnchorLabeler(anchors_for_config(model.config.anchors, (size, size)))
+    model.to(device)
+    labeler = AnchorLabeler(anchors_for_config(model.config.anchors, (size, size)).to(device))
     loss_fn = DetectionLoss()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, 3, size, size)
+    x = torch.randn(batch, 3, size, size, device=device)
     boxes, labels = _boxes(batch, size)
+    boxes, labels = [b.to(device) for b in boxes], [lb.to(device) for lb in labels]
     net: torch.nn.Module = model
     if ddp:  # this rank's share of the same global batch
         import torch.distributed as dist
@@ -70,18 +99,22 @@ def run_ours(
     from efficientdet.models.layers import make_pointwise_convs_matmul
     from efficientdet.models.lean_bn import make_batchnorm_silu_lean
 
-    make_batchnorm_silu_lean(model)
+    on_cpu = device == "cpu"
+    if on_cpu:
+        make_batchnorm_silu_lean(model)
     if channels_last:  # TrainConfig.channels_last
         model = model.to(memory_format=torch.channels_last)
-        make_pointwise_convs_matmul(model)
+        if on_cpu:
+            make_pointwise_convs_matmul(model)
         x = x.contiguous(memory_format=torch.channels_last)
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(model)
 
     def loss_of(net: torch.nn.Module, x: torch.Tensor, boxes, labels):  # as Trainer._loss
         cls_t, box_t, npos = labeler(list(boxes), list(labels))
-        cls, box = net(x)
-        return loss_fn(cls, box, cls_t, box_t, npos)
+        with _autocast(device):
+            cls, box = net(x)
+        return loss_fn([c.float() for c in cls], [b.float() for b in box], cls_t, box_t, npos)
 
     tdp = ThreadDataParallel(model, threads) if threads > 1 else None
 
@@ -94,46 +127,65 @@ def run_ours(
         opt.zero_grad(set_to_none=True)
 
     step()  # warm-up
+    step()
+    _sync(device)
     if ddp:
         torch.distributed.barrier()
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    _sync(device)
     if ddp:
         torch.distributed.barrier()
     return batch * steps / (time.perf_counter() - t)
 
 
-def run_effdet(model_name: str, size: int, batch: int, steps: int) -> float:
+def run_effdet(model_name: str, size: int, batch: int, steps: int, device: str = "cpu") -> float:
     import torch
     from effdet import DetBenchTrain, EfficientDet
     from effdet.config import get_efficientdet_config
 
     cfg = get_efficientdet_config("tf_" + model_name)
     cfg.num_classes = 20
-    bench = DetBenchTrain(EfficientDet(cfg, pretrained_backbone=False)).train()
+    bench = DetBenchTrain(EfficientDet(cfg, pretrained_backbone=False)).train().to(device)
     opt = torch.optim.SGD(bench.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, 3, size, size)
+    x = torch.randn(batch, 3, size, size, device=device)
     boxes, labels = _boxes(batch, size)
     # effdet wants padded yxyx boxes and 1-based classes
     target = {
-        "bbox": torch.stack([b[:, [1, 0, 3, 2]] for b in boxes]),
-        "cls": torch.stack([lb + 1 for lb in labels]).float(),
+        "bbox": torch.stack([b[:, [1, 0, 3, 2]] for b in boxes]).to(device),
+        "cls": torch.stack([lb + 1 for lb in labels]).float().to(device),
     }
 
     def step() -> None:
-        bench(x, target)["loss"].backward()
+        with _autocast(device):  # effdet's train.py --amp: its loss runs under autocast too
+            loss = bench(x, target)["loss"]
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     step()
+    step()
+    _sync(device)
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    _sync(device)
     return batch * steps / (time.perf_counter() - t)
 
 
-def child(impl: str, model_name: str, size: int, batch: int, steps: int) -> None:
+def child(impl: str, model_name: str, size: int, batch: int, steps: int, device: str) -> None:
+    if device != "cpu":
+        import torch
+
+        if impl not in ("effdet", "efficientdet", "efficientdet-cl"):
+            raise SystemExit(f"{impl} is a CPU set-up; on {device} use effdet, efficientdet or efficientdet-cl")
+        if impl == "effdet":
+            ips = run_effdet(model_name, size, batch, steps, device)
+        else:
+            ips = run_ours(model_name, size, batch, steps, channels_last=impl.endswith("-cl"), device=device)
+        print(json.dumps({"images_per_s": ips, "peak_mb": torch.cuda.max_memory_allocated() / 2**20}))
+        return
     if impl == "effdet":
         ips = run_effdet(model_name, size, batch, steps)
     elif impl.endswith("-ddp2"):
@@ -169,12 +221,16 @@ def main() -> None:
         help="rounds over all implementations, interleaved; the table shows each one's median "
         "(this VM's speed drifts: interleaving spreads the drift over all of them)",
     )  # fmt: skip
-    parser.add_argument("--models", default=",".join(m for m, _ in CASES), help="comma-separated subset of the models")
+    choices = ", ".join(m for m, _ in CASES)
+    parser.add_argument(
+        "--models", default=DEFAULT_MODELS, help=f"comma-separated, from {choices} (default {DEFAULT_MODELS})"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast for both implementations)")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "MODEL", "SIZE"))
     args = parser.parse_args()
     if args.child:
         impl, model_name, size = args.child
-        child(impl, model_name, int(size), args.batch, args.steps)
+        child(impl, model_name, int(size), args.batch, args.steps, args.device)
         return
     import statistics
 
@@ -184,15 +240,17 @@ def main() -> None:
     unknown = sorted(set(impls) - set(IMPLS))
     if unknown or "effdet" not in impls:
         parser.error(f"--impls must include effdet and name only {', '.join(IMPLS)} (got {', '.join(unknown)})")
-    print(f"CPU training, batch {args.batch}, {args.steps} timed steps, {args.repeats} interleaved round(s), "
+    where = f"{args.device} ({torch.cuda.get_device_name()}, bf16 autocast)" if args.device != "cpu" else "CPU"
+    print(f"{where} training, batch {args.batch}, {args.steps} timed steps, {args.repeats} interleaved round(s), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
-    print(f"{'model':<24}{'impl':<22}{'images/s':>10}{'peak MB':>10}   (each round)")
+    mem = "GPU peak MB" if args.device != "cpu" else "peak MB"
+    print(f"{'model':<24}{'impl':<22}{'images/s':>10}{mem:>12}   (each round)")
     for model_name, size in [(m, sz) for m, sz in CASES if m in args.models.split(",")]:
         runs: dict[str, list[dict[str, float]]] = {impl: [] for impl in impls}
         for _ in range(args.repeats):
             for impl in impls:
                 cmd = [sys.executable, __file__, "--child", impl, model_name, str(size),
-                       "--steps", str(args.steps), "--batch", str(args.batch)]  # fmt: skip
+                       "--steps", str(args.steps), "--batch", str(args.batch), "--device", args.device]  # fmt: skip
                 if impl.endswith("-ddp2"):
                     # torchrun gives each worker OMP_NUM_THREADS=1: one core per process
                     cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
@@ -205,13 +263,13 @@ def main() -> None:
         for impl in impls:
             each = " ".join(f"{r['images_per_s']:.2f}" for r in runs[impl])
             print(f"{model_name + '@' + str(size):<24}{impl:<22}{res[impl]['images_per_s']:>10.2f}"
-                  f"{res[impl]['peak_mb']:>10.0f}   ({each})")  # fmt: skip
+                  f"{res[impl]['peak_mb']:>12.0f}   ({each})")  # fmt: skip
         for impl in impls:
             if impl == "effdet":
                 continue
             speed = res[impl]["images_per_s"] / res["effdet"]["images_per_s"]
-            mem = res[impl]["peak_mb"] / res["effdet"]["peak_mb"]
-            print(f"{'':<24}{impl + ' / effdet':<22}{speed:>9.2f}x{mem:>9.2f}x")
+            mem_ratio = res[impl]["peak_mb"] / res["effdet"]["peak_mb"]
+            print(f"{'':<24}{impl + ' / effdet':<22}{speed:>9.2f}x{mem_ratio:>11.2f}x")
 
 
 if __name__ == "__main__":

@@ -153,6 +153,13 @@ def postprocess(
         raise ValueError(f"head outputs give {num_anchors} anchors but {anchors.shape[0]} anchors were passed")
     scales = _per_image_scales(scales, image_sizes, batch)
     upper = _clip_limits(anchors, scales, image_sizes)
+    if class_outputs[0].device.type != "cpu" and config.nms == "hard":
+        # GPUs: per-image work is launch- and sync-bound; the batched path gives the same detections
+        from efficientdet.postprocess_batched import postprocess_batched
+
+        flat_cls, flat_box = flatten_outputs(class_outputs, box_outputs, num_classes)
+        anchors = anchors.to(flat_cls.device, torch.float32)
+        return postprocess_batched(flat_cls, flat_box, anchors, config, scales, image_sizes, upper)
     k = min(config.max_candidates, num_anchors * num_classes)
     best = cls.amax()  # [N, T]
     anchors = anchors.to(best.device, torch.float32)

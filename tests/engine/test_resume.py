@@ -20,6 +20,8 @@ def test_resume_mid_epoch_equals_uninterrupted(
     # 8 images -> 8 / batch steps per epoch, 3 epochs; stop 1 batch into epoch 2
     per_epoch = 8 // batch
     aug = {"data.hflip": 0.5, "data.scale_range": (0.5, 1.5), "data_parallel_threads": threads, "batch_size": batch}
+    if threads > 1:
+        aug["device"] = "cpu"  # thread workers are a CPU feature (a GPU machine runs the other case on CUDA)
     cfg = make_config(tiny_dataset, tmp_path / "full", **aug)
     full = Trainer(cfg, progress=False)
     assert (full.threads is not None) == (threads > 1)

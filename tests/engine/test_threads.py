@@ -135,7 +135,7 @@ def test_resolve_threads() -> None:
 def test_trainer_with_two_threads_is_deterministic_and_learns(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
     histories = []
     for run in ("a", "b"):
-        cfg = make_config(tiny_dataset, tmp_path / run, epochs=4, batch_size=4, data_parallel_threads=2)
+        cfg = make_config(tiny_dataset, tmp_path / run, epochs=4, batch_size=4, data_parallel_threads=2, device="cpu")
         trainer = Trainer(cfg, progress=False)
         assert trainer.threads is not None and trainer.threads.threads == 2
         assert trainer.threads.min_share == 2  # 128 px: the top level is 1x1
@@ -144,5 +144,5 @@ def test_trainer_with_two_threads_is_deterministic_and_learns(tiny_dataset: Path
         assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values() if v.is_floating_point())
     assert histories[0] == histories[1] and len(histories[0]) == 8
     assert histories[0][-1] < histories[0][0]
-    off = Trainer(make_config(tiny_dataset, tmp_path / "off", data_parallel_threads=1), progress=False)
+    off = Trainer(make_config(tiny_dataset, tmp_path / "off", data_parallel_threads=1, device="cpu"), progress=False)
     assert off.threads is None

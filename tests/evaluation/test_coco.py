@@ -340,3 +340,21 @@ def test_plot_precision_recall(tmp_path: Path) -> None:
     many.precision = np.repeat(result.precision, 10, axis=2)  # K = 30
     many.class_names = [f"c{i}" for i in range(30)]
     assert plot_precision_recall(many, tmp_path / "many.png", iou=0.75).stat().st_size > 1000
+
+
+def test_gt_without_info_works_with_pycocotools_that_needs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pycocotools 2.0.10's loadRes reads gt.dataset["info"] (KeyError without it); COCO JSONs
+    often have none. Emulate that version's check: every evaluation path must still work."""
+    original = COCO.loadRes
+
+    def strict_load_res(self: COCO, res: Any) -> COCO:
+        if "info" not in self.dataset:
+            raise KeyError("info")
+        return original(self, res)
+
+    monkeypatch.setattr(COCO, "loadRes", strict_load_res)
+    gt = coco_gt_dict()
+    assert "info" not in gt
+    for source in (gt, gt_list()):
+        result = evaluate(perfect_dets(), gt=source) if source is gt else evaluate(perfect_dets())
+        assert result.stats["AP"] == pytest.approx(1.0)

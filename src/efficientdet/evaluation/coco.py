@@ -127,6 +127,9 @@ def gt_list_to_coco(
 
 def _coco_from_dict(dataset: dict[str, Any], verbose: bool) -> COCO:
     """A pycocotools COCO object over ``dataset`` (not copied)."""
+    # pycocotools 2.0.10's loadRes copies dataset["info"] and raises KeyError without it; the
+    # COCO format marks "info" optional in practice (many exported JSONs have none)
+    dataset.setdefault("info", {})
     coco = COCO()
     coco.dataset = dataset
     with _quiet(verbose):
