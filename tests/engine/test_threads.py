@@ -134,8 +134,13 @@ def test_resolve_threads() -> None:
 
 def test_trainer_with_two_threads_is_deterministic_and_learns(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
     histories = []
+    # AdamW, no augmentation, epoch sums: a clear fall within 8 steps (with SGD and single steps,
+    # the last step's loss came out above the first one's on another machine's CPU: noise)
+    fast = {"optim.optimizer": "adamw", "optim.lr": 3e-3, "data.hflip": 0.0, "data.scale_range": (1.0, 1.0)}
     for run in ("a", "b"):
-        cfg = make_config(tiny_dataset, tmp_path / run, epochs=4, batch_size=4, data_parallel_threads=2, device="cpu")
+        cfg = make_config(
+            tiny_dataset, tmp_path / run, epochs=4, batch_size=4, data_parallel_threads=2, device="cpu", **fast
+        )
         trainer = Trainer(cfg, progress=False)
         assert trainer.threads is not None and trainer.threads.threads == 2
         assert trainer.threads.min_share == 2  # 128 px: the top level is 1x1
@@ -143,6 +148,7 @@ def test_trainer_with_two_threads_is_deterministic_and_learns(tiny_dataset: Path
         histories.append(trainer.history)
         assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values() if v.is_floating_point())
     assert histories[0] == histories[1] and len(histories[0]) == 8
-    assert histories[0][-1] < histories[0][0]
+    first_epoch, last_epoch = sum(histories[0][:2]), sum(histories[0][-2:])
+    assert last_epoch < first_epoch, histories[0]  # here: 7.78 -> 6.30
     off = Trainer(make_config(tiny_dataset, tmp_path / "off", data_parallel_threads=1, device="cpu"), progress=False)
     assert off.threads is None

@@ -121,7 +121,7 @@ def direct_cocoeval(
 ) -> np.ndarray:
     """pycocotools straight: COCO(file), loadRes, COCOeval evaluate/accumulate/summarize."""
     gt_file = tmp_path / "direct_gt.json"
-    gt_file.write_text(json.dumps(coco_gt_dict()))
+    gt_file.write_text(json.dumps({**coco_gt_dict(), "info": {}}))  # pycocotools 2.0.10's loadRes needs "info"
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(str(gt_file))
         coco_dt = coco_gt.loadRes(results_list(dets))
