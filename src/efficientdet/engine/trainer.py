@@ -17,10 +17,8 @@ from ..data.formats import read_dataset
 from ..data.loaders import build_train_loader
 from ..data.dataset import DetectionDataset
 from ..data.transforms import TrainTransform
-from ..factory import create_model, save_model
+from ..factory import save_model
 from ..losses import DetectionLoss
-from ..models.layers import make_pointwise_convs_matmul
-from ..models.lean_bn import make_batchnorm_silu_lean
 from ..ops.anchors import anchors_for_config
 from ..ops.matcher import AnchorLabeler
 from ..weights.io import WeightsError
@@ -40,17 +38,12 @@ from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .ema import ModelEMA
 from .logger import MetricsLogger, plot_curves
 from .optim import build_optimizer, build_scheduler, default_lr
+from .setup import build_train_model, resolve_amp_dtype, resolve_device
 from .threads import ThreadDataParallel, resolve_threads
 
 
 class TrainingDiverged(RuntimeError):
     """Too many non-finite losses in a row; a checkpoint was written before raising."""
-
-
-def _device(name: str, dist_local_rank: int) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{dist_local_rank}" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 class Trainer:
@@ -62,7 +55,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> None:
         self.cfg = cfg
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = _device(cfg.device, local_rank)
+        self.device = resolve_device(cfg.device, local_rank)
         self.dist: DistInfo = init_distributed(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -78,36 +71,10 @@ class Trainer:
         self.train_index = read_dataset(cfg.data.train, **kw)
         self.val_index = read_dataset(cfg.data.val, **kw) if cfg.data.val else None
         self.class_names = self.train_index.class_names
-        overrides = {"image_size": cfg.image_size} if cfg.image_size else {}
-        model = create_model(
-            cfg.model,
-            num_classes=len(self.class_names),
-            weights=cfg.weights,
-            pretrained_backbone=cfg.pretrained_backbone and cfg.weights is None,
-            class_names=self.class_names,
-            **overrides,
-        )
+        model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled)
         self.model_config = model.config
         assert self.model_config is not None
-        if cfg.freeze_backbone:
-            for p in model.backbone.parameters():
-                p.requires_grad_(False)
-        if cfg.bn_momentum is not None:
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.momentum = cfg.bn_momentum
-        model.to(self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        model.to(memory_format=self.memory_format)
-        if self.device.type == "cpu" and self._amp_dtype() is None:
-            # BN + SiLU keeping one activation less for backward (models/lean_bn.py)
-            make_batchnorm_silu_lean(model)
-            if cfg.channels_last:
-                # 1x1 convs as one GEMM on the NHWC memory: PyTorch's own choice of kernel
-                # copies layouts (models/layers.PointwiseConv2d)
-                make_pointwise_convs_matmul(model)
-        if self.dist.enabled and cfg.sync_bn and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         self.ema = ModelEMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup_steps)
         self.ema.module.config, self.ema.module.class_names = model.config, model.class_names
@@ -144,7 +111,7 @@ class Trainer:
         lr = default_lr(cfg.optim, cfg.batch_size * cfg.grad_accum * self.dist.world_size)
         self.optimizer = build_optimizer(model, cfg.optim, lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, self.total_steps)
-        self.amp_dtype = self._amp_dtype()
+        self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         anchors = anchors_for_config(self.model_config.anchors, size).to(self.device)
         self.labeler = AnchorLabeler(anchors)
@@ -177,16 +144,6 @@ class Trainer:
             self.log(f"{self.metrics.path}: dropped {self.metrics.dropped_rows} rows logged after the checkpoint")
 
     # -- set-up helpers -------------------------------------------------------------------
-    def _amp_dtype(self) -> torch.dtype | None:
-        mode = self.cfg.amp
-        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
-            return None
-        if mode == "fp16":
-            return torch.float16
-        if mode == "bf16" or torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float16
-
     def _resume_path(self) -> Path | None:
         """The checkpoint to resume from, or None for a new run.
 

@@ -1,0 +1,50 @@
+"""Training set-up: device and mixed-precision rules, and the model as the Trainer trains it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from efficientdet.engine.setup import build_train_model, resolve_amp_dtype, resolve_device
+from efficientdet.models.layers import PointwiseConv2d
+from efficientdet.models.lean_bn import LeanBatchNormSiLU2d
+
+CPU = torch.device("cpu")
+
+
+def test_device_and_amp_rules() -> None:
+    assert resolve_device("cpu", 3) == CPU
+    assert resolve_device("auto", 0) == (torch.device("cuda:0") if torch.cuda.is_available() else CPU)
+    assert resolve_amp_dtype("auto", CPU) is None  # CPU autocast: off unless asked
+    assert resolve_amp_dtype("off", torch.device("cuda")) is None
+    assert resolve_amp_dtype("fp16", CPU) is torch.float16
+    assert resolve_amp_dtype("bf16", CPU) is torch.bfloat16
+
+
+def _count(model: nn.Module, kind: type) -> int:
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
+def test_cpu_model_gets_the_training_rewrites(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    # D0 (SiLU; Lite0's ReLU6 has no lean BN form)
+    cfg = make_config(tiny_dataset, tmp_path, model="efficientdet_d0", bn_momentum=0.05, freeze_backbone=True)
+    model = build_train_model(cfg, ["a", "b", "c"], CPU, distributed=False)
+    assert model.class_names == ["a", "b", "c"] and model.config.num_classes == 3
+    assert _count(model, LeanBatchNormSiLU2d) == 32 and _count(model, PointwiseConv2d) > 50  # D0 backbone BN+SiLU
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.class_head.parameters())
+    assert {m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)} == {0.05}
+    stem = next(p for p in model.parameters() if p.dim() == 4)
+    assert stem.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("overrides", [{"amp": "bf16"}, {"channels_last": False}])
+def test_rewrites_only_where_they_apply(tiny_dataset: Path, tmp_path: Path, make_config, overrides) -> None:
+    cfg = make_config(tiny_dataset, tmp_path, model="efficientdet_d0", **overrides)
+    model = build_train_model(cfg, ["a"], CPU, distributed=False)
+    # lean BN computes in fp32 (not under autocast); the GEMM 1x1 conv needs channels-last memory
+    assert (_count(model, LeanBatchNormSiLU2d) > 0) == ("amp" not in overrides)
+    assert _count(model, PointwiseConv2d) == 0
