@@ -84,10 +84,24 @@ def test_postprocess_gives_the_cpus_detections() -> None:
         assert torch.allclose(g["boxes"].cpu(), w["boxes"], atol=1e-3)
 
 
+def test_gpu_preprocessing_matches_the_cpus() -> None:
+    """On a GPU the uint8 images are resized there; the antialiased resizes may differ by one level."""
+    model = _model("efficientdet_lite0", 320)
+    gen = torch.Generator().manual_seed(3)
+    images = [torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen) for shape in ((3, 240, 400), (3, 700, 90))]
+    gpu, cpu = Detector(copy.deepcopy(model), device="cuda"), Detector(model, device="cpu")
+    (batch_g, scales_g, sizes_g), (batch_c, scales_c, sizes_c) = gpu.prepare(images), cpu.prepare(images)
+    assert batch_g.device.type == scales_g.device.type == "cuda" and sizes_g == sizes_c == [(240, 400), (700, 90)]
+    assert torch.equal(scales_g.cpu(), scales_c)
+    one_level = 1.0 / min(model.config.preprocess.std) + 1e-4
+    assert (batch_g.cpu() - batch_c).abs().max() <= one_level
+
+
 def test_detector_runs_on_the_gpu_and_returns_cpu_friendly_results() -> None:
     model = _model("efficientdet_lite0", 320)
     gen = torch.Generator().manual_seed(2)
-    images = [torch.rand(3, 240, 400, generator=gen), torch.rand(3, 100, 90, generator=gen)]
+    # sizes that need no resize (scale 1): the same model input on both devices
+    images = [torch.rand(3, 320, 320, generator=gen), torch.rand(3, 160, 320, generator=gen)]
     got = Detector(copy.deepcopy(model), device="cuda")(images, score_threshold=0.0)
     want = Detector(model, device="cpu")(images, score_threshold=0.0)
     for g, w in zip(got, want, strict=True):

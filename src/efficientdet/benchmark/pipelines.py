@@ -90,10 +90,8 @@ class TorchPipeline(Pipeline):
         self.detector.postprocess_config = dataclasses.replace(cfg, score_threshold=threshold)
 
     def preprocess(self, decoded: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        from ..preprocess import preprocess_batch
-
-        batch, scales, sizes = preprocess_batch(decoded, self.detector.config.preprocess)
-        return batch.to(self.device), (scales.to(self.device), sizes)
+        batch, scales, sizes = self.detector.prepare(decoded)
+        return batch, (scales, sizes)
 
     def network(self, inputs: torch.Tensor) -> Any:
         return self.detector.model(inputs)
