@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .config import PostprocessConfig
-from .data.images import iter_image_chunks
+from .data.decode import iter_image_chunks
 from .models.efficientdet import EfficientDet
 from .ops.anchors import anchors_for_config
 from .postprocess import postprocess

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.images import iter_image_chunks
+from ..data.decode import iter_image_chunks
 from ..detector import finish_detections
 from ..models.efficientdet import EfficientDet
 

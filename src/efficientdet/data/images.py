@@ -15,11 +15,13 @@ anyway when ``max_pixels`` allows it (or is None).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import struct
 import warnings
+from collections.abc import Iterator
 from typing import Any, BinaryIO, Union
 
 import numpy as np
@@ -99,6 +101,21 @@ def load_image(
     )
 
 
+@contextlib.contextmanager
+def _quiet_decoders(quiet: bool = False) -> Iterator[None]:
+    """Silence the decoders' known warnings, unless the caller already did (``quiet``)."""
+    if quiet:
+        yield
+        return
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders (in favour of TorchCodec) with a warning on
+        # every call; we know, and fall back to Pillow if they go away.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        # We apply our own pixel limit; Pillow's warning threshold (~89 MP) is lower.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def image_size_of(source: ImageSource, name: str | None = None) -> tuple[int, int]:
     """``(height, width)`` that :func:`load_image` would return, from the header for files.
 
@@ -121,17 +138,15 @@ def image_size_of(source: ImageSource, name: str | None = None) -> tuple[int, in
 # --------------------------------------------------------------------------- files
 
 
-def _load_file(path: str | os.PathLike[str], name: str, max_pixels: int | None) -> torch.Tensor:
+def _load_file(path: str | os.PathLike[str], name: str, max_pixels: int | None, quiet: bool = False) -> torch.Tensor:
+    """``quiet``: the caller has silenced the decoders' warnings (see :func:`load_images`)."""
     data = _read_file(path, name)
-    header = _open_header(data, name, max_pixels)
+    header = _open_header(data, name, max_pixels, quiet)
     fmt = header.format or "unknown"
     orientation = _orientation(header)
     if fmt in _TV_EXIF_FORMATS or (fmt in _TV_FORMATS and orientation == 1):
         try:
-            with warnings.catch_warnings():
-                # torchvision 0.29 deprecates its decoders (in favour of TorchCodec) with a
-                # warning on every call; we know, and fall back to Pillow if they go away.
-                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+            with _quiet_decoders(quiet):
                 image = decode_image(
                     torch.frombuffer(bytearray(data), dtype=torch.uint8),
                     mode=ImageReadMode.RGB,
@@ -175,13 +190,11 @@ def _read_file(path: str | os.PathLike[str], name: str) -> bytes:
             raise ImageError(name, f"cannot read file ({exc.strerror or exc})") from exc
 
 
-def _open_header(data: bytes | BinaryIO, name: str, max_pixels: int | None) -> Image.Image:
+def _open_header(data: bytes | BinaryIO, name: str, max_pixels: int | None, quiet: bool = False) -> Image.Image:
     """Lazily open ``data`` (file bytes or an open file) with Pillow: parses the header only."""
     fp = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        with warnings.catch_warnings():
-            # We apply our own pixel limit below; Pillow's warning threshold (~89 MP) is lower.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _quiet_decoders(quiet):
             header = Image.open(fp)
     except Image.DecompressionBombError as exc:
         header = _open_over_pillow_limit(fp, name, max_pixels, str(exc))
@@ -406,15 +419,3 @@ def _float_to_uint8(image: torch.Tensor, name: str) -> torch.Tensor:
         )
     # Round to nearest (torchvision's to_dtype truncates: 0.5 -> 127); clamp makes a new tensor.
     return image.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
-
-
-def iter_image_chunks(images: Any, chunk_size: int, max_pixels: int | None) -> Any:
-    """Decode ``images`` (one input or a list) ``chunk_size`` at a time: yields lists of uint8
-    ``[3, H, W]`` tensors. In-memory inputs are named "image #i" (their index) in errors."""
-    if not isinstance(images, (list, tuple)):
-        images = [images]
-    for start in range(0, len(images), chunk_size):
-        yield [
-            load_image(img, name=None if isinstance(img, (str, os.PathLike)) else f"image #{start + i}", max_pixels=max_pixels)
-            for i, img in enumerate(images[start : start + chunk_size])
-        ]

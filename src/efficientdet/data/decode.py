@@ -1,0 +1,67 @@
+"""Decoding many images at once: a batch's files on parallel threads, chunk by chunk."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from .images import DEFAULT_MAX_PIXELS, ImageSource, _load_file, _quiet_decoders, load_image
+
+__all__ = ["iter_image_chunks", "load_images"]
+
+
+def load_images(
+    sources: Sequence[ImageSource],
+    names: Sequence[str | None] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+) -> list[torch.Tensor]:
+    """:func:`load_image` for each of ``sources`` (``names[i]`` labels source i in errors), with
+    the files decoded by up to ``workers`` threads (default: one per available CPU core).
+
+    The decoders (libjpeg-turbo, libpng, Pillow's C code) release the GIL, so a batch of files
+    decodes in about 1/cores of the time. Results keep the order of ``sources``; the first
+    source (in that order) that fails raises its :class:`ImageError`.
+    """
+    names = list(names) if names is not None else [None] * len(sources)
+    if len(names) != len(sources):
+        raise ValueError(f"need one name per source ({len(sources)}), got {len(names)}")
+    files = [i for i, src in enumerate(sources) if isinstance(src, (str, os.PathLike))]
+    workers = min(len(files), workers or _available_cpus())
+    if workers <= 1:
+        return [load_image(src, name, max_pixels) for src, name in zip(sources, names)]
+    # The warning filters are set once, here: warnings.catch_warnings is not thread-safe, so
+    # the workers must not enter it themselves (quiet=True).
+    with _quiet_decoders(), ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        jobs: dict[int, Future[torch.Tensor]] = {}
+        for i in files:
+            label = names[i] or os.fspath(sources[i])  # type: ignore[arg-type]
+            jobs[i] = pool.submit(_load_file, sources[i], label, max_pixels, True)  # type: ignore[arg-type]
+        try:
+            return [jobs[i].result() if i in jobs else load_image(src, names[i], max_pixels)
+                    for i, src in enumerate(sources)]  # fmt: skip
+        finally:
+            for job in jobs.values():  # after a failure: no more decoding than already started
+                job.cancel()
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
+    except AttributeError:  # not on every OS
+        return os.cpu_count() or 1
+
+
+def iter_image_chunks(images: Any, chunk_size: int, max_pixels: int | None) -> Iterator[list[torch.Tensor]]:
+    """Decode ``images`` (one input or a list) ``chunk_size`` at a time: yields lists of uint8
+    ``[3, H, W]`` tensors. In-memory inputs are named "image #i" (their index) in errors."""
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    for start in range(0, len(images), chunk_size):
+        chunk = images[start : start + chunk_size]
+        names = [None if isinstance(x, (str, os.PathLike)) else f"image #{start + i}" for i, x in enumerate(chunk)]
+        yield load_images(chunk, names, max_pixels)
