@@ -103,8 +103,9 @@ def test_unknown_backend_and_bad_options(capsys: pytest.CaptureFixture[str]) -> 
     assert "unknown backend 'tensorrt'" in err and all(b in err for b in BACKENDS)
     with pytest.raises(ValueError, match="unknown backend"):
         run_benchmark(MODEL, backends=["openvino"])
-    assert main(["benchmark", MODEL, "--iterations", "0"]) == 2
-    assert "--iterations must be >= 1" in capsys.readouterr().err
+    for option in ("--iterations", "--rounds"):
+        assert main(["benchmark", MODEL, option, "0"]) == 2
+        assert "--iterations and --rounds must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["benchmark", MODEL, "--batch-sizes", "0,2"])
 
@@ -163,3 +164,43 @@ def test_memory_probe_sees_an_allocation() -> None:
     peak = probe.peak_mb()
     del block
     assert 48 <= peak <= 256
+
+
+def test_rounds_interleave_backends_and_pool_their_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round r starts with backend r (rotating); each pipeline is built once; memory comes from
+    round 0; the rows' medians are over every round's samples."""
+    import efficientdet.benchmark.runner as runner
+    from efficientdet.benchmark.measure import Timing
+
+    calls: list[tuple[str, bool]] = []
+    built: list[str] = []
+    real_make, real_measure = runner.make_pipeline, runner._measure
+
+    def make(backend, *args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(backend)
+        return real_make(backend, *args, **kwargs)
+
+    def measure(pipeline, files, sizes, iterations, warmup, device, say, memory=True):  # type: ignore[no-untyped-def]
+        calls.append((pipeline.name, memory))
+        real = real_measure(pipeline, files, sizes, iterations, warmup, device, say, memory)
+        # a known latency per round: 10 ms in round 0, 30 ms in round 1, 50 ms in round 2
+        ms = 10.0 + 20.0 * (sum(1 for name, _ in calls if name == pipeline.name) - 1)
+        return {key: (Timing({s: [ms / 1000 / len(t.stages)] * iterations for s in t.stages}), mem)
+                for key, (t, mem) in real.items()}  # fmt: skip
+
+    monkeypatch.setattr(runner, "make_pipeline", make)
+    monkeypatch.setattr(runner, "_measure", measure)
+    result = run_benchmark(
+        MODEL, image_size=SIZE, batch_sizes=[1], backends=["torch"], iterations=2, warmup=0, threads=1,
+        compare_effdet=True, rounds=3,
+    )  # fmt: skip
+    assert built == ["torch", "effdet"]
+    assert calls == [("torch", True), ("effdet", True), ("effdet", False), ("torch", False), ("torch", False),
+                     ("effdet", False)]  # fmt: skip
+    assert result.rounds == 3 and "3 interleaved rounds" in render_table(result)
+    assert [(r.backend, r.mode) for r in result.rows] == [
+        ("torch", "network"), ("torch", "end-to-end"), ("effdet", "network"), ("effdet", "end-to-end"),
+    ]  # fmt: skip
+    for row in result.rows:
+        assert row.latency_ms == pytest.approx(30.0)  # the median of 10, 10, 30, 30, 50, 50
+        assert row.peak_memory_mb is not None  # from round 0

@@ -39,6 +39,12 @@ class Timing:
     def p90_ms(self) -> float:
         return percentile(self.total, 90) * 1000
 
+    def __add__(self, other: "Timing") -> "Timing":
+        """Both runs' samples (the same stages), e.g. of two rounds."""
+        if self.stages.keys() != other.stages.keys():
+            raise ValueError(f"cannot join timings of stages {list(self.stages)} and {list(other.stages)}")
+        return Timing({k: self.stages[k] + other.stages[k] for k in self.stages})
+
 
 def time_calls(
     run_once: Callable[[], dict[str, float]], warmup: int, iterations: int

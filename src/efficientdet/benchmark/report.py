@@ -39,7 +39,8 @@ def render_table(result: BenchmarkResult) -> str:
     h, w = result.image_size
     lines = [
         f"{result.model} at {h}x{w} on {result.device}, {result.threads} threads, "
-        f"{result.iterations} iterations after {result.warmup} warm-up",
+        f"{result.iterations} iterations after {result.warmup} warm-up"
+        + (f", x {result.rounds} interleaved rounds (medians over all)" if result.rounds > 1 else ""),
         f"  parameters {result.parameters / 1e6:.2f}M ({result.parameters:,})",
         f"  MACs {result.macs / 1e9:.2f}B per image (the paper's \"FLOPs\"); "
         f"{result.flops_per_image / 1e9:.2f} GFLOP per image at 2 FLOPs per multiply-add",

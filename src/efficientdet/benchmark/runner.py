@@ -77,6 +77,7 @@ class BenchmarkResult:
     versions: dict[str, str]
     rows: list[BenchmarkRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    rounds: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,6 +173,7 @@ def run_benchmark(
     onnx_exporter: str = "dynamo",
     score_threshold: float | None = None,
     log: Callable[[str], None] | None = None,
+    rounds: int = 1,
 ) -> BenchmarkResult:
     """Benchmark ``model`` on each of ``backends`` (and effdet with ``compare_effdet``).
 
@@ -181,7 +183,10 @@ def run_benchmark(
     COCO-sized JPEGs). ``threads``: intra-op threads for torch and ONNX Runtime (default the
     physical cores). ``score_threshold``: our backends' score threshold before NMS (default the
     model's, 0.001 = COCO evaluation; ``efficientdet predict`` uses 0.3); effdet's predict path
-    has no such option and always runs NMS on its top 5000. Backends run one after the other in this process; see
+    has no such option and always runs NMS on its top 5000. Backends run one after the other in this process;
+    ``rounds`` > 1 repeats that ``rounds`` times in rotating order (each round ``warmup`` +
+    ``iterations`` calls per row) and reports medians over all rounds, so that a machine whose
+    speed drifts slows every backend alike; peak memory then comes from the first round. See
     :class:`BenchmarkRow` and :class:`BenchmarkResult` for the definitions.
     """
     from ..export.runtime import physical_cores
@@ -194,6 +199,8 @@ def run_benchmark(
     sizes = sorted({int(n) for n in batch_sizes})
     if not sizes or sizes[0] < 1:
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     if onnx_exporter not in ("dynamo", "torchscript"):
         raise ValueError(f"onnx_exporter must be 'dynamo' or 'torchscript', got {onnx_exporter!r}")
     dev = torch.device(device)
@@ -230,20 +237,31 @@ def run_benchmark(
                 weights=described,
                 images=source,
                 versions=_versions(backends, compare_effdet),
+                rounds=rounds,
             )
             names = [("torch-compile" if b == "torch" and compile else b) for b in backends]
-            for label, backend in zip(names, backends):
-                say(f"setting up {label}")
-                pipeline = make_pipeline(backend, ours, dev, threads, work, compile, onnx_exporter)
-                if score_threshold is not None:
-                    pipeline.set_score_threshold(score_threshold)
-                result.rows += _measure(pipeline, files, sizes, iterations, warmup, 2 * macs, dev, say)
-                del pipeline
-            if reference is not None:
-                say("setting up effdet")
-                pipeline = make_pipeline(REFERENCE, ours, dev, threads, work, reference=reference)
-                result.rows += _measure(pipeline, files, sizes, iterations, warmup, 2 * macs, dev, say)
-                del pipeline
+            runs = list(zip(names, backends)) + ([(REFERENCE, REFERENCE)] if reference is not None else [])
+            kept: dict[str, Pipeline] = {}  # across rounds
+            measured: dict[str, dict[tuple[str, int], tuple[Timing, float | None]]] = {}
+            for r in range(rounds):
+                for label, backend in runs[r % len(runs) :] + runs[: r % len(runs)]:
+                    pipeline = kept.get(label)
+                    if pipeline is None:
+                        say(f"setting up {label}")
+                        pipeline = make_pipeline(backend, ours, dev, threads, work, compile, onnx_exporter, reference)
+                        if score_threshold is not None and backend != REFERENCE:
+                            pipeline.set_score_threshold(score_threshold)
+                    timings = _measure(pipeline, files, sizes, iterations, warmup, dev, say, memory=r == 0)
+                    for key, (timing, memory) in timings.items():
+                        before = measured.setdefault(label, {}).get(key)
+                        measured[label][key] = (timing, memory) if before is None else (before[0] + timing, before[1])
+                    if rounds > 1:
+                        kept[label] = pipeline
+                    del pipeline
+            kept.clear()
+            for label, _ in runs:
+                for (mode, n), (timing, memory) in measured[label].items():
+                    result.rows.append(_row(label, mode, n, timing, 2 * macs, memory))
     finally:
         torch.set_num_threads(saved_threads)
     _set_ratios(result)
@@ -262,13 +280,15 @@ def _measure(
     sizes: list[int],
     iterations: int,
     warmup: int,
-    flops: int,
     device: torch.device,
     say: Callable[[str], None],
-) -> list[BenchmarkRow]:
-    rows = []
+    memory: bool = True,
+) -> dict[tuple[str, int], tuple[Timing, float | None]]:
+    """(mode, batch size) -> (timing, peak memory in MiB so far, or None if not ``memory``)."""
+    out: dict[tuple[str, int], tuple[Timing, float | None]] = {}
     probe = MemoryProbe(device)
-    probe.start()
+    if memory:
+        probe.start()
     with torch.inference_mode():
         for n in sizes:
             paths = list(itertools.islice(itertools.cycle(files), n))
@@ -276,12 +296,12 @@ def _measure(
             if pipeline.network_only:
                 inputs, _ = pipeline.preprocess(pipeline.decode(paths))
                 timing = time_calls(_network_call(pipeline, inputs), warmup, iterations)
-                rows.append(_row(pipeline.name, "network", n, timing, flops, probe.peak_mb()))
+                out["network", n] = (timing, probe.peak_mb() if memory else None)
                 del inputs
             timing = time_calls(_end_to_end_call(pipeline, paths), warmup, iterations)
-            rows.append(_row(pipeline.name, "end-to-end", n, timing, flops, probe.peak_mb()))
+            out["end-to-end", n] = (timing, probe.peak_mb() if memory else None)
             say(f"  {pipeline.name} batch {n}: done in {time.perf_counter() - started:.1f} s")
-    return rows
+    return out
 
 
 def _set_ratios(result: BenchmarkResult) -> None:

@@ -50,6 +50,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--iterations", type=int, default=20, help="timed runs per measurement (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before each measurement (default 3)")
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="repeat all measurements N times, backends in rotating order, and report medians over all "
+        "rounds: fairer ratios on a machine whose speed drifts (default 1)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the physical cores)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
@@ -72,8 +77,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..benchmark import check_backends, render_table, run_benchmark
 
-    if args.iterations < 1 or args.warmup < 0:
-        raise ValueError(f"--iterations must be >= 1 and --warmup >= 0, got {args.iterations} and {args.warmup}")
+    if args.iterations < 1 or args.warmup < 0 or args.rounds < 1:
+        raise ValueError(
+            f"--iterations and --rounds must be >= 1 and --warmup >= 0, got {args.iterations}, {args.rounds} "
+            f"and {args.warmup}"
+        )
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if not args.backends:
@@ -96,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         onnx_exporter=args.onnx_exporter,
         score_threshold=args.score_threshold,
         log=log,
+        rounds=args.rounds,
     )
     print(render_table(result))
     if args.json:
