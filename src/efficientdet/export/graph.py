@@ -133,9 +133,13 @@ class CandidateGraph(nn.Module):
         self.num_candidates = num_candidates
 
     def forward(self, cls: Tensor, box: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch, num_anchors, num_classes = cls.shape
         _, idx = cls.amax(2).topk(self.num_candidates, dim=1)  # [N, C]
-        logits = cls.gather(1, idx.unsqueeze(-1).expand(-1, -1, cls.shape[2]))
-        codes = box.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4))
+        # Whole rows of the [N*T, K] view (ONNX Gather on axis 0: one copy of K values per row),
+        # not GatherElements, which reads an expanded [N, C, K] index tensor element by element.
+        rows = (idx + torch.arange(batch, device=idx.device).unsqueeze(1) * num_anchors).reshape(-1)
+        logits = cls.reshape(-1, num_classes).index_select(0, rows).reshape(batch, -1, num_classes)
+        codes = box.reshape(-1, 4).index_select(0, rows).reshape(batch, -1, 4)
         return logits, codes, idx
 
 
