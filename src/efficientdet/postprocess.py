@@ -153,7 +153,7 @@ def postprocess(
         raise ValueError(f"head outputs give {num_anchors} anchors but {anchors.shape[0]} anchors were passed")
     scales = _per_image_scales(scales, image_sizes, batch)
     upper = _clip_limits(anchors, scales, image_sizes)
-    if class_outputs[0].device.type != "cpu" and config.nms == "hard":
+    if class_outputs[0].device.type == "cuda" and config.nms == "hard":
         # GPUs: per-image work is launch- and sync-bound; the batched path gives the same detections
         from efficientdet.postprocess_batched import postprocess_batched
 
