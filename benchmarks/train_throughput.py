@@ -72,15 +72,18 @@ def run_ours(
 ) -> float:
     import torch
 
-    from efficientdet.engine.threads import ThreadDataParallel
-
     from efficientdet import create_model
+    from efficientdet.engine.setup import prepare_for_training
+    from efficientdet.engine.threads import ThreadDataParallel
     from efficientdet.losses import DetectionLoss
     from efficientdet.ops.anchors import anchors_for_config
     from efficientdet.ops.matcher import AnchorLabeler
 
     model = create_model(model_name, num_classes=20).train()
-    model.to(device)
+    # the Trainer's set-up (engine/setup.py): on a CPU, lean BN + SiLU, and with channels_last
+    # 1x1 convs as GEMMs; on a GPU neither (bf16 autocast)
+    amp_dtype = torch.bfloat16 if device.startswith("cuda") else None
+    prepare_for_training(model, torch.device(device), channels_last, amp_dtype)
     labeler = AnchorLabeler(anchors_for_config(model.config.anchors, (size, size)).to(device))
     loss_fn = DetectionLoss()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -94,18 +97,7 @@ def run_ours(
         rank, world = dist.get_rank(), dist.get_world_size()
         share = slice(rank * batch // world, (rank + 1) * batch // world)
         x, boxes, labels = x[share], boxes[share], labels[share]
-    # as the Trainer sets the model up for a CPU: lean BN + SiLU always, 1x1 convs as GEMMs
-    # with channels_last
-    from efficientdet.models.layers import make_pointwise_convs_matmul
-    from efficientdet.models.lean_bn import make_batchnorm_silu_lean
-
-    on_cpu = device == "cpu"
-    if on_cpu:
-        make_batchnorm_silu_lean(model)
     if channels_last:  # TrainConfig.channels_last
-        model = model.to(memory_format=torch.channels_last)
-        if on_cpu:
-            make_pointwise_convs_matmul(model)
         x = x.contiguous(memory_format=torch.channels_last)
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(model)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from efficientdet.config import PostprocessConfig
 from efficientdet.ops.box_coder import decode
+from efficientdet.ops.boxes import clip_boxes
 from efficientdet.ops.nms import batched_nms
 
 __all__ = ["postprocess_batched"]
@@ -66,9 +67,6 @@ def postprocess_batched(
     counts = torch.bincount(image[kept], minlength=n)
     counts_list, valid_list = counts.tolist(), valid.tolist()  # the one host sync
 
-    limits = None  # [N, 4] (w, h, w, h) of the original images, for the final clip
-    if image_sizes is not None:
-        limits = torch.tensor(image_sizes, dtype=torch.float32, device=device).flip(1).repeat(1, 2)
     results: list[dict[str, Tensor]] = []
     start = 0
     for i in range(n):
@@ -83,7 +81,7 @@ def postprocess_batched(
         out = boxes[i, rows]
         if scales is not None:
             out = out / scales[i].to(out)
-        if limits is not None:  # as clip_boxes: each coordinate into [0, side]
-            out = torch.minimum(out.clamp(min=0), limits[i].to(out))
+        if image_sizes is not None:
+            out = clip_boxes(out, float(image_sizes[i][0]), float(image_sizes[i][1]))
         results.append({"boxes": out, "scores": scores[i, rows], "labels": labels[i, rows]})
     return results

@@ -31,7 +31,8 @@ def _count(model: nn.Module, kind: type) -> int:
 def test_cpu_model_gets_the_training_rewrites(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
     # D0 (SiLU; Lite0's ReLU6 has no lean BN form)
     cfg = make_config(tiny_dataset, tmp_path, model="efficientdet_d0", bn_momentum=0.05, freeze_backbone=True)
-    model = build_train_model(cfg, ["a", "b", "c"], CPU, distributed=False)
+    amp_dtype = resolve_amp_dtype(cfg.amp, CPU)
+    model = build_train_model(cfg, ["a", "b", "c"], CPU, distributed=False, amp_dtype=amp_dtype)
     assert model.class_names == ["a", "b", "c"] and model.config.num_classes == 3
     assert _count(model, LeanBatchNormSiLU2d) == 32 and _count(model, PointwiseConv2d) > 50  # D0 backbone BN+SiLU
     assert not any(p.requires_grad for p in model.backbone.parameters())
@@ -44,7 +45,7 @@ def test_cpu_model_gets_the_training_rewrites(tiny_dataset: Path, tmp_path: Path
 @pytest.mark.parametrize("overrides", [{"amp": "bf16"}, {"channels_last": False}])
 def test_rewrites_only_where_they_apply(tiny_dataset: Path, tmp_path: Path, make_config, overrides) -> None:
     cfg = make_config(tiny_dataset, tmp_path, model="efficientdet_d0", **overrides)
-    model = build_train_model(cfg, ["a"], CPU, distributed=False)
+    model = build_train_model(cfg, ["a"], CPU, distributed=False, amp_dtype=resolve_amp_dtype(cfg.amp, CPU))
     # lean BN computes in fp32 (not under autocast); the GEMM 1x1 conv needs channels-last memory
     assert (_count(model, LeanBatchNormSiLU2d) > 0) == ("amp" not in overrides)
     assert _count(model, PointwiseConv2d) == 0

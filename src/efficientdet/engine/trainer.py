@@ -71,7 +71,8 @@ class Trainer:
         self.train_index = read_dataset(cfg.data.train, **kw)
         self.val_index = read_dataset(cfg.data.val, **kw) if cfg.data.val else None
         self.class_names = self.train_index.class_names
-        model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled)
+        self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
+        model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype)
         self.model_config = model.config
         assert self.model_config is not None
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -111,7 +112,6 @@ class Trainer:
         lr = default_lr(cfg.optim, cfg.batch_size * cfg.grad_accum * self.dist.world_size)
         self.optimizer = build_optimizer(model, cfg.optim, lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, self.total_steps)
-        self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         anchors = anchors_for_config(self.model_config.anchors, size).to(self.device)
         self.labeler = AnchorLabeler(anchors)
