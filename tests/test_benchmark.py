@@ -20,10 +20,16 @@ from efficientdet.cli import main  # noqa: E402
 from efficientdet.flops import count_macs  # noqa: E402
 
 MODEL, SIZE = "efficientdet_lite0", 128
-TINY = ["--image-size", str(SIZE), "--batch-sizes", "1,2", "--iterations", "2", "--warmup", "1", "--threads", "1"]
+# glibc's own heap policy: the steady one (the CLI's default) is process-wide and permanent, so
+# it is tested in a subprocess (test_steady_heap_stops_page_faults), not in the test process.
+TINY = [
+    "--image-size", str(SIZE), "--batch-sizes", "1,2", "--iterations", "2", "--warmup", "1", "--threads", "1",
+    "--malloc", "default",
+]  # fmt: skip
 ROW_KEYS = {
     "backend", "mode", "batch_size", "latency_ms", "p90_ms", "images_per_s", "gflops_per_s", "decode_ms",
-    "preprocess_ms", "network_ms", "postprocess_ms", "postprocess_share", "peak_memory_mb", "ratio_vs_effdet",
+    "preprocess_ms", "network_ms", "postprocess_ms", "postprocess_share", "peak_memory_mb", "faults_per_image",
+    "ratio_vs_effdet",
 }  # fmt: skip
 
 
@@ -46,6 +52,7 @@ def _check_rows(doc: dict, backends: list[str], with_ratio: bool) -> None:
                 assert row["images_per_s"] == pytest.approx(n / (row["latency_ms"] / 1000))
                 assert row["gflops_per_s"] == pytest.approx(doc["flops_per_image"] * row["images_per_s"] / 1e9)
                 assert row["peak_memory_mb"] is not None and row["peak_memory_mb"] >= 0
+                assert row["faults_per_image"] is not None and row["faults_per_image"] >= 0
                 if mode == "end-to-end":
                     stages = [row[k] for k in ("decode_ms", "preprocess_ms", "network_ms", "postprocess_ms")]
                     assert all(s > 0 for s in stages)
@@ -71,11 +78,13 @@ def test_cli_torch_and_onnxruntime(tmp_path: Path, capsys: pytest.CaptureFixture
     assert doc["parameters"] == expected["parameters"]
     assert doc["macs"] == expected["macs"] and doc["flops_per_image"] == 2 * expected["macs"]
     assert doc["batch_sizes"] == [1, 2] and doc["iterations"] == 2 and doc["warmup"] == 1
+    assert doc["heap"] == "default"
     assert "onnxruntime" in doc["versions"] and "effdet" not in doc["versions"]
     assert len(doc["rows"]) == 2 * 2 + 2 * 2 + 2
     _check_rows(doc, backends, with_ratio=False)
     text = capsys.readouterr().out
     assert f"{MODEL} at {SIZE}x{SIZE}" in text and "parameters" in text and "MACs" in text
+    assert "faults/img" in text and "heap: default" in text
     assert text.count("end-to-end") >= 6 and "onnxruntime-nms" in text
 
 
@@ -204,3 +213,49 @@ def test_rounds_interleave_backends_and_pool_their_samples(monkeypatch: pytest.M
     for row in result.rows:
         assert row.latency_ms == pytest.approx(30.0)  # the median of 10, 10, 30, 30, 50, 50
         assert row.peak_memory_mb is not None  # from round 0
+
+
+def test_timing_counts_faults_per_call_and_joins_rounds() -> None:
+    from efficientdet.benchmark.measure import Timing, time_calls
+    from efficientdet.benchmark.runner import _row
+
+    calls = []
+    timing = time_calls(lambda: calls.append(1) or {"network": 0.01}, warmup=2, iterations=3)
+    assert len(calls) == 5 and timing.calls == 3 and timing.faults is not None and timing.faults >= 0
+    joined = Timing({"network": [0.01] * 3}, faults=30) + Timing({"network": [0.02]}, faults=10)
+    assert joined.calls == 4 and joined.faults == 40
+    assert (Timing({"network": [0.01]}, faults=None) + Timing({"network": [0.01]}, faults=5)).faults is None
+    row = _row("torch", "network", 2, joined, 10**9, None)
+    assert row.faults_per_image == 40 / (4 * 2)  # per image: calls x batch size
+
+
+def test_steady_heap_stops_page_faults() -> None:
+    """In a fresh process: a 48 MiB buffer allocated and freed again page-faults on every pass
+    under glibc's default (blocks over 32 MiB are always mmap'd); after steady_heap() the
+    memory is kept and reused, so later passes fault ~0 times."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+        pytest.skip("glibc only")
+    code = (
+        "import sys\n"
+        "from efficientdet.benchmark.measure import minor_faults, steady_heap\n"
+        "def passes():\n"
+        "    bytearray(48 << 20)  # zero-filled: every page touched, then freed\n"
+        "    before = minor_faults()\n"
+        "    for _ in range(5):\n"
+        "        bytearray(48 << 20)\n"
+        "    return (minor_faults() - before) / 5\n"
+        "default = passes()\n"
+        "applied = steady_heap()\n"
+        "steady = passes()\n"
+        "print(default, applied, steady)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    default, applied, steady = done.stdout.split()
+    assert applied == "True"
+    assert float(default) > 10_000  # 48 MiB = 12,288 pages, faulted in again each time
+    assert float(steady) < 100

@@ -9,6 +9,9 @@ Quick use::
     [result] = detector(["photo.jpg"])   # boxes [M, 4] xyxy, scores [M], labels [M], names
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .config import (
     AnchorConfig,
     BackboneConfig,
@@ -18,12 +21,37 @@ from .config import (
     PostprocessConfig,
     PreprocessConfig,
 )
-from .detector import Detector
-from .factory import create_model, save_model
-from .models.efficientdet import EfficientDet, build_model
 from .variants import compound_scaling, get_config, list_models
 
+if TYPE_CHECKING:
+    from .detector import Detector
+    from .factory import create_model, save_model
+    from .models.efficientdet import EfficientDet, build_model
+
 __version__ = "0.1.0"
+
+# The torch-backed names are imported on first use (PEP 562): ``import efficientdet`` and the
+# command line's parser (``efficientdet --help``) then start in a fraction of a second instead
+# of waiting for torch and torchvision (~7 s on a small CPU).
+_LAZY = {
+    "Detector": ".detector",
+    "create_model": ".factory",
+    "save_model": ".factory",
+    "EfficientDet": ".models.efficientdet",
+    "build_model": ".models.efficientdet",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "AnchorConfig",

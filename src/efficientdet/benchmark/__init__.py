@@ -11,8 +11,38 @@ Definitions of every number are in :class:`BenchmarkRow`, :class:`BenchmarkResul
 ``efficientdet.benchmark.pipelines`` (what each backend's stages run).
 """
 
-from .pipelines import BACKENDS, REFERENCE
-from .report import render_table
-from .runner import BenchmarkResult, BenchmarkRow, check_backends, run_benchmark
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .report import render_table
+    from .runner import BenchmarkResult, BenchmarkRow, check_backends, run_benchmark
+
+# Backends that ``--backends`` accepts, and the reference's name (effdet). Defined here, not in
+# pipelines.py, so that the CLI's parser lists them without importing torch.
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-nms")
+REFERENCE = "effdet"
+
+_LAZY = {
+    "render_table": ".report",
+    "BenchmarkResult": ".runner",
+    "BenchmarkRow": ".runner",
+    "check_backends": ".runner",
+    "run_benchmark": ".runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = ["BACKENDS", "REFERENCE", "BenchmarkResult", "BenchmarkRow", "check_backends", "render_table", "run_benchmark"]

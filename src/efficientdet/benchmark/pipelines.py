@@ -32,11 +32,10 @@ import torch
 from ..data.decode import iter_image_chunks
 from ..detector import finish_detections
 from ..models.efficientdet import EfficientDet
+from . import BACKENDS, REFERENCE
 
 __all__ = ["BACKENDS", "Pipeline", "make_pipeline"]
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-nms")
-REFERENCE = "effdet"
 
 
 class Pipeline:

@@ -21,6 +21,7 @@ _COLUMNS = (
     ("post", 7, lambda r: _ms(r.postprocess_ms)),
     ("post%", 6, lambda r: "-" if r.postprocess_share is None else f"{100 * r.postprocess_share:.1f}"),
     ("peak MB", 8, lambda r: "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"),
+    ("faults/img", 10, lambda r: "-" if r.faults_per_image is None else f"{r.faults_per_image:.0f}"),
     ("vs effdet", 9, lambda r: "-" if r.ratio_vs_effdet is None else f"{r.ratio_vs_effdet:.2f}x"),
 )
 

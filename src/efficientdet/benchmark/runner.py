@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import measure
 from .measure import MemoryProbe, Timing, stopwatch, synthetic_images, time_calls
 from .pipelines import BACKENDS, REFERENCE, Pipeline, image_files, make_pipeline
 
@@ -32,8 +33,9 @@ class BenchmarkRow:
     (JPEG files in, detections out). Stage times are set for end-to-end rows; their sum is
     the latency up to the medians' rounding. ``peak_memory_mb``: peak resident memory (GPU:
     allocated memory) above what was in use before this backend's first inference call, up
-    to and including this row. ``ratio_vs_effdet``: images/s divided by effdet's in the same
-    mode and batch size (> 1: faster than the reference).
+    to and including this row. ``faults_per_image``: minor page faults (first touches of
+    fresh memory) per image during the timed calls. ``ratio_vs_effdet``: images/s divided by
+    effdet's in the same mode and batch size (> 1: faster than the reference).
     """
 
     backend: str
@@ -49,6 +51,7 @@ class BenchmarkRow:
     postprocess_ms: float | None = None
     postprocess_share: float | None = None
     peak_memory_mb: float | None = None
+    faults_per_image: float | None = None
     ratio_vs_effdet: float | None = None
 
 
@@ -78,6 +81,7 @@ class BenchmarkResult:
     rows: list[BenchmarkRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     rounds: int = 1
+    heap: str = "default"  # "steady": measure.steady_heap() was applied before measuring
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,6 +153,8 @@ def _row(backend: str, mode: str, n: int, timing: Timing, flops: int, memory: fl
     latency = timing.median_ms()
     per_s = n / (latency / 1000)
     row = BenchmarkRow(backend, mode, n, latency, timing.p90_ms(), per_s, flops * per_s / 1e9, peak_memory_mb=memory)
+    if timing.faults is not None and timing.calls:
+        row.faults_per_image = timing.faults / (timing.calls * n)
     if mode == "end-to-end":
         row.decode_ms, row.preprocess_ms, row.network_ms, row.postprocess_ms = (timing.median_ms(s) for s in STAGES)
         # Share of the median iteration's time (a ratio of medians is not bounded by 1).
@@ -174,6 +180,7 @@ def run_benchmark(
     score_threshold: float | None = None,
     log: Callable[[str], None] | None = None,
     rounds: int = 1,
+    steady_heap: bool = False,
 ) -> BenchmarkResult:
     """Benchmark ``model`` on each of ``backends`` (and effdet with ``compare_effdet``).
 
@@ -186,8 +193,10 @@ def run_benchmark(
     has no such option and always runs NMS on its top 5000. Backends run one after the other in this process;
     ``rounds`` > 1 repeats that ``rounds`` times in rotating order (each round ``warmup`` +
     ``iterations`` calls per row) and reports medians over all rounds, so that a machine whose
-    speed drifts slows every backend alike; peak memory then comes from the first round. See
-    :class:`BenchmarkRow` and :class:`BenchmarkResult` for the definitions.
+    speed drifts slows every backend alike; peak memory then comes from the first round.
+    ``steady_heap``: first apply :func:`measure.steady_heap` (glibc keeps freed memory, so no
+    backend's timing depends on page faults; process-wide and permanent; the CLI's default).
+    See :class:`BenchmarkRow` and :class:`BenchmarkResult` for the definitions.
     """
     from ..export.runtime import physical_cores
     from ..flops import count_macs
@@ -207,6 +216,9 @@ def run_benchmark(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device}: CUDA is not available on this machine; use cpu")
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    heap = "default"
+    if steady_heap:
+        heap = "steady" if measure.steady_heap() else "default (steady heap needs glibc)"
     threads = threads or physical_cores()
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -238,6 +250,7 @@ def run_benchmark(
                 images=source,
                 versions=_versions(backends, compare_effdet),
                 rounds=rounds,
+                heap=heap,
             )
             names = [("torch-compile" if b == "torch" and compile else b) for b in backends]
             runs = list(zip(names, backends)) + ([(REFERENCE, REFERENCE)] if reference is not None else [])
@@ -319,6 +332,14 @@ def _notes(result: BenchmarkResult, compare_effdet: bool, exporter: str) -> list
         "postprocess (top-k, decode, NMS, rescale, copy to CPU); times are per batch.",
         "peak memory: resident-set high-water mark above the level before the backend's first call "
         "(GPU: allocated memory), cumulative over its rows.",
+        (
+            "heap: steady (glibc keeps freed memory in the process: no timing depends on page faults, "
+            "faults/img ~0); `--malloc default` measures glibc's own policy, under which torch pipelines "
+            "can take tens of thousands of page faults per image (see faults/img)."
+            if result.heap == "steady"
+            else f"heap: {result.heap} (glibc's own policy: torch pipelines may page-fault on reused memory; "
+            "faults/img shows how much)."
+        ),
     ]
     if any(r.backend.startswith("onnxruntime") for r in result.rows):
         notes.append(

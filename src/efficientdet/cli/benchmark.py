@@ -55,6 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="repeat all measurements N times, backends in rotating order, and report medians over all "
         "rounds: fairer ratios on a machine whose speed drifts (default 1)",
     )  # fmt: skip
+    p.add_argument(
+        "--malloc", choices=["steady", "default"], default="steady",
+        help="steady (default): glibc keeps freed memory, so no backend's time depends on page faults; "
+        "default: glibc's own policy (timings then vary with the heap's layout, see faults/img)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the physical cores)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
@@ -105,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
         log=log,
         rounds=args.rounds,
+        steady_heap=args.malloc == "steady",
     )
     print(render_table(result))
     if args.json:

@@ -19,13 +19,15 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..config import ModelConfig
-from ..data.images import ImageError
-from ..models.efficientdet import EfficientDet
+
+if TYPE_CHECKING:  # imported where used: ``efficientdet --help`` must not wait for torch
+    import torch
+
+    from ..data.images import ImageError
+    from ..models.efficientdet import EfficientDet
 
 __all__ = [
     "BACKENDS",
@@ -71,6 +73,8 @@ def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = Non
 
 def resolve_device(name: str | None) -> torch.device:
     """``None`` -> cuda when available, else cpu; asking for cuda without it is a ValueError."""
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -161,6 +165,7 @@ def _providers(device: str | None) -> list[Any]:
     """ONNX Runtime execution providers for ``--device`` (None: CUDA when both torch and
     onnxruntime can use it, else CPU)."""
     import onnxruntime as ort
+    import torch
 
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if device is None:
@@ -235,6 +240,8 @@ def _check_graph_options(args: argparse.Namespace, path: Path, meta: Any) -> Non
 
 def _exported_graph(args: argparse.Namespace, out: Path) -> Path:
     """Export ``args.weights`` without NMS into the cache (once per weights file + options)."""
+    import torch
+
     from ..export import export_onnx
     from ..weights.registry import resolve_weights
 

@@ -17,12 +17,12 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..data.formats import detect_format, read_dataset
-from ..data.images import ImageError, image_size_of
-from ..data.records import DatasetIndex
 from .common import add_model_args, build_runner, resolve_device, too_large_message
+
+if TYPE_CHECKING:  # imported where used: ``efficientdet eval --help`` must not wait for torch
+    from ..data.records import DatasetIndex
 
 __all__ = ["add_parser", "load_index", "run_eval"]
 
@@ -50,6 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def load_index(dataset: str, split: str | None) -> tuple[DatasetIndex, str]:
     """Read DATASET with ``split`` applied where the format has splits; return (index, format)."""
+    from ..data.formats import detect_format, read_dataset
+
     fmt = detect_format(dataset)
     kw: dict[str, Any] = {}
     if fmt == "coco":
@@ -127,6 +129,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _too_large(paths: list[str], limit: int) -> list[str]:
     """One line per skipped image that was skipped for its size (read from its header)."""
+    from ..data.images import ImageError, image_size_of
+
     lines = []
     for path in paths:
         try:

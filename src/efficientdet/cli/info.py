@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..flops import count_macs
 from ..variants import get_config, list_models
 
 
@@ -24,6 +23,7 @@ def describe(model: str, image_size: tuple[int, int] | None = None, num_classes:
     """Parameters, multiply-adds and config of ``model`` (built on the meta device: instant)."""
     import torch
 
+    from ..flops import count_macs
     from ..models.efficientdet import build_model
 
     config = get_config(model)

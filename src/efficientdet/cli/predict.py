@@ -17,13 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from ..data._common import IMAGE_EXTENSIONS
-from ..data.images import ImageError, load_image
 from ..video import VIDEO_EXTENSIONS, VideoError, open_video, open_video_writer
 from .common import (
     Runner,
@@ -34,6 +29,10 @@ from .common import (
     resolve_device,
     too_large_message,
 )
+
+if TYPE_CHECKING:  # imported where used: ``efficientdet predict --help`` must not wait for torch
+    import numpy as np
+    import torch
 
 __all__ = ["add_parser", "collect_inputs", "load_model", "make_detector", "resolve_device", "run_predict"]
 
@@ -74,6 +73,8 @@ def collect_inputs(sources: Sequence[str]) -> tuple[list[_Input], list[str]]:
     folder contributes its images recursively (sorted, sub-folders mirrored in the outputs);
     anything else is tried as a glob (images and videos it matches).
     """
+    from ..data._common import IMAGE_EXTENSIONS
+
     inputs: list[_Input] = []
     problems: list[str] = []
     seen: set[Path] = set()
@@ -126,6 +127,8 @@ def _output_paths(inputs: Sequence[_Input], out: Path) -> list[Path]:
 
 def _class_filter(spec: str | None, names: Sequence[str] | None, num_classes: int) -> torch.Tensor | None:
     """``--classes`` -> the label indices to keep (None: all)."""
+    import torch
+
     if not spec:
         return None
     keep: list[int] = []
@@ -146,6 +149,8 @@ def _class_filter(spec: str | None, names: Sequence[str] | None, num_classes: in
 
 
 def _select(det: dict[str, Any], keep: torch.Tensor | None) -> dict[str, Any]:
+    import torch
+
     if keep is None:
         return det
     mask = torch.isin(det["labels"], keep)
@@ -200,6 +205,7 @@ def _run(
     """Detect in every input and write the outputs (the body of :func:`run_predict`)."""
     from tqdm import tqdm
 
+    from ..data.images import ImageError, load_image
     from ..results import write_detections
     from ..visualize import draw_detections
 
@@ -273,6 +279,7 @@ def _predict_video(
 ) -> tuple[Path, bool] | None:
     """Detect in every frame (batched); entries ``"<video>#frame=N"``. Returns the writer's
     (path, is_video) when drawing, else None. Raises VideoError when the video cannot be read."""
+    import numpy as np
     from tqdm import tqdm
 
     from ..visualize import draw_detections

@@ -10,26 +10,29 @@ Quick use::
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-from .fuse import count_batchnorms, fuse_batchnorm, optimize_for_inference
-from .metadata import OnnxMetadata, read_onnx_metadata
-from .onnx import ExportError, attach_candidates, attach_postprocess, check_onnx, export_onnx
-from .program import export_program, export_torchscript
+    from .fuse import count_batchnorms, fuse_batchnorm, optimize_for_inference
+    from .metadata import OnnxMetadata, read_onnx_metadata
+    from .onnx import ExportError, attach_candidates, attach_postprocess, check_onnx, export_onnx
+    from .program import export_program, export_torchscript
+    from .runtime import OnnxDetector
 
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")
 
-_EXPORTERS: dict[str, Callable[..., Path]] = {
-    "onnx": export_onnx,
-    "torchscript": export_torchscript,
-    "exported-program": export_program,
-    "program": export_program,  # short alias
+# Format -> (module, function); "program" is a short alias of "exported-program".
+_EXPORTERS: dict[str, tuple[str, str]] = {
+    "onnx": (".onnx", "export_onnx"),
+    "torchscript": (".program", "export_torchscript"),
+    "exported-program": (".program", "export_program"),
+    "program": (".program", "export_program"),
 }
-
 
 def export(model: nn.Module, path: str | os.PathLike[str], format: str, **kwargs: Any) -> Path:
     """Export ``model`` to ``path`` in ``format`` (one of :data:`EXPORT_FORMATS`).
@@ -40,16 +43,40 @@ def export(model: nn.Module, path: str | os.PathLike[str], format: str, **kwargs
     key = format.lower() if isinstance(format, str) else format
     if key not in _EXPORTERS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
-    return _EXPORTERS[key](model, path, **kwargs)
+    module, function = _EXPORTERS[key]
+    exporter = getattr(importlib.import_module(module, __name__), function)
+    return exporter(model, path, **kwargs)  # type: ignore[no-any-return]
+
+
+# Imported on first use (PEP 562): the CLI's parser needs EXPORT_FORMATS without torch, and
+# OnnxDetector imports onnxruntime, so exporting needs just onnx.
+_LAZY = {
+    "count_batchnorms": ".fuse",
+    "fuse_batchnorm": ".fuse",
+    "optimize_for_inference": ".fuse",
+    "OnnxMetadata": ".metadata",
+    "read_onnx_metadata": ".metadata",
+    "ExportError": ".onnx",
+    "attach_candidates": ".onnx",
+    "attach_postprocess": ".onnx",
+    "check_onnx": ".onnx",
+    "export_onnx": ".onnx",
+    "export_program": ".program",
+    "export_torchscript": ".program",
+    "OnnxDetector": ".runtime",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # OnnxDetector imports onnxruntime: only when asked for, so exporting needs just onnx.
-    if name == "OnnxDetector":
-        from .runtime import OnnxDetector
-
-        return OnnxDetector
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

@@ -1,0 +1,59 @@
+"""The command line's parser and the package's top level load without torch (``efficientdet
+--help`` answers in well under a second), and the lazily exported names still resolve."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_parser_and_help_do_not_import_torch() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "import efficientdet, efficientdet.cli as cli\n"
+        "parser = cli.build_parser()\n"
+        "for argv in ([], ['predict'], ['eval'], ['export'], ['benchmark'], ['train'], ['quickstart'], ['info']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            parser.parse_args(argv + ['--help'])\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'onnx', 'onnxruntime') if m in sys.modules))\n"
+    )
+    assert _run(code) == "[]"
+
+
+@pytest.mark.parametrize(
+    ("module", "names"),
+    [
+        ("efficientdet", ["Detector", "EfficientDet", "build_model", "create_model", "save_model"]),
+        ("efficientdet.export", ["export_onnx", "optimize_for_inference", "ExportError", "OnnxDetector"]),
+        ("efficientdet.benchmark", ["run_benchmark", "render_table", "BenchmarkRow", "check_backends"]),
+    ],
+)
+def test_lazy_names_resolve_and_are_listed(module: str, names: list[str]) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    for name in names:
+        assert getattr(mod, name) is not None
+        assert name in dir(mod) and name in mod.__all__
+    with pytest.raises(AttributeError, match="no attribute"):
+        mod.no_such_name  # noqa: B018
+    exec(f"from {module} import {', '.join(names)}", {})  # the from-import form works too
+
+
+def test_export_dispatch_and_unknown_format() -> None:
+    from efficientdet.export import EXPORT_FORMATS, export
+
+    assert EXPORT_FORMATS == ("onnx", "torchscript", "exported-program")
+    with pytest.raises(ValueError, match="valid formats: onnx, torchscript, exported-program"):
+        export(None, "x", "tflite")  # type: ignore[arg-type]
