@@ -227,35 +227,3 @@ def test_timing_counts_faults_per_call_and_joins_rounds() -> None:
     assert (Timing({"network": [0.01]}, faults=None) + Timing({"network": [0.01]}, faults=5)).faults is None
     row = _row("torch", "network", 2, joined, 10**9, None)
     assert row.faults_per_image == 40 / (4 * 2)  # per image: calls x batch size
-
-
-def test_steady_heap_stops_page_faults() -> None:
-    """In a fresh process: a 48 MiB buffer allocated and freed again page-faults on every pass
-    under glibc's default (blocks over 32 MiB are always mmap'd); after steady_heap() the
-    memory is kept and reused, so later passes fault ~0 times."""
-    import platform
-    import subprocess
-    import sys
-
-    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
-        pytest.skip("glibc only")
-    code = (
-        "import sys\n"
-        "from efficientdet.benchmark.measure import minor_faults, steady_heap\n"
-        "def passes():\n"
-        "    bytearray(48 << 20)  # zero-filled: every page touched, then freed\n"
-        "    before = minor_faults()\n"
-        "    for _ in range(5):\n"
-        "        bytearray(48 << 20)\n"
-        "    return (minor_faults() - before) / 5\n"
-        "default = passes()\n"
-        "applied = steady_heap()\n"
-        "steady = passes()\n"
-        "print(default, applied, steady)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    default, applied, steady = done.stdout.split()
-    assert applied == "True"
-    assert float(default) > 10_000  # 48 MiB = 12,288 pages, faulted in again each time
-    assert float(steady) < 100

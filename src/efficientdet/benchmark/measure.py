@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..heap import minor_faults, steady_heap
+
 __all__ = ["MemoryProbe", "Timing", "minor_faults", "percentile", "steady_heap", "synthetic_images", "time_calls"]
 
 
@@ -68,46 +70,6 @@ def time_calls(
     after = minor_faults()
     faults = None if before is None or after is None else after - before
     return Timing({k: [s[k] for s in samples] for k in samples[0]}, faults)
-
-
-def minor_faults() -> int | None:
-    """Minor page faults of this process so far (first touches of fresh memory pages), or None
-    where ``getrusage`` does not count them."""
-    try:
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
-    except (AttributeError, OSError):
-        return None
-
-
-# glibc's mallopt() parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-STEADY_HEAP_BYTES = 1 << 30
-
-
-def steady_heap() -> bool:
-    """Make glibc's malloc keep freed memory in the process: blocks up to 1 GiB come from the
-    heap instead of fresh ``mmap`` s, and the heap top is not trimmed below 1 GiB. Returns
-    False where the C library is not glibc (nothing changed).
-
-    Why: torch's CPU tensors are plain malloc'd. By default glibc hands large freed blocks back
-    to the OS, and the next allocation page-faults on every 4 KiB page it touches. How often
-    that happens depends on the heap's layout and differs from process to process: effdet's
-    predict path, run beside ours on a 2-core VM, took 19,000-36,000 faults per image and
-    330-385 ms, against ~0 faults and 273-286 ms with this setting (ours: 0-1,600 faults
-    either way). With it, every timed call reuses resident pages, so the timings compare the
-    implementations, not the allocator's luck.
-    Process-wide and permanent (mallopt has no "undo"); the resident size stays at its peak.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (musl, macOS, Windows do not)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, STEADY_HEAP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, STEADY_HEAP_BYTES))
 
 
 def stopwatch(sync: Callable[[], None]) -> Callable[[], float]:
