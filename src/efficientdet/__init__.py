@@ -9,9 +9,9 @@ Quick use::
     [result] = detector(["photo.jpg"])   # boxes [M, 4] xyxy, scores [M], labels [M], names
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_attributes
 from .config import (
     AnchorConfig,
     BackboneConfig,
@@ -40,18 +40,7 @@ _LAZY = {
     "EfficientDet": ".models.efficientdet",
     "build_model": ".models.efficientdet",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
 __all__ = [
     "AnchorConfig",

@@ -13,8 +13,9 @@ Definitions of every number are in :class:`BenchmarkRow`, :class:`BenchmarkResul
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .report import render_table
@@ -32,17 +33,6 @@ _LAZY = {
     "check_backends": ".runner",
     "run_benchmark": ".runner",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
 __all__ = ["BACKENDS", "REFERENCE", "BenchmarkResult", "BenchmarkRow", "check_backends", "render_table", "run_benchmark"]
