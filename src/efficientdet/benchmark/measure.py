@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 import resource
@@ -15,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..heap import minor_faults, steady_heap
+from ..heap import minor_faults, trim_heap
 
-__all__ = ["MemoryProbe", "Timing", "minor_faults", "percentile", "steady_heap", "synthetic_images", "time_calls"]
+__all__ = ["MemoryProbe", "Timing", "percentile", "synthetic_images", "time_calls"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -105,10 +104,7 @@ def _release_free_memory() -> None:
     would be underestimated.
     """
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    trim_heap()
 
 
 class MemoryProbe:

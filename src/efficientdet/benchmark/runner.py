@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import measure
+from ..heap import steady_heap as apply_steady_heap
 from .measure import MemoryProbe, Timing, stopwatch, synthetic_images, time_calls
 from .pipelines import BACKENDS, REFERENCE, Pipeline, image_files, make_pipeline
 
@@ -81,7 +81,7 @@ class BenchmarkResult:
     rows: list[BenchmarkRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     rounds: int = 1
-    heap: str = "default"  # "steady": measure.steady_heap() was applied before measuring
+    heap: str = "default"  # "steady": heap.steady_heap() was applied before measuring
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,7 +194,7 @@ def run_benchmark(
     ``rounds`` > 1 repeats that ``rounds`` times in rotating order (each round ``warmup`` +
     ``iterations`` calls per row) and reports medians over all rounds, so that a machine whose
     speed drifts slows every backend alike; peak memory then comes from the first round.
-    ``steady_heap``: first apply :func:`measure.steady_heap` (glibc keeps freed memory, so no
+    ``steady_heap``: first apply :func:`efficientdet.heap.steady_heap` (glibc keeps freed memory, so no
     backend's timing depends on page faults; process-wide and permanent; the CLI's default).
     See :class:`BenchmarkRow` and :class:`BenchmarkResult` for the definitions.
     """
@@ -218,7 +218,7 @@ def run_benchmark(
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     heap = "default"
     if steady_heap:
-        heap = "steady" if measure.steady_heap() else "default (steady heap needs glibc)"
+        heap = "steady" if apply_steady_heap() else "default (steady heap needs glibc)"
     threads = threads or physical_cores()
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

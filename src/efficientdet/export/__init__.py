@@ -10,8 +10,8 @@ Quick use::
 
 from __future__ import annotations
 
-import importlib
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +28,15 @@ if TYPE_CHECKING:
 
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")
 
-# Format -> (module, function); "program" is a short alias of "exported-program".
-_EXPORTERS: dict[str, tuple[str, str]] = {
-    "onnx": (".onnx", "export_onnx"),
-    "torchscript": (".program", "export_torchscript"),
-    "exported-program": (".program", "export_program"),
-    "program": (".program", "export_program"),
+# Format -> exporter (one of this package's lazily imported names below); "program" is a
+# short alias of "exported-program".
+_EXPORTERS: dict[str, str] = {
+    "onnx": "export_onnx",
+    "torchscript": "export_torchscript",
+    "exported-program": "export_program",
+    "program": "export_program",
 }
+
 
 def export(model: nn.Module, path: str | os.PathLike[str], format: str, **kwargs: Any) -> Path:
     """Export ``model`` to ``path`` in ``format`` (one of :data:`EXPORT_FORMATS`).
@@ -45,8 +47,7 @@ def export(model: nn.Module, path: str | os.PathLike[str], format: str, **kwargs
     key = format.lower() if isinstance(format, str) else format
     if key not in _EXPORTERS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
-    module, function = _EXPORTERS[key]
-    exporter = getattr(importlib.import_module(module, __name__), function)
+    exporter = getattr(sys.modules[__name__], _EXPORTERS[key])  # imports its module on first use
     return exporter(model, path, **kwargs)  # type: ignore[no-any-return]
 
 
