@@ -11,7 +11,7 @@ Quick use::
 
 from typing import TYPE_CHECKING
 
-from ._lazy import lazy_attributes
+from efficientdet.lazy import lazy_attributes
 from .config import (
     AnchorConfig,
     BackboneConfig,
@@ -24,7 +24,7 @@ from .config import (
 from .variants import compound_scaling, get_config, list_models
 
 if TYPE_CHECKING:
-    from .detector import Detector
+    from efficientdet.inference.detector import Detector
     from .factory import create_model, save_model
     from .models.efficientdet import EfficientDet, build_model
 
@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 # command line's parser (``efficientdet --help``) then start in a fraction of a second instead
 # of waiting for torch and torchvision (~7 s on a small CPU).
 _LAZY = {
-    "Detector": ".detector",
+    "Detector": ".inference.detector",
     "create_model": ".factory",
     "save_model": ".factory",
     "EfficientDet": ".models.efficientdet",

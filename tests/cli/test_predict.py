@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from efficientdet.cli import main
 from efficientdet.models.efficientdet import EfficientDet
 from efficientdet.variants import get_config
-from efficientdet.visualize import PALETTE
+from efficientdet.outputs.visualize import PALETTE
 
 DOG = PALETTE[1]  # the fake detector reports class 1 ("dog")
 
@@ -170,7 +170,7 @@ def test_video_frames_pipeline(
 ) -> None:
     """With a (fake) reader and no encoder: frames batched, PNG frames written, one entry per frame."""
     import efficientdet.cli.predict as predict
-    import efficientdet.video as video
+    import efficientdet.outputs.video as video
 
     class FakeReader:
         fps = 10.0

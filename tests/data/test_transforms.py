@@ -3,7 +3,7 @@ import torch
 
 from efficientdet.config import PreprocessConfig
 from efficientdet.data.transforms import MEAN_FILL, EvalTransform, TrainTransform, fit_size
-from efficientdet.preprocess import resize_and_pad
+from efficientdet.inference.preprocess import resize_and_pad
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]
 BACKGROUND = (30, 30, 30)

@@ -11,7 +11,7 @@ import torch
 
 from efficientdet import create_model
 from efficientdet.ops.anchors import anchors_for_config
-from efficientdet.postprocess import postprocess
+from efficientdet.inference.postprocess import postprocess
 
 pytest.importorskip("effdet")
 

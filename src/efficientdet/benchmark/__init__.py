@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._lazy import lazy_attributes
+from efficientdet.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .report import render_table

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..heap import minor_faults, trim_heap
+from efficientdet.benchmark.heap import minor_faults, trim_heap
 
 __all__ = ["MemoryProbe", "Timing", "percentile", "synthetic_images", "time_calls"]
 

@@ -50,7 +50,7 @@ def calibrate_batchnorm_(model: nn.Module, images: torch.Tensor, var_floor: floa
 def _calibration_batch(files: Sequence[Path], preprocess: PreprocessConfig) -> torch.Tensor:
     """Up to two of ``files``, preprocessed for the model -> [B, 3, H, W]."""
     from ..data.images import load_image
-    from ..preprocess import preprocess_batch
+    from efficientdet.inference.preprocess import preprocess_batch
 
     if not files:
         raise ValueError("random weights need at least one image to calibrate BatchNorm statistics on")

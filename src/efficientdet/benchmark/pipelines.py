@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..data.decode import iter_image_chunks
-from ..detector import finish_detections
+from efficientdet.inference.detector import finish_detections
 from ..models.efficientdet import EfficientDet
 from . import BACKENDS, REFERENCE
 
@@ -73,7 +73,7 @@ class TorchPipeline(Pipeline):
     """``Detector``'s steps on ``optimize_for_inference(model)``."""
 
     def __init__(self, model: EfficientDet, device: torch.device, compile: bool = False) -> None:
-        from ..detector import Detector
+        from efficientdet.inference.detector import Detector
         from ..export import optimize_for_inference
 
         self.name = "torch-compile" if compile else "torch"
@@ -96,7 +96,7 @@ class TorchPipeline(Pipeline):
         return self.detector.model(inputs)
 
     def postprocess(self, outputs: Any, info: Any) -> list[dict[str, Any]]:
-        from ..postprocess import postprocess
+        from efficientdet.inference.postprocess import postprocess
 
         d = self.detector
         dets = postprocess(
@@ -151,7 +151,7 @@ class OnnxPipeline(Pipeline):
         self.detector.postprocess_config = dataclasses.replace(cfg, score_threshold=threshold)
 
     def preprocess(self, decoded: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        from ..preprocess import preprocess_batch
+        from efficientdet.inference.preprocess import preprocess_batch
 
         batch, scales, sizes = preprocess_batch(decoded, self.detector.preprocess_config)
         return batch, (scales, sizes)
@@ -252,7 +252,7 @@ def make_pipeline(
 
 def image_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Image files directly in or below ``folder``, sorted (for ``--images``)."""
-    from ..data._common import IMAGE_EXTENSIONS
+    from efficientdet.data.common import IMAGE_EXTENSIONS
 
     root = Path(folder)
     if not root.is_dir():

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..heap import steady_heap as apply_steady_heap
+from efficientdet.benchmark.heap import steady_heap as apply_steady_heap
 from .measure import MemoryProbe, Timing, stopwatch, synthetic_images, time_calls
 from .pipelines import BACKENDS, REFERENCE, Pipeline, image_files, make_pipeline
 
@@ -194,12 +194,12 @@ def run_benchmark(
     ``rounds`` > 1 repeats that ``rounds`` times in rotating order (each round ``warmup`` +
     ``iterations`` calls per row) and reports medians over all rounds, so that a machine whose
     speed drifts slows every backend alike; peak memory then comes from the first round.
-    ``steady_heap``: first apply :func:`efficientdet.heap.steady_heap` (glibc keeps freed memory, so no
+    ``steady_heap``: first apply :func:`efficientdet.benchmark.heap.steady_heap` (glibc keeps freed memory, so no
     backend's timing depends on page faults; process-wide and permanent; the CLI's default).
     See :class:`BenchmarkRow` and :class:`BenchmarkResult` for the definitions.
     """
     from ..export.runtime import physical_cores
-    from ..flops import count_macs
+    from efficientdet.models.flops import count_macs
     from .models import build_models
 
     say = log or (lambda _msg: None)

@@ -101,12 +101,12 @@ def load_model(
 
 def make_detector(model: EfficientDet, args: argparse.Namespace, device: torch.device) -> Any:
     """A Detector, wrapped in a TTADetector when ``--tta`` is given."""
-    from ..detector import Detector
+    from efficientdet.inference.detector import Detector
 
     detector = Detector(model, device=device, batch_size=args.batch_size)
     if not getattr(args, "tta", False):
         return detector
-    from ..tta import TTADetector
+    from efficientdet.inference.tta import TTADetector
 
     try:
         scales = tuple(float(s) for s in args.tta_scales.split(",") if s.strip())

@@ -23,7 +23,7 @@ def describe(model: str, image_size: tuple[int, int] | None = None, num_classes:
     """Parameters, multiply-adds and config of ``model`` (built on the meta device: instant)."""
     import torch
 
-    from ..flops import count_macs
+    from efficientdet.models.flops import count_macs
     from ..models.efficientdet import build_model
 
     config = get_config(model)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..video import VIDEO_EXTENSIONS, VideoError, open_video, open_video_writer
+from efficientdet.outputs.video import VIDEO_EXTENSIONS, VideoError, open_video, open_video_writer
 from .common import (
     Runner,
     add_model_args,
@@ -73,7 +73,7 @@ def collect_inputs(sources: Sequence[str]) -> tuple[list[_Input], list[str]]:
     folder contributes its images recursively (sorted, sub-folders mirrored in the outputs);
     anything else is tried as a glob (images and videos it matches).
     """
-    from ..data._common import IMAGE_EXTENSIONS
+    from efficientdet.data.common import IMAGE_EXTENSIONS
 
     inputs: list[_Input] = []
     problems: list[str] = []
@@ -206,8 +206,8 @@ def _run(
     from tqdm import tqdm
 
     from ..data.images import ImageError, load_image
-    from ..results import write_detections
-    from ..visualize import draw_detections
+    from efficientdet.outputs.results import write_detections
+    from efficientdet.outputs.visualize import draw_detections
 
     out = Path(args.out)
     detector, class_names = runner.detector, runner.class_names
@@ -282,7 +282,7 @@ def _predict_video(
     import numpy as np
     from tqdm import tqdm
 
-    from ..visualize import draw_detections
+    from efficientdet.outputs.visualize import draw_detections
 
     reader = open_video(inp.path)
     writer = None

@@ -27,12 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.formats import read_coco
     from ..data.synthetic import make_synthetic_dataset
-    from ..detector import Detector
+    from efficientdet.inference.detector import Detector
     from ..engine.config import load_train_config
     from ..engine.trainer import Trainer
     from ..evaluation.run import evaluate
     from ..factory import create_model
-    from ..visualize import draw_detections
+    from efficientdet.outputs.visualize import draw_detections
 
     out = Path(args.out)
     start = time.time()

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._common import MAX_SIDE, Issues, check_box, is_file, resolve_under, short_repr, to_float
+from efficientdet.data.common import MAX_SIDE, Issues, check_box, is_file, resolve_under, short_repr, to_float
 from .records import DatasetIndex, DetectionRecord
 
 __all__ = ["read_coco", "write_coco"]

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..ops.boxes import clip_boxes
-from ._common import warn_issue
+from efficientdet.data.common import warn_issue
 from .images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from .records import DatasetIndex
 

@@ -6,7 +6,7 @@ back to the original image by dividing by the scale. Boxes go through the same o
 ``torchvision.transforms.v2`` ``BoundingBoxes`` (format XYXY), so they follow the pixels exactly.
 
 Padding colour: the mean colour in uint8, (124, 116, 104) = round(255 * (0.485, 0.456, 0.406)).
-After normalisation it is ~0, which is what :func:`efficientdet.preprocess.resize_and_pad` (and
+After normalisation it is ~0, which is what :func:`efficientdet.inference.preprocess.resize_and_pad` (and
 so the Detector at inference) pads with; padding with black would show the network a border
 colour during training that it never sees at test time.
 """
@@ -22,7 +22,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from efficientdet.ops.boxes import clip_boxes
-from efficientdet.preprocess import _check_image, _check_size
+from efficientdet.inference.preprocess import _check_image, _check_size
 
 __all__ = ["MEAN_FILL", "EvalTransform", "TrainTransform", "fit_size"]
 
@@ -33,7 +33,7 @@ def fit_size(src_hw: tuple[int, int], dst_hw: tuple[float, float]) -> tuple[floa
     """Aspect-preserving fit of ``src_hw`` (H, W) into ``dst_hw`` (h, w): ``(scale, new_h, new_w)``.
 
     ``scale = min(h / H, w / W)``, ``new = round(side * scale)`` clamped to [1, target side]:
-    the same geometry as :func:`efficientdet.preprocess.resize_and_pad` (``dst_hw`` may be
+    the same geometry as :func:`efficientdet.inference.preprocess.resize_and_pad` (``dst_hw`` may be
     fractional here, for the training scale jitter).
     """
     src_h, src_w = int(src_hw[0]), int(src_hw[1])
@@ -158,7 +158,7 @@ class EvalTransform:
 
     Call with ``(image uint8 [3, H, W], boxes [M, 4], labels [M])``; returns ``(image uint8
     [3, h, w], boxes, labels, scale)`` where ``scale = min(h / H, w / W)`` as in
-    :func:`efficientdet.preprocess.resize_and_pad` (identical resized pixels; divide model-input
+    :func:`efficientdet.inference.preprocess.resize_and_pad` (identical resized pixels; divide model-input
     coordinates by ``scale`` to get original ones). Boxes are clipped; degenerate ones dropped.
     """
 

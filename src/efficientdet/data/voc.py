@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import defusedxml
 import defusedxml.ElementTree as SafeET
 
-from ._common import IMAGE_EXTENSIONS, MAX_SIDE, Issues, check_box, fmt_num, is_file, resolve_under, short_repr
+from efficientdet.data.common import IMAGE_EXTENSIONS, MAX_SIDE, Issues, check_box, fmt_num, is_file, resolve_under, short_repr
 from .images import ImageError, image_size_of
 from .records import DatasetIndex, DetectionRecord
 

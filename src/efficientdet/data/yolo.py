@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ._common import IMAGE_EXTENSIONS, MAX_SIDE, Issues, check_box, clip_text, resolve_under, short_repr
+from efficientdet.data.common import IMAGE_EXTENSIONS, MAX_SIDE, Issues, check_box, clip_text, resolve_under, short_repr
 from .images import ImageError, image_size_of
 from .records import DatasetIndex, DetectionRecord
 

@@ -18,7 +18,7 @@ from ..data.loaders import build_train_loader
 from ..data.dataset import DetectionDataset
 from ..data.transforms import TrainTransform
 from ..factory import save_model
-from ..losses import DetectionLoss
+from efficientdet.engine.losses import DetectionLoss
 from ..ops.anchors import anchors_for_config
 from ..ops.matcher import AnchorLabeler
 from ..weights.io import WeightsError

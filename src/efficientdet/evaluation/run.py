@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader
 from ..data.dataset import DetectionDataset, collate_detections
 from ..data.records import DatasetIndex
 from ..data.transforms import EvalTransform
-from ..detector import Detector
+from efficientdet.inference.detector import Detector
 from ..models.efficientdet import EfficientDet
 from ..ops.anchors import anchors_for_config
-from ..postprocess import postprocess
+from efficientdet.inference.postprocess import postprocess
 from .coco import STAT_NAMES, CocoEvaluator, CocoGroundTruth, EvalResult, gt_list_to_coco
 from .plots import plot_precision_recall
 from .voc import VocResult, voc_ap50

@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._lazy import lazy_attributes
+from efficientdet.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .fuse import count_batchnorms, fuse_batchnorm, optimize_for_inference
+    from efficientdet.models.fuse import count_batchnorms, fuse_batchnorm, optimize_for_inference
     from .metadata import OnnxMetadata, read_onnx_metadata
     from .onnx import ExportError, attach_candidates, attach_postprocess, check_onnx, export_onnx
     from .program import export_program, export_torchscript
@@ -54,9 +54,9 @@ def export(model: nn.Module, path: str | os.PathLike[str], format: str, **kwargs
 # Imported on first use (PEP 562): the CLI's parser needs EXPORT_FORMATS without torch, and
 # OnnxDetector imports onnxruntime, so exporting needs just onnx.
 _LAZY = {
-    "count_batchnorms": ".fuse",
-    "fuse_batchnorm": ".fuse",
-    "optimize_for_inference": ".fuse",
+    "count_batchnorms": "efficientdet.models.fuse",
+    "fuse_batchnorm": "efficientdet.models.fuse",
+    "optimize_for_inference": "efficientdet.models.fuse",
     "OnnxMetadata": ".metadata",
     "read_onnx_metadata": ".metadata",
     "ExportError": ".onnx",

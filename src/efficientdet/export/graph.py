@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.box_coder import decode
-from ..postprocess import flatten_outputs
+from efficientdet.inference.postprocess import flatten_outputs
 
 __all__ = ["DetectionGraph", "FlatOutputs", "PostprocessGraph", "batched_class_nms"]
 
@@ -123,7 +123,7 @@ class CandidateGraph(nn.Module):
     ``cand_codes`` [N, C, 4], ``cand_anchors`` [N, C] int64 (their rows in anchor order).
 
     The top-k of all T*K logits (k <= C) lie in these C anchors, so
-    :func:`efficientdet.postprocess.postprocess_candidates` gives exactly the detections of the
+    :func:`efficientdet.inference.postprocess.postprocess_candidates` gives exactly the detections of the
     full outputs while reading C/T of them (5000 of 49104 anchors at D0 512), and the graph's
     multi-threaded reduction replaces the caller's single-threaded scan of every logit.
     """
@@ -151,7 +151,7 @@ class PostprocessGraph(nn.Module):
     ``labels`` [N, D] int64 (0-based), ``num_detections`` [N] int64. Rows past
     ``num_detections`` are padding: boxes and scores 0, labels -1. Rows are sorted by score.
 
-    Same steps as :func:`efficientdet.postprocess.postprocess` with hard NMS: top
+    Same steps as :func:`efficientdet.inference.postprocess.postprocess` with hard NMS: top
     ``max_candidates`` of the T*K logits, sigmoid, decode, clip, drop scores below
     ``score_threshold``, class-wise NMS, top ``max_detections``. One difference: the graph does
     not know where a letterboxed image ends inside the input, so boxes are clipped to the whole

@@ -1,14 +1,14 @@
 """ONNX export, with or without post-processing (decoding + NMS) inside the graph.
 
 Graph layouts (input ``images`` [N, 3, H, W] float32: resized, normalised, padded as
-``efficientdet.preprocess.preprocess_batch`` makes it; N dynamic unless asked otherwise):
+``efficientdet.inference.preprocess.preprocess_batch`` makes it; N dynamic unless asked otherwise):
 
 * ``include_postprocess=False``: outputs ``cls_logits`` [N, T, K] (class logits, before the
   sigmoid) and ``box_codes`` [N, T, 4] (ty, tx, th, tw), one row per anchor in the order of
   ``efficientdet.ops.anchors`` (level, row, column, anchor). Flattened in the graph because two
   outputs are simpler to consume than two per level; the heads' last conv is one matrix
   product producing that layout directly (``ort_graph.FlatHead``), so flattening costs nothing.
-  ``efficientdet.postprocess`` gives the detections from them (``OnnxDetector`` does).
+  ``efficientdet.inference.postprocess`` gives the detections from them (``OnnxDetector`` does).
 * ``include_postprocess=True``: outputs ``boxes`` [N, D, 4] float32 xyxy in model-input pixels,
   ``scores`` [N, D] float32, ``labels`` [N, D] int64 and ``num_detections`` [N] int64; rows past
   ``num_detections`` are padding (0, 0, -1). Sigmoid, top-k, decoding with the anchors (a

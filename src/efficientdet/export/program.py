@@ -2,7 +2,7 @@
 
 Both keep ``EfficientDet.forward``'s interface: images [N, 3, H, W] -> (class_outputs,
 box_outputs), lists over levels of [N, A*K, H_l, W_l] and [N, A*4, H_l, W_l], so
-``efficientdet.postprocess`` applies unchanged. The input size is fixed at export (H, W
+``efficientdet.inference.postprocess`` applies unchanged. The input size is fixed at export (H, W
 multiples of 32; the TF "same" padding and the upsampling sizes are baked in).
 """
 

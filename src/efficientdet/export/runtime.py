@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from ..config import PostprocessConfig, PreprocessConfig
-from ..detector import detect_in_chunks, with_score_threshold
+from efficientdet.inference.detector import detect_in_chunks, with_score_threshold
 from ..ops.anchors import anchors_for_config
 from ..ops.boxes import clip_boxes
-from ..postprocess import postprocess, postprocess_candidates
-from ..preprocess import preprocess_batch
+from efficientdet.inference.postprocess import postprocess, postprocess_candidates
+from efficientdet.inference.preprocess import preprocess_batch
 from .metadata import OnnxMetadata, read_onnx_metadata
 
 __all__ = ["OnnxDetector", "physical_cores"]
@@ -73,7 +73,7 @@ class OnnxDetector:
     ``boxes`` [M, 4] float32 xyxy in the image's own pixels, ``scores`` [M], ``labels`` [M]
     int64 (0-based) and, when the graph carries class names, ``names``.
 
-    Graphs without NMS are post-processed with ``efficientdet.postprocess`` exactly as
+    Graphs without NMS are post-processed with ``efficientdet.inference.postprocess`` exactly as
     ``Detector`` does. Graphs with NMS inside have their thresholds fixed; their boxes are
     clipped to the whole model input before NMS (not to the letterboxed image's region), which
     can rarely change which of two overlapping boxes at the image's bottom/right edge survives.

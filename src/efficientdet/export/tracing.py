@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .fuse import fuse_batchnorm
+from efficientdet.models.fuse import fuse_batchnorm
 from .graph import dynamo_translations, register_torchscript_symbolic
 
 __all__ = ["ExportError", "image_size_for", "inference_copy", "set_output_shapes", "to_proto"]

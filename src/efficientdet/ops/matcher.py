@@ -1,6 +1,6 @@
 """Anchor labelling for training: IoU argmax matching with force-match, as in official EfficientDet.
 
-Target conventions (shared with :mod:`efficientdet.losses`):
+Target conventions (shared with :mod:`efficientdet.engine.losses`):
 
 - ``cls_targets``: the matched ground-truth label (``>= 0``) for a positive anchor,
   :data:`BACKGROUND` (-1) for a negative one, :data:`IGNORE` (-2) for an anchor whose best IoU lies in

@@ -11,7 +11,7 @@ from efficientdet import Detector, create_model
 from efficientdet.ops.anchors import anchors_for_config, feature_size
 from efficientdet.ops.box_coder import encode
 from efficientdet.ops.boxes import box_iou
-from efficientdet.tta import TTADetector, weighted_box_fusion
+from efficientdet.inference.tta import TTADetector, weighted_box_fusion
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .data.images import ImageSource, load_image
+from efficientdet.data.images import ImageSource, load_image
 
 __all__ = ["PALETTE", "class_colour", "draw_detections"]
 

@@ -36,7 +36,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from ..models.layers import StaticSameConv2d
+from efficientdet.models.layers import StaticSameConv2d
 
 __all__ = ["count_batchnorms", "fuse_batchnorm", "optimize_for_inference"]
 

@@ -155,7 +155,7 @@ def postprocess(
     upper = _clip_limits(anchors, scales, image_sizes)
     if class_outputs[0].device.type == "cuda" and config.nms == "hard":
         # GPUs: per-image work is launch- and sync-bound; the batched path gives the same detections
-        from efficientdet.postprocess_batched import postprocess_batched
+        from efficientdet.inference.postprocess_batched import postprocess_batched
 
         flat_cls, flat_box = flatten_outputs(class_outputs, box_outputs, num_classes)
         anchors = anchors.to(flat_cls.device, torch.float32)

@@ -1,4 +1,4 @@
-"""Tests for efficientdet.preprocess: shapes, scales, padding, normalisation, coordinate mapping."""
+"""Tests for efficientdet.inference.preprocess: shapes, scales, padding, normalisation, coordinate mapping."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from efficientdet.config import PreprocessConfig
-from efficientdet.preprocess import preprocess_batch, resize_and_pad
+from efficientdet.inference.preprocess import preprocess_batch, resize_and_pad
 
 CONFIG = PreprocessConfig(image_size=(64, 96))
 

@@ -17,7 +17,7 @@ from efficientdet.benchmark.measure import MemoryProbe, synthetic_images  # noqa
 from efficientdet.benchmark.models import build_models  # noqa: E402
 from efficientdet.benchmark.pipelines import TorchPipeline  # noqa: E402
 from efficientdet.cli import main  # noqa: E402
-from efficientdet.flops import count_macs  # noqa: E402
+from efficientdet.models.flops import count_macs  # noqa: E402
 
 MODEL, SIZE = "efficientdet_lite0", 128
 # glibc's own heap policy: the steady one (the CLI's default) is process-wide and permanent, so

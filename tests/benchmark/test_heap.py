@@ -1,4 +1,4 @@
-"""glibc's heap kept steady (efficientdet.heap): page faults on reused memory disappear."""
+"""glibc's heap kept steady (efficientdet.benchmark.heap): page faults on reused memory disappear."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from efficientdet.heap import minor_faults, trim_heap
+from efficientdet.benchmark.heap import minor_faults, trim_heap
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -17,7 +17,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # policy always mmaps blocks over 32 MiB, so each pass faults its 12,288 pages in again; a
 # steady heap reuses them.
 _PASSES = (
-    "from efficientdet.heap import minor_faults\n"
+    "from efficientdet.benchmark.heap import minor_faults\n"
     "def faults_per_pass():\n"
     "    bytearray(48 << 20)\n"
     "    before = minor_faults()\n"
@@ -37,7 +37,7 @@ def _python(code: str, env: dict[str, str] | None = None) -> str:
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_steady_heap_stops_page_faults() -> None:
     code = _PASSES + (
-        "from efficientdet.heap import steady_heap\n"
+        "from efficientdet.benchmark.heap import steady_heap\n"
         "default = faults_per_pass()\n"
         "applied = steady_heap()\n"
         "print(default, applied, faults_per_pass())\n"

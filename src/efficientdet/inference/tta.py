@@ -19,12 +19,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .detector import Detector, ImageInput, detect_in_chunks, with_score_threshold
-from .ops.anchors import anchors_for_config
-from .ops.boxes import box_iou, clip_boxes
-from .ops.nms import batched_nms, soft_nms
-from .postprocess import postprocess
-from .preprocess import preprocess_batch
+from efficientdet.inference.detector import Detector, ImageInput, detect_in_chunks, with_score_threshold
+from efficientdet.ops.anchors import anchors_for_config
+from efficientdet.ops.boxes import box_iou, clip_boxes
+from efficientdet.ops.nms import batched_nms, soft_nms
+from efficientdet.inference.postprocess import postprocess
+from efficientdet.inference.preprocess import preprocess_batch
 
 __all__ = ["TTADetector", "weighted_box_fusion"]
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import Tensor
 
-import efficientdet.postprocess as pp
+import efficientdet.inference.postprocess as pp
 from efficientdet.config import AnchorConfig, PostprocessConfig
 from efficientdet.ops.anchors import anchors_for_config
-from efficientdet.postprocess import _clip_limits, flatten_outputs, postprocess
-from efficientdet.postprocess_batched import postprocess_batched
+from efficientdet.inference.postprocess import _clip_limits, flatten_outputs, postprocess
+from efficientdet.inference.postprocess_batched import postprocess_batched
 
 ANCHORS = AnchorConfig(min_level=3, max_level=6)
 IMAGE = (128, 160)  # (h, w): levels 16x20, 8x10, 4x5, 2x3

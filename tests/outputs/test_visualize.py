@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from efficientdet.visualize import PALETTE, _text_colour, class_colour, draw_detections
+from efficientdet.outputs.visualize import PALETTE, _text_colour, class_colour, draw_detections
 
 
 def _det(boxes: list[list[float]], scores: list[float], labels: list[int], **extra: object) -> dict:

@@ -1,6 +1,6 @@
 """Hard-NMS post-processing of a whole batch at once, for GPUs.
 
-:func:`efficientdet.postprocess.postprocess` works image by image and avoids a top-k over all
+:func:`efficientdet.inference.postprocess.postprocess` works image by image and avoids a top-k over all
 T*K logits, which suits CPUs. On a GPU its cost is not arithmetic but the ~40 small kernels and
 several host syncs per image: at D0 batch 16 on an H200 post-processing took 49% of end-to-end
 time (73 ms per batch, effdet's 39 ms). Here the whole batch goes through one top-k, one decode
@@ -37,7 +37,7 @@ def postprocess_batched(
     (``boxes`` [M, 4], ``scores`` [M], ``labels`` [M] int64), as ``postprocess`` with
     ``config.nms == "hard"``. anchors [T, 4] float32 on the outputs' device; scales [N] or None;
     upper [N, 4] (the clip limits in model-input pixels) or None."""
-    from efficientdet.postprocess import _hard_nms_top  # the per-image rule, for the stragglers
+    from efficientdet.inference.postprocess import _hard_nms_top  # the per-image rule, for the stragglers
 
     n, num_anchors, num_classes = cls.shape
     device = cls.device

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import ModelConfig
+from efficientdet.config import ModelConfig
 
 
 def count_macs(config: ModelConfig, image_size: tuple[int, int] | None = None) -> int:
@@ -15,7 +15,7 @@ def count_macs(config: ModelConfig, image_size: tuple[int, int] | None = None) -
     D7x at 1536x1536 takes a second. torch's counter reports 2 FLOPs per multiply-add for
     convolutions and matmuls; the paper's "FLOPs" are multiply-adds, hence the halving.
     """
-    from .models.efficientdet import build_model
+    from efficientdet.models.efficientdet import build_model
 
     h, w = image_size or config.image_size
     with torch.device("meta"):

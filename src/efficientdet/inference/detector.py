@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from .config import PostprocessConfig
-from .data.decode import iter_image_chunks
-from .models.efficientdet import EfficientDet
-from .ops.anchors import anchors_for_config
-from .postprocess import postprocess
-from .preprocess import preprocess_batch
+from efficientdet.config import PostprocessConfig
+from efficientdet.data.decode import iter_image_chunks
+from efficientdet.models.efficientdet import EfficientDet
+from efficientdet.ops.anchors import anchors_for_config
+from efficientdet.inference.postprocess import postprocess
+from efficientdet.inference.preprocess import preprocess_batch
 
 ImageInput = Any  # path, PIL.Image, HWC numpy array, CHW tensor
 Detections = list[dict[str, Any]]
@@ -83,13 +83,13 @@ class Detector:
         cls, weights: str | os.PathLike[str], name: str | None = None, device: str | None = None, **kwargs: Any
     ) -> "Detector":
         """A detector from a checkpoint, a registered weights name or a URL."""
-        from .factory import create_model
+        from efficientdet.factory import create_model
 
         return cls(create_model(name, weights=weights), device=device, **kwargs)
 
     def prepare(self, decoded: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
         """uint8 ``[3, H_i, W_i]`` images -> (model input [N, 3, h, w], scales [N], original
-        sizes), on the detector's device (see :func:`efficientdet.preprocess.preprocess_batch`)."""
+        sizes), on the detector's device (see :func:`efficientdet.inference.preprocess.preprocess_batch`)."""
         if self.device.type == "cuda":  # (verified there; other accelerators keep the CPU path)
             # The uint8 images go over first and are resized there: a quarter of the bytes of
             # the float input, and the CPU's per-image resizes were 40% of end-to-end time at

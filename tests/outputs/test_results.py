@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from efficientdet.results import CSV_HEADER, detection_rows, to_coco_json, to_csv_rows, write_detections
+from efficientdet.outputs.results import CSV_HEADER, detection_rows, to_coco_json, to_csv_rows, write_detections
 
 
 def _det() -> dict:
