@@ -6,15 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import benchmark, evaluate, export, info, predict, quickstart, train
+from . import benchmark, evaluate, export, info, predict, quickstart, serve, train
 
 # Each sub-command module has ``add_parser(subparsers)`` and ``run(args) -> int``.
-COMMANDS = [info, train, predict, evaluate, export, quickstart, benchmark]
+COMMANDS = [info, train, predict, evaluate, export, quickstart, benchmark, serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="efficientdet", description="EfficientDet object detectors: inspect, train, evaluate, predict, export."
+        prog="efficientdet", description="EfficientDet object detectors: inspect, train, evaluate, predict, export, serve."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:

@@ -1,0 +1,95 @@
+"""``efficientdet serve``: an HTTP detection service with dynamic batching and a web page.
+
+    efficientdet serve --weights runs/mine/best.safetensors            # http://127.0.0.1:8000/
+    curl -F image=@photo.jpg http://127.0.0.1:8000/v1/detect
+    curl --data-binary @photo.jpg 'http://127.0.0.1:8000/v1/detect?score_threshold=0.5&classes=cat'
+
+Concurrent requests are decoded on threads and run through one forward pass of up to
+--max-batch images, waiting at most --max-wait-ms to fill it. At most --max-queue requests
+are in progress; more get 503 with Retry-After. SIGTERM/SIGINT finish the requests in flight
+and exit 0. API: POST /v1/detect, GET /v1/model, GET /healthz, GET /metrics (Prometheus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import add_model_args
+
+__all__ = ["add_parser", "run_serve"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a detector over HTTP (JSON API, web page, Prometheus metrics)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-batch", type=int, default=8, help="images per forward pass, at most (8)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch, ms (10)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests in progress at most; more get 503 (64)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload, MB (20)")
+    p.add_argument("--score-threshold", type=float, default=0.3, help="default score threshold of /v1/detect (0.3)")
+    p.add_argument("--decode-workers", type=int, default=2, help="threads decoding uploads (2)")
+    p.add_argument("--graceful-timeout", type=float, default=60.0, help="seconds to finish requests on shutdown (60)")
+    p.set_defaults(run=run_serve)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.max_batch < 1 or args.max_queue < 1 or args.decode_workers < 1:
+        raise ValueError("--max-batch, --max-queue and --decode-workers must be at least 1")
+    if args.max_wait_ms < 0 or args.max_upload_mb <= 0:
+        raise ValueError("--max-wait-ms must be >= 0 and --max-upload-mb > 0")
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold {args.score_threshold}: must be in 0..1")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: must be in 0..65535")
+
+
+def _loader(args: argparse.Namespace) -> Any:
+    """A function loading the model for ``args.backend`` as a ServedModel (run at startup)."""
+    from ..serve.app import ServedModel
+    from .common import build_runner
+
+    def load() -> ServedModel:
+        args.batch_size = args.max_batch  # the detector runs each batch in one pass
+        runner = build_runner(args, Path.home() / ".cache" / "efficientdet" / "serve")
+        detector, config = runner.detector, runner.config
+
+        def detect(images: list[Any], threshold: float) -> list[dict[str, Any]]:
+            return detector(images, score_threshold=threshold, batch_size=len(images))
+
+        h, w = config.image_size
+        print(f"serve: {config.name} ({h}x{w}, {runner.backend}) loaded", file=sys.stderr, flush=True)
+        return ServedModel(detect, config.name, (h, w), config.num_classes, runner.class_names, runner.backend,
+                           runner.max_input_pixels)  # fmt: skip
+
+    return load
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    _check(args)
+    from ..serve.app import ServeLimits, create_app
+    from ..serve.server import make_server
+
+    limits = ServeLimits(
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), score_threshold=args.score_threshold,
+        decode_workers=args.decode_workers,
+    )  # fmt: skip
+    failed: list[BaseException] = []
+
+    def on_load_error(exc: BaseException) -> None:
+        print(f"efficientdet serve: error: cannot load the model: {exc}", file=sys.stderr, flush=True)
+        failed.append(exc)
+        server.should_exit = True
+
+    app = create_app(_loader(args), limits, on_load_error)
+    server = make_server(app, args.host, args.port, args.graceful_timeout)
+    server.run()
+    return 2 if failed else 0

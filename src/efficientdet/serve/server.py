@@ -1,0 +1,41 @@
+"""Running the app under uvicorn: SIGTERM/SIGINT stop accepting, finish the requests in flight
+(the batcher drains), then the process exits 0."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+__all__ = ["GracefulServer", "make_server"]
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, except that a handled SIGTERM/SIGINT is not re-raised after shutdown
+    (uvicorn >= 0.29 re-raises it, so the process would die by the signal instead of exiting 0).
+    A second signal still forces an immediate exit, as in uvicorn."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def make_server(app: FastAPI, host: str, port: int, graceful_timeout_s: float = 60.0) -> GracefulServer:
+    """A server for ``app`` on ``host:port``; ``server.run()`` blocks until shut down."""
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="on", log_level="info", access_log=False,
+        timeout_graceful_shutdown=graceful_timeout_s, server_header=False,
+    )  # fmt: skip
+    return GracefulServer(config)
