@@ -93,7 +93,7 @@ def start_server(weights: Path, port: int, args: argparse.Namespace, log: Path) 
         env["OMP_NUM_THREADS"] = str(args.threads)  # torch's intra-op threads in the server
     cmd = [sys.executable, "-m", "efficientdet", "serve", "--weights", str(weights), "--device", "cpu",
            "--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-           "--max-queue", "256", "--score-threshold", str(args.score_threshold)]  # fmt: skip
+           "--max-queue", "256", "--score-threshold", str(args.score_threshold), "--malloc", args.malloc]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -203,9 +203,14 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--score-threshold", type=float, default=0.3)
     p.add_argument("--threads", type=int, default=0, help="torch threads, offline and served alike (0: torch's default)")
+    p.add_argument("--malloc", choices=("steady", "default"), default="steady", help="glibc heap policy, both sides")
     p.add_argument("--rounds", type=int, default=3, help="alternate offline and served runs this many times")
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    if args.malloc == "steady":
+        from efficientdet.benchmark.heap import steady_heap
+
+        steady_heap()  # the offline Detector with the same heap policy as the server
     if args.threads:
         import torch
 
@@ -220,7 +225,7 @@ def main() -> None:
     import torch
 
     print(json.dumps({"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "max_batch": args.max_batch,
-                      "max_wait_ms": args.max_wait_ms, "rounds": args.rounds, "images": len(files)}))  # fmt: skip
+                      "max_wait_ms": args.max_wait_ms, "malloc": args.malloc, "rounds": args.rounds, "images": len(files)}))  # fmt: skip
     print("\n".join(header + rows))
 
 

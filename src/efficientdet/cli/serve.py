@@ -36,6 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload, MB (20)")
     p.add_argument("--score-threshold", type=float, default=0.3, help="default score threshold of /v1/detect (0.3)")
     p.add_argument("--decode-workers", type=int, default=2, help="threads decoding uploads (2)")
+    p.add_argument(
+        "--malloc", choices=("steady", "default"), default="steady",
+        help="steady (default): glibc keeps freed memory, so batches reuse pages without page faults "
+        "(resident size stays near its peak); default: glibc's own policy",
+    )  # fmt: skip
     p.add_argument("--graceful-timeout", type=float, default=60.0, help="seconds to finish requests on shutdown (60)")
     p.set_defaults(run=run_serve)
 
@@ -82,6 +87,10 @@ def run_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), score_threshold=args.score_threshold,
         decode_workers=args.decode_workers,
     )  # fmt: skip
+    if args.malloc == "steady":
+        from ..benchmark.heap import steady_heap
+
+        steady_heap()  # a server's batches allocate the same large blocks again and again
     failed: list[BaseException] = []
 
     def on_load_error(exc: BaseException) -> None:
