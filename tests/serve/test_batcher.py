@@ -120,5 +120,5 @@ def test_filter_detections() -> None:
     det = {"boxes": torch.arange(12.0).reshape(3, 4), "scores": torch.tensor([0.9, 0.2, 0.5]),
            "labels": torch.tensor([0, 1, 2]), "names": ["x", "y", "z"]}  # fmt: skip
     out = filter_detections(det, 0.5)
-    assert out["scores"].tolist() == [0.9, 0.5] and out["names"] == ["x", "z"]
+    assert out["scores"].tolist() == pytest.approx([0.9, 0.5]) and out["names"] == ["x", "z"]
     assert out["boxes"].tolist() == [[0, 1, 2, 3], [8, 9, 10, 11]] and out["labels"].tolist() == [0, 2]
