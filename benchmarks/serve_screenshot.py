@@ -79,7 +79,7 @@ def main() -> None:
             wait.until(lambda d: "efficientdet" in d.find_element("id", "model-name").text)
             driver.find_element("id", "file").send_keys(str(Path(args.photo).resolve()))
             wait.until(lambda d: d.execute_script("return document.body.dataset.state === 'done'"))
-            driver.execute_script("const s = document.getElementById('threshold'); s.value = arguments[0];"
+            driver.execute_script("const s = document.getElementById('threshold'); s.step = 'any'; s.value = arguments[0];"
                                   "s.dispatchEvent(new Event('input'));", args.threshold)  # fmt: skip
             driver.save_screenshot(args.out)
             print(f"wrote {args.out}")
