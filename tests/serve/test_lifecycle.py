@@ -99,3 +99,25 @@ def test_cli_help_does_not_import_torch_or_fastapi() -> None:
                           env={"PYTHONPATH": str(SRC), "PATH": ""})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().replace("'", '"')) == []
+
+
+def test_onnxruntime_backend_serves_the_same_detections(
+    weights: Path, detector: Any, image_files: list[Path], tmp_path: Path
+) -> None:
+    """--backend onnxruntime: the graph is exported once into --onnx-cache and answers as
+    ``Detector`` does (ONNX Runtime's outputs equal torch's within float rounding)."""
+    pytest.importorskip("onnxruntime")
+    srv = Server(weights, tmp_path / "server.log", "--backend", "onnxruntime", "--onnx-cache", str(tmp_path / "onnx"))
+    try:
+        info = json.loads(request(srv.port, "GET", "/v1/model")[2])
+        assert info["backend"] == "onnxruntime"
+        assert list((tmp_path / "onnx").glob("*.onnx"))
+        [expected] = detector([image_files[3]], score_threshold=0.7)
+        status, answer = detect(srv.port, image_files[3].read_bytes(), score_threshold="0.7")
+        assert status == 200 and len(answer["detections"]) == len(expected["scores"]) > 0
+        for got, box, score, name in zip(answer["detections"], expected["boxes"].tolist(), expected["scores"].tolist(),
+                                         expected["names"]):  # fmt: skip
+            assert got["box"] == pytest.approx(box, abs=1e-2) and got["score"] == pytest.approx(score, abs=1e-4)
+            assert got["name"] == name
+    finally:
+        assert srv.stop() == 0
