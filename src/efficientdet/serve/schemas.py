@@ -55,7 +55,8 @@ def parse_options(
     if "score_threshold" in fields:
         threshold = _number(fields["score_threshold"], "score_threshold", float)
         if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-            raise ApiError(422, "bad_score_threshold", f"score_threshold {fields['score_threshold']!r}: must be in 0..1")
+            text = fields["score_threshold"]
+            raise ApiError(422, "bad_score_threshold", f"score_threshold {text!r}: must be in 0..1")
     max_det = None
     if fields.get("max_detections", "") != "":
         max_det = _number(fields["max_detections"], "max_detections", int)

@@ -33,7 +33,8 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, dict[str
     body = await _read_body(request, limit, max_bytes)
     if not multipart:
         if not body:
-            raise ApiError(400, "empty_body", "the request body is empty; send an image (raw body or multipart field 'image')")
+            message = "the request body is empty; send an image (raw body or multipart field 'image')"
+            raise ApiError(400, "empty_body", message)
         return body, fields
     data, form_fields = await _parse_multipart(request, body)
     duplicated = sorted(set(fields) & set(form_fields))
@@ -41,7 +42,8 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, dict[str
         raise ApiError(422, "duplicate_field", f"field {duplicated[0]!r} given in both the query and the form")
     fields.update(form_fields)
     if len(data) > max_bytes:
-        raise ApiError(413, "upload_too_large", f"the image file has {len(data):,} bytes, over the limit of {max_bytes:,}")
+        message = f"the image file has {len(data):,} bytes, over the limit of {max_bytes:,}"
+        raise ApiError(413, "upload_too_large", message)
     return data, fields
 
 
@@ -81,7 +83,8 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
     try:
         form = await Request(request.scope, replay).form(max_files=1, max_fields=len(DETECT_FIELDS))
     except Exception as exc:  # malformed multipart, too many parts
-        raise ApiError(400, "bad_multipart", f"cannot parse the multipart body ({getattr(exc, 'detail', exc)})") from None
+        reason = getattr(exc, "detail", exc)
+        raise ApiError(400, "bad_multipart", f"cannot parse the multipart body ({reason})") from None
     fields: dict[str, str] = {}
     image: Any = None
     for key, value in form.multi_items():
@@ -113,7 +116,8 @@ def decode_upload(data: bytes, max_pixels: int) -> torch.Tensor:
         if exc.too_large:
             size = f" ({exc.size}, HxW)" if exc.size else ""
             pixels = f"{exc.pixels:,} pixels{size}" if exc.pixels else "too many pixels"
-            raise ApiError(413, "too_many_pixels", f"the image has {pixels}, over this model's limit of {max_pixels:,}") from None
+            message = f"the image has {pixels}, over this model's limit of {max_pixels:,}"
+            raise ApiError(413, "too_many_pixels", message) from None
         raise ApiError(400, "bad_image", exc.problem) from None
     finally:
         os.unlink(path)
