@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SRC, Server, detect, metric, request
+from .conftest import SRC, Server, detect, jpeg_bytes, metric, request, scene
 
 
 def _burst(port: int, data: bytes, clients: int) -> list[tuple[int, dict[str, Any]]]:
@@ -51,23 +51,28 @@ def test_full_queue_gives_503_then_recovers(weights: Path, image_files: list[Pat
         assert srv.stop() == 0
 
 
-def test_sigterm_answers_requests_in_flight_then_exits_0(weights: Path, image_files: list[Path], tmp_path: Path) -> None:
-    srv = Server(weights, tmp_path / "server.log", "--max-batch", "2", "--max-wait-ms", "0")
+def test_sigterm_answers_requests_in_flight_then_exits_0(weights: Path, tmp_path: Path) -> None:
+    srv = Server(weights, tmp_path / "server.log", "--max-batch", "1", "--max-wait-ms", "0")
     try:
-        data = image_files[2].read_bytes()
+        data = jpeg_bytes(scene(5, (1600, 1200)))  # one at a time, a few tens of ms each
+        ok = 'efficientdet_requests_total{path="/v1/detect",status="200"}'
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(detect, srv.port, data) for _ in range(6)]
-            for _ in range(200):  # bounded wait until requests are in flight on the server
+            in_flight = 0.0
+            for _ in range(500):  # bounded wait until all 6 reached the server, some still in flight
                 text = request(srv.port, "GET", "/metrics")[2].decode()
-                if metric(text, "efficientdet_requests_in_progress") >= 2:
+                in_flight = metric(text, "efficientdet_requests_in_progress")
+                done = metric(text, ok) if ok in text else 0.0
+                if in_flight + done >= 6:
                     break
-                time.sleep(0.01)
+                time.sleep(0.005)
             srv.terminate()
             results = [f.result(timeout=60) for f in futures]
+        assert in_flight >= 1  # SIGTERM came with requests in flight
         assert [status for status, _ in results] == [200] * 6
         first = [d["score"] for d in results[0][1]["detections"]]
-        for _, answer in results:  # batches of 1 and 2 differ only by float rounding
-            assert [d["score"] for d in answer["detections"]] == pytest.approx(first, abs=1e-5)
+        for _, answer in results:
+            assert [d["score"] for d in answer["detections"]] == first
         assert srv.wait(60) == 0, srv.log.read_text()
         with pytest.raises(OSError):  # no longer accepting
             request(srv.port, "GET", "/healthz", timeout=5)
