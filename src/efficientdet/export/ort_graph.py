@@ -80,7 +80,7 @@ def _folded_pointwise(pw: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor
 
 class FlatHead(nn.Module):
     """A :class:`Head` for inference, flattened: ``[[N, C, H_l, W_l]] -> [N, T, outputs]``,
-    rows in anchor order (level, y, x, anchor), as ``postprocess.flatten_outputs`` of the
+    rows in anchor order (level, y, x, anchor), as ``ops.outputs.flatten_outputs`` of the
     head's outputs (equal up to float rounding). Eval only: BN statistics are baked in.
     """
 
