@@ -24,9 +24,8 @@ here (each change leaves the outputs equal up to float rounding, ~1e-6):
   factor (``Resize`` with ``scales``, which runs blocked) instead of a size computed from shapes.
 
 Both modules re-implement a few lines of ``Head.forward`` / ``FusionNode.forward`` (models/):
-a change there must be mirrored here; tests/export/test_ort_graph.py compares them.
-Measured on D0 at 512 (2-core AVX2, interleaved A/B): the raw graph runs ~6% faster (dynamo
-exporter) and ~24% (TorchScript exporter, with ``onnx_passes.fold_pads_into_convs``).
+a change there must be mirrored here; tests/export/test_ort_graph.py compares them. What it
+gains is measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
