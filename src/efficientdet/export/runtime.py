@@ -20,7 +20,7 @@ from ..ops.anchors import anchors_for_config
 from ..ops.boxes import clip_boxes
 from ..inference.postprocess import postprocess, postprocess_candidates
 from ..inference.preprocess import preprocess_batch
-from ..inference.protocol import Detections, ImageInput, Prepared, StagedDetector, finish_detections
+from ..inference.protocol import Detections, Prepared, StagedDetector, finish_detections, with_score_threshold
 from .metadata import OnnxMetadata, read_onnx_metadata
 
 __all__ = ["OnnxDetector", "check_graph_options", "physical_cores"]
@@ -169,14 +169,20 @@ class OnnxDetector(StagedDetector):
         return detector
 
     def run(self, batch: torch.Tensor) -> list[np.ndarray]:
-        """One session run on a float32 [N, 3, h, w] CPU batch (padded to a fixed graph batch
-        when there is one) -> the graph's outputs for the N images."""
+        """Session runs on a float32 [N, 3, h, w] CPU batch -> the graph's outputs for the N
+        images (a graph with a fixed batch runs in pieces of its size, the last one padded)."""
         n = batch.shape[0]
         array = batch.numpy()
-        if self.fixed_batch is not None and n < self.fixed_batch:
-            pad = np.zeros((self.fixed_batch - n, *array.shape[1:]), dtype=array.dtype)
-            array = np.concatenate([array, pad])
-        return [out[:n] for out in self.session.run(None, {self.input_name: array})]
+        if self.fixed_batch is None:
+            return self.session.run(None, {self.input_name: array})
+        pieces = []
+        for start in range(0, n, self.fixed_batch):
+            part = array[start : start + self.fixed_batch]
+            if part.shape[0] < self.fixed_batch:
+                pad = np.zeros((self.fixed_batch - part.shape[0], *part.shape[1:]), dtype=part.dtype)
+                part = np.concatenate([part, pad])
+            pieces.append(self.session.run(None, {self.input_name: part}))
+        return [np.concatenate([p[i] for p in pieces])[:n] for i in range(len(pieces[0]))]
 
     def prepare(self, decoded: Sequence[torch.Tensor]) -> Prepared:
         """uint8 [3, H_i, W_i] images -> the graph's input (on the CPU), scales, sizes."""
@@ -208,19 +214,15 @@ class OnnxDetector(StagedDetector):
             )  # fmt: skip
         return finish_detections(dets, self.class_names)
 
-    def __call__(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        score_threshold: float | None = None,
-        batch_size: int | None = None,
-    ) -> Detections:
+    def config_with_threshold(self, score_threshold: float | None) -> PostprocessConfig:
+        """As every detector's; a graph with NMS inside cannot go below its own threshold."""
         graph_threshold = (self.metadata.postprocess or {}).get("score_threshold")
         if self.metadata.nms_inside and score_threshold is not None and score_threshold < graph_threshold:
             raise ValueError(
                 f"this graph drops scores below {graph_threshold} itself; a lower score_threshold "
                 f"({score_threshold}) needs a graph exported with it (or without NMS inside)"
             )
-        return super().__call__(images, score_threshold, self.fixed_batch or batch_size)
+        return with_score_threshold(self.postprocess_config, score_threshold)
 
     def _from_nms_outputs(
         self,

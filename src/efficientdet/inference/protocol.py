@@ -115,6 +115,11 @@ class StagedDetector:
     def postprocess(self, outputs: Any, prepared: Any, config: PostprocessConfig | None = None) -> Detections:
         raise NotImplementedError
 
+    def config_with_threshold(self, score_threshold: float | None) -> PostprocessConfig:
+        """The post-processing config for a call with ``score_threshold`` (None: the default);
+        a backend that cannot honour a threshold raises here, before any work."""
+        return with_score_threshold(self.postprocess_config, score_threshold)
+
     def detect(self, decoded: Sequence[torch.Tensor], config: PostprocessConfig | None = None) -> Detections:
         """Decoded uint8 [3, H_i, W_i] images -> one dict per image (the three stages)."""
         with torch.inference_mode():
@@ -130,7 +135,7 @@ class StagedDetector:
         """Images (paths, PIL images, HWC uint8 arrays or CHW tensors; any sizes) -> one dict
         per image. Decodes ``batch_size`` images at a time (the ``max_input_pixels`` guard
         included) and runs :meth:`detect` on each chunk."""
-        post = with_score_threshold(self.postprocess_config, score_threshold)
+        post = self.config_with_threshold(score_threshold)
         results: Detections = []
         limit = self.preprocess_config.max_input_pixels
         for decoded in iter_image_chunks(images, batch_size or self.batch_size, limit):
