@@ -15,7 +15,7 @@ from efficientdet import Detector, create_model  # noqa: E402
 from efficientdet.benchmark import BACKENDS, render_table, run_benchmark  # noqa: E402
 from efficientdet.benchmark.measure import MemoryProbe, synthetic_images  # noqa: E402
 from efficientdet.benchmark.models import build_models  # noqa: E402
-from efficientdet.benchmark.pipelines import TorchPipeline  # noqa: E402
+from efficientdet.benchmark.pipelines import torch_pipeline  # noqa: E402
 from efficientdet.cli import main  # noqa: E402
 from efficientdet.models.flops import count_macs  # noqa: E402
 
@@ -133,7 +133,7 @@ def test_pipelines_match_the_public_entry_points(tmp_path: Path) -> None:
     pytest.importorskip("effdet")
     files = synthetic_images(tmp_path / "images", 2)
     ours, ref, _ = build_models(MODEL, (SIZE, SIZE), None, True, tmp_path, files)
-    pipe = TorchPipeline(ours, torch.device("cpu"))
+    pipe = torch_pipeline(ours, torch.device("cpu"))
     with torch.inference_mode():
         inputs, info = pipe.preprocess(pipe.decode(files))
         staged = pipe.postprocess(pipe.network(inputs), info)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
 import torch
 from torch import Tensor
 
@@ -19,6 +20,7 @@ from efficientdet.data.records import DatasetIndex
 from efficientdet.data.synthetic import make_synthetic_dataset
 from efficientdet.evaluation import STAT_NAMES
 from efficientdet.evaluation.run import evaluate, label_mapping
+from efficientdet.inference.protocol import StagedDetector
 from efficientdet.models.efficientdet import EfficientDet
 from efficientdet.weights.coco import coco90_class_names
 
@@ -111,21 +113,30 @@ def test_wrapped_model_and_detector_like_callable(
     monkeypatch.setattr(model, "forward", _perfect_forward(index.records, model, fake_heads))
     assert evaluate(Ema(model), index, progress=False).stats["AP"] == pytest.approx(1.0)
 
-    # Any callable images -> detections (TTADetector, OnnxDetector) goes the generic way.
-    class PerfectCallable:
-        config = model.config
+    # Any detector (TTADetector, OnnxDetector, a user's own) is run through its public stages,
+    # on the decoded images at their own sizes.
+    class PerfectDetector(StagedDetector):
         class_names = NAMES
+        num_classes = model.config.num_classes
+        preprocess_config = model.config.preprocess
+        postprocess_config = model.config.postprocess
 
         def __init__(self) -> None:
             self.queue = list(index.records)
 
-        def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-            recs = [self.queue.pop(0) for _ in images]
-            for r, im in zip(recs, images):
-                assert tuple(im.shape[1:]) == (r.height, r.width)
-            return [{"boxes": r.boxes, "scores": torch.ones(len(r.labels)), "labels": r.labels} for r in recs]
+        def prepare(self, decoded: Sequence[Tensor]) -> list[Tensor]:
+            return list(decoded)
 
-    assert evaluate(PerfectCallable(), index, batch_size=4, progress=False).stats["AP"] == pytest.approx(1.0)
+        def forward(self, prepared: list[Tensor]) -> list[Any]:
+            recs = [self.queue.pop(0) for _ in prepared]
+            for r, im in zip(recs, prepared):
+                assert tuple(im.shape[1:]) == (r.height, r.width)
+            return recs
+
+        def postprocess(self, outputs: list[Any], prepared: Any, config: Any = None) -> list[dict[str, Any]]:
+            return [{"boxes": r.boxes, "scores": torch.ones(len(r.labels)), "labels": r.labels} for r in outputs]
+
+    assert evaluate(PerfectDetector(), index, batch_size=4, progress=False).stats["AP"] == pytest.approx(1.0)
 
 
 def test_unreadable_image_is_skipped_and_counted(

@@ -64,12 +64,14 @@ def test_transform_is_applied_and_checked(tmp_path: Path) -> None:
     sample = DetectionDataset(_index(rec), transform=flip)[0]
     assert sample is not None and sample["boxes"].tolist() == [[30, 2, 39, 20], [-10, 20, 10, 40]]  # not clipped
 
-    def with_scale(image: Tensor, boxes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
-        return image[:, :20, :20], boxes / 2, labels, 0.5
+    def padded(image: Tensor, boxes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
+        canvas = image.new_zeros((3, 40, 50))
+        canvas[:, :20, :20] = image[:, :20, :20]
+        return canvas, boxes / 2, labels, (20, 20)
 
-    ds = DetectionDataset(_index(rec), transform=with_scale)
+    ds = DetectionDataset(_index(rec), transform=padded)
     batch = collate_detections([ds[0], ds[0]])
-    assert batch["scales"] == [0.5, 0.5] and batch["images"].shape == (2, 3, 20, 20)
+    assert batch["content_sizes"] == [(20, 20), (20, 20)] and batch["images"].shape == (2, 3, 40, 50)
 
     def broken(image: Tensor, boxes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return image, boxes[:1], labels

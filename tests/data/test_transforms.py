@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from efficientdet.config import PreprocessConfig
-from efficientdet.data.transforms import MEAN_FILL, EvalTransform, TrainTransform, fit_size
-from efficientdet.inference.preprocess import resize_and_pad
+from efficientdet.data.transforms import TrainTransform
+from efficientdet.inference.preprocess import fit_size, normalize_batch, preprocess_batch
+from efficientdet.variants import get_config
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]
 BACKGROUND = (30, 30, 30)
@@ -55,7 +56,7 @@ def test_boxes_follow_the_pixels(scale_range: tuple[float, float]) -> None:
     for seed in range(12):
         image, boxes, labels = _scene(seed)
         torch.manual_seed(seed)
-        out, out_boxes, out_labels = transform(image, boxes, labels)
+        out, out_boxes, out_labels, _ = transform(image, boxes, labels)
         assert out.shape == (3, 128, 160) and out.dtype == torch.uint8
         assert out_boxes.shape == (len(out_labels), 4) and out_boxes.dtype == torch.float32
         _check_boxes_follow_pixels(out, out_boxes, out_labels)
@@ -80,18 +81,21 @@ def test_degenerate_boxes_dropped_with_labels() -> None:
         ]
     )
     labels = torch.tensor([7, 8, 9, 10, 11])
-    out, out_boxes, out_labels, scale = EvalTransform((50, 120))(image, boxes, labels)
-    assert scale == 0.5 and out.shape == (3, 50, 120)
+    # Scale 0.5 (image 100x200 into 50x100 content on a 50x120 canvas).
+    out, out_boxes, out_labels, content = TrainTransform((50, 120), scale_range=(1.0, 1.0), hflip=0.0)(
+        image, boxes, labels
+    )
+    assert content == (50, 100) and out.shape == (3, 50, 120)
     assert out_labels.tolist() == [7, 10]
     assert torch.allclose(out_boxes, torch.tensor([[5.0, 5.0, 25.0, 20.0], [0.0, 25.0, 15.0, 45.0]]))
-    # The same rules in training, with an identity geometry (scale 1, image already the size).
-    out, out_boxes, out_labels = TrainTransform((100, 200), scale_range=(1.0, 1.0), hflip=0.0)(image, boxes, labels)
-    assert torch.equal(out, image)
+    # An identity geometry (scale 1, image already the size).
+    out, out_boxes, out_labels, content = TrainTransform((100, 200), scale_range=(1.0, 1.0), hflip=0.0)(image, boxes, labels)
+    assert torch.equal(out, image) and content == (100, 200)
     assert out_labels.tolist() == [7, 8, 10]
     expected = torch.tensor([[10.0, 10.0, 50.0, 40.0], [60.0, 10.0, 61.5, 40.0], [0.0, 50.0, 30.0, 90.0]])
     assert torch.equal(out_boxes, expected)
     # No boxes at all.
-    _, out_boxes, out_labels = TrainTransform((64, 64))(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+    _, out_boxes, out_labels, _ = TrainTransform((64, 64))(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
     assert out_boxes.shape == (0, 4) and out_labels.shape == (0,)
 
 
@@ -101,10 +105,9 @@ def test_output_size_is_exact(src: tuple[int, int]) -> None:
     boxes = torch.tensor([[0.0, 0.0, src[1] / 2, src[0] / 2]])
     for seed in range(5):
         torch.manual_seed(seed)
-        out, _, _ = TrainTransform((96, 128), photometric=seed % 2 == 0)(image, boxes, torch.tensor([1]))
+        out, _, _, (ch, cw) = TrainTransform((96, 128), photometric=seed % 2 == 0)(image, boxes, torch.tensor([1]))
         assert out.shape == (3, 96, 128) and out.dtype == torch.uint8
-    out, _, _, _ = EvalTransform((96, 128))(image, boxes, torch.tensor([1]))
-    assert out.shape == (3, 96, 128)
+        assert 1 <= ch <= 96 and 1 <= cw <= 128
 
 
 def test_deterministic_under_manual_seed() -> None:
@@ -113,39 +116,40 @@ def test_deterministic_under_manual_seed() -> None:
     results = []
     for seed in (3, 3, 4):
         torch.manual_seed(seed)
-        results.append(transform(image, boxes, labels))
+        results.append(transform(image, boxes, labels)[:3])
     assert all(torch.equal(a, b) for a, b in zip(results[0], results[1]))
     assert not all(
         a.shape == b.shape and torch.equal(a, b) for a, b in zip(results[0], results[2])
     )
 
 
-def test_padding_is_mean_colour_and_content_top_left() -> None:
+def test_content_top_left_and_zero_padding() -> None:
     image = torch.full((3, 100, 100), 255, dtype=torch.uint8)
     torch.manual_seed(0)
     transform = TrainTransform((128, 128), scale_range=(0.25, 0.25), hflip=0.0)
-    out, _, _ = transform(image, torch.zeros(0, 4), torch.zeros(0))
+    out, _, _, content = transform(image, torch.zeros(0, 4), torch.zeros(0))
+    assert content == (32, 32)
     assert (out[:, :32, :32] == 255).all()
-    fill = torch.tensor(MEAN_FILL, dtype=torch.uint8).view(3, 1, 1)
-    assert (out[:, 32:, :] == fill).all() and (out[:, :, 32:] == fill).all()
+    assert (out[:, 32:, :] == 0).all() and (out[:, :, 32:] == 0).all()
 
 
+@pytest.mark.parametrize("name", ["efficientdet_d0", "efficientdet_lite0"])
 @pytest.mark.parametrize("src", [(480, 640), (300, 200), (123, 457)])
-def test_eval_matches_preprocess(src: tuple[int, int]) -> None:
-    cfg = PreprocessConfig(image_size=(256, 256))
+def test_training_input_equals_inference_input(name: str, src: tuple[int, int]) -> None:
+    """With the augmentation switched off (scale 1, no flip), what training feeds the network
+    equals what Detector builds: same resized pixels, same border (0 after normalising) for
+    both families (the Lite family's mean 127 / std 128 too)."""
+    cfg = get_config(name).replace(image_size=256).preprocess
     image = torch.randint(0, 256, (3, *src), dtype=torch.uint8)
-    out, _, _, scale = EvalTransform(cfg.image_size)(image, torch.zeros(0, 4), torch.zeros(0))
-    ref, ref_scale = resize_and_pad(image, cfg.image_size, cfg.mean, cfg.std)
-    assert scale == ref_scale
+    out, _, _, content = TrainTransform(cfg.image_size, scale_range=(1.0, 1.0), hflip=0.0)(
+        image, torch.zeros(0, 4), torch.zeros(0)
+    )
+    trained = normalize_batch(out[None], [content], cfg.mean, cfg.std)
+    ref, _, _ = preprocess_batch([image], cfg)
     _, new_h, new_w = fit_size(src, cfg.image_size)
-    mean = torch.tensor(cfg.mean).view(3, 1, 1)
-    std = torch.tensor(cfg.std).view(3, 1, 1)
-    normalised = (out.float() - mean) / std
-    # Identical resized pixels; the padding differs only by the uint8 rounding of the mean.
-    assert torch.equal(normalised[:, :new_h, :new_w], ref[:, :new_h, :new_w])
-    assert (normalised.abs() < 0.01)[:, new_h:, :].all() and (ref[:, new_h:, :] == 0).all()
-    assert torch.equal(ref[:, new_h:, :], torch.zeros_like(ref[:, new_h:, :]))
-    assert (ref[:, :, new_w:] == 0).all() and (normalised[:, :, new_w:].abs() < 0.01).all()
+    assert content == (new_h, new_w)
+    assert torch.allclose(trained, ref, atol=1e-5, rtol=0)
+    assert (ref[0, :, new_h:, :] == 0).all() and (ref[0, :, :, new_w:] == 0).all()
 
 
 def test_invalid_arguments() -> None:
@@ -156,4 +160,4 @@ def test_invalid_arguments() -> None:
     with pytest.raises(ValueError):
         TrainTransform((128, 128))(torch.zeros(3, 10, 10), torch.zeros(0, 4), torch.zeros(0))  # float image
     with pytest.raises(ValueError):
-        EvalTransform((128, 128))(torch.zeros(3, 10, 10, dtype=torch.uint8), torch.zeros(2, 4), torch.zeros(3))
+        TrainTransform((128, 128))(torch.zeros(3, 10, 10, dtype=torch.uint8), torch.zeros(2, 4), torch.zeros(3))

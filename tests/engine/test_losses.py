@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from efficientdet.engine.losses import DetectionLoss, focal_loss, huber_box_loss
-from efficientdet.inference.postprocess import flatten_outputs
+from efficientdet.ops.outputs import flatten_outputs
 
 # A small pyramid: 128 px input, levels 3-7 -> 16, 8, 4, 2, 1; 9 anchors per location.
 FEATS = [16, 8, 4, 2, 1]

@@ -33,7 +33,8 @@ from efficientdet.export import (  # noqa: E402
 from efficientdet.export.graph import DetectionGraph, PostprocessGraph  # noqa: E402
 from efficientdet.export.runtime import physical_cores  # noqa: E402
 from efficientdet.ops.anchors import anchors_for_config  # noqa: E402
-from efficientdet.inference.postprocess import flatten_outputs, postprocess, postprocess_candidates  # noqa: E402
+from efficientdet.inference.postprocess import postprocess, postprocess_candidates  # noqa: E402
+from efficientdet.ops.outputs import flatten_outputs  # noqa: E402
 
 TOL = 1e-4
 SIZE = (256, 256)

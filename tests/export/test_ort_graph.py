@@ -26,7 +26,7 @@ from efficientdet.export.ort_graph import (  # noqa: E402
 )
 from efficientdet.export.tracing import inference_copy  # noqa: E402
 from efficientdet.models.bifpn import FusionNode  # noqa: E402
-from efficientdet.inference.postprocess import flatten_outputs  # noqa: E402
+from efficientdet.ops.outputs import flatten_outputs  # noqa: E402
 
 TOL = 1e-4
 SIZE = (256, 256)

@@ -80,3 +80,47 @@ def test_text_file_named_jpg_is_a_clear_error(detector: Detector, tmp_path: Path
     with pytest.raises(ImageError) as err:
         detector([bad])
     assert "not_an_image.jpg" in str(err.value)
+
+
+def test_fast_path_is_the_default_and_leaves_the_model_alone() -> None:
+    """Detector(model) runs a BN-folded, channels_last copy; the caller's model keeps its
+    BatchNorms, its layout and its training mode; the detections equal the plain model's."""
+    from efficientdet.models.fuse import count_batchnorms
+
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d0", num_classes=3, image_size=256).train()
+    for m in model.modules():  # non-trivial BN statistics, so folding them matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bns = count_batchnorms(model)
+    fast = Detector(model)
+    assert model.training and count_batchnorms(model) == bns
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert count_batchnorms(fast.model) < bns  # folded (the heads' per-level BNs stay)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in fast.model.parameters() if p.ndim == 4)
+    plain = Detector(model, optimize=False)
+    assert plain.model is model and not model.training
+    image = torch.randint(0, 256, (3, 200, 300), dtype=torch.uint8)
+    with torch.inference_mode():
+        prepared = fast.prepare([image])
+        for a, b in zip(fast.forward(prepared), plain.forward(prepared)):
+            for x, y in zip(a, b):
+                assert torch.allclose(x, y, atol=1e-4, rtol=1e-4)
+    [a], [b] = fast([image], score_threshold=0.001), plain([image], score_threshold=0.001)
+    assert len(a["scores"]) == len(b["scores"]) > 0
+    assert torch.allclose(a["scores"], b["scores"], atol=1e-4)
+    assert a["labels"][0] == b["labels"][0] and torch.allclose(a["boxes"][0], b["boxes"][0], atol=1e-2)
+
+
+def test_every_detector_offers_the_protocol(detector: Detector) -> None:
+    from efficientdet.inference import ImageDetector, TTADetector
+
+    tta = TTADetector(detector, flips=True)
+    image = torch.randint(0, 256, (3, 120, 90), dtype=torch.uint8)
+    for d in (detector, tta):
+        assert isinstance(d, ImageDetector)
+        [det] = d.detect([image], d.postprocess_config)
+        [again] = d([image])
+        assert torch.equal(det["boxes"], again["boxes"]) and det["names"] == again["names"]

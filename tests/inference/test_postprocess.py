@@ -6,7 +6,8 @@ from torch import Tensor
 
 from efficientdet.config import AnchorConfig, PostprocessConfig
 from efficientdet.ops.anchors import anchors_for_config, generate_anchors
-from efficientdet.inference.postprocess import flatten_outputs, postprocess
+from efficientdet.inference.postprocess import postprocess
+from efficientdet.ops.outputs import flatten_outputs
 
 TINY = AnchorConfig(min_level=3, max_level=5)
 IMAGE = (64, 96)  # (h, w): level sizes 8x12, 4x6, 2x3

@@ -13,8 +13,8 @@ from torch import Tensor
 import efficientdet.inference.postprocess as pp
 from efficientdet.config import AnchorConfig, PostprocessConfig
 from efficientdet.ops.anchors import anchors_for_config
-from efficientdet.inference.postprocess import _clip_limits, flatten_outputs, postprocess
-from efficientdet.inference.postprocess_batched import postprocess_batched
+from efficientdet.inference.postprocess import clip_limits, postprocess, postprocess_batched
+from efficientdet.ops.outputs import flatten_outputs
 
 ANCHORS = AnchorConfig(min_level=3, max_level=6)
 IMAGE = (128, 160)  # (h, w): levels 16x20, 8x10, 4x5, 2x3
@@ -37,7 +37,7 @@ def _outputs(
 
 def _batched(cls: list[Tensor], box: list[Tensor], cfg: PostprocessConfig, scales: Tensor | None, sizes) -> list:
     anchors = anchors_for_config(ANCHORS, IMAGE)
-    upper = _clip_limits(anchors, scales, sizes)
+    upper = clip_limits(anchors, scales, sizes)
     flat_cls, flat_box = flatten_outputs(cls, box, K)
     return postprocess_batched(flat_cls, flat_box, anchors, cfg, scales, sizes, upper)
 
@@ -79,13 +79,13 @@ def test_crowded_image_takes_the_per_image_rounds(monkeypatch: pytest.MonkeyPatc
     assert len(want[0]["scores"]) == 0 and 0 < len(want[1]["scores"])
 
     calls: list[int] = []
-    original = pp._hard_nms_top
+    original = pp.hard_nms_top
 
     def counting(boxes: Tensor, *args):
         calls.append(len(boxes))
         return original(boxes, *args)
 
-    monkeypatch.setattr(pp, "_hard_nms_top", counting)
+    monkeypatch.setattr(pp, "hard_nms_top", counting)
     _assert_same(_batched(cls, box, cfg, SCALES[:2], SIZES[:2]), want)
     assert calls == [9 * 10 * 12]  # image 1 only, with all its candidates
 

@@ -3,9 +3,8 @@
 torch's CPU tensors are plain ``malloc`` s. By default glibc hands large freed blocks back to
 the OS (``mmap`` for blocks over a threshold that adapts up to 32 MiB, and heap trimming), and
 the next allocation page-faults on every 4 KiB page it touches. How much of that happens
-depends on the heap's layout and changes from process to process. Measured on a 2-core VM (see
-the README's benchmarks): effdet's predict path took 19,000-41,000 faults per D0 image under
-glibc's policy and ran 50-130 ms per image slower than with :func:`steady_heap`.
+depends on the heap's layout and changes from process to process, and can cost a pipeline a
+large share of its time (docs/benchmarks.md, "Why two heaps").
 """
 
 from __future__ import annotations
@@ -40,9 +39,8 @@ def steady_heap() -> bool:
     Process-wide and permanent (``mallopt`` has no "undo"); the resident size stays near its
     peak instead of shrinking between allocations. ``efficientdet benchmark`` applies it
     (``--malloc steady``, its default) so that no backend's time depends on page faults; the
-    other commands and the Python API leave glibc's policy alone: on D0 CPU training our own
-    speed did not change measurably with it (1.31 and 1.47 vs 1.50 and 1.38 images/s) while
-    peak memory grew by ~5%.
+    other commands and the Python API leave glibc's policy alone (our own training did not get
+    faster with it, and its peak memory grew; docs/benchmarks.md).
     """
     libc = _glibc()
     if libc is None:

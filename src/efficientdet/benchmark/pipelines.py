@@ -3,11 +3,13 @@
 Every pipeline runs exactly the steps its public entry point runs, in the same order, so the
 sum of the stages is what a user of that entry point waits for:
 
-* ``torch``: ``efficientdet.Detector`` on the inference-optimised model (BatchNorms folded,
-  channels_last; ``torch.compile`` on request): ``load_image`` (torchvision's libjpeg-turbo
-  decoder), ``preprocess_batch``, the network, ``postprocess`` (+ copy to CPU, class names).
-* ``onnxruntime``: ``efficientdet.export.OnnxDetector`` on the raw graph (no NMS inside): the
-  same decode / preprocess, one ONNX Runtime session run, the same ``postprocess``.
+* ``torch``: ``efficientdet.Detector(model)`` exactly as ``predict`` builds it (its default
+  inference-optimised copy; ``torch.compile`` on request): the decoder ``predict`` uses
+  (torchvision's libjpeg-turbo), then the detector's public stages ``prepare`` / ``forward`` /
+  ``postprocess``.
+* ``onnxruntime``: ``efficientdet.export.OnnxDetector`` on the graph ``predict --backend
+  onnxruntime`` exports (:func:`efficientdet.export.cached_onnx`: no NMS inside, candidate
+  pre-selection), through the same public stages.
 * ``onnxruntime-nms``: the same on a graph with decoding + NMS inside, so its "network" stage
   includes the post-processing and "postprocess" is only the rescaling on the host.
 * ``effdet`` (the reference, its predict path as its README and ``validate.py`` use it):
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from ..data.decode import iter_image_chunks
-from efficientdet.inference.detector import finish_detections
+from ..inference.protocol import ImageDetector
 from ..models.efficientdet import EfficientDet
 from . import BACKENDS, REFERENCE
 
@@ -69,103 +71,62 @@ class Pipeline:
             torch.cuda.synchronize(self.device)
 
 
-class TorchPipeline(Pipeline):
-    """``Detector``'s steps on ``optimize_for_inference(model)``."""
+class DetectorPipeline(Pipeline):
+    """Any of our detectors, through its public stages (what ``detector(images)`` runs)."""
 
-    def __init__(self, model: EfficientDet, device: torch.device, compile: bool = False) -> None:
-        from efficientdet.inference.detector import Detector
-        from ..export import optimize_for_inference
-
-        self.name = "torch-compile" if compile else "torch"
+    def __init__(self, name: str, detector: ImageDetector, device: torch.device, network_only: bool = True) -> None:
+        self.name = name
+        self.detector = detector
         self.device = device
-        self.detector = Detector(optimize_for_inference(model.to(device), compile=compile), device=device)
-        self.max_pixels = self.detector.config.preprocess.max_input_pixels
+        self.network_only = network_only
+        self.post = detector.postprocess_config
 
     def decode(self, paths: Sequence[Path]) -> list[torch.Tensor]:
-        return next(iter_image_chunks(list(paths), len(paths), self.max_pixels))
+        return next(iter_image_chunks(list(paths), len(paths), self.detector.preprocess_config.max_input_pixels))
 
     def set_score_threshold(self, threshold: float) -> None:
-        cfg = self.detector.postprocess_config
-        self.detector.postprocess_config = dataclasses.replace(cfg, score_threshold=threshold)
+        if not self.network_only:
+            raise ValueError(f"{self.name}: the graph's score threshold is fixed at export")
+        self.post = dataclasses.replace(self.post, score_threshold=threshold)
 
-    def preprocess(self, decoded: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        batch, scales, sizes = self.detector.prepare(decoded)
-        return batch, (scales, sizes)
+    def preprocess(self, decoded: list[torch.Tensor]) -> tuple[Any, Any]:
+        prepared = self.detector.prepare(decoded)
+        return prepared, prepared
 
-    def network(self, inputs: torch.Tensor) -> Any:
-        return self.detector.model(inputs)
+    def network(self, inputs: Any) -> Any:
+        return self.detector.forward(inputs)
 
     def postprocess(self, outputs: Any, info: Any) -> list[dict[str, Any]]:
-        from efficientdet.inference.postprocess import postprocess
-
-        d = self.detector
-        dets = postprocess(
-            *outputs, d.anchors, d.postprocess_config, d.config.num_classes, scales=info[0], image_sizes=info[1]
-        )
-        return finish_detections(dets, d.class_names)
+        return self.detector.postprocess(outputs, info, self.post)
 
 
-def export_for_benchmark(model: EfficientDet, folder: Path, nms_inside: bool, dynamo: bool) -> Path:
-    """The model's ONNX graph in ``folder``, as the CLI's ``--backend onnxruntime`` runs it
-    (candidate pre-selection inside) or with NMS inside; both derive from one raw export."""
-    from ..export import attach_candidates, attach_postprocess, export_onnx
+def torch_pipeline(model: EfficientDet, device: torch.device, compile: bool = False) -> DetectorPipeline:
+    """``Detector(model)`` as ``predict`` builds it; ``compile`` wraps its network in ``torch.compile``."""
+    from ..inference.detector import Detector
 
-    raw = folder / "model.onnx"
-    if not raw.exists():
+    detector = Detector(model, device=device)
+    if compile:
+        detector.model = torch.compile(detector.model)  # type: ignore[assignment]
+    return DetectorPipeline("torch-compile" if compile else "torch", detector, device)
+
+
+def onnx_pipeline(model: EfficientDet, device: torch.device, threads: int, workdir: Path, nms_inside: bool, dynamo: bool) -> DetectorPipeline:
+    """``OnnxDetector`` on the graph ``predict --backend onnxruntime`` runs (or, for
+    ``onnxruntime-nms``, one with decoding + NMS inside, as ``export --nms`` writes)."""
+    from ..export.cache import cached_onnx, onnx_providers
+    from ..export.runtime import OnnxDetector
+
+    if nms_inside:
+        from ..export import attach_postprocess, export_onnx
+
+        raw, path = workdir / "model.onnx", workdir / "model.nms.onnx"
         export_onnx(model, raw, dynamic_batch=True, dynamo=dynamo, check=False)
-    path = folder / ("model.nms.onnx" if nms_inside else "model.candidates.onnx")
-    if not path.exists():
-        attach = attach_postprocess if nms_inside else attach_candidates
-        attach(raw, path, dynamo=dynamo, check=False)
-    return path
-
-
-class OnnxPipeline(Pipeline):
-    """``OnnxDetector``'s steps on a graph exported from the model."""
-
-    def __init__(self, path: Path, device: torch.device, threads: int) -> None:
-        from ..export.runtime import OnnxDetector
-
-        if device.type == "cuda":
-            import onnxruntime as ort
-
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError(
-                    "backend onnxruntime on cuda needs onnxruntime-gpu (CUDAExecutionProvider is not available)"
-                )
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-        self.detector = OnnxDetector(path, providers=providers, intra_op_threads=threads)
-        self.name = "onnxruntime-nms" if self.detector.metadata.nms_inside else "onnxruntime"
-        self.network_only = not self.detector.metadata.nms_inside
-        self.max_pixels = self.detector.preprocess_config.max_input_pixels
-
-    def decode(self, paths: Sequence[Path]) -> list[torch.Tensor]:
-        return next(iter_image_chunks(list(paths), len(paths), self.max_pixels))
-
-    def set_score_threshold(self, threshold: float) -> None:
-        if self.detector.metadata.nms_inside:
-            raise ValueError("onnxruntime-nms: the graph's score threshold is fixed at export")
-        cfg = self.detector.postprocess_config
-        self.detector.postprocess_config = dataclasses.replace(cfg, score_threshold=threshold)
-
-    def preprocess(self, decoded: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        from efficientdet.inference.preprocess import preprocess_batch
-
-        batch, scales, sizes = preprocess_batch(decoded, self.detector.preprocess_config)
-        return batch, (scales, sizes)
-
-    def network(self, inputs: torch.Tensor) -> list[np.ndarray]:
-        return self.detector._run(inputs)
-
-    def postprocess(self, outputs: list[np.ndarray], info: Any) -> list[dict[str, Any]]:
-        d = self.detector
-        if d.metadata.nms_inside:
-            dets = d._from_nms_outputs(outputs, info[0], info[1], None)
-        else:
-            dets = d._postprocess(outputs, d.postprocess_config, info[0], info[1])
-        return finish_detections(dets, d.class_names)
+        attach_postprocess(raw, path, dynamo=dynamo, check=False)
+    else:
+        path = cached_onnx(model, workdir, dynamo=dynamo)
+    detector = OnnxDetector(path, providers=onnx_providers(device), intra_op_threads=threads)
+    name = "onnxruntime-nms" if nms_inside else "onnxruntime"
+    return DetectorPipeline(name, detector, device, network_only=not nms_inside)
 
 
 class EffdetPipeline(Pipeline):
@@ -239,10 +200,9 @@ def make_pipeline(
 ) -> Pipeline:
     """Set up ``backend`` (export, fold, open a session); not timed."""
     if backend == "torch":
-        return TorchPipeline(model, device, compile=compile)
+        return torch_pipeline(model, device, compile=compile)
     if backend in ("onnxruntime", "onnxruntime-nms"):
-        path = export_for_benchmark(model, workdir, backend == "onnxruntime-nms", onnx_exporter == "dynamo")
-        return OnnxPipeline(path, device, threads)
+        return onnx_pipeline(model, device, threads, workdir, backend == "onnxruntime-nms", onnx_exporter == "dynamo")
     if backend == REFERENCE:
         if reference is None:
             raise ValueError("the effdet pipeline needs the reference model")
@@ -252,7 +212,7 @@ def make_pipeline(
 
 def image_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Image files directly in or below ``folder``, sorted (for ``--images``)."""
-    from efficientdet.data.common import IMAGE_EXTENSIONS
+    from ..data.common import IMAGE_EXTENSIONS
 
     root = Path(folder)
     if not root.is_dir():

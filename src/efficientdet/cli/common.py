@@ -5,18 +5,13 @@ decoding, NMS with the user's thresholds and ``--nms``) as the torch backend doe
 the same detections. ``--weights`` is then either an ``.onnx`` file written by ``efficientdet
 export`` (used as is: its metadata gives input size, mean/std, class names) or ordinary
 weights, which are exported once without NMS into ``--onnx-cache`` (default ``<out>/onnx-cache``)
-and reused while the weights file and the model options are unchanged.
+and reused while the weights file and the model options are unchanged
+(``OnnxDetector.from_weights``).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import importlib.util
-import json
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +22,7 @@ if TYPE_CHECKING:  # imported where used: ``efficientdet --help`` must not wait 
     import torch
 
     from ..data.images import ImageError
+    from ..inference.protocol import ImageDetector
     from ..models.efficientdet import EfficientDet
 
 __all__ = [
@@ -41,7 +37,6 @@ __all__ = [
 ]
 
 BACKENDS = ("torch", "onnxruntime")
-_INSTALL_HINT = "pip install 'efficientdet[export]'"
 
 
 def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = None) -> None:
@@ -101,12 +96,12 @@ def load_model(
 
 def make_detector(model: EfficientDet, args: argparse.Namespace, device: torch.device) -> Any:
     """A Detector, wrapped in a TTADetector when ``--tta`` is given."""
-    from efficientdet.inference.detector import Detector
+    from ..inference.detector import Detector
 
     detector = Detector(model, device=device, batch_size=args.batch_size)
     if not getattr(args, "tta", False):
         return detector
-    from efficientdet.inference.tta import TTADetector
+    from ..inference.tta import TTADetector
 
     try:
         scales = tuple(float(s) for s in args.tta_scales.split(",") if s.strip())
@@ -128,7 +123,7 @@ def _check_limit(value: int) -> int:
 class Runner:
     """A loaded model, whichever backend: ``detector(images)`` gives Detector-style dicts."""
 
-    detector: Any  # Detector, TTADetector or OnnxDetector
+    detector: ImageDetector  # Detector, TTADetector or OnnxDetector
     config: ModelConfig
     class_names: list[str] | None
     backend: str
@@ -138,8 +133,7 @@ class Runner:
 
     @property
     def max_input_pixels(self) -> int:
-        pre = getattr(self.detector, "preprocess_config", None) or self.config.preprocess
-        return int(pre.max_input_pixels)
+        return int(self.detector.preprocess_config.max_input_pixels)
 
 
 def build_runner(args: argparse.Namespace, out: Path, device: torch.device | None = None) -> Runner:
@@ -155,127 +149,25 @@ def build_runner(args: argparse.Namespace, out: Path, device: torch.device | Non
     return Runner(detector, model.config, model.class_names, "torch", model=model)
 
 
-def _require_onnxruntime() -> None:
-    missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise RuntimeError(f"--backend onnxruntime needs {' and '.join(missing)}, not installed here: {_INSTALL_HINT}")
-
-
-def _providers(device: str | None) -> list[Any]:
-    """ONNX Runtime execution providers for ``--device`` (None: CUDA when both torch and
-    onnxruntime can use it, else CPU)."""
-    import onnxruntime as ort
-    import torch
-
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device is None:
-        use_cuda = has_cuda and torch.cuda.is_available()
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        return ["CPUExecutionProvider"]
-    if dev.type != "cuda":
-        raise ValueError(f"--device {device}: --backend onnxruntime runs on cpu or cuda only")
-    if not has_cuda:
-        raise ValueError(
-            f"--device {device}: this onnxruntime has no CUDA support (providers: "
-            f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use --device cpu"
-        )
-    return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
-
-
 def _onnx_runner(args: argparse.Namespace, out: Path) -> Runner:
     if getattr(args, "tta", False):
         raise ValueError("--tta is not available with --backend onnxruntime (the graph has a fixed input size); "
                          "use --backend torch for test-time augmentation")  # fmt: skip
-    _require_onnxruntime()
-    from ..export.metadata import read_onnx_metadata
-    from ..export.runtime import OnnxDetector
-
-    providers = _providers(args.device)  # checked before a possibly long export
-    weights = str(args.weights)
-    if weights.lower().endswith(".onnx"):
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"--weights {weights}: no such file")
-        meta = read_onnx_metadata(path)
-        _check_graph_options(args, path, meta)
-    else:
-        path = _exported_graph(args, out)
-        meta = read_onnx_metadata(path)
-    detector = OnnxDetector(path, providers=providers, batch_size=args.batch_size)
     if args.max_input_pixels is not None:
         _check_limit(args.max_input_pixels)
-        # The graph's metadata carries the exporting model's limit; the user's wins.
-        pre = getattr(detector, "preprocess_config", None)
-        if pre is not None:
-            detector.preprocess_config = dataclasses.replace(pre, max_input_pixels=args.max_input_pixels)
-    return Runner(detector, meta.config, meta.class_names, "onnxruntime", onnx_path=path, nms_inside=meta.nms_inside)
+    from ..export.cache import require_onnxruntime
 
+    require_onnxruntime()
+    from ..export.runtime import OnnxDetector
 
-def _check_graph_options(args: argparse.Namespace, path: Path, meta: Any) -> None:
-    """A ready graph fixes the variant and the input size: options asking otherwise are errors."""
-    from ..variants import get_config
-
-    if args.model is not None:
-        try:
-            wanted = get_config(args.model).name
-        except ValueError:
-            wanted = args.model
-        if wanted != meta.model_name:
-            raise ValueError(f"{path}: this graph is {meta.model_name}, not {args.model}")
-    if args.image_size is not None and (args.image_size, args.image_size) != tuple(meta.image_size):
-        h, w = meta.image_size
-        raise ValueError(
-            f"--image-size {args.image_size}: {path} has a fixed {h}x{w} input; drop --image-size or re-export"
-        )
-    thr = getattr(args, "score_threshold", None)
-    graph_thr = (meta.postprocess or {}).get("score_threshold")
-    if meta.nms_inside and thr is not None and graph_thr is not None and thr < graph_thr:
-        raise ValueError(
-            f"{path} has NMS inside that drops scores below {graph_thr}; --score-threshold {thr} needs a "
-            "graph exported without --nms (or pass the normal weights)"
-        )
-
-
-def _exported_graph(args: argparse.Namespace, out: Path) -> Path:
-    """Export ``args.weights`` without NMS into the cache (once per weights file + options)."""
-    import torch
-
-    from ..export import export_onnx
-    from ..weights.registry import resolve_weights
-
-    model = load_model(args.weights, args.model, args.image_size).eval()
-    config = model.config
-    assert config is not None
-    file, _ = resolve_weights(args.weights)
-    stat = file.stat()
-    # The key: which file (path, size, mtime) and the exported model's config and names. The
-    # input-size limit is applied at run time, so it is not part of the graph.
-    key_doc = {
-        "file": str(file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-        "config": config.replace(**{"preprocess.max_input_pixels": 1}).to_dict(),
-        "class_names": model.class_names, "torch": torch.__version__, "layout": "candidates",
-    }  # fmt: skip
-    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    cache = Path(args.onnx_cache) if args.onnx_cache else out / "onnx-cache"
-    h, w = config.image_size
-    path = cache / f"{config.name}-{h}x{w}-{key}.onnx"
-    if path.is_file():
-        print(f"onnxruntime backend: using the cached graph {path}", file=sys.stderr)
-        return path
-    print(f"onnxruntime backend: exporting {config.name} ({h}x{w}, no NMS inside) to {path} ...", file=sys.stderr)
-    # candidates=True: the graph pre-selects the anchors post-processing needs (exact, ~10x less
-    # for Python to read); NMS stays outside so soft NMS and any threshold still work.
-    try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated but ~10x faster to run than dynamo's.
-            warnings.simplefilter("ignore")
-            export_onnx(model, path, candidates=True, dynamo=False)
-    except Exception as err:  # noqa: BLE001 - fall back to the default exporter, then report
-        print(f"onnxruntime backend: TorchScript exporter failed ({err}); trying dynamo", file=sys.stderr)
-        export_onnx(model, path, candidates=True, dynamo=True)
-    return path
+    detector = OnnxDetector.from_weights(
+        args.weights, Path(args.onnx_cache) if args.onnx_cache else out / "onnx-cache", model_name=args.model,
+        image_size=args.image_size, device=args.device, batch_size=args.batch_size,
+        max_input_pixels=args.max_input_pixels, score_threshold=getattr(args, "score_threshold", None),
+    )  # fmt: skip
+    meta = detector.metadata
+    return Runner(detector, meta.config, meta.class_names, "onnxruntime", onnx_path=Path(detector.path),
+                  nms_inside=meta.nms_inside)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- input-size limit

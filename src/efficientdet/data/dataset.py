@@ -15,7 +15,7 @@ from .records import DatasetIndex
 
 __all__ = ["DetectionDataset", "Transform", "collate_detections"]
 
-Transform = Callable[[Tensor, Tensor, Tensor], "tuple[Any, ...]"]  # (image, boxes, labels[, scale])
+Transform = Callable[[Tensor, Tensor, Tensor], "tuple[Any, ...]"]  # (image, boxes, labels[, content (h, w)])
 Sample = dict[str, Any]
 
 
@@ -30,8 +30,9 @@ class DetectionDataset(Dataset):
     process counts its own ``num_bad``; the main process's copy stays 0.
 
     ``transform(image, boxes, labels) -> (image, boxes, labels)`` (augmentation, resizing)
-    owns any box clipping; a 4th returned value (an eval transform's resize scale) becomes
-    ``sample["scale"]``; without one, boxes are clipped to the decoded image and boxes
+    owns any box clipping; a 4th returned value (the (h, w) of the content at the top-left of a
+    padded canvas, as :class:`~efficientdet.data.transforms.TrainTransform` returns) becomes
+    ``sample["content_size"]``; without a transform, boxes are clipped to the decoded image and boxes
     left empty by that are dropped.
     """
 
@@ -75,8 +76,8 @@ class DetectionDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image, boxes, labels)
             image, boxes, labels = out[:3]
-            if len(out) == 4:  # eval transforms also return the resize scale (model px / image px)
-                extra["scale"] = float(out[3])
+            if len(out) == 4:  # the content's (h, w) on a padded canvas
+                extra["content_size"] = (int(out[3][0]), int(out[3][1]))
             if boxes.ndim != 2 or boxes.shape[-1] != 4 or labels.shape != (boxes.shape[0],):
                 raise ValueError(
                     f"transform returned boxes {tuple(boxes.shape)} and labels {tuple(labels.shape)}; "
@@ -102,7 +103,7 @@ def collate_detections(batch: list[Sample | None]) -> dict[str, Any]:
 
     Returns ``{"images": uint8 [B, 3, H, W], "boxes": list of [M_i, 4], "labels": list of
     [M_i], "image_ids": list[int], "orig_sizes": list[(h, w)], "paths": list[str]}`` (plus
-    ``"scales"`` when the samples carry a ``"scale"``); B may
+    ``"content_sizes"`` when the samples carry a ``"content_size"``); B may
     be 0 (then ``images`` is ``[0, 3, 0, 0]``). All images must have the same size (make
     the transform resize/pad them).
     """
@@ -117,7 +118,8 @@ def collate_detections(batch: list[Sample | None]) -> dict[str, Any]:
         images = torch.stack([s["image"] for s in samples])
     else:
         images = torch.empty((0, 3, 0, 0), dtype=torch.uint8)
-    extra = {"scales": [s["scale"] for s in samples]} if samples and all("scale" in s for s in samples) else {}
+    with_content = samples and all("content_size" in s for s in samples)
+    extra = {"content_sizes": [s["content_size"] for s in samples]} if with_content else {}
     return {
         **extra,
         "images": images,

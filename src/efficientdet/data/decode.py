@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .images import DEFAULT_MAX_PIXELS, ImageSource, _load_file, _quiet_decoders, load_image
+from .images import DEFAULT_MAX_PIXELS, ImageSource, load_file, quiet_decoders, load_image
 
 __all__ = ["iter_image_chunks", "load_images"]
 
@@ -36,11 +36,11 @@ def load_images(
         return [load_image(src, name, max_pixels) for src, name in zip(sources, names)]
     # The warning filters are set once, here: warnings.catch_warnings is not thread-safe, so
     # the workers must not enter it themselves (quiet=True).
-    with _quiet_decoders(), ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+    with quiet_decoders(), ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         jobs: dict[int, Future[torch.Tensor]] = {}
         for i in files:
             label = names[i] or os.fspath(sources[i])  # type: ignore[arg-type]
-            jobs[i] = pool.submit(_load_file, sources[i], label, max_pixels, True)  # type: ignore[arg-type]
+            jobs[i] = pool.submit(load_file, sources[i], label, max_pixels, True)  # type: ignore[arg-type]
         try:
             return [jobs[i].result() if i in jobs else load_image(src, names[i], max_pixels)
                     for i, src in enumerate(sources)]  # fmt: skip

@@ -86,7 +86,7 @@ def load_image(
             shape or dtype; zero-size or over-limit image.
     """
     if isinstance(source, (str, os.PathLike)):
-        return _load_file(source, name or os.fspath(source), max_pixels)
+        return load_file(source, name or os.fspath(source), max_pixels)
     label = name or "image"
     if isinstance(source, Image.Image):
         return _from_pil(source, label, max_pixels)
@@ -102,7 +102,7 @@ def load_image(
 
 
 @contextlib.contextmanager
-def _quiet_decoders(quiet: bool = False) -> Iterator[None]:
+def quiet_decoders(quiet: bool = False) -> Iterator[None]:
     """Silence the decoders' known warnings, unless the caller already did (``quiet``)."""
     if quiet:
         yield
@@ -138,7 +138,7 @@ def image_size_of(source: ImageSource, name: str | None = None) -> tuple[int, in
 # --------------------------------------------------------------------------- files
 
 
-def _load_file(path: str | os.PathLike[str], name: str, max_pixels: int | None, quiet: bool = False) -> torch.Tensor:
+def load_file(path: str | os.PathLike[str], name: str, max_pixels: int | None, quiet: bool = False) -> torch.Tensor:
     """``quiet``: the caller has silenced the decoders' warnings (see :func:`load_images`)."""
     data = _read_file(path, name)
     header = _open_header(data, name, max_pixels, quiet)
@@ -146,7 +146,7 @@ def _load_file(path: str | os.PathLike[str], name: str, max_pixels: int | None, 
     orientation = _orientation(header)
     if fmt in _TV_EXIF_FORMATS or (fmt in _TV_FORMATS and orientation == 1):
         try:
-            with _quiet_decoders(quiet):
+            with quiet_decoders(quiet):
                 image = decode_image(
                     torch.frombuffer(bytearray(data), dtype=torch.uint8),
                     mode=ImageReadMode.RGB,
@@ -194,7 +194,7 @@ def _open_header(data: bytes | BinaryIO, name: str, max_pixels: int | None, quie
     """Lazily open ``data`` (file bytes or an open file) with Pillow: parses the header only."""
     fp = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        with _quiet_decoders(quiet):
+        with quiet_decoders(quiet):
             header = Image.open(fp)
     except Image.DecompressionBombError as exc:
         header = _open_over_pillow_limit(fp, name, max_pixels, str(exc))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from efficientdet.inference.postprocess import flatten_outputs
+from ..ops.outputs import flatten_outputs
 
 __all__ = ["DetectionLoss", "focal_loss", "huber_box_loss"]
 

@@ -17,6 +17,7 @@ from ..data.formats import read_dataset
 from ..data.loaders import build_train_loader
 from ..data.dataset import DetectionDataset
 from ..data.transforms import TrainTransform
+from ..inference.preprocess import normalize_batch
 from ..factory import save_model
 from efficientdet.engine.losses import DetectionLoss
 from ..ops.anchors import anchors_for_config
@@ -116,9 +117,6 @@ class Trainer:
         anchors = anchors_for_config(self.model_config.anchors, size).to(self.device)
         self.labeler = AnchorLabeler(anchors)
         self.criterion = DetectionLoss(**vars(cfg.loss))
-        pp = self.model_config.preprocess
-        self.mean = torch.tensor(pp.mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(pp.std, device=self.device).view(1, 3, 1, 1)
 
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -233,8 +231,11 @@ class Trainer:
     # -- one optimiser step -----------------------------------------------------------------
     def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Normalised images [N, 3, H, W] in the training memory format, boxes, labels."""
-        images = batch["images"].to(self.device, non_blocking=True).float()
-        images = ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        pp = self.model_config.preprocess
+        images = batch["images"].to(self.device, non_blocking=True)
+        # The border the model is evaluated and deployed with: 0 outside each image's content.
+        images = normalize_batch(images, batch["content_sizes"], pp.mean, pp.std)
+        images = images.contiguous(memory_format=self.memory_format)
         boxes = [b.to(self.device) for b in batch["boxes"]]
         labels = [lb.to(self.device) for lb in batch["labels"]]
         return images, boxes, labels

@@ -1,15 +1,14 @@
-"""``evaluate``: run a model over a dataset and score it with the official COCO protocol.
+"""``evaluate``: run a detector over a dataset and score it with the official COCO protocol.
 
-Used by ``efficientdet eval`` and by training for validation mAP. The fast path (a model, an
-EMA/DDP wrapper of one, or a ``Detector``) batches the whole pipeline: a ``DataLoader`` decodes
-and letterboxes images (``EvalTransform``, optionally in worker processes), the network runs
-once per batch and ``postprocess`` maps boxes back to each image's own pixels. Any other
-detector-like callable (``TTADetector``, ``OnnxDetector``) gets batches of decoded images.
+Used by ``efficientdet eval`` and by training for validation mAP. Every detector (``Detector``,
+``TTADetector``, ``OnnxDetector``; a bare model or an EMA/DDP wrapper of one becomes a
+``Detector``) runs the same stages as ``predict``: a ``DataLoader`` decodes the images
+(optionally in worker processes), and ``detector.detect`` prepares, runs and post-processes each
+batch. So ``eval`` scores exactly the detections ``predict`` writes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -26,12 +25,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.dataset import DetectionDataset, collate_detections
+from ..config import PostprocessConfig
 from ..data.records import DatasetIndex
-from ..data.transforms import EvalTransform
-from efficientdet.inference.detector import Detector
+from ..inference.detector import Detector
+from ..inference.protocol import ImageDetector
 from ..models.efficientdet import EfficientDet
-from ..ops.anchors import anchors_for_config
-from efficientdet.inference.postprocess import postprocess
 from .coco import STAT_NAMES, CocoEvaluator, CocoGroundTruth, EvalResult, gt_list_to_coco
 from .plots import plot_precision_recall
 from .voc import VocResult, voc_ap50
@@ -139,73 +137,31 @@ def _collate_list(batch: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
     return [s for s in batch if s is not None]  # images keep their own sizes
 
 
-@contextlib.contextmanager
-def _postprocess_config(runner: Any, post: Any) -> Iterator[None]:
-    """Temporarily give a detector-like object ``post`` as its post-processing config."""
-    target = getattr(runner, "detector", runner)  # TTADetector wraps a Detector
-    if not hasattr(target, "postprocess_config"):
-        yield
-        return
-    old = target.postprocess_config
-    target.postprocess_config = post
-    try:
-        yield
-    finally:
-        target.postprocess_config = old
+def as_detector(model_or_detector: Any) -> ImageDetector:
+    """A detector as is; a model (or an EMA/DDP wrapper of one) as a ``Detector`` on its device
+    (an inference-optimised copy: the model itself, and its train/eval mode, are untouched)."""
+    if isinstance(model_or_detector, ImageDetector):
+        return model_or_detector
+    model = _unwrap(model_or_detector)
+    if not isinstance(model, EfficientDet):
+        raise TypeError(f"expected an EfficientDet or a detector, got {type(model_or_detector).__name__}")
+    return Detector(model)
 
 
 Batch = tuple[list[str], list[int], list[dict[str, Any]]]  # (paths, image ids, detections)
 
 
-def _model_batches(
-    model: EfficientDet, device: torch.device | None, index: DatasetIndex, post: Any, batch_size: int, num_workers: int
+def detection_batches(
+    detector: ImageDetector, index: DatasetIndex, post: PostprocessConfig, batch_size: int, num_workers: int
 ) -> Iterator[Batch]:
-    """Fast path: DataLoader letterboxing (EvalTransform), one forward + postprocess per batch."""
-    config = model.config
-    assert config is not None
-    device = device or next(model.parameters()).device
-    dataset = DetectionDataset(index, EvalTransform(config.image_size), config.preprocess.max_input_pixels)
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate_detections, pin_memory=device.type == "cuda",
-    )  # fmt: skip
-    anchors = anchors_for_config(config.anchors, config.image_size).to(device)
-    dtype = next(model.parameters()).dtype
-    mean = torch.tensor(config.preprocess.mean, device=device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(config.preprocess.std, device=device, dtype=dtype).view(1, 3, 1, 1)
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in loader:
-            if not batch["image_ids"]:
-                continue  # every image of the batch was unreadable
-            with torch.inference_mode():
-                # Normalised on the device: the loader ships uint8, 4x less to copy.
-                x = (batch["images"].to(device, non_blocking=True).to(dtype) - mean) / std
-                class_out, box_out = model(x)
-                dets = postprocess(
-                    [c.float() for c in class_out], [b.float() for b in box_out], anchors, post,
-                    num_classes=config.num_classes, scales=torch.tensor(batch["scales"], device=device),
-                    image_sizes=batch["orig_sizes"],
-                )  # fmt: skip
-            yield batch["paths"], batch["image_ids"], dets
-    finally:
-        model.train(was_training)  # also when the caller stops early
-
-
-def _callable_batches(
-    runner: Any, index: DatasetIndex, post: Any, batch_size: int, num_workers: int, max_pixels: int | None
-) -> Iterator[Batch]:
-    """Generic path: decoded images (own sizes) in batches to a detector-like callable.
-    Images over ``max_pixels`` are skipped from their header, before any decoding."""
-    dataset = DetectionDataset(index, None, max_pixels)
+    """Decoded images (own sizes) in batches through ``detector.detect``. Images over the
+    detector's ``max_input_pixels`` are skipped from their header, before any decoding."""
+    dataset = DetectionDataset(index, None, detector.preprocess_config.max_input_pixels)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_list)
-    with _postprocess_config(runner, post):
-        for samples in loader:
-            if samples:
-                with torch.inference_mode():
-                    dets = runner([s["image"] for s in samples])
-                yield [s["path"] for s in samples], [s["image_id"] for s in samples], dets
+    for samples in loader:
+        if samples:  # else every image of the batch was unreadable
+            dets = detector.detect([s["image"] for s in samples], post)
+            yield [s["path"] for s in samples], [s["image_id"] for s in samples], dets
 
 
 def evaluate(
@@ -225,9 +181,9 @@ def evaluate(
     """COCO box AP of a model on ``index`` (every record is scored; subset the index to score fewer).
 
     Args:
-        model_or_detector: an ``EfficientDet`` (or an EMA/DDP wrapper with ``.module``), a
-            ``Detector`` (its model, device and IoU are used), or any detector-like callable
-            (``TTADetector``, ``OnnxDetector``: ``images -> list of dicts``).
+        model_or_detector: a detector (``Detector``, ``TTADetector``, ``OnnxDetector``: its
+            NMS IoU is used), or an ``EfficientDet`` (or an EMA/DDP wrapper with ``.module``),
+            run as ``Detector(model)``.
         index: the dataset, e.g. from ``read_dataset``.
         nms: ``"hard"`` or ``"soft"`` (Gaussian soft-NMS, as the official evaluation).
         voc: also compute Pascal VOC AP50 (``result.voc``).
@@ -239,25 +195,18 @@ def evaluate(
         score_threshold, max_detections: the official evaluation's 0.001 and 100.
 
     Unreadable images are skipped with a warning, listed in ``skipped_images`` and left out of
-    the metrics. A model in training mode is switched to eval mode and back.
+    the metrics.
     """
     if nms not in ("hard", "soft"):
         raise ValueError(f"unknown nms {nms!r}; expected 'hard' or 'soft'")
     if len(index) == 0:
         raise ValueError("the dataset has no images to evaluate")
     start = time.perf_counter()
-    runner = _unwrap(model_or_detector)
-    model: EfficientDet | None = runner if isinstance(runner, EfficientDet) else None
-    device: torch.device | None = None
-    if isinstance(runner, Detector):  # its model, batched by us; its device and IoU
-        model, device = runner.model, runner.device
-    config = model.config if model is not None else getattr(runner, "config", None)
-    if config is None:
-        raise ValueError("the model has no config; build it with efficientdet.create_model")
-    names = model.class_names if model is not None else getattr(runner, "class_names", None)
-    category_ids, to_dataset = label_mapping(config.num_classes, names, index)
-    base_post = getattr(runner, "postprocess_config", None) or config.postprocess
-    post = dataclasses.replace(base_post, nms=nms, score_threshold=score_threshold, max_detections=max_detections)
+    detector = as_detector(model_or_detector)
+    category_ids, to_dataset = label_mapping(detector.num_classes, detector.class_names, index)
+    post = dataclasses.replace(
+        detector.postprocess_config, nms=nms, score_threshold=score_threshold, max_detections=max_detections
+    )
 
     if gt is None:
         gts = [
@@ -288,12 +237,7 @@ def evaluate(
     from tqdm import tqdm
 
     bar = dict(desc="eval", unit="batch", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    if model is not None:
-        batches = _model_batches(model, device, index, post, batch_size, num_workers)
-    else:
-        # The runner's own limit (OnnxDetector keeps it in preprocess_config, TTA in config).
-        pre = getattr(runner, "preprocess_config", None) or config.preprocess
-        batches = _callable_batches(runner, index, post, batch_size, num_workers, pre.max_input_pixels)
+    batches = detection_batches(detector, index, post, batch_size, num_workers)
     for paths, image_ids, dets in tqdm(batches, total=math.ceil(len(index) / batch_size), **bar):
         seen.update(paths)
         add(image_ids, dets)

@@ -67,6 +67,8 @@ _LAZY = {
     "export_program": ".program",
     "export_torchscript": ".program",
     "OnnxDetector": ".runtime",
+    "cached_onnx": ".cache",
+    "onnx_providers": ".cache",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.box_coder import decode
-from efficientdet.inference.postprocess import flatten_outputs
+from ..ops.outputs import flatten_outputs
 
 __all__ = ["DetectionGraph", "FlatOutputs", "PostprocessGraph", "batched_class_nms"]
 

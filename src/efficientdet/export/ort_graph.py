@@ -24,9 +24,8 @@ here (each change leaves the outputs equal up to float rounding, ~1e-6):
   factor (``Resize`` with ``scales``, which runs blocked) instead of a size computed from shapes.
 
 Both modules re-implement a few lines of ``Head.forward`` / ``FusionNode.forward`` (models/):
-a change there must be mirrored here; tests/export/test_ort_graph.py compares them.
-Measured on D0 at 512 (2-core AVX2, interleaved A/B): the raw graph runs ~6% faster (dynamo
-exporter) and ~24% (TorchScript exporter, with ``onnx_passes.fold_pads_into_convs``).
+a change there must be mirrored here; tests/export/test_ort_graph.py compares them. What it
+gains is measured in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ def _folded_pointwise(pw: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor
 
 class FlatHead(nn.Module):
     """A :class:`Head` for inference, flattened: ``[[N, C, H_l, W_l]] -> [N, T, outputs]``,
-    rows in anchor order (level, y, x, anchor), as ``postprocess.flatten_outputs`` of the
+    rows in anchor order (level, y, x, anchor), as ``ops.outputs.flatten_outputs`` of the
     head's outputs (equal up to float rounding). Eval only: BN statistics are baked in.
     """
 

@@ -6,25 +6,24 @@ anchor and post-processing config), so only the ``.onnx`` file is required.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import PostprocessConfig, PreprocessConfig
-from efficientdet.inference.detector import detect_in_chunks, with_score_threshold
 from ..ops.anchors import anchors_for_config
 from ..ops.boxes import clip_boxes
-from efficientdet.inference.postprocess import postprocess, postprocess_candidates
-from efficientdet.inference.preprocess import preprocess_batch
+from ..inference.postprocess import postprocess, postprocess_candidates
+from ..inference.preprocess import preprocess_batch
+from ..inference.protocol import Detections, Prepared, StagedDetector, finish_detections, with_score_threshold
 from .metadata import OnnxMetadata, read_onnx_metadata
 
-__all__ = ["OnnxDetector", "physical_cores"]
-
-ImageInput = Any  # path, PIL.Image, HWC numpy array, CHW tensor
-
+__all__ = ["OnnxDetector", "check_graph_options", "physical_cores"]
 
 def physical_cores() -> int:
     """Physical cores this process may use (SMT siblings counted once).
@@ -65,7 +64,7 @@ def physical_cores() -> int:
     return max(1, min(allowed, physical or allowed))
 
 
-class OnnxDetector:
+class OnnxDetector(StagedDetector):
     """Runs an ONNX graph written by :func:`efficientdet.export.export_onnx` on images.
 
     ``detector(images)`` takes a list of images (paths, PIL images, HWC uint8 arrays or CHW
@@ -132,77 +131,140 @@ class OnnxDetector:
         self.postprocess_config = postprocess_config or meta.config.postprocess
         self.anchors = None if meta.nms_inside else anchors_for_config(meta.config.anchors, meta.image_size)
 
-    def _run(self, batch: torch.Tensor) -> list[np.ndarray]:
-        """One session run, padding the batch to a fixed graph batch when there is one."""
+    @classmethod
+    def from_weights(
+        cls,
+        weights: str | os.PathLike[str],
+        cache_dir: str | os.PathLike[str],
+        *,
+        model_name: str | None = None,
+        image_size: int | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+        max_input_pixels: int | None = None,
+        score_threshold: float | None = None,
+    ) -> "OnnxDetector":
+        """An ``.onnx`` file as it is (options that contradict its metadata are ValueErrors),
+        or any other weights (checkpoint, registered name, URL) exported once into
+        ``cache_dir`` (:func:`~efficientdet.export.cache.cached_onnx`). ``max_input_pixels``
+        overrides the limit the graph's metadata carries."""
+        from ..factory import create_model
+        from ..weights.registry import resolve_weights
+        from .cache import cached_onnx, onnx_providers, require_onnxruntime
+
+        require_onnxruntime()
+        providers = onnx_providers(device)  # checked before a possibly long export
+        if str(weights).lower().endswith(".onnx"):
+            path = Path(weights)
+            if not path.is_file():
+                raise FileNotFoundError(f"--weights {weights}: no such file")
+            check_graph_options(path, read_onnx_metadata(path), model_name, image_size, score_threshold)
+        else:
+            overrides = {} if image_size is None else {"image_size": image_size}
+            model = create_model(model_name, weights=weights, **overrides)
+            path = cached_onnx(model, cache_dir, source=resolve_weights(weights)[0])
+        detector = cls(path, providers=providers, batch_size=batch_size)
+        if max_input_pixels is not None:
+            detector.preprocess_config = dataclasses.replace(detector.preprocess_config, max_input_pixels=max_input_pixels)
+        return detector
+
+    def run(self, batch: torch.Tensor) -> list[np.ndarray]:
+        """Session runs on a float32 [N, 3, h, w] CPU batch -> the graph's outputs for the N
+        images (a graph with a fixed batch runs in pieces of its size, the last one padded)."""
         n = batch.shape[0]
         array = batch.numpy()
-        if self.fixed_batch is not None and n < self.fixed_batch:
-            pad = np.zeros((self.fixed_batch - n, *array.shape[1:]), dtype=array.dtype)
-            array = np.concatenate([array, pad])
-        return [out[:n] for out in self.session.run(None, {self.input_name: array})]
+        if self.fixed_batch is None:
+            return self.session.run(None, {self.input_name: array})
+        pieces = []
+        for start in range(0, n, self.fixed_batch):
+            part = array[start : start + self.fixed_batch]
+            if part.shape[0] < self.fixed_batch:
+                pad = np.zeros((self.fixed_batch - part.shape[0], *part.shape[1:]), dtype=part.dtype)
+                part = np.concatenate([part, pad])
+            pieces.append(self.session.run(None, {self.input_name: part}))
+        return [np.concatenate([p[i] for p in pieces])[:n] for i in range(len(pieces[0]))]
 
-    def __call__(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        score_threshold: float | None = None,
-        batch_size: int | None = None,
-    ) -> list[dict[str, Any]]:
-        post = with_score_threshold(self.postprocess_config, score_threshold)
+    def prepare(self, decoded: Sequence[torch.Tensor]) -> Prepared:
+        """uint8 [3, H_i, W_i] images -> the graph's input (on the CPU), scales, sizes."""
+        batch, scales, sizes = preprocess_batch([d.cpu() for d in decoded], self.preprocess_config)
+        return Prepared(batch, scales, sizes)
+
+    def forward(self, prepared: Prepared) -> list[np.ndarray]:
+        """The graph's outputs (see :mod:`efficientdet.export.onnx` for each layout)."""
+        return self.run(prepared.inputs)
+
+    def postprocess(
+        self, outputs: list[np.ndarray], prepared: Prepared, config: PostprocessConfig | None = None
+    ) -> Detections:
+        """Graph outputs -> one dict per image in its own pixels (CPU tensors, class names)."""
+        post = config or self.postprocess_config
+        scales, sizes = prepared.scales, prepared.image_sizes
+        if self.metadata.nms_inside:
+            dets = self._from_nms_outputs(outputs, scales, sizes, post.score_threshold)
+        elif self.metadata.candidates:
+            logits, codes, rows = (torch.from_numpy(o) for o in outputs[:3])  # [N, C, K], [N, C, 4], [N, C]
+            dets = postprocess_candidates(logits, codes, rows, self.anchors, post, scales=scales, image_sizes=sizes)
+        else:
+            cls, box = (torch.from_numpy(o) for o in outputs[:2])  # [N, T, K], [N, T, 4]
+            # postprocess takes per-level [N, A*C, H, W] maps; the flat rows are one "level" of
+            # height T, width 1 and A = 1 (its flattening gives back exactly [N, T, C]).
+            dets = postprocess(
+                [cls.transpose(1, 2).unsqueeze(-1)], [box.transpose(1, 2).unsqueeze(-1)], self.anchors, post,
+                num_classes=self.num_classes, scales=scales, image_sizes=sizes,
+            )  # fmt: skip
+        return finish_detections(dets, self.class_names)
+
+    def config_with_threshold(self, score_threshold: float | None) -> PostprocessConfig:
+        """As every detector's; a graph with NMS inside cannot go below its own threshold."""
         graph_threshold = (self.metadata.postprocess or {}).get("score_threshold")
         if self.metadata.nms_inside and score_threshold is not None and score_threshold < graph_threshold:
             raise ValueError(
                 f"this graph drops scores below {graph_threshold} itself; a lower score_threshold "
                 f"({score_threshold}) needs a graph exported with it (or without NMS inside)"
             )
-
-        def detect_chunk(decoded: list[torch.Tensor]) -> list[dict[str, Any]]:
-            batch, scales, sizes = preprocess_batch([d.cpu() for d in decoded], self.preprocess_config)
-            outputs = self._run(batch)
-            if self.metadata.nms_inside:
-                return self._from_nms_outputs(outputs, scales, sizes, score_threshold)
-            return self._postprocess(outputs, post, scales, sizes)
-
-        return detect_in_chunks(
-            images, detect_chunk, self.fixed_batch or batch_size or self.batch_size,
-            self.preprocess_config.max_input_pixels, self.class_names,
-        )  # fmt: skip
-
-    def _postprocess(
-        self, outputs: list[np.ndarray], post: PostprocessConfig, scales: torch.Tensor, sizes: list[tuple[int, int]]
-    ) -> list[dict[str, torch.Tensor]]:
-        assert self.anchors is not None
-        if self.metadata.candidates:
-            logits, codes, rows = (torch.from_numpy(o) for o in outputs[:3])  # [N, C, K], [N, C, 4], [N, C]
-            return postprocess_candidates(logits, codes, rows, self.anchors, post, scales=scales, image_sizes=sizes)
-        cls, box = (torch.from_numpy(o) for o in outputs[:2])  # [N, T, K], [N, T, 4]
-        # postprocess takes per-level [N, A*C, H, W] maps; the flat rows are one "level" of
-        # height T, width 1 and A = 1 (its flattening gives back exactly [N, T, C]).
-        return postprocess(
-            [cls.transpose(1, 2).unsqueeze(-1)],
-            [box.transpose(1, 2).unsqueeze(-1)],
-            self.anchors,
-            post,
-            num_classes=self.num_classes,
-            scales=scales,
-            image_sizes=sizes,
-        )
+        return with_score_threshold(self.postprocess_config, score_threshold)
 
     def _from_nms_outputs(
         self,
         outputs: list[np.ndarray],
         scales: torch.Tensor,
         sizes: list[tuple[int, int]],
-        score_threshold: float | None,
+        score_threshold: float,
     ) -> list[dict[str, torch.Tensor]]:
+        """NMS-inside outputs -> per-image dicts; ``score_threshold`` filters exactly when it is
+        above the graph's own (a box below it never suppresses one above it)."""
         boxes, scores, labels, counts = (torch.from_numpy(np.ascontiguousarray(o)) for o in outputs[:4])
         dets = []
         for i, (h, w) in enumerate(sizes):
             n = int(counts[i])
             b, s, lab = boxes[i, :n], scores[i, :n], labels[i, :n].to(torch.int64)
-            if score_threshold is not None:
-                # Exact: a box below the threshold never suppresses one above it.
+            if score_threshold > 0:
                 keep = s >= score_threshold
                 b, s, lab = b[keep], s[keep], lab[keep]
             b = clip_boxes(b / scales[i], float(h), float(w))
             dets.append({"boxes": b, "scores": s, "labels": lab})
         return dets
+
+
+def check_graph_options(
+    path: Path, meta: OnnxMetadata, model_name: str | None, image_size: int | None, score_threshold: float | None
+) -> None:
+    """A ready graph fixes the variant and the input size: options asking otherwise are errors."""
+    from ..variants import get_config
+
+    if model_name is not None:
+        try:
+            wanted = get_config(model_name).name
+        except ValueError:
+            wanted = model_name
+        if wanted != meta.model_name:
+            raise ValueError(f"{path}: this graph is {meta.model_name}, not {model_name}")
+    if image_size is not None and (image_size, image_size) != tuple(meta.image_size):
+        h, w = meta.image_size
+        raise ValueError(f"--image-size {image_size}: {path} has a fixed {h}x{w} input; drop --image-size or re-export")
+    graph_thr = (meta.postprocess or {}).get("score_threshold")
+    if meta.nms_inside and score_threshold is not None and graph_thr is not None and score_threshold < graph_thr:
+        raise ValueError(
+            f"{path} has NMS inside that drops scores below {graph_thr}; --score-threshold {score_threshold} needs a "
+            "graph exported without --nms (or pass the normal weights)"
+        )

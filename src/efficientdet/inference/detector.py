@@ -1,64 +1,51 @@
-"""``Detector``: images in, boxes out (pre-processing, network, anchors, decoding, NMS)."""
+"""``Detector``: images in, boxes out, on an inference-optimised copy of an ``EfficientDet``."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from efficientdet.config import PostprocessConfig
-from efficientdet.data.decode import iter_image_chunks
-from efficientdet.models.efficientdet import EfficientDet
-from efficientdet.ops.anchors import anchors_for_config
-from efficientdet.inference.postprocess import postprocess
-from efficientdet.inference.preprocess import preprocess_batch
+from ..config import PostprocessConfig, PreprocessConfig
+from ..models.efficientdet import EfficientDet
+from ..models.fuse import optimize_for_inference
+from ..ops.anchors import anchors_for_config
+from .postprocess import postprocess
+from .preprocess import preprocess_batch
+from .protocol import Detections, Prepared, StagedDetector, finish_detections
 
-ImageInput = Any  # path, PIL.Image, HWC numpy array, CHW tensor
-Detections = list[dict[str, Any]]
+__all__ = ["Detector", "inference_model"]
 
-
-def with_score_threshold(config: PostprocessConfig, score_threshold: float | None) -> PostprocessConfig:
-    """``config`` with another score threshold (None: unchanged)."""
-    return config if score_threshold is None else dataclasses.replace(config, score_threshold=score_threshold)
-
-
-def finish_detections(dets: Detections, class_names: Sequence[str] | None) -> Detections:
-    """Detections as ``Detector`` returns them: tensors on the CPU, class names attached."""
-    out = []
-    for det in dets:
-        det = {k: v.cpu() for k, v in det.items()}
-        if class_names is not None:
-            det["names"] = [class_names[i] for i in det["labels"].tolist()]
-        out.append(det)
-    return out
+# Devices where channels_last was measured faster end to end for EfficientDet (docs/benchmarks.md):
+# oneDNN's and cuDNN's depthwise and 1x1 kernels. Elsewhere (MPS, ...) NCHW, the safe default.
+_CHANNELS_LAST_DEVICES = ("cpu", "cuda")
 
 
-def detect_in_chunks(
-    images: ImageInput | Sequence[ImageInput],
-    detect_chunk: Callable[[list[torch.Tensor]], Detections],
-    batch_size: int,
-    max_pixels: int | None,
-    class_names: Sequence[str] | None,
-) -> Detections:
-    """The loop every detector shares: decode ``batch_size`` images at a time (uint8 CHW, the
-    ``max_pixels`` guard included), ``detect_chunk(decoded)`` -> one dict per image, tensors
-    moved to the CPU and class names attached (:func:`finish_detections`)."""
-    results: Detections = []
-    for decoded in iter_image_chunks(images, batch_size, max_pixels):
-        results += finish_detections(detect_chunk(decoded), class_names)
-    return results
+def inference_model(model: EfficientDet, device: torch.device) -> EfficientDet:
+    """An eval-mode copy of ``model`` on ``device`` for inference: BatchNorms folded into the
+    convs, channels_last where that is faster (CPU, CUDA). ``model`` itself is untouched."""
+    channels_last = device.type in _CHANNELS_LAST_DEVICES
+    fast = optimize_for_inference(model, channels_last=False, fuse=True)
+    fast = fast.to(device)
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return fast  # type: ignore[return-value]
 
 
-class Detector:
+class Detector(StagedDetector):
     """Runs an ``EfficientDet`` on images of any size.
 
     ``detector(images)`` takes a list of images (paths, PIL images, HWC uint8 arrays or CHW
     tensors; sizes may differ) and returns one dict per image: ``boxes`` ``[M, 4]`` xyxy in
     that image's own pixels, ``scores`` ``[M]``, ``labels`` ``[M]`` (0-based class indices) and,
     when the model carries class names, ``names`` (list of M strings).
+
+    By default the network is an inference-optimised copy (:func:`inference_model`); the
+    caller's model is left as it is. ``optimize=False`` runs ``model`` itself (moved to
+    ``device`` and put in eval mode). The stages are public (see
+    :mod:`efficientdet.inference.protocol`): ``prepare`` -> ``forward`` -> ``postprocess``.
     """
 
     def __init__(
@@ -67,55 +54,60 @@ class Detector:
         device: str | torch.device | None = None,
         postprocess_config: PostprocessConfig | None = None,
         batch_size: int = 8,
+        optimize: bool = True,
     ) -> None:
         if model.config is None:
             raise ValueError("the model has no config; build it with efficientdet.create_model")
         self.config = model.config
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model = model.to(self.device).eval()
+        self.model = inference_model(model, self.device) if optimize else model.to(self.device).eval()
         self.postprocess_config = postprocess_config or self.config.postprocess
         self.batch_size = batch_size
         self.class_names = model.class_names
         self.anchors = anchors_for_config(self.config.anchors, self.config.image_size).to(self.device)
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:  # type: ignore[override]
+        return self.config.preprocess
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
 
     @classmethod
     def from_pretrained(
         cls, weights: str | os.PathLike[str], name: str | None = None, device: str | None = None, **kwargs: Any
     ) -> "Detector":
         """A detector from a checkpoint, a registered weights name or a URL."""
-        from efficientdet.factory import create_model
+        from ..factory import create_model
 
         return cls(create_model(name, weights=weights), device=device, **kwargs)
 
-    def prepare(self, decoded: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
-        """uint8 ``[3, H_i, W_i]`` images -> (model input [N, 3, h, w], scales [N], original
-        sizes), on the detector's device (see :func:`efficientdet.inference.preprocess.preprocess_batch`)."""
+    def prepare(self, decoded: Sequence[torch.Tensor]) -> Prepared:
+        """uint8 ``[3, H_i, W_i]`` images -> model input [N, 3, h, w], scales [N] and original
+        sizes, on the detector's device (:func:`~efficientdet.inference.preprocess.preprocess_batch`)."""
         if self.device.type == "cuda":  # (verified there; other accelerators keep the CPU path)
             # The uint8 images go over first and are resized there: a quarter of the bytes of
-            # the float input, and the CPU's per-image resizes were 40% of end-to-end time at
-            # D0 batch 16 on a GPU. (GPU and CPU antialiased resizes can differ by one uint8 level.)
+            # the float input, and the CPU's per-image resizes dominated end-to-end time at
+            # batch 16 on a GPU. (GPU and CPU antialiased resizes can differ by one uint8 level.)
             decoded = [image.to(self.device) for image in decoded]
         batch, scales, sizes = preprocess_batch(list(decoded), self.config.preprocess)
-        return batch.to(self.device), scales.to(self.device), sizes
+        return Prepared(batch.to(self.device), scales.to(self.device), sizes)
 
-    @torch.inference_mode()
-    def __call__(
+    def forward(self, prepared: Prepared) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The network's raw per-level outputs: class [N, A*K, H_l, W_l], box [N, A*4, H_l, W_l]."""
+        return self.model(prepared.inputs)
+
+    def postprocess(
         self,
-        images: ImageInput | Sequence[ImageInput],
-        score_threshold: float | None = None,
-        batch_size: int | None = None,
+        outputs: tuple[list[torch.Tensor], list[torch.Tensor]],
+        prepared: Prepared,
+        config: PostprocessConfig | None = None,
     ) -> Detections:
-        post = with_score_threshold(self.postprocess_config, score_threshold)
-
-        def detect_chunk(decoded: list[torch.Tensor]) -> Detections:
-            batch, scales, sizes = self.prepare(decoded)
-            class_out, box_out = self.model(batch)
-            return postprocess(
-                class_out, box_out, self.anchors, post, num_classes=self.config.num_classes, scales=scales,
-                image_sizes=sizes,
-            )  # fmt: skip
-
-        return detect_in_chunks(
-            images, detect_chunk, batch_size or self.batch_size, self.config.preprocess.max_input_pixels,
-            self.class_names,
+        """Raw outputs -> one dict per image in its own pixels (CPU tensors, class names)."""
+        class_out, box_out = outputs
+        dets = postprocess(
+            class_out, box_out, self.anchors, config or self.postprocess_config, num_classes=self.config.num_classes,
+            scales=prepared.scales, image_sizes=prepared.image_sizes,
         )  # fmt: skip
+        return finish_detections(dets, self.class_names)

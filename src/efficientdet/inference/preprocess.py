@@ -1,7 +1,10 @@
-"""Model input preparation: aspect-preserving resize, normalisation, bottom/right padding.
+"""Model input preparation: the one resize geometry and the one normalise-and-pad.
 
-The image content stays at the top-left of the model input, so a point or box in model
-pixels maps back to the original image as ``original = model / scale``.
+Training, evaluation, ``Detector``, the ONNX backend and the benchmark all build model inputs
+here. The image is resized keeping its aspect ratio (:func:`fit_size`), normalised as
+``(x - mean) / std`` (0..255 units) and kept at the top-left; the rest of the input is 0,
+i.e. the mean colour after normalising, for every variant (as the official pipeline pads). A
+point or box in model pixels maps back to the original image as ``original = model / scale``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,55 @@ import torchvision.transforms.v2.functional as TF
 
 from efficientdet.config import PreprocessConfig
 
-__all__ = ["preprocess_batch", "resize_and_pad"]
+__all__ = ["check_image", "check_size", "fit_size", "normalize_batch", "preprocess_batch", "resize_and_pad", "resize_to_fit"]
+
+
+def fit_size(src_hw: tuple[int, int], dst_hw: tuple[float, float]) -> tuple[float, int, int]:
+    """Aspect-preserving fit of ``src_hw`` (H, W) into ``dst_hw`` (h, w): ``(scale, new_h, new_w)``.
+
+    ``scale = min(h / H, w / W)``, ``new = round(side * scale)`` clamped to [1, target side].
+    ``dst_hw`` may be fractional (the training scale jitter).
+    """
+    src_h, src_w = int(src_hw[0]), int(src_hw[1])
+    h, w = dst_hw
+    scale = min(h / src_h, w / src_w)
+    # Clamp: float rounding must neither overflow the canvas nor collapse a thin image to 0 px.
+    new_h = int(min(int(h), max(1, round(src_h * scale))))
+    new_w = int(min(int(w), max(1, round(src_w * scale))))
+    return scale, new_h, new_w
+
+
+def resize_to_fit(image: torch.Tensor, dst_hw: tuple[float, float]) -> tuple[torch.Tensor, float]:
+    """uint8 ``[3, H, W]`` -> (uint8 ``[3, new_h, new_w]`` fitted into ``dst_hw``, scale).
+
+    Bilinear, antialiased, still uint8: torch has a native uint8 antialias kernel on CPU, so the
+    only float copy later made is of the small, resized image.
+    """
+    scale, new_h, new_w = fit_size((int(image.shape[1]), int(image.shape[2])), dst_hw)
+    if (new_h, new_w) != tuple(image.shape[1:]):
+        image = TF.resize(image, [new_h, new_w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return image, scale
+
+
+def normalize_batch(
+    images: torch.Tensor, content_sizes: Sequence[tuple[int, int]], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 ``[N, 3, h, w]`` canvases with content ``[:h_i, :w_i]`` at the top-left -> float32
+    ``[N, 3, h, w]``: content normalised, everything else 0 (what :func:`preprocess_batch` gives).
+
+    The training loader's canvases are padded with anything; only the content is read.
+    """
+    if images.ndim != 4 or images.shape[1] != 3 or len(content_sizes) != images.shape[0]:
+        raise ValueError(f"expected [N, 3, h, w] images and N content sizes, got {tuple(images.shape)} and {len(content_sizes)}")
+    mean_t, std_t = _stats(mean, std, images.device)
+    out = (images.float() - mean_t) / std_t
+    h, w = int(images.shape[2]), int(images.shape[3])
+    for i, (ch, cw) in enumerate(content_sizes):
+        if ch < h:
+            out[i, :, ch:, :] = 0
+        if cw < w:
+            out[i, :, :ch, cw:] = 0
+    return out
 
 
 def resize_and_pad(
@@ -28,8 +79,8 @@ def resize_and_pad(
     ``(round(H * scale), round(W * scale))``, normalised as ``(x - mean) / std`` (0..255 units)
     and padded at the bottom/right with 0, i.e. the mean colour. Returns ``(tensor, scale)``.
     """
-    _check_image(image, "image")
-    h, w = _check_size(image_size)
+    check_image(image, "image")
+    h, w = check_size(image_size)
     out = torch.zeros((3, h, w), dtype=torch.float32, device=image.device)
     mean_t, std_t = _stats(mean, std, image.device)
     return out, _resize_normalize_into(image, out, mean_t, std_t)
@@ -43,9 +94,9 @@ def preprocess_batch(
     Returns ``(batch [N, 3, h, w] float32, scales [N] float32, original sizes [(H_i, W_i)])``
     with ``(h, w) = config.image_size``; all on the device of the first image.
     """
-    h, w = _check_size(config.image_size)
+    h, w = check_size(config.image_size)
     for i, image in enumerate(images):
-        _check_image(image, f"image #{i}")
+        check_image(image, f"image #{i}")
     device = images[0].device if len(images) else torch.device("cpu")
     # One zero-filled buffer: each image writes only its content region, the rest is padding.
     batch = torch.zeros((len(images), 3, h, w), dtype=torch.float32, device=device)
@@ -62,16 +113,8 @@ def _resize_normalize_into(
     image: torch.Tensor, out: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 ) -> float:
     """Write the resized, normalised ``image`` into the top-left of zeroed ``out`` [3, h, w]."""
-    src_h, src_w = int(image.shape[1]), int(image.shape[2])
-    h, w = int(out.shape[1]), int(out.shape[2])
-    scale = min(h / src_h, w / src_w)
-    # Clamp: float rounding must neither overflow the canvas nor collapse a thin image to 0 px.
-    new_h = min(h, max(1, round(src_h * scale)))
-    new_w = min(w, max(1, round(src_w * scale)))
-    if (new_h, new_w) != (src_h, src_w):
-        # Resize while still uint8 (torch has a native uint8 antialias kernel on CPU), so the
-        # only float copy made is of the small, resized image.
-        image = TF.resize(image, [new_h, new_w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    image, scale = resize_to_fit(image, (int(out.shape[1]), int(out.shape[2])))
+    new_h, new_w = int(image.shape[1]), int(image.shape[2])
     region = out[:, :new_h, :new_w]
     region.copy_(image)  # uint8 -> float32 in place
     region.sub_(mean).div_(std)
@@ -88,13 +131,15 @@ def _stats(mean: Sequence[float], std: Sequence[float], device: torch.device) ->
     return mean_t, std_t
 
 
-def _check_size(image_size: tuple[int, int]) -> tuple[int, int]:
+def check_size(image_size: tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` as two positive ints, or a ValueError."""
     if len(image_size) != 2 or min(image_size) <= 0:
         raise ValueError(f"image_size must be (height, width) with positive sides, got {image_size}")
     return int(image_size[0]), int(image_size[1])
 
 
-def _check_image(image: torch.Tensor, name: str) -> None:
+def check_image(image: torch.Tensor, name: str) -> None:
+    """A uint8 ``[3, H, W]`` tensor with non-zero sides, or an error naming ``name``."""
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"{name}: expected a uint8 [3, H, W] tensor, got {type(image).__name__}; see load_image")
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from efficientdet.inference.detector import Detector, ImageInput, detect_in_chunks, with_score_threshold
 from efficientdet.ops.anchors import anchors_for_config
 from efficientdet.ops.boxes import box_iou, clip_boxes
 from efficientdet.ops.nms import batched_nms, soft_nms
-from efficientdet.inference.postprocess import postprocess
-from efficientdet.inference.preprocess import preprocess_batch
+from .detector import Detector
+from .postprocess import postprocess
+from .preprocess import preprocess_batch
+from .protocol import Detections, Prepared, StagedDetector, finish_detections
 
 __all__ = ["TTADetector", "weighted_box_fusion"]
 
@@ -80,7 +82,17 @@ def weighted_box_fusion(
     return fused[order], fused_scores[order], labels[leaders][order]
 
 
-class TTADetector:
+@dataclass
+class TTAPrepared:
+    """The views of a batch of n images: one :class:`Prepared` per input size, each holding the
+    n images (and their n mirrors when flipping); ``widths`` [n] the originals' widths."""
+
+    views: list[Prepared]
+    widths: Tensor
+    image_sizes: list[tuple[int, int]]
+
+
+class TTADetector(StagedDetector):
     """A :class:`Detector` with test-time augmentation; called exactly like a Detector.
 
     ``flips``: also run the mirrored image. ``scales``: input sizes as factors of the model's
@@ -115,7 +127,6 @@ class TTADetector:
         self.sizes: list[tuple[int, int]] = list(dict.fromkeys((side(base_h * s), side(base_w * s)) for s in scales))
         self._anchors: dict[tuple[int, int], Tensor] = {}
 
-    # Detector-compatible attributes, so code that inspects a Detector accepts this too.
     @property
     def config(self) -> Any:
         return self.detector.config
@@ -129,15 +140,23 @@ class TTADetector:
         return self.detector.device
 
     @property
-    def class_names(self) -> list[str] | None:
+    def class_names(self) -> list[str] | None:  # type: ignore[override]
         return self.detector.class_names
 
     @property
-    def batch_size(self) -> int:
+    def batch_size(self) -> int:  # type: ignore[override]
         return self.detector.batch_size
 
     @property
-    def postprocess_config(self) -> Any:
+    def preprocess_config(self) -> PreprocessConfig:  # type: ignore[override]
+        return self.detector.preprocess_config
+
+    @property
+    def num_classes(self) -> int:
+        return self.detector.num_classes
+
+    @property
+    def postprocess_config(self) -> PostprocessConfig:  # type: ignore[override]
         return self.detector.postprocess_config
 
     @property
@@ -149,50 +168,46 @@ class TTADetector:
             self._anchors[size] = anchors_for_config(self.config.anchors, size).to(self.device)
         return self._anchors[size]
 
-    @torch.inference_mode()
-    def __call__(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        score_threshold: float | None = None,
-        batch_size: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Like ``Detector.__call__``: one dict (boxes [M, 4] xyxy own pixels, scores, labels,
-        names) per image."""
-        post = with_score_threshold(self.postprocess_config, score_threshold)
-        return detect_in_chunks(
-            images, lambda decoded: self._detect_chunk(decoded, post), batch_size or self.batch_size,
-            self.config.preprocess.max_input_pixels, self.class_names,
-        )  # fmt: skip
-
-    def _detect_chunk(self, decoded: list[Tensor], post: Any) -> list[dict[str, Tensor]]:
-        """uint8 [3, H_i, W_i] images -> merged detections, one dict per image."""
-        n = len(decoded)
-        views = decoded + [im.flip(-1) for im in decoded] if self.flips else decoded
-        widths = torch.tensor([float(im.shape[-1]) for im in decoded], device=self.device)  # [n]
-        per_image: list[list[dict[str, Tensor]]] = [[] for _ in range(n)]
+    def prepare(self, decoded: Sequence[Tensor]) -> TTAPrepared:
+        """uint8 [3, H_i, W_i] images -> every (size, flip) view, batched per input size."""
+        images = list(decoded)
+        views = images + [im.flip(-1) for im in images] if self.flips else images
+        prepared = []
         for size in self.sizes:
             pre = dataclasses.replace(self.config.preprocess, image_size=size)
             batch, scales, sizes = preprocess_batch(views, pre)
-            class_out, box_out = self.model(batch.to(self.device))
+            prepared.append(Prepared(batch.to(self.device), scales.to(self.device), sizes))
+        widths = torch.tensor([float(im.shape[-1]) for im in images], device=self.device)  # [n]
+        return TTAPrepared(prepared, widths, [(int(im.shape[1]), int(im.shape[2])) for im in images])
+
+    def forward(self, prepared: TTAPrepared) -> list[Any]:
+        """One forward per input size (all images and both flips together)."""
+        return [self.detector.forward(view) for view in prepared.views]
+
+    def postprocess(self, outputs: list[Any], prepared: TTAPrepared, config: PostprocessConfig | None = None) -> Detections:
+        """Every view's detections, mirrored back, merged per image (see the module doc)."""
+        post = config or self.postprocess_config
+        n = len(prepared.image_sizes)
+        per_image: list[list[dict[str, Tensor]]] = [[] for _ in range(n)]
+        for size, view, (class_out, box_out) in zip(self.sizes, prepared.views, outputs):
             dets = postprocess(
-                class_out, box_out, self._anchors_for(size), post,
-                num_classes=self.config.num_classes, scales=scales.to(self.device), image_sizes=sizes,
+                class_out, box_out, self._anchors_for(size), post, num_classes=self.config.num_classes,
+                scales=view.scales, image_sizes=view.image_sizes,
             )  # fmt: skip
             for v, det in enumerate(dets):
                 i = v % n
                 if v >= n:  # mirrored view: x -> W - x (and x0/x1 swap roles)
-                    b = det["boxes"]
-                    det = dict(det, boxes=torch.stack([widths[i] - b[:, 2], b[:, 1], widths[i] - b[:, 0], b[:, 3]], 1))
+                    b, w = det["boxes"], prepared.widths[i]
+                    det = dict(det, boxes=torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1))
                 per_image[i].append(det)
         merged: list[dict[str, Tensor]] = []
-        for i, dets in enumerate(per_image):
+        for (h, w), dets in zip(prepared.image_sizes, per_image):
             boxes = torch.cat([d["boxes"] for d in dets])
             scores = torch.cat([d["scores"] for d in dets])
             labels = torch.cat([d["labels"] for d in dets])
             boxes, scores, labels = self._merge(boxes, scores, labels, post)
-            h, w = decoded[i].shape[1:]
             merged.append({"boxes": clip_boxes(boxes, float(h), float(w)), "scores": scores, "labels": labels})
-        return merged
+        return finish_detections(merged, self.class_names)
 
     def _merge(self, boxes: Tensor, scores: Tensor, labels: Tensor, post: Any) -> tuple[Tensor, Tensor, Tensor]:
         """All views' candidates of one image -> final (boxes, scores, labels), best first."""

@@ -8,7 +8,7 @@ from torchvision.ops import batched_nms as _tv_batched_nms
 
 from efficientdet.ops.boxes import box_iou
 
-__all__ = ["batched_nms", "soft_nms"]
+__all__ = ["batched_nms", "hard_nms_top", "soft_nms"]
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
@@ -91,3 +91,25 @@ def soft_nms(
     new_scores = torch.cat(sel_score)
     order = torch.sort(new_scores, descending=True, stable=True).indices[:max_detections]
     return keep[order], new_scores[order]
+
+
+def hard_nms_top(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float, max_detections: int) -> Tensor:
+    """The first ``max_detections`` of class-wise hard NMS's kept indices (score descending).
+
+    Greedy NMS decides on a box from the higher-scoring boxes of its class only, so NMS on the
+    P best boxes keeps exactly the full run's kept boxes among them; once that already gives
+    ``max_detections`` boxes, nothing after them can enter the result. With the usual 5000
+    candidates and 100 detections a prefix of a few hundred boxes mostly suffices, saving
+    most of the NMS time (torchvision's loops over ~all classes cost a fixed amount each).
+    """
+    n = scores.shape[0]
+    if max_detections <= 0 or n == 0:
+        return torch.empty(0, dtype=torch.int64, device=scores.device)
+    order = scores.argsort(descending=True, stable=True)
+    size = min(n, 4 * max_detections)
+    while True:
+        prefix = order[:size]
+        kept = batched_nms(boxes[prefix], scores[prefix], labels[prefix], iou_threshold)
+        if kept.numel() >= max_detections or size == n:
+            return prefix[kept[:max_detections]]
+        size = min(n, 4 * size)

@@ -1,0 +1,143 @@
+"""What every detector offers, and the loop they share.
+
+A detector runs the one pipeline in three public stages, so evaluation, the benchmark, the
+server and the CLI can time, batch or interleave them without reaching into any backend:
+
+    decoded uint8 [3, H_i, W_i] images --prepare--> Prepared (model input [N, 3, h, w],
+    scales, original sizes) --forward--> raw outputs (backend-specific) --postprocess-->
+    one dict per image (CPU tensors: boxes [M, 4] xyxy in the image's own pixels, scores [M],
+    labels [M] int64, and names when the model has class names).
+
+``Detector`` (torch), ``TTADetector`` and ``export.OnnxDetector`` implement
+:class:`ImageDetector`; :class:`StagedDetector` gives them ``detect`` and ``__call__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from ..config import PostprocessConfig, PreprocessConfig
+from ..data.decode import iter_image_chunks
+
+__all__ = [
+    "Detections",
+    "ImageDetector",
+    "ImageInput",
+    "Prepared",
+    "StagedDetector",
+    "finish_detections",
+    "with_score_threshold",
+]
+
+ImageInput = Any  # path, PIL.Image, HWC numpy array, CHW tensor
+Detections = list[dict[str, Any]]
+
+
+@dataclass
+class Prepared:
+    """A batch ready for the network: ``inputs`` float32 [N, 3, h, w] on the detector's device,
+    ``scales`` [N] (model pixels per image pixel), ``image_sizes`` the originals' (H_i, W_i)."""
+
+    inputs: torch.Tensor
+    scales: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+
+
+@runtime_checkable
+class ImageDetector(Protocol):
+    """The interface of every detector (torch, TTA, ONNX Runtime)."""
+
+    class_names: list[str] | None
+    batch_size: int
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig: ...
+
+    @property
+    def postprocess_config(self) -> PostprocessConfig: ...
+
+    def prepare(self, decoded: Sequence[torch.Tensor]) -> Any: ...
+
+    def forward(self, prepared: Any) -> Any: ...
+
+    def postprocess(self, outputs: Any, prepared: Any, config: PostprocessConfig | None = None) -> Detections: ...
+
+    def detect(self, decoded: Sequence[torch.Tensor], config: PostprocessConfig | None = None) -> Detections: ...
+
+    def __call__(
+        self, images: ImageInput | Sequence[ImageInput], score_threshold: float | None = None,
+        batch_size: int | None = None,
+    ) -> Detections: ...  # fmt: skip
+
+
+def with_score_threshold(config: PostprocessConfig, score_threshold: float | None) -> PostprocessConfig:
+    """``config`` with another score threshold (None: unchanged)."""
+    return config if score_threshold is None else dataclasses.replace(config, score_threshold=score_threshold)
+
+
+def finish_detections(dets: Sequence[dict[str, torch.Tensor]], class_names: Sequence[str] | None) -> Detections:
+    """Detections as detectors return them: tensors on the CPU, class names attached."""
+    out = []
+    for det in dets:
+        det = {k: v.cpu() for k, v in det.items()}
+        if class_names is not None:
+            det["names"] = [class_names[i] for i in det["labels"].tolist()]
+        out.append(det)
+    return out
+
+
+class StagedDetector:
+    """``detect`` and ``__call__`` from a subclass's ``prepare`` / ``forward`` / ``postprocess``.
+
+    Subclasses set ``class_names``, ``batch_size``, ``preprocess_config`` and
+    ``postprocess_config``.
+    """
+
+    class_names: list[str] | None = None
+    batch_size: int = 8
+    preprocess_config: PreprocessConfig
+    postprocess_config: PostprocessConfig
+
+    def prepare(self, decoded: Sequence[torch.Tensor]) -> Any:
+        raise NotImplementedError
+
+    def forward(self, prepared: Any) -> Any:
+        raise NotImplementedError
+
+    def postprocess(self, outputs: Any, prepared: Any, config: PostprocessConfig | None = None) -> Detections:
+        raise NotImplementedError
+
+    def config_with_threshold(self, score_threshold: float | None) -> PostprocessConfig:
+        """The post-processing config for a call with ``score_threshold`` (None: the default);
+        a backend that cannot honour a threshold raises here, before any work."""
+        return with_score_threshold(self.postprocess_config, score_threshold)
+
+    def detect(self, decoded: Sequence[torch.Tensor], config: PostprocessConfig | None = None) -> Detections:
+        """Decoded uint8 [3, H_i, W_i] images -> one dict per image (the three stages)."""
+        with torch.inference_mode():
+            prepared = self.prepare(decoded)
+            return self.postprocess(self.forward(prepared), prepared, config)
+
+    def __call__(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        score_threshold: float | None = None,
+        batch_size: int | None = None,
+    ) -> Detections:
+        """Images (paths, PIL images, HWC uint8 arrays or CHW tensors; any sizes) -> one dict
+        per image. Decodes ``batch_size`` images at a time (the ``max_input_pixels`` guard
+        included) and runs :meth:`detect` on each chunk."""
+        post = self.config_with_threshold(score_threshold)
+        results: Detections = []
+        limit = self.preprocess_config.max_input_pixels
+        for decoded in iter_image_chunks(images, batch_size or self.batch_size, limit):
+            results += self.detect(decoded, post)
+        return results
