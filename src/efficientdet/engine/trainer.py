@@ -198,10 +198,11 @@ class Trainer:
         return tqdm(total=len(self.loader), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", dynamic_ncols=True, leave=False)
 
     def _note_issues(self, batch: dict[str, Any]) -> None:
-        """Warn each data issue of ``batch`` once per run; count the skipped images."""
+        """Warn each data issue of ``batch`` once per run; count the skipped images. Every
+        rank warns about its own samples (the other ranks never see them)."""
         self.skipped_images += int(batch.get("skipped", 0))
         for issue in batch.get("issues", ()):
-            if issue not in self.issues_seen and self.dist.is_main:
+            if issue not in self.issues_seen:
                 self.issues_seen.add(issue)
                 warn_issue(issue)
 
