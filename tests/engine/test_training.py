@@ -16,7 +16,7 @@ from efficientdet.engine.trainer import Trainer, TrainingDiverged
 
 def _poison(trainer: Trainer, bad_steps: set[int]) -> None:
     """Make the loss NaN on the given batch numbers (1-based, counted over the run): NaN pixels."""
-    original = trainer._inputs
+    original = trainer.stepper.inputs
     calls = {"n": 0}
 
     def inputs(batch):
@@ -26,7 +26,7 @@ def _poison(trainer: Trainer, bad_steps: set[int]) -> None:
             images = images * float("nan")
         return images, boxes, labels
 
-    trainer._inputs = inputs  # type: ignore[method-assign]
+    trainer.stepper.inputs = inputs  # type: ignore[method-assign]
 
 
 def test_a_nonfinite_loss_skips_the_step(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
@@ -52,14 +52,14 @@ def test_repeated_nonfinite_losses_stop_with_a_checkpoint(tiny_dataset: Path, tm
 
 def test_sigint_saves_and_stops_cleanly(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
     trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=3), progress=False)
-    original = trainer._optimizer_step
+    original = trainer.stepper.optimizer_step
 
-    def step_then_interrupt() -> None:
-        original()
+    def step_then_interrupt(time_fraction: float | None = None) -> None:
+        original(time_fraction)
         if trainer.step == 2:
             signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C
 
-    trainer._optimizer_step = step_then_interrupt  # type: ignore[method-assign]
+    trainer.stepper.optimizer_step = step_then_interrupt  # type: ignore[method-assign]
     assert trainer.fit() == "signal"
     state = load_checkpoint(tmp_path / "last.ckpt")
     assert state["step"] == 2 and state["batch_in_epoch"] == 2

@@ -1,7 +1,7 @@
 """A full disk while saving: the previous checkpoint stays intact, and training stops clearly.
 
 Three ways to fill the disk: a simulated one (``os.fdopen``/``os.fsync``/``mkstemp`` of the
-checkpoint writer raising ``ENOSPC`` after writing part of the data, the safetensors writer
+atomic writer raising ``ENOSPC`` after writing part of the data, the safetensors writer
 failing the way the real one does), and a real one (a 64 MiB tmpfs in a private mount
 namespace, skipped where the system does not allow creating one).
 """
@@ -22,7 +22,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-import efficientdet.engine.checkpoint as ckpt_mod
+import efficientdet.fs as fs_mod
 import efficientdet.weights.io as wio
 from efficientdet.cli import main
 from efficientdet.engine.checkpoint import CheckpointError, load_checkpoint
@@ -75,7 +75,7 @@ class _FullFile:
 
 
 class FullDisk:
-    """Stands in for ``os`` in the checkpoint module: the ``fail_from``-th checkpoint write
+    """Stands in for ``os`` in ``efficientdet.fs`` (the atomic writer of checkpoints): the ``fail_from``-th checkpoint write
     (1-based) and every later one find ``free`` bytes left; ``at="fsync"`` fails at fsync."""
 
     def __init__(self, fail_from: int, free: int = 1 << 20, at: str = "write") -> None:
@@ -104,7 +104,7 @@ def test_cli_full_disk_on_second_save_keeps_previous_checkpoint(
     dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     disk = FullDisk(fail_from=2)  # the first checkpoint fits, the second does not
-    monkeypatch.setattr(ckpt_mod, "os", disk)
+    monkeypatch.setattr(fs_mod, "os", disk)
     args = [f"{k}={v}" for k, v in overrides(dataset, tmp_path, max_steps=3).items()]
     rc = main(["train", "--no-progress", *args])
     monkeypatch.undo()
@@ -145,7 +145,7 @@ def test_full_disk_at_fsync_mkstemp_and_ema_write(
     trainer.step += 1  # pretend training went on, so a successful save would change the files
 
     # 1. the data fit, fsync reports ENOSPC (delayed allocation, NFS, quotas)
-    monkeypatch.setattr(ckpt_mod, "os", FullDisk(fail_from=1, at="fsync"))
+    monkeypatch.setattr(fs_mod, "os", FullDisk(fail_from=1, at="fsync"))
     with pytest.raises(CheckpointError, match=f"last.ckpt: could not write the checkpoint: the disk is full"):
         trainer.save("last")
     monkeypatch.undo()
@@ -154,7 +154,7 @@ def test_full_disk_at_fsync_mkstemp_and_ema_write(
     def no_inode(*_a: Any, **_k: Any) -> Any:
         raise OSError(errno.ENOSPC, NOSPACE)
 
-    monkeypatch.setattr(ckpt_mod.tempfile, "mkstemp", no_inode)
+    monkeypatch.setattr(fs_mod.tempfile, "mkstemp", no_inode)
     with pytest.raises(CheckpointError, match=f"{tmp_path / 'last.ckpt'}: could not write .* disk is full"):
         trainer.save("last")
     monkeypatch.undo()

@@ -1,7 +1,7 @@
 """torchrun --max-restarts: a worker dies, torchrun restarts the group, the run resumes by itself.
 
 Two gloo processes on the CPU run ``efficientdet train`` through a wrapper script written by the
-test: it patches ``Trainer._optimizer_step`` so that rank 1 calls ``os._exit(1)`` right after
+test: it patches ``TrainStep.optimizer_step`` so that rank 1 calls ``os._exit(1)`` right after
 optimiser step ``KILL_AT`` in the first attempt only (``TORCHELASTIC_RESTART_COUNT == "0"``).
 No fault hook lives in the library. The config does not set ``resume``: restarted workers
 resume from ``last.ckpt`` on their own.
@@ -27,18 +27,19 @@ KILL_AT, EVERY, MAX_STEPS = 3, 2, 5  # dies after step 3; periodic checkpoints a
 WRAPPER = textwrap.dedent(
     """\
     import os, sys
-    from efficientdet.engine.trainer import Trainer
+    from efficientdet.engine.step import TrainStep
 
     kill_at = int(os.environ["TEST_KILL_AT_STEP"])
-    original = Trainer._optimizer_step
+    original = TrainStep.optimizer_step
 
-    def dying_step(self):
-        original(self)
-        if self.step == kill_at and self.dist.rank == 1 and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
-            print(f"test fault: rank 1 exits at step {self.step}", flush=True)
+    def dying_step(self, time_fraction=None):
+        original(self, time_fraction)
+        step = self.state.step
+        if step == kill_at and self.dist.rank == 1 and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+            print(f"test fault: rank 1 exits at step {step}", flush=True)
             os._exit(1)  # like a crash or an OOM kill: no cleanup, no checkpoint
 
-    Trainer._optimizer_step = dying_step
+    TrainStep.optimizer_step = dying_step
     from efficientdet.cli import main
     raise SystemExit(main(["train", "--no-progress", *sys.argv[1:]]))
     """

@@ -12,8 +12,25 @@ from . import benchmark, evaluate, export, info, predict, quickstart, serve, tra
 COMMANDS = [info, train, predict, evaluate, export, quickstart, benchmark, serve]
 
 
+def plain_text(text: str) -> str:
+    """Terminal text from reST: ````code```` loses its double backticks (the sub-commands'
+    descriptions are their module docstrings, written for the API docs too)."""
+    return text.replace("``", "")
+
+
+class CliParser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose help and usage are plain text; sub-parsers are of this class
+    too (``add_subparsers`` creates them with the parent's class)."""
+
+    def format_help(self) -> str:
+        return plain_text(super().format_help())
+
+    def format_usage(self) -> str:
+        return plain_text(super().format_usage())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="efficientdet", description="EfficientDet object detectors: inspect, train, evaluate, predict, export, serve."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

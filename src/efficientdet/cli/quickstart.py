@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from ..factory import create_model
     from efficientdet.outputs.visualize import draw_detections
 
+    from ..fs import atomic_open, atomic_write
+    from .notices import print_data_warnings
+
     out = Path(args.out)
     start = time.time()
     data_dir = out / "data"
@@ -63,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
         },
         preset="finetune",
     )
-    trainer = Trainer(cfg, progress=not args.no_progress)
-    trainer.fit()
+    with print_data_warnings("quickstart"):
+        trainer = Trainer(cfg, progress=not args.no_progress)
+        trainer.fit()
     print(f"      {trainer.step} steps, final loss {trainer.history[-1]:.4f}")
 
     print("[3/4] evaluating on the validation split (official COCO metrics)")
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector(model)
     paths = [r.image_path for r in val_index.records[:8]]
     for path, det in zip(paths, detector(paths, score_threshold=0.4)):
-        draw_detections(path, det, model.class_names).save(pred_dir / f"{Path(path).stem}.jpg", quality=92)
+        with atomic_open(pred_dir / f"{Path(path).stem}.jpg") as f:
+            draw_detections(path, det, model.class_names).save(f, format="JPEG", quality=92)
     summary = {
         "AP": result.stats["AP"],
         "AP50": result.stats["AP50"],
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         "minutes_total": (time.time() - start) / 60,
         "weights": str(out / "train" / "last.safetensors"),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"done in {summary['minutes_total']:.1f} min. Try: efficientdet predict YOUR_IMAGES "
           f"--weights {summary['weights']} --out {out / 'my_predictions'}")
     return 0

@@ -49,19 +49,24 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no training data: pass --data PATH or data.train=PATH")
 
     from ..engine.trainer import Trainer, TrainingDiverged
+    from .notices import print_data_warnings
 
-    trainer = Trainer(cfg, progress=not args.no_progress)
-    try:
-        reason = trainer.fit()
-    except TrainingDiverged as err:
-        print(f"efficientdet train: {err}", file=sys.stderr)
-        return 3
+    with print_data_warnings("train"):
+        trainer = Trainer(cfg, progress=not args.no_progress)
+        try:
+            reason = trainer.fit()
+        except TrainingDiverged as err:
+            print(f"efficientdet train: {err}", file=sys.stderr)
+            return 3
     if trainer.dist.is_main:
         out = trainer.output
         print(f"stopped: {reason} after {trainer.step} steps ({trainer.epoch} epochs)")
         print(f"weights: {out / 'best.safetensors'} (EMA), checkpoint: {out / 'last.ckpt'}")
-        if trainer.nonfinite_steps or trainer.bad_batches:
-            print(f"skipped: {trainer.nonfinite_steps} non-finite steps, {trainer.bad_batches} empty batches")
+        if trainer.nonfinite_steps or trainer.bad_batches or trainer.skipped_images:
+            print(
+                f"skipped: {trainer.skipped_images} unreadable images, {trainer.nonfinite_steps} "
+                f"non-finite steps, {trainer.bad_batches} empty batches"
+            )
     from ..engine.distributed import cleanup
 
     cleanup(trainer.dist)

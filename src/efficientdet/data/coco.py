@@ -65,7 +65,7 @@ def read_coco(
         FileNotFoundError: no such annotation file.
         ValueError: the file is not valid JSON or has no ``images`` list.
     """
-    path = Path(annotation_file)
+    path = Path(os.path.normpath(annotation_file))  # messages show it without ".." parts
     data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         what = f"a JSON {type(data).__name__}" if not isinstance(data, dict) else "no top-level 'images' list"
@@ -81,7 +81,7 @@ def read_coco(
         raise ValueError(f"{path}: 'categories' must be a list, got {type(categories).__name__}")
 
     root = Path(image_root) if image_root is not None else _guess_root(path, images)
-    root = root.absolute()
+    root = Path(os.path.abspath(root))  # absolute and without ".." parts, as messages show it
     issues = Issues()
     if "annotations" not in data and images:
         # Legal for an image-info (test-dev) file, but training on it would learn nothing.

@@ -173,15 +173,16 @@ def resolve_under(root: Path, name: str, allow_outside_root: bool) -> Path | Non
 
     The check is lexical (``..`` and absolute paths), so symlinks placed inside the root
     by the dataset's owner keep working. Backslashes are read as separators: annotation
-    files written on Windows use them.
+    files written on Windows use them. The result is normalised (no ``..`` or ``.`` parts):
+    messages show ``data/images/a.jpg``, not ``runs/x/../../data/images/a.jpg``.
     """
     name = name.replace("\\", "/")
     if PureWindowsPath(name).drive or os.path.isabs(name):
-        return Path(name) if allow_outside_root else None
+        return Path(os.path.normpath(name)) if allow_outside_root else None
     norm = os.path.normpath(name)
-    if norm == ".." or norm.startswith("../"):
-        return Path(root, norm) if allow_outside_root else None
-    return Path(root, norm)
+    if (norm == ".." or norm.startswith("../")) and not allow_outside_root:
+        return None
+    return Path(os.path.normpath(os.path.join(root, norm)))
 
 
 def is_file(path: Path) -> bool:

@@ -8,12 +8,14 @@ a run resumed mid-epoch sees exactly the samples and augmentations it would have
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .dataset import DetectionDataset, collate_detections
+from .dataset import DetectionDataset, Sample, collate_detections
+from .records import DataIssue
 
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -22,7 +24,13 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededDataset(Dataset):
-    """Wraps a ``DetectionDataset`` so each item is produced under its own seeded RNG."""
+    """Wraps a ``DetectionDataset`` so each item is produced under its own seeded RNG.
+
+    Items are ``(sample or None, issues)``: the :class:`DataIssue` warnings that producing
+    the sample raised, as text. DataLoader workers are separate processes whose warnings
+    would print there, once per epoch; carried in the batch, the training process prints
+    each once per run.
+    """
 
     def __init__(self, base: DetectionDataset, seed: int) -> None:
         self.base = base
@@ -35,12 +43,29 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int) -> tuple[Sample | None, list[str]]:
         # fork_rng restores the caller's global RNG afterwards: the main process's stream
         # (dropout / drop-path in the model) is untouched when num_workers == 0.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataIssue)  # every time: the trainer dedupes
             torch.manual_seed(_sample_seed(self.seed, self.epoch, index))
-            return self.base[index]
+            sample = self.base[index]
+        issues = []
+        for w in caught:
+            if issubclass(w.category, DataIssue):
+                issues.append(str(w.message))
+            else:  # not ours to reroute: warn as if never caught
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        return sample, issues
+
+
+def collate_training(items: list[tuple[Sample | None, list[str]]]) -> dict[str, Any]:
+    """:func:`collate_detections` of the samples, plus ``"skipped"`` (how many were None:
+    unreadable images) and ``"issues"`` (the data warnings producing them raised)."""
+    batch = collate_detections([sample for sample, _ in items])
+    batch["skipped"] = sum(sample is None for sample, _ in items)
+    batch["issues"] = [issue for _, issues in items for issue in issues]
+    return batch
 
 
 class ResumableSampler(DistributedSampler):
@@ -72,7 +97,8 @@ def build_train_loader(
     world_size: int = 1,
     pin_memory: bool = False,
 ) -> tuple[DataLoader, SeededDataset, ResumableSampler]:
-    """A shuffling loader of uint8 images ``[B, 3, S, S]`` and box/label lists."""
+    """A shuffling loader of uint8 images ``[B, 3, S, S]``, box/label lists, the skipped count
+    and data issues (:func:`collate_training`)."""
     seeded = SeededDataset(dataset, seed)
     sampler = ResumableSampler(seeded, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     # Dropping the last incomplete batch keeps BN statistics sane, unless the data set is
@@ -83,7 +109,7 @@ def build_train_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_detections,
+        collate_fn=collate_training,
         drop_last=drop_last,
         pin_memory=pin_memory,
         # its own generator: creating an iterator must not consume the global RNG stream

@@ -55,10 +55,10 @@ def read_voc(
     Raises:
         FileNotFoundError: the annotations folder or split file does not exist.
     """
-    ann_dir = Path(annotations_dir).absolute()
+    ann_dir = Path(os.path.abspath(annotations_dir))  # without ".." parts, as messages show it
     if not ann_dir.is_dir():
         raise FileNotFoundError(f"{ann_dir}: VOC annotations folder not found")
-    root = Path(images_dir).absolute() if images_dir is not None else ann_dir.parent
+    root = Path(os.path.abspath(images_dir)) if images_dir is not None else ann_dir.parent
     issues = Issues()
     ids = _read_ids(ann_dir, Path(split_file) if split_file is not None else None, issues)
 

@@ -53,7 +53,7 @@ def read_yolo(
         FileNotFoundError: no such root, split or list file.
         ValueError: ``data.yaml`` is unreadable.
     """
-    root_path = Path(root).absolute()
+    root_path = Path(os.path.abspath(root))  # absolute and without ".." parts, as messages show it
     yaml_file = root_path if root_path.is_file() else None
     if yaml_file is not None:
         root_path = root_path.parent

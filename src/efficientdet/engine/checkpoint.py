@@ -7,23 +7,18 @@ tensors and containers only, read back with ``weights_only=True``.
 
 from __future__ import annotations
 
-import errno
-import os
 import pickle
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
+from .. import fs
 from ..variants import get_config
-from ..weights.io import fsync_dir
 
-
-TEMP_SUFFIX = ".tmp"
 TRAIN_FORMAT = "efficientdet-train-1"
 
 
@@ -84,60 +79,29 @@ class _RecordingWriter:
         self.handle.flush()
 
 
-def _os_errno(err: BaseException) -> int | None:
-    """The OS error number behind ``err``: an ``OSError``'s, or "(os error 28)" in the text of
-    errors from Rust writers (safetensors) that do not subclass ``OSError``."""
-    if isinstance(err, OSError):
-        return err.errno
-    match = re.search(r"os error (\d+)", str(err))
-    return int(match.group(1)) if match else None
-
-
 def describe_write_error(path: Path, err: BaseException, what: str = "the checkpoint") -> str:
     """One line naming the file and the cause, a full disk spelt out as such."""
-    code = _os_errno(err)
-    reason = os.strerror(code) if code is not None else str(err)
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        cause = f"the disk is full ({reason})"
-    elif code == errno.EFBIG:
-        cause = f"the file is larger than this system allows ({reason})"
-    else:
-        cause = reason
-    hint = " Free disk space or choose another output folder, then resume." if code is not None else ""
-    return f"{path}: could not write {what}: {cause}; the previous file, if any, is intact.{hint}"
+    return fs.describe_write_error(path, err, what)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+    """Write ``state`` to ``path`` atomically (:func:`efficientdet.fs.atomic_open`).
 
     A crash (or SIGKILL, or a full disk) at any moment leaves either the previous file or
     the new one, never a half-written file; the temp file (``.NAME.*.tmp``, never matching
     ``*.ckpt``) is removed on errors. Raises ``CheckpointError`` naming the file and the cause.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    except OSError as err:
-        raise CheckpointError(describe_write_error(path, err)) from err
     writer: _RecordingWriter | None = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        with fs.atomic_open(path, "wb") as f:
             writer = _RecordingWriter(f)
             torch.save(state, writer)  # type: ignore[arg-type]  # has write/flush
-            f.flush()
-            os.fsync(f.fileno())  # some filesystems report a full disk only here
-        os.replace(tmp, path)
     except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         cause = writer.error if writer is not None and writer.error is not None else err
         if isinstance(cause, OSError):
             raise CheckpointError(describe_write_error(path, cause)) from err
         raise
-    fsync_dir(path.parent)
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
@@ -146,16 +110,7 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
 
     Only one training run may write to an output folder, so at start-up none is in use.
     """
-    folder = Path(folder)
-    removed = []
-    for pattern in (f".*.ckpt.*{TEMP_SUFFIX}", f".*.safetensors.*{TEMP_SUFFIX}"):
-        for stale in folder.glob(pattern):
-            try:
-                stale.unlink()
-                removed.append(stale)
-            except OSError:
-                pass  # e.g. removed concurrently: nothing to do
-    return removed
+    return fs.remove_stale_temp_files(folder, ("*.ckpt", "*.safetensors", "*.csv", "*.png"))
 
 
 def check_resumable(

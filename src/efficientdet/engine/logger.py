@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
+
+from ..fs import atomic_open, atomic_path
 
 COLUMNS = ["kind", "epoch", "step", "loss", "class_loss", "box_loss", "lr", "images_per_s", "AP", "AP50", "AP75"]
 
@@ -72,13 +73,12 @@ def _rewrite_until(path: Path, step: int, epoch: int) -> int:
 
     Returns how many rows were dropped (a new file with the header when none exists).
     """
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)  # left by a process killed during this rewrite
     lines = []
     if path.exists():
         with path.open(newline="", errors="replace") as f:  # keep csv's "\r\n" line ends as they are
             lines = f.read().splitlines(keepends=True)
     if not lines:
+        # a new file that rows are appended to from now on: nothing to keep intact
         with path.open("w", newline="") as f:
             csv.writer(f).writerow(COLUMNS)
         return 0
@@ -96,9 +96,8 @@ def _rewrite_until(path: Path, step: int, epoch: int) -> int:
         else:
             dropped += 1
     if dropped:
-        with tmp.open("w", newline="") as f:
+        with atomic_open(path, "w", newline="") as f:
             f.writelines(kept)
-        os.replace(tmp, path)
     return dropped
 
 
@@ -139,5 +138,6 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
     ax2.set_ylim(0, 1)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
     return out_png

@@ -1,19 +1,42 @@
-"""What a training run is built from: its device, mixed precision and the model as trained."""
+"""What a training run is built from: device, mixed precision, the model as trained, its data
+loader, its initial state and the checkpoint it resumes from."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
+from ..config import ModelConfig
+from ..data.dataset import DetectionDataset
+from ..data.loaders import ResumableSampler, SeededDataset, build_train_loader
+from ..data.records import DatasetIndex
+from ..data.transforms import TrainTransform
 from ..factory import create_model
 from ..models.efficientdet import EfficientDet
 from ..models.layers import make_pointwise_convs_matmul
 from ..models.lean_bn import make_batchnorm_silu_lean
 from .config import TrainConfig
+from .distributed import DistInfo
+from .ema import ModelEMA
+from .optim import build_optimizer, build_scheduler, default_lr
+from .state import TrainState
 
-__all__ = ["resolve_device", "resolve_amp_dtype", "prepare_for_training", "build_train_model"]
+__all__ = [
+    "resolve_device",
+    "resolve_amp_dtype",
+    "prepare_for_training",
+    "build_train_model",
+    "build_train_loader_for",
+    "count_steps",
+    "build_train_state",
+    "resume_path",
+]
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -83,3 +106,68 @@ def build_train_model(
     if distributed and cfg.sync_bn and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def build_train_loader_for(
+    cfg: TrainConfig, index: DatasetIndex, model_config: ModelConfig, dist: DistInfo, device: torch.device
+) -> tuple[DataLoader, SeededDataset, ResumableSampler]:
+    """The training loader of ``index`` (augmented, seeded, resumable); refuses one without a
+    single usable batch."""
+    transform = TrainTransform(model_config.image_size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
+    dataset = DetectionDataset(index, transform=transform, max_pixels=model_config.preprocess.max_input_pixels)
+    loader, seeded, sampler = build_train_loader(
+        dataset, cfg.batch_size, cfg.data.workers, cfg.seed, dist.rank, dist.world_size,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    if len(loader) == 0:
+        # Nothing to learn from: stop now rather than run empty epochs.
+        raise ValueError(
+            f"{cfg.data.train}: no usable training images ({len(index)} records; "
+            f"{len(index.skipped)} skipped or repaired, see the warnings above)"
+        )
+    return loader, seeded, sampler
+
+
+def count_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
+    """(optimiser steps per epoch, steps of the whole run) for the LR schedule."""
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
+    total = steps_per_epoch * cfg.epochs
+    return steps_per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def build_train_state(
+    cfg: TrainConfig, model: nn.Module, steps: tuple[int, int], world_size: int, amp_dtype: torch.dtype | None
+) -> TrainState:
+    """A new run's state: EMA, optimiser (LR scaled to the global batch), schedule over
+    ``steps`` (from :func:`count_steps`), and a loss scaler for fp16."""
+    ema = ModelEMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup_steps)
+    ema.module.config, ema.module.class_names = model.config, model.class_names
+    lr = default_lr(cfg.optim, cfg.batch_size * cfg.grad_accum * world_size)
+    optimizer = build_optimizer(model, cfg.optim, lr)
+    scheduler = build_scheduler(optimizer, cfg.optim, *steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return TrainState(model, ema, optimizer, scheduler, scaler)
+
+
+def resume_path(cfg: TrainConfig, output: Path, log: Callable[[str], None]) -> Path | None:
+    """The checkpoint to resume from, or None for a new run.
+
+    ``resume``: True / "auto": ``output/last.ckpt`` when it exists; a path: that file. A
+    worker that torchrun restarted (``--max-restarts``, TORCHELASTIC_RESTART_COUNT > 0)
+    always resumes from ``output/last.ckpt`` when there is one: starting over would
+    overwrite the run's checkpoints with a fresh run.
+    """
+    resume = cfg.resume
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if not resume and restarts > 0:
+        log(f"torchrun restart {restarts}: resuming automatically")
+        resume = "auto"
+    if not resume:
+        return None
+    if resume is True or str(resume).lower() == "auto":
+        path = output / "last.ckpt"
+        if not path.exists():
+            log(f"no checkpoint at {path}: starting a new run")
+            return None
+        return path
+    return Path(str(resume))  # an explicit file must exist: load_checkpoint says if not

@@ -1,45 +1,41 @@
-"""The training loop: one process, or one per device under torchrun (DDP)."""
+"""The training loop: one process, or one per device under torchrun (DDP).
+
+Set-up is in engine/setup.py, the run's state (and its checkpoints) in engine/state.py, one
+optimiser step in engine/step.py; this module runs epochs, validation, saving and stopping.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from ..data.common import warn_issue
 from ..data.formats import read_dataset
-from ..data.loaders import build_train_loader
-from ..data.dataset import DetectionDataset
-from ..data.transforms import TrainTransform
-from ..inference.preprocess import normalize_batch
 from ..factory import save_model
-from efficientdet.engine.losses import DetectionLoss
 from ..ops.anchors import anchors_for_config
 from ..ops.matcher import AnchorLabeler
 from ..weights.io import WeightsError
-from .checkpoint import (
-    TRAIN_FORMAT,
-    CheckpointError,
-    check_resumable,
-    describe_write_error,
-    load_checkpoint,
-    remove_stale_temp_files,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from .checkpoint import CheckpointError, describe_write_error, remove_stale_temp_files
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from .ema import ModelEMA
 from .logger import MetricsLogger, plot_curves
-from .optim import build_optimizer, build_scheduler, default_lr
-from .setup import build_train_model, resolve_amp_dtype, resolve_device
+from .setup import (
+    build_train_loader_for,
+    build_train_model,
+    build_train_state,
+    count_steps,
+    resolve_amp_dtype,
+    resolve_device,
+    resume_path,
+)
+from .state import TrainState
+from .step import TrainStep
 from .threads import ThreadDataParallel, resolve_threads
 
 
@@ -47,16 +43,36 @@ class TrainingDiverged(RuntimeError):
     """Too many non-finite losses in a row; a checkpoint was written before raising."""
 
 
+def _state_attr(name: str) -> Any:
+    """A Trainer attribute that reads and writes ``TrainState.<name>`` (the public names
+    predate TrainState: ``trainer.step``, ``trainer.model``, ...)."""
+    return property(lambda self: getattr(self.state, name), lambda self, value: setattr(self.state, name, value))
+
+
 class Trainer:
     """Builds data, model, optimiser from a ``TrainConfig``; ``fit()`` trains and validates.
 
-    ``history`` keeps every optimiser step's loss (the resume test compares them).
+    ``history`` keeps every optimiser step's loss (the resume test compares them). Data
+    issues met while loading (unreadable images) are warned once per run as
+    :class:`~efficientdet.data.records.DataIssue`, however many epochs and workers see them.
     """
+
+    model = _state_attr("model")
+    ema = _state_attr("ema")
+    optimizer = _state_attr("optimizer")
+    scheduler = _state_attr("scheduler")
+    scaler = _state_attr("scaler")
+    epoch = _state_attr("epoch")
+    batch_in_epoch = _state_attr("batch_in_epoch")
+    step = _state_attr("step")
+    best_metric = _state_attr("best_metric")
+    nonfinite_steps = _state_attr("nonfinite_steps")
+    history = _state_attr("history")
+    elapsed_s = _state_attr("elapsed_s")
 
     def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> None:
         self.cfg = cfg
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = resolve_device(cfg.device, local_rank)
+        self.device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist: DistInfo = init_distributed(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -76,57 +92,11 @@ class Trainer:
         model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype)
         self.model_config = model.config
         assert self.model_config is not None
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = model
-        self.ema = ModelEMA(model, cfg.optim.ema_decay, cfg.optim.ema_warmup_steps)
-        self.ema.module.config, self.ema.module.class_names = model.config, model.class_names
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        else:
-            self.ddp = model
-        threads = resolve_threads(cfg.data_parallel_threads, self.device, self.dist.enabled, cfg.batch_size)
-        # BN of a share of 1 image fails when the top level's map is 1x1 (small image sizes)
-        top = min(self.model_config.image_size) // self.model_config.max_stride
-        self._bn_stats = [b for b in model.buffers() if b.is_floating_point()]
-        self.threads = ThreadDataParallel(model, threads, min_share=2 if top <= 1 else 1) if threads > 1 else None
+        self._build_run(model)
 
-        size = self.model_config.image_size
-        transform = TrainTransform(size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
-        dataset = DetectionDataset(
-            self.train_index, transform=transform, max_pixels=self.model_config.preprocess.max_input_pixels
-        )
-        self.loader, self.seeded, self.sampler = build_train_loader(
-            dataset, cfg.batch_size, cfg.data.workers, cfg.seed, self.dist.rank, self.dist.world_size,
-            pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
-        if len(self.loader) == 0:
-            # Nothing to learn from: stop now rather than run empty epochs.
-            raise ValueError(
-                f"{cfg.data.train}: no usable training images ({len(self.train_index)} records; "
-                f"{len(self.train_index.skipped)} skipped or repaired, see the warnings above)"
-            )
-        self.steps_per_epoch = max(1, math.ceil(len(self.loader) / cfg.grad_accum))
-        self.total_steps = self.steps_per_epoch * cfg.epochs
-        if cfg.max_steps:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
-        lr = default_lr(cfg.optim, cfg.batch_size * cfg.grad_accum * self.dist.world_size)
-        self.optimizer = build_optimizer(model, cfg.optim, lr)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, self.total_steps)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        anchors = anchors_for_config(self.model_config.anchors, size).to(self.device)
-        self.labeler = AnchorLabeler(anchors)
-        self.criterion = DetectionLoss(**vars(cfg.loss))
-
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.step = 0
-        self.best_metric = -1.0
-        self.nonfinite_steps = 0
         self.bad_batches = 0
-        self.history: list[float] = []
-        # training time so far, across resumes: a time budget covers the whole run
-        self.elapsed_s = 0.0
+        self.skipped_images = 0  # unreadable images skipped, over this session's epochs
+        self.issues_seen: set[str] = set()  # data warnings already shown in this run
         self._clock: tuple[float, float] | None = None  # (wall time, elapsed_s) when fit() began
         self.budget_used = 0.0  # share of cfg.time_budget_minutes spent, as all ranks agree
         self.stop_requested: str | None = None
@@ -141,53 +111,34 @@ class Trainer:
         if self.metrics.dropped_rows:
             self.log(f"{self.metrics.path}: dropped {self.metrics.dropped_rows} rows logged after the checkpoint")
 
-    # -- set-up helpers -------------------------------------------------------------------
-    def _resume_path(self) -> Path | None:
-        """The checkpoint to resume from, or None for a new run.
-
-        ``resume``: True / "auto": ``output/last.ckpt`` when it exists; a path: that file. A
-        worker that torchrun restarted (``--max-restarts``, TORCHELASTIC_RESTART_COUNT > 0)
-        always resumes from ``output/last.ckpt`` when there is one: starting over would
-        overwrite the run's checkpoints with a fresh run.
-        """
-        resume = self.cfg.resume
-        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-        if not resume and restarts > 0:
-            self.log(f"torchrun restart {restarts}: resuming automatically")
-            resume = "auto"
-        if not resume:
-            return None
-        if resume is True or str(resume).lower() == "auto":
-            path = self.output / "last.ckpt"
-            if not path.exists():
-                self.log(f"no checkpoint at {path}: starting a new run")
-                return None
-            return path
-        return Path(str(resume))  # an explicit file must exist: load_checkpoint says if not
+    def _build_run(self, model: nn.Module) -> None:
+        """Loader, state (EMA copied before any wrapper touches ``model``), the DDP / thread
+        wrappers and the step of ``model``."""
+        cfg, mc = self.cfg, self.model_config
+        self.loader, self.seeded, self.sampler = build_train_loader_for(
+            cfg, self.train_index, mc, self.dist, self.device
+        )
+        self.steps_per_epoch, self.total_steps = count_steps(cfg, len(self.loader))
+        steps = (self.steps_per_epoch, self.total_steps)
+        self.state: TrainState = build_train_state(cfg, model, steps, self.dist.world_size, self.amp_dtype)
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        else:
+            self.ddp = model
+        threads = resolve_threads(cfg.data_parallel_threads, self.device, self.dist.enabled, cfg.batch_size)
+        # BN of a share of 1 image fails when the top level's map is 1x1 (small image sizes)
+        top = min(mc.image_size) // mc.max_stride
+        self.threads = ThreadDataParallel(model, threads, min_share=2 if top <= 1 else 1) if threads > 1 else None
+        labeler = AnchorLabeler(anchors_for_config(mc.anchors, mc.image_size).to(self.device))
+        self.stepper = TrainStep(cfg, self.state, self.ddp, labeler, self.dist, self.device, self.amp_dtype, self.threads)
 
     def _maybe_resume(self) -> None:
-        path = self._resume_path()
+        path = resume_path(self.cfg, self.output, self.log)
         if path is None:
             return
-        state = load_checkpoint(path)
-        check_resumable(path, state, self.model_config.name, self.model_config.image_size, self.class_names)
-        try:
-            self.model.load_state_dict(state["model"])
-            self.ema.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])  # progress only, not the run's length
-            if "scaler" in state:
-                self.scaler.load_state_dict(state["scaler"])
-        except (KeyError, ValueError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0][:300]
-            raise CheckpointError(f"{path}: does not fit this training run ({first})") from err
-        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
-        self.best_metric = state["best_metric"]
-        self.nonfinite_steps = state.get("nonfinite_steps", 0)
-        self.history = list(state.get("history", []))
-        self.elapsed_s = float(state.get("elapsed_s", 0.0))
-        set_rng_state(state["rng"])
-        self._saved_at = (self.epoch, self.batch_in_epoch, self.step)
+        self.state.restore(path, self.model_config.name, self.model_config.image_size, self.class_names)
+        self._saved_at = self.state.position
         self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -195,29 +146,12 @@ class Trainer:
         """Write ``{name}.ckpt`` (full training state) and ``{name}.safetensors`` (EMA weights)."""
         if not self.dist.is_main:
             return None
-        state = {
-            "format": TRAIN_FORMAT,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "step": self.step,
-            "best_metric": self.best_metric,
-            "nonfinite_steps": self.nonfinite_steps,
-            "history": list(self.history),
-            "elapsed_s": self._elapsed(),
-            "rng": rng_state(),
-            "config": self.cfg.to_dict(),
-            "class_names": list(self.class_names),
-        }
         path = self.output / f"{name}.ckpt"
-        save_checkpoint(path, state)  # first: the resume point matters most
+        self.state.elapsed_s = self._elapsed()
+        self.state.save(path, self.cfg.to_dict(), self.class_names)  # first: the resume point matters most
         self._last_save = time.time()
         if name == "last":
-            self._saved_at = (self.epoch, self.batch_in_epoch, self.step)
+            self._saved_at = self.state.position
         self._write_ema(self.output / f"{name}.safetensors")
         return path
 
@@ -228,34 +162,7 @@ class Trainer:
         except WeightsError as err:
             raise CheckpointError(describe_write_error(path, err.__cause__ or err, "the EMA weights")) from err
 
-    # -- one optimiser step -----------------------------------------------------------------
-    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """Normalised images [N, 3, H, W] in the training memory format, boxes, labels."""
-        pp = self.model_config.preprocess
-        images = batch["images"].to(self.device, non_blocking=True)
-        # The border the model is evaluated and deployed with: 0 outside each image's content.
-        images = normalize_batch(images, batch["content_sizes"], pp.mean, pp.std)
-        images = images.contiguous(memory_format=self.memory_format)
-        boxes = [b.to(self.device) for b in batch["boxes"]]
-        labels = [lb.to(self.device) for lb in batch["labels"]]
-        return images, boxes, labels
-
-    def _loss(
-        self, net: nn.Module, images: torch.Tensor, boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Anchor labels, forward and loss of ``images`` through ``net`` (the model, DDP or a replica)."""
-        cls_t, box_t, num_pos = self.labeler(list(boxes), list(labels))
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            cls_out, box_out = net(images)
-        cls_out = [c.float() for c in cls_out]
-        box_out = [b.float() for b in box_out]
-        return self.criterion(cls_out, box_out, cls_t, box_t, num_pos)
-
+    # -- time ------------------------------------------------------------------------------
     def _elapsed(self) -> float:
         """Seconds of training so far in this run, earlier (resumed-from) sessions included."""
         if self._clock is None:
@@ -263,24 +170,41 @@ class Trainer:
         start, base = self._clock
         return base + time.time() - start
 
-    def _optimizer_step(self) -> None:
-        self.scaler.unscale_(self.optimizer)
-        if self.cfg.optim.clip_grad_norm > 0:
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+    def _time_fraction(self) -> float | None:
+        """The share of the time budget spent, the mean over ranks so that all agree on the
+        LR and the stop step; None without a budget."""
+        budget = self.cfg.time_budget_minutes
+        if not budget:
+            return None
+        used = torch.tensor([self._elapsed() / (budget * 60)], device=self.device)
+        self.budget_used = float(all_reduce_sum(used, self.dist)) / self.dist.world_size
+        return self.budget_used
+
+    # -- one epoch ------------------------------------------------------------------------
+    def _progress_bar(self) -> Any:
+        """A tqdm bar over this epoch's batches, or, with a time budget (which, not the epoch
+        count, ends such a run), over the budget's minutes; None without progress output."""
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
         budget = self.cfg.time_budget_minutes
         if budget:
-            # Ranks must agree on it (same LR, same stop step): the mean over ranks.
-            used = torch.tensor([self._elapsed() / (budget * 60)], device=self.device)
-            self.budget_used = float(all_reduce_sum(used, self.dist)) / self.dist.world_size
-            # budget-aware schedule: the cosine reaches its end when the time is up
-            self.scheduler.schedule.time_fraction = self.budget_used
-        self.scheduler.step()
-        self.ema.update(self.model)
-        self.step += 1
+            return tqdm(
+                total=float(budget), initial=min(self._elapsed() / 60, budget), desc=f"epoch {self.epoch + 1}",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} min of the time budget{postfix}",
+                dynamic_ncols=True, leave=False,
+            )  # fmt: skip
+        return tqdm(total=len(self.loader), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", dynamic_ncols=True, leave=False)
+
+    def _note_issues(self, batch: dict[str, Any]) -> None:
+        """Warn each data issue of ``batch`` once per run; count the skipped images. Every
+        rank warns about its own samples (the other ranks never see them)."""
+        self.skipped_images += int(batch.get("skipped", 0))
+        for issue in batch.get("issues", ()):
+            if issue not in self.issues_seen:
+                self.issues_seen.add(issue)
+                warn_issue(issue)
 
     def train_epoch(self) -> str | None:
         """Train until the epoch ends (None) or a stop reason ("max_steps", "time", "signal")."""
@@ -291,73 +215,76 @@ class Trainer:
         self.seeded.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch)
         self.sampler.skip(self.batch_in_epoch * cfg.batch_size)
-        iterator: Any = self.loader
-        if self.progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", dynamic_ncols=True, leave=False)
+        bar = self._progress_bar()
         accum, consecutive_bad, t0, seen = 0, 0, time.perf_counter(), 0
-        for batch in iterator:
-            self.batch_in_epoch += 1
-            if batch["images"].shape[0] == 0:
-                self.bad_batches += 1  # every image of the batch was unreadable (warned)
-                continue
-            sync = accum + 1 == cfg.grad_accum
-            no_sync = self.ddp.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()
-            with no_sync:
-                inputs = self._inputs(batch)
-                # a forward that ends in NaN has already written NaN into the BN running
-                # statistics: keep a copy to put back if the step is skipped (a few KB)
-                bn_saved = [b.clone() for b in self._bn_stats]
-                if self.threads is not None:  # forward and backward, over the batch's shares
-                    losses = self.threads.forward_backward(self._loss, *inputs, grad_scale=1.0 / cfg.grad_accum)
-                else:
-                    losses = self._loss(self.ddp, *inputs)
-                finite = all_reduce_sum(torch.isfinite(losses["loss"]).float(), self.dist)
-                if finite.item() < self.dist.world_size:
-                    # A non-finite loss on any rank: every rank skips this step together.
-                    self.optimizer.zero_grad(set_to_none=True)
-                    with torch.no_grad():
-                        for buf, saved in zip(self._bn_stats, bn_saved):
-                            buf.copy_(saved)
-                    accum = 0
-                    self.nonfinite_steps += 1
-                    consecutive_bad += 1
-                    self.log(f"warning: non-finite loss at step {self.step}, skipped ({self.nonfinite_steps} so far)")
-                    if consecutive_bad >= cfg.max_consecutive_nonfinite:
-                        path = self.save("last")
-                        raise TrainingDiverged(
-                            f"{consecutive_bad} non-finite losses in a row at step {self.step}: training "
-                            f"diverged. Checkpoint saved to {path}. Lower optim.lr or check the data."
-                        )
+        try:
+            for batch in self.loader:
+                self.batch_in_epoch += 1
+                self._note_issues(batch)
+                if bar is not None and not cfg.time_budget_minutes:
+                    bar.update(1)
+                if batch["images"].shape[0] == 0:
+                    self.bad_batches += 1  # every image of the batch was unreadable (warned)
                     continue
-                if self.threads is None:
-                    self.scaler.scale(losses["loss"] / cfg.grad_accum).backward()
-            accum += 1
-            seen += batch["images"].shape[0]
-            if accum < cfg.grad_accum:
-                continue
-            accum, consecutive_bad = 0, 0
-            self._optimizer_step()
-            loss = float(losses["loss"].detach())
-            self.history.append(loss)
-            if self.step % cfg.log_every == 0 or self.step == 1:
-                ips = seen * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
-                lr = self.optimizer.param_groups[0]["lr"]
-                values = {k: float(v.detach()) for k, v in losses.items()}
-                self.metrics.log("train", self.epoch, self.step, {**values, "lr": lr, "images_per_s": ips})
-                if self.progress:
-                    iterator.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
-            if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
-                self.save("last")
-            if cfg.max_steps and self.step >= cfg.max_steps:
-                return "max_steps"
-            if cfg.time_budget_minutes and self.budget_used >= 1.0:
-                return "time"
-            if self.stop_requested:
-                return "signal"
-            if self._stop_at_step is not None and self.step >= self._stop_at_step:
-                return "stopped"
+                losses = self.stepper.backward(batch, sync=accum + 1 == cfg.grad_accum)
+                if losses is None:
+                    accum, consecutive_bad = 0, consecutive_bad + 1
+                    self._skipped_step(consecutive_bad)
+                    continue
+                accum += 1
+                seen += batch["images"].shape[0]
+                if accum < cfg.grad_accum:
+                    continue
+                accum, consecutive_bad = 0, 0
+                self.stepper.optimizer_step(self._time_fraction())
+                self._after_update(losses, seen / max(time.perf_counter() - t0, 1e-9), bar)
+                stop = self._stop_reason()
+                if stop is not None:
+                    return stop
+        finally:
+            if bar is not None:
+                bar.close()
+        return None
+
+    def _skipped_step(self, consecutive: int) -> None:
+        """Report a skipped step; after ``max_consecutive_nonfinite`` in a row, save and stop."""
+        self.log(f"warning: non-finite loss at step {self.step}, skipped ({self.nonfinite_steps} so far)")
+        if consecutive >= self.cfg.max_consecutive_nonfinite:
+            path = self.save("last")
+            raise TrainingDiverged(
+                f"{consecutive} non-finite losses in a row at step {self.step}: training "
+                f"diverged. Checkpoint saved to {path}. Lower optim.lr or check the data."
+            )
+
+    def _after_update(self, losses: dict[str, torch.Tensor], images_per_s: float, bar: Any) -> None:
+        """Record the step's loss, log metrics every ``log_every`` steps, checkpoint when due."""
+        cfg = self.cfg
+        loss = float(losses["loss"].detach())
+        self.history.append(loss)
+        if self.step % cfg.log_every == 0 or self.step == 1:
+            ips = images_per_s * self.dist.world_size
+            lr = self.optimizer.param_groups[0]["lr"]
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            self.metrics.log("train", self.epoch, self.step, {**values, "lr": lr, "images_per_s": ips})
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+        if bar is not None and cfg.time_budget_minutes:
+            bar.n = min(self._elapsed() / 60, float(cfg.time_budget_minutes))
+            bar.refresh()
+        if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
+            self.save("last")
+
+    def _stop_reason(self) -> str | None:
+        """Why training stops after this step ("max_steps", "time", "signal", "stopped"), or None."""
+        cfg = self.cfg
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.time_budget_minutes and self.budget_used >= 1.0:
+            return "time"
+        if self.stop_requested:
+            return "signal"
+        if self._stop_at_step is not None and self.step >= self._stop_at_step:
+            return "stopped"
         return None
 
     # -- validation -----------------------------------------------------------------------
@@ -374,11 +301,33 @@ class Trainer:
         self.stop_requested = signal.Signals(signum).name
         self.log(f"{self.stop_requested} received: finishing this step, saving a checkpoint")
 
+    def _end_epoch(self, skipped_before: int) -> None:
+        """After a complete epoch: summary, validation (and ``best``) when due, ``last`` when due."""
+        cfg = self.cfg
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        due = cfg.eval_every and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs)
+        metrics = self.validate() if due else None
+        summary = []
+        if metrics is not None:
+            self.metrics.log("val", self.epoch, self.step, metrics)
+            summary.append(f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
+            if metrics["AP"] > self.best_metric:
+                self.best_metric = metrics["AP"]
+                self.save("best")
+        skipped = self.skipped_images - skipped_before
+        if skipped:
+            summary.append(f"{skipped} unreadable images skipped")
+        if summary:
+            self.log(f"epoch {self.epoch}: " + "  ".join(summary))
+        if self.epoch == cfg.epochs or time.time() - self._last_save >= cfg.checkpoint_min_interval_s:
+            self.save("last")
+        barrier(self.dist)
+
     def fit(self, stop_at_step: int | None = None) -> str:
         """Train to the end (or a stop); returns why it stopped: "done", "max_steps", "time",
         "signal", "stopped". ``stop_at_step`` interrupts like a signal at that optimiser step
         (the schedule still assumes the full run), for tests and notebooks."""
-        cfg = self.cfg
         self._stop_at_step = stop_at_step
         # the time budget covers the whole run: a resumed run gets what its earlier sessions left
         self._clock = (time.time(), self.elapsed_s)
@@ -390,25 +339,14 @@ class Trainer:
             old_handlers = {}
         reason = "done"
         try:
-            while self.epoch < cfg.epochs:
+            while self.epoch < self.cfg.epochs:
+                skipped_before = self.skipped_images
                 stop = self.train_epoch()
                 if stop is not None:
                     reason = stop
                     break
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                due = cfg.eval_every and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs)
-                metrics = self.validate() if due else None
-                if metrics is not None:
-                    self.metrics.log("val", self.epoch, self.step, metrics)
-                    self.log(f"epoch {self.epoch}: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
-                    if metrics["AP"] > self.best_metric:
-                        self.best_metric = metrics["AP"]
-                        self.save("best")
-                if self.epoch == cfg.epochs or time.time() - self._last_save >= cfg.checkpoint_min_interval_s:
-                    self.save("last")
-                barrier(self.dist)
-            if reason != "done" and self._saved_at != (self.epoch, self.batch_in_epoch, self.step):
+                self._end_epoch(skipped_before)
+            if reason != "done" and self._saved_at != self.state.position:
                 self.save("last")  # unless this very state was just saved
             if self.dist.is_main and self.val_index is None:
                 self._write_ema(self.output / "best.safetensors")  # no validation: best = last

@@ -23,6 +23,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..fs import atomic_open
+
 # Re-exported so the whole evaluation API is reachable from this module too.
 from .plots import plot_precision_recall
 from .voc import voc_ap50
@@ -278,8 +280,7 @@ class CocoEvaluator:
     def save_results(self, path: str | os.PathLike) -> Path:
         """Write :meth:`results_json` to ``path`` (for the COCO test-dev server, say)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as f:
+        with atomic_open(path, "w", encoding="utf-8") as f:
             json.dump(self.results_json(), f)
         return path
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..fs import atomic_path
+
 if TYPE_CHECKING:  # coco.py re-exports this module's function, so no runtime import back
     from .coco import EvalResult
 
@@ -61,6 +63,6 @@ def plot_precision_recall(
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="class (AP)")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..fs import atomic_path
 from ..ops.anchors import anchors_for_config, feature_size
 from .graph import CandidateGraph, PostprocessGraph
 from .metadata import (
@@ -294,10 +295,8 @@ def _join(
 def _save(proto: Any, path: Path, batch_size: int, check: bool) -> Path:
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(proto, os.fspath(tmp))
-    os.replace(tmp, path)  # never leave a half-written file at ``path``
+    with atomic_path(path) as tmp:  # never leave a half-written file at ``path``
+        onnx.save(proto, os.fspath(tmp))
     if check:
         check_onnx(path, batch_size)
     return path

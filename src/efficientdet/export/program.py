@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..fs import atomic_path
 from .tracing import ExportError, image_size_for, inference_copy
 
 __all__ = ["export_program", "export_torchscript"]
@@ -48,8 +49,7 @@ def export_torchscript(
     example = _example(model, image_size, batch_size)
     net = inference_copy(model, fuse)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
         # The shape checks in forward are Python bools on fixed sizes: expected, harmless.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -57,9 +57,10 @@ def export_torchscript(
         with torch.no_grad():
             # check_trace re-traces and compares: we validate the saved file below instead.
             traced = torch.jit.trace(net, example, strict=False, check_trace=False)
-        torch.jit.save(traced, os.fspath(path))
+        # validated from the temp file: a module that fails keeps the previous file at ``path``
+        torch.jit.save(traced, os.fspath(tmp))
         try:
-            loaded = torch.jit.load(os.fspath(path))
+            loaded = torch.jit.load(os.fspath(tmp))
             with torch.no_grad():
                 out = loaded(example)
         except Exception as err:
@@ -85,18 +86,18 @@ def export_program(
     example = _example(model, image_size, max(batch_size, 2) if dynamic_batch else batch_size)
     net = inference_copy(model, fuse)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     try:
         program = torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as err:
         raise ExportError(f"torch.export.export failed: {err}") from err
-    torch.export.save(program, os.fspath(path))
-    try:
-        loaded = torch.export.load(os.fspath(path)).module()
-        with torch.no_grad():
-            out = loaded(example[:batch_size])
-    except Exception as err:
-        raise ExportError(f"{path}: the saved ExportedProgram failed to load or run: {err}") from err
+    with atomic_path(path) as tmp:
+        torch.export.save(program, os.fspath(tmp))
+        try:
+            loaded = torch.export.load(os.fspath(tmp)).module()
+            with torch.no_grad():
+                out = loaded(example[:batch_size])
+        except Exception as err:
+            raise ExportError(f"{path}: the saved ExportedProgram failed to load or run: {err}") from err
     _check_outputs(out, os.fspath(path))
     return path

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fs import atomic_open
+
 __all__ = ["CSV_HEADER", "detection_rows", "to_coco_json", "to_csv_rows", "write_detections"]
 
 CSV_HEADER: tuple[str, ...] = ("file", "x0", "y0", "x1", "y1", "score", "label", "name")
@@ -123,9 +125,7 @@ def write_detections(
     suffix = path.suffix.lower()
     if suffix not in (".json", ".csv"):
         raise ValueError(f"{path}: unknown detections format {suffix or '(no extension)'!r}; use .json or .csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="" if suffix == ".csv" else None, encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="" if suffix == ".csv" else None, encoding="utf-8") as f:
         if suffix == ".json":
             json.dump([detection_rows(file, det, class_names) for file, det in items], f, indent=1)
             f.write("\n")
@@ -134,5 +134,4 @@ def write_detections(
             writer.writerow(CSV_HEADER)
             for file, det in items:
                 writer.writerows(to_csv_rows(file, det, class_names))
-    os.replace(tmp, path)
     return path

@@ -9,7 +9,7 @@ Two formats are read:
   ``torch.load(..., weights_only=True)``, which refuses arbitrary Python objects, so a
   malicious checkpoint is rejected instead of run.
 
-Only ``.safetensors`` is written, atomically (temp file + fsync + ``os.replace``).
+Only ``.safetensors`` is written, atomically (:func:`efficientdet.fs.atomic_path`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import os
 import pickle
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ import safetensors
 import safetensors.torch
 import torch
 from torch import Tensor
+
+from ..fs import atomic_path
 
 __all__ = ["FORMAT_VERSION", "METADATA_KEY", "WeightsError", "read_weights", "write_weights"]
 
@@ -186,24 +187,13 @@ def write_weights(
         raise WeightsError(f"{file}: metadata is not JSON-serialisable ({exc})") from exc
     tensors = _prepare_tensors(state_dict, file)
 
-    file.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory so os.replace is an atomic rename on one filesystem; a random name so
-    # concurrent writers do not collide; "x" mode refuses to follow a pre-planted file/symlink.
-    tmp = file.with_name(f".{file.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with open(tmp, "xb"):
-            pass  # created with the user's umask; safetensors rewrites it below
-        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as handle:
-            handle.flush()
-            os.fsync(handle.fileno())  # data on disk before the rename makes it visible
-        os.replace(tmp, file)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, Exception) and not isinstance(exc, WeightsError):
+        with atomic_path(file) as tmp:
+            safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
+    except Exception as exc:
+        if not isinstance(exc, WeightsError):
             raise WeightsError(f"{file}: writing weights failed ({type(exc).__name__}: {exc})") from exc
         raise
-    fsync_dir(file.parent)
 
 
 def _prepare_tensors(state_dict: Mapping[str, Tensor], file: Path) -> dict[str, Tensor]:
@@ -224,17 +214,3 @@ def _prepare_tensors(state_dict: Mapping[str, Tensor], file: Path) -> dict[str, 
             seen.add(ptr)
         out[key] = tensor
     return out
-
-
-def fsync_dir(directory: Path) -> None:
-    """Persist the rename itself; best effort (not possible on every OS/filesystem)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -17,7 +17,6 @@ import hashlib
 import http.client
 import os
 import re
-import secrets
 import sys
 import urllib.parse
 import urllib.request
@@ -25,6 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from efficientdet.fs import atomic_open, atomic_path
 from efficientdet.weights.io import WeightsError
 
 __all__ = [
@@ -144,9 +144,10 @@ def _hash_problem(expected: str, actual: str) -> str | None:
 
 
 def download_file(url: str, dest: str | os.PathLike[str], progress: bool = False) -> None:
-    """Stream ``url`` into ``dest`` (overwritten). Network errors propagate as ``OSError``."""
+    """Stream ``url`` into ``dest``, replaced atomically once complete. Network errors
+    propagate as ``OSError``; ``dest`` is then untouched."""
     request = urllib.request.Request(url, headers={"User-Agent": "efficientdet"})
-    with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response, open(dest, "wb") as out:
+    with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response, atomic_open(dest, "wb") as out:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         done = 0
@@ -161,8 +162,6 @@ def download_file(url: str, dest: str | os.PathLike[str], progress: bool = False
         if total is not None and done != total:
             # A dropped connection can end the stream early without an exception.
             raise OSError(f"incomplete download: got {done} of {total} bytes")
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def resolve_weights(
@@ -234,8 +233,7 @@ def _cached_download(url: str, expected: str | None, progress: bool) -> Path:
         raise WeightsError(f"{cache}: cannot create the weights cache directory ({exc})") from exc
     # Download beside the target and rename only once verified, so the cache never holds a
     # partial or wrong file under the real name (and concurrent downloads do not collide).
-    tmp = cache / f".{target.name}.{secrets.token_hex(6)}.part"
-    try:
+    with atomic_path(target) as tmp:
         try:
             download_file(url, tmp, progress=progress)
         except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -248,8 +246,4 @@ def _cached_download(url: str, expected: str | None, progress: bool) -> Path:
             problem = _hash_problem(expected, sha256_file(tmp))
             if problem:
                 raise WeightsError(f"{url}: the downloaded file was deleted, {problem}")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return target

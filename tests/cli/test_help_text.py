@@ -1,0 +1,42 @@
+"""``--help`` is terminal text: no reST markup from the docstrings the descriptions come from."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from efficientdet.cli import COMMANDS, build_parser, main, plain_text
+
+
+def command_names() -> list[str]:
+    """Every sub-command name and alias, as the sub-command modules register them."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return sorted(sub.choices)
+
+
+@pytest.mark.parametrize("command", [None, *command_names()])
+def test_help_has_no_double_backticks(command: str | None, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"] if command is None else [command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: efficientdet")
+    assert "``" not in out, out
+
+
+def test_markup_is_removed_not_the_text(capsys: pytest.CaptureFixture[str]) -> None:
+    assert plain_text("run ``efficientdet predict SOURCE...`` first") == "run efficientdet predict SOURCE... first"
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "efficientdet predict SOURCE...: detect objects" in capsys.readouterr().out
+
+
+def test_usage_errors_are_plain_too(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict"])  # SOURCE missing: usage + error on stderr
+    err = capsys.readouterr().err
+    assert "usage: efficientdet predict" in err and "``" not in err

@@ -1,0 +1,124 @@
+"""efficientdet.fs: atomic replacement, cleanup after failures, fsync of data and folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import efficientdet.fs as fs
+from efficientdet.fs import atomic_open, atomic_path, atomic_write, describe_write_error, remove_stale_temp_files
+
+
+def entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("as_str", [False, True])
+def test_atomic_write_replaces_content(tmp_path: Path, as_str: bool) -> None:
+    target = tmp_path / "sub" / "out.json"
+    path: str | Path = str(target) if as_str else target
+    assert atomic_write(path, "first\n") == target  # creates the missing folder
+    assert target.read_bytes() == b"first\n"
+    atomic_write(path, b"\x00second")
+    assert target.read_bytes() == b"\x00second"
+    assert entries(target.parent) == ["out.json"]  # no temp file left
+
+
+def test_open_readers_keep_the_old_content(tmp_path: Path) -> None:
+    """The new file is a new inode renamed over the old one: a reader holding the old file
+    open still sees the complete old content."""
+    target = tmp_path / "a.txt"
+    atomic_write(target, "old")
+    with open(target, "rb") as reader:
+        atomic_write(target, "new")
+        assert reader.read() == b"old"
+    assert target.read_text() == "new"
+
+
+def test_failure_mid_write_keeps_previous_file_and_removes_temp(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.csv"
+    atomic_write(target, "header\nrow1\n")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_open(target, "w", newline="") as f:
+            f.write("header\n")
+            f.flush()
+            assert len(entries(tmp_path)) == 2  # the temp file really exists mid-write
+            raise RuntimeError("boom")
+    assert target.read_text() == "header\nrow1\n"
+    assert entries(tmp_path) == ["metrics.csv"]
+
+
+def test_atomic_path_failure_and_success(tmp_path: Path) -> None:
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous")
+    with pytest.raises(OSError):
+        with atomic_path(str(target)) as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".model.onnx.") and tmp.suffix == ".tmp"
+            tmp.write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+    assert target.read_bytes() == b"previous" and entries(tmp_path) == ["model.onnx"]
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+        assert target.read_bytes() == b"previous"  # not visible before the block ends
+    assert target.read_bytes() == b"new" and entries(tmp_path) == ["model.onnx"]
+
+
+def test_fsyncs_file_then_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[tuple[str, Any]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        synced.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        synced.append(("replace", os.fspath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fs.os, "fsync", fsync)
+    monkeypatch.setattr(fs.os, "replace", replace)
+    for write in (lambda p: atomic_write(p, "x"), lambda p: _via_path(p)):
+        synced.clear()
+        target = tmp_path / "f.bin"
+        write(target)
+        kinds = [k for k, _ in synced]
+        assert kinds == ["fsync", "replace", "fsync"], synced
+        assert Path(synced[0][1]).name.startswith(".f.bin.")  # the temp file's data first
+        assert synced[1][1] == str(target)
+        assert synced[2][1] == str(tmp_path.resolve())  # then the folder, for the rename
+
+
+def _via_path(target: Path) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text("x")
+
+
+def test_atomic_open_refuses_read_modes(tmp_path: Path) -> None:
+    for mode in ("r", "rb", "a", "w+"):
+        with pytest.raises(ValueError, match="mode"):
+            with atomic_open(tmp_path / "x", mode):
+                pass
+    assert entries(tmp_path) == []
+
+
+def test_remove_stale_temp_files(tmp_path: Path) -> None:
+    stale = [tmp_path / ".last.ckpt.abc123.tmp", tmp_path / ".best.safetensors.x.tmp"]
+    keep = [tmp_path / "last.ckpt", tmp_path / ".notes.txt.y.tmp", tmp_path / "x.tmp"]
+    for p in stale + keep:
+        p.write_text("")
+    removed = remove_stale_temp_files(tmp_path, ("*.ckpt", "*.safetensors"))
+    assert sorted(removed) == sorted(stale)
+    assert entries(tmp_path) == sorted(p.name for p in keep)
+
+
+def test_describe_write_error_full_disk() -> None:
+    message = describe_write_error("/out/last.ckpt", OSError(28, os.strerror(28)), "the checkpoint")
+    assert message == (
+        f"/out/last.ckpt: could not write the checkpoint: the disk is full ({os.strerror(28)}); "
+        "the previous file, if any, is intact. Free disk space or choose another output folder, then resume."
+    )
+    rust = describe_write_error("/o/w.safetensors", RuntimeError("I/O error (os error 28)"))
+    assert "the disk is full" in rust and rust.startswith("/o/w.safetensors: could not write the file")
