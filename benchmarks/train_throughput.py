@@ -102,7 +102,7 @@ def run_ours(
     if ddp:
         net = torch.nn.parallel.DistributedDataParallel(model)
 
-    def loss_of(net: torch.nn.Module, x: torch.Tensor, boxes, labels):  # as Trainer._loss
+    def loss_of(net: torch.nn.Module, x: torch.Tensor, boxes, labels):  # as TrainStep.loss
         cls_t, box_t, npos = labeler(list(boxes), list(labels))
         with _autocast(device):
             cls, box = net(x)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..config import PreprocessConfig
+from ..fs import atomic_path
 from ..models.efficientdet import EfficientDet
 
 __all__ = ["build_models", "calibrate_batchnorm_"]
@@ -104,7 +105,8 @@ def build_models(
             reference = _reference_model(config.name, size)
             calibrate_batchnorm_(reference, images)
             path = workdir / f"{config.name}.effdet.pth"
-            torch.save(reference.state_dict(), path)
+            with atomic_path(path) as tmp:
+                torch.save(reference.state_dict(), tmp)
             ours = create_model(config.name, weights=path, **overrides)
             described = "random (effdet init, BN statistics calibrated on the images), converted into ours"
         else:

@@ -81,6 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..benchmark import check_backends, render_table, run_benchmark
+    from ..fs import atomic_write
 
     if args.iterations < 1 or args.warmup < 0 or args.rounds < 1:
         raise ValueError(
@@ -116,6 +117,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic_write(out, json.dumps(result.to_dict(), indent=2) + "\n")
         print(f"\nwrote {out}")
     return 0

@@ -68,7 +68,16 @@ def load_index(dataset: str, split: str | None) -> tuple[DatasetIndex, str]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from .notices import print_data_warnings
+
+    with print_data_warnings("eval"):  # one line per unreadable image, as predict prints them
+        return _evaluate_and_report(args)
+
+
+def _evaluate_and_report(args: argparse.Namespace) -> int:
     from ..evaluation.run import coco_summary, evaluate
+    from ..fs import atomic_write
+
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -86,12 +95,9 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{args.weights} has NMS inside, with fixed thresholds; evaluation needs the raw scores "
             "(score threshold 0.001, --nms): export without --nms, or pass the normal weights"
         )
-    target: Any = runner.detector
-    if runner.model is not None and not args.tta:
-        # The model itself: evaluate's fast path (DataLoader letterboxing, batched postprocess).
-        target = runner.model.to(resolve_device(args.device))
+    # The detector predict runs (same stages, same input), so eval scores what predict outputs.
     run = evaluate(
-        target, index, batch_size=args.batch_size, nms=args.nms, voc=args.voc, out_dir=out,
+        runner.detector, index, batch_size=args.batch_size, nms=args.nms, voc=args.voc, out_dir=out,
         progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
     )  # fmt: skip
 
@@ -102,7 +108,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "model": runner.config.name, "weights": str(args.weights), "dataset": str(args.dataset), "format": fmt,
         "split": args.split, "tta": bool(args.tta), "backend": args.backend, **doc,
     }  # fmt: skip
-    metrics_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    atomic_write(metrics_path, json.dumps(doc, indent=2) + "\n")
 
     print(
         f"{runner.config.name} ({args.backend}) on {args.dataset}: {run.num_images} images, "

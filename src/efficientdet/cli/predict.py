@@ -164,11 +164,14 @@ def _select(det: dict[str, Any], keep: torch.Tensor | None) -> dict[str, Any]:
 
 
 def _save(image: Any, path: Path) -> None:
+    from ..fs import atomic_open
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".jpg":
-        image.save(path, quality=95)
-    else:
-        image.save(path)
+    with atomic_open(path) as f:  # a killed run never leaves half an image
+        if path.suffix == ".jpg":
+            image.save(f, format="JPEG", quality=95)
+        else:
+            image.save(f, format="PNG")
 
 
 def run_predict(args: argparse.Namespace) -> int:

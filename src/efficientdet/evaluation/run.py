@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from ..data.dataset import DetectionDataset, collate_detections
 from ..config import PostprocessConfig
+from ..fs import atomic_write
 from ..data.records import DatasetIndex
 from ..inference.detector import Detector
 from ..inference.protocol import ImageDetector
@@ -259,6 +260,6 @@ def evaluate(
         evaluator.save_results(out / "detections_coco.json")
         plot_precision_recall(run, out / "pr_curve.png")
         run.seconds = time.perf_counter() - start
-        (out / "metrics.json").write_text(json.dumps(run.to_json(), indent=2) + "\n", encoding="utf-8")
+        atomic_write(out / "metrics.json", json.dumps(run.to_json(), indent=2) + "\n")
     run.seconds = time.perf_counter() - start
     return run
