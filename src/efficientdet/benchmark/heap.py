@@ -42,13 +42,7 @@ def steady_heap() -> bool:
     other commands and the Python API leave glibc's policy alone (our own training did not get
     faster with it, and its peak memory grew; docs/benchmarks.md).
     """
-    libc = _glibc()
-    if libc is None:
-        return False
-    mallopt = libc.mallopt
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, STEADY_HEAP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, STEADY_HEAP_BYTES))
+    return _mallopt((_M_MMAP_THRESHOLD, STEADY_HEAP_BYTES), (_M_TRIM_THRESHOLD, STEADY_HEAP_BYTES))
 
 
 def one_arena() -> bool:
@@ -58,15 +52,20 @@ def one_arena() -> bool:
     With :func:`steady_heap` alone, a thread other than the main one allocates from its own
     arena, whose heaps are at most 64 MiB: larger blocks (a batch's activations) still come from
     fresh ``mmap`` s and page-fault on every use. ``efficientdet serve`` runs the network on a
-    worker thread, so it applies both: D0 batches of 8 served 2.3 -> 4.7 images/s on a 2-core VM.
+    worker thread, so it applies both (measured in docs/serving.md).
     """
+    return _mallopt((_M_ARENA_MAX, 1))
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """glibc's ``mallopt(param, value)`` for each setting; False where not glibc or refused."""
     libc = _glibc()
     if libc is None:
         return False
     mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, 1))
+    return all(bool(mallopt(param, value)) for param, value in settings)
 
 
 def trim_heap() -> None:
