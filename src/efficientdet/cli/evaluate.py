@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import add_model_args, build_runner, resolve_device, too_large_message
+from .common import add_model_args, build_runner, too_large_message
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet eval --help`` must not wait for torch
     from ..data.records import DatasetIndex

@@ -26,12 +26,8 @@ _CHANNELS_LAST_DEVICES = ("cpu", "cuda")
 def inference_model(model: EfficientDet, device: torch.device) -> EfficientDet:
     """An eval-mode copy of ``model`` on ``device`` for inference: BatchNorms folded into the
     convs, channels_last where that is faster (CPU, CUDA). ``model`` itself is untouched."""
-    channels_last = device.type in _CHANNELS_LAST_DEVICES
-    fast = optimize_for_inference(model, channels_last=False, fuse=True)
-    fast = fast.to(device)
-    if channels_last:
-        fast = fast.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return fast  # type: ignore[return-value]
+    fast = optimize_for_inference(model, channels_last=device.type in _CHANNELS_LAST_DEVICES)
+    return fast.to(device)  # type: ignore[return-value]  # .to keeps the memory format
 
 
 class Detector(StagedDetector):
