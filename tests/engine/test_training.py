@@ -176,3 +176,11 @@ def test_schedule_checkpoint_restores_progress_not_the_run_length() -> None:
     longer.step()
     assert longer.last_epoch == 51
     assert longer.get_last_lr()[0] == pytest.approx(warmup_cosine(51, 0, 200, 0.1, 0.0))
+
+
+def test_override_exponent_floats_are_numbers() -> None:
+    # YAML 1.1 reads "2e-3" as a string; a float field must still get a number (path fields stay text)
+    from efficientdet.engine.config import load_train_config
+
+    config = load_train_config(None, ["optim.lr=2e-3", "data.hflip=5e-1", "data.val=1e3"], preset="finetune")
+    assert config.optim.lr == 0.002 and config.data.hflip == 0.5 and config.data.val == "1e3"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -118,10 +119,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _coerce(value: Any, current: Any) -> Any:
+# PyYAML follows YAML 1.1, where "2e-3" (no dot) is a string, not a float.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _coerce(value: Any, current: Any, annotation: str = "") -> Any:
     """Turn a YAML/CLI value into the type of the current value (tuples stay tuples)."""
     if isinstance(current, tuple) and isinstance(value, (list, tuple)):
         return tuple(value)
+    if isinstance(value, str) and "float" in annotation and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
     return value
 
 
@@ -148,7 +155,7 @@ def _replace(obj: Any, overrides: dict[str, Any]) -> Any:
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             direct[key] = _replace(current, value)
         else:
-            direct[key] = _coerce(value, current)
+            direct[key] = _coerce(value, current, str(valid[key].type))
     return dataclasses.replace(obj, **direct)
 
 
