@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 # Backends that ``--backends`` accepts, and the reference's name (effdet). Defined here, not in
 # pipelines.py, so that the CLI's parser lists them without importing torch.
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-nms")
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-nms", "onnxruntime-int8")
 REFERENCE = "effdet"
 
 _LAZY = {

@@ -179,3 +179,23 @@ def synthetic_images(folder: str | os.PathLike[str], count: int, seed: int = 0) 
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=90)
         paths.append(path)
     return paths
+
+
+def float_matmul_gflops(threads: int, side: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matrix-product rate (GFLOP/s, best of ``repeats``) with ``threads``
+    threads: a practical ceiling for float convolutions, so ``flops / rate`` is a floor on any
+    float backend's network time (only lower precision gets under it)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(side, side)
+        b = torch.randn(side, side)
+        torch.mm(a, b)  # warm-up: thread pool, packing buffers
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(saved)
+    return 2 * side**3 / best / 1e9

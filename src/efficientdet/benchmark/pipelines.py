@@ -12,6 +12,9 @@ sum of the stages is what a user of that entry point waits for:
   pre-selection), through the same public stages.
 * ``onnxruntime-nms``: the same on a graph with decoding + NMS inside, so its "network" stage
   includes the post-processing and "postprocess" is only the rescaling on the host.
+* ``onnxruntime-int8``: ``OnnxDetector`` on the graph ``export --int8`` writes (same layout as
+  ``onnxruntime``'s, the network quantized with the default options, calibrated on the
+  benchmark's images or ``calibration``).
 * ``effdet`` (the reference, its predict path as its README and ``validate.py`` use it):
   Pillow decode + ``convert("RGB")``, effdet's eval transforms (``ResizePad`` +
   ``ImageToNumpy``, i.e. ``transforms_coco_eval``), stacking + normalising as its loader does,
@@ -110,12 +113,29 @@ def torch_pipeline(model: EfficientDet, device: torch.device, compile: bool = Fa
     return DetectorPipeline("torch-compile" if compile else "torch", detector, device)
 
 
-def onnx_pipeline(model: EfficientDet, device: torch.device, threads: int, workdir: Path, nms_inside: bool, dynamo: bool) -> DetectorPipeline:
+def onnx_pipeline(
+    model: EfficientDet,
+    device: torch.device,
+    threads: int,
+    workdir: Path,
+    nms_inside: bool,
+    dynamo: bool,
+    int8_calibration: Sequence[Path] | None = None,
+) -> DetectorPipeline:
     """``OnnxDetector`` on the graph ``predict --backend onnxruntime`` runs (or, for
-    ``onnxruntime-nms``, one with decoding + NMS inside, as ``export --nms`` writes)."""
+    ``onnxruntime-nms``, one with decoding + NMS inside, as ``export --nms`` writes; with
+    ``int8_calibration``, the int8 graph ``export --int8`` writes, calibrated on those files)."""
     from ..export.cache import cached_onnx, onnx_providers
     from ..export.runtime import OnnxDetector
 
+    if int8_calibration is not None:
+        from ..export.calibration import load_calibration_images
+        from ..export.quantize import export_int8
+
+        path = workdir / "model.int8.onnx"
+        export_int8(model, path, load_calibration_images(list(int8_calibration)), candidates=True)
+        detector = OnnxDetector(path, providers=onnx_providers(device), intra_op_threads=threads)
+        return DetectorPipeline("onnxruntime-int8", detector, device)
     if nms_inside:
         from ..export import attach_postprocess, export_onnx
 
@@ -197,12 +217,18 @@ def make_pipeline(
     compile: bool = False,
     onnx_exporter: str = "dynamo",
     reference: torch.nn.Module | None = None,
+    calibration: Sequence[Path] = (),
 ) -> Pipeline:
-    """Set up ``backend`` (export, fold, open a session); not timed."""
+    """Set up ``backend`` (export, fold, quantize, open a session); not timed. ``calibration``:
+    image files for ``onnxruntime-int8``."""
     if backend == "torch":
         return torch_pipeline(model, device, compile=compile)
     if backend in ("onnxruntime", "onnxruntime-nms"):
         return onnx_pipeline(model, device, threads, workdir, backend == "onnxruntime-nms", onnx_exporter == "dynamo")
+    if backend == "onnxruntime-int8":
+        if not calibration:
+            raise ValueError("the onnxruntime-int8 backend needs calibration images")
+        return onnx_pipeline(model, device, threads, workdir, False, False, int8_calibration=calibration)
     if backend == REFERENCE:
         if reference is None:
             raise ValueError("the effdet pipeline needs the reference model")

@@ -8,7 +8,7 @@ __all__ = ["render_table"]
 
 _COLUMNS = (
     # header, width, value
-    ("backend", 15, lambda r: r.backend),
+    ("backend", 16, lambda r: r.backend),
     ("mode", 10, lambda r: r.mode),
     ("batch", 5, lambda r: str(r.batch_size)),
     ("ms/batch", 9, lambda r: f"{r.latency_ms:.1f}"),
@@ -23,6 +23,7 @@ _COLUMNS = (
     ("peak MB", 8, lambda r: "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"),
     ("faults/img", 10, lambda r: "-" if r.faults_per_image is None else f"{r.faults_per_image:.0f}"),
     ("vs effdet", 9, lambda r: "-" if r.ratio_vs_effdet is None else f"{r.ratio_vs_effdet:.2f}x"),
+    ("x floor", 7, lambda r: "-" if r.vs_float_floor is None else f"{r.vs_float_floor:.2f}"),
 )
 
 
@@ -46,6 +47,14 @@ def render_table(result: BenchmarkResult) -> str:
         f"  MACs {result.macs / 1e9:.2f}B per image (the paper's \"FLOPs\"); "
         f"{result.flops_per_image / 1e9:.2f} GFLOP per image at 2 FLOPs per multiply-add",
         f"  weights: {result.weights}",
+        *(
+            [
+                f"  float32 matmul peak here: {result.matmul_gflops:.0f} GFLOP/s (2048x2048, {result.threads} "
+                f"threads) -> float floor {result.flops_per_image / result.matmul_gflops / 1e6:.1f} ms per image"
+            ]
+            if result.matmul_gflops
+            else []
+        ),
         f"  images: {result.images}",
         "  versions: " + ", ".join(f"{k} {v}" for k, v in result.versions.items()),
         "",

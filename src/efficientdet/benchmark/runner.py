@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from efficientdet.benchmark.heap import steady_heap as apply_steady_heap
-from .measure import MemoryProbe, Timing, stopwatch, synthetic_images, time_calls
+from .measure import MemoryProbe, Timing, float_matmul_gflops, stopwatch, synthetic_images, time_calls
 from .pipelines import BACKENDS, REFERENCE, Pipeline, image_files, make_pipeline
 
 __all__ = ["BenchmarkResult", "BenchmarkRow", "check_backends", "run_benchmark"]
 
 STAGES = ("decode", "preprocess", "network", "postprocess")
-_PACKAGES = {"onnxruntime": "onnxruntime", "onnxruntime-nms": "onnxruntime", REFERENCE: "effdet"}
+_PACKAGES = {"onnxruntime": "onnxruntime", "onnxruntime-nms": "onnxruntime", "onnxruntime-int8": "onnxruntime", REFERENCE: "effdet"}
 
 
 @dataclass
@@ -53,6 +53,7 @@ class BenchmarkRow:
     peak_memory_mb: float | None = None
     faults_per_image: float | None = None
     ratio_vs_effdet: float | None = None
+    vs_float_floor: float | None = None
 
 
 @dataclass
@@ -82,6 +83,7 @@ class BenchmarkResult:
     notes: list[str] = field(default_factory=list)
     rounds: int = 1
     heap: str = "default"  # "steady": heap.steady_heap() was applied before measuring
+    matmul_gflops: float | None = None  # float32 2048x2048 matmul rate here, ``threads`` threads
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +183,7 @@ def run_benchmark(
     log: Callable[[str], None] | None = None,
     rounds: int = 1,
     steady_heap: bool = False,
+    calibration: str | os.PathLike[str] | None = None,
 ) -> BenchmarkResult:
     """Benchmark ``model`` on each of ``backends`` (and effdet with ``compare_effdet``).
 
@@ -196,6 +199,8 @@ def run_benchmark(
     speed drifts slows every backend alike; peak memory then comes from the first round.
     ``steady_heap``: first apply :func:`efficientdet.benchmark.heap.steady_heap` (glibc keeps freed memory, so no
     backend's timing depends on page faults; process-wide and permanent; the CLI's default).
+    ``calibration``: the ``onnxruntime-int8`` backend's calibration data (a dataset or a folder
+    of images, as ``export --calibration``; default the benchmark's images).
     See :class:`BenchmarkRow` and :class:`BenchmarkResult` for the definitions.
     """
     from ..export.runtime import physical_cores
@@ -230,6 +235,7 @@ def run_benchmark(
             else:
                 files = synthetic_images(work / "images", max(max(sizes), 2))
                 source = f"{len(files)} synthetic COCO-sized JPEGs (quality 90)"
+            calib = _calibration_files(backends, calibration, files)
             say("building the model" + (" and the effdet reference" if compare_effdet else ""))
             ours, reference, described = build_models(model, size, weights, compare_effdet, work, files)
             config = ours.config
@@ -251,6 +257,7 @@ def run_benchmark(
                 versions=_versions(backends, compare_effdet),
                 rounds=rounds,
                 heap=heap,
+                matmul_gflops=float_matmul_gflops(threads),
             )
             names = [("torch-compile" if b == "torch" and compile else b) for b in backends]
             runs = list(zip(names, backends)) + ([(REFERENCE, REFERENCE)] if reference is not None else [])
@@ -261,7 +268,9 @@ def run_benchmark(
                     pipeline = kept.get(label)
                     if pipeline is None:
                         say(f"setting up {label}")
-                        pipeline = make_pipeline(backend, ours, dev, threads, work, compile, onnx_exporter, reference)
+                        pipeline = make_pipeline(
+                            backend, ours, dev, threads, work, compile, onnx_exporter, reference, calib
+                        )
                         if score_threshold is not None and backend != REFERENCE:
                             pipeline.set_score_threshold(score_threshold)
                     timings = _measure(pipeline, files, sizes, iterations, warmup, dev, say, memory=r == 0)
@@ -278,6 +287,10 @@ def run_benchmark(
     finally:
         torch.set_num_threads(saved_threads)
     _set_ratios(result)
+    if dev.type == "cpu" and result.matmul_gflops:
+        for row in result.rows:
+            floor_ms = result.flops_per_image * row.batch_size / (result.matmul_gflops * 1e9) * 1000
+            row.vs_float_floor = row.latency_ms / floor_ms
     result.notes = _notes(result, compare_effdet, onnx_exporter)
     if score_threshold is not None:
         result.notes.append(
@@ -285,6 +298,19 @@ def run_benchmark(
             f"--score-threshold {score_threshold}` does); effdet's predict path has no such option."
         )
     return result
+
+
+def _calibration_files(
+    backends: Sequence[str], calibration: str | os.PathLike[str] | None, files: list[Path]
+) -> list[Path]:
+    """The int8 backend's calibration images (checked before any model is built)."""
+    if "onnxruntime-int8" not in backends:
+        return []
+    if calibration is None:
+        return files
+    from ..export.calibration import calibration_files
+
+    return calibration_files(calibration, 100)
 
 
 def _measure(
@@ -352,6 +378,18 @@ def _notes(result: BenchmarkResult, compare_effdet: bool, exporter: str) -> list
         notes.append(
             "random weights, BatchNorm statistics calibrated on the benchmark images: the top max_candidates "
             "(5000) scores all pass the 0.001 threshold, so NMS gets the full load of COCO evaluation settings."
+        )
+    if "onnxruntime-int8" in {r.backend for r in result.rows}:
+        notes.append(
+            "onnxruntime-int8: the onnxruntime graph with its network quantized as `export --int8` does "
+            "(QDQ, int8 per-channel weights, uint8 activations, heads' last layers float), calibrated on "
+            "the benchmark's images unless --calibration is given."
+        )
+    if result.matmul_gflops:
+        notes.append(
+            f"x floor = latency / (FLOPs of the batch at this machine's float32 matmul rate, "
+            f"{result.matmul_gflops:.0f} GFLOP/s): how far a row is from the fastest any float backend could be; "
+            "only int8 can go below 1."
         )
     if compare_effdet:
         notes.append(

@@ -74,6 +74,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--compare-effdet", action="store_true", help="also run the reference (effdet) on the same weights")
     p.add_argument("--images", default=None, help="folder of images for end-to-end runs (default: synthetic JPEGs)")
+    p.add_argument(
+        "--calibration", default=None, metavar="DATA",
+        help="onnxruntime-int8: calibration dataset or image folder (default: the benchmark's images)",
+    )  # fmt: skip
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON to OUT")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(run=run)
@@ -112,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         log=log,
         rounds=args.rounds,
         steady_heap=args.malloc == "steady",
+        calibration=args.calibration,
     )
     print(render_table(result))
     if args.json:

@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--workers", type=int, default=None, help="image-decoding worker processes (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compare", default=None, metavar="WEIGHTS",
+        help="also evaluate these weights on the same images (e.g. the float model next to an int8 .onnx; "
+        ".onnx files run in ONNX Runtime) and print both APs side by side",
+    )  # fmt: skip
     p.set_defaults(run=run_eval)
 
 
@@ -111,7 +116,7 @@ def _evaluate_and_report(args: argparse.Namespace) -> int:
     atomic_write(metrics_path, json.dumps(doc, indent=2) + "\n")
 
     print(
-        f"{runner.config.name} ({args.backend}) on {args.dataset}: {run.num_images} images, "
+        f"{runner.config.name} ({_backend_label(runner)}) on {args.dataset}: {run.num_images} images, "
         f"nms={args.nms}, {run.seconds:.1f}s"
     )
     print(coco_summary(run.stats))
@@ -129,8 +134,44 @@ def _evaluate_and_report(args: argparse.Namespace) -> int:
         print(f"{len(run.skipped_images)} unreadable image(s) skipped and left out of the metrics", file=sys.stderr)
         for line in _too_large(run.skipped_images, runner.max_input_pixels):
             print(f"efficientdet eval: {line}", file=sys.stderr)
+    if args.compare:
+        _compare(args, index, fmt, out, runner, run.stats)
     print(f"wrote {metrics_path}, {out / 'detections_coco.json'}, {out / 'pr_curve.png'}")
     return 0
+
+
+def _backend_label(runner: Any) -> str:
+    """``torch``, ``onnxruntime`` or ``onnxruntime, int8`` (from the graph's metadata)."""
+    meta = getattr(runner.detector, "metadata", None)
+    return f"{runner.backend}, int8" if meta is not None and meta.int8 else runner.backend
+
+
+def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: Any, stats: dict[str, float]) -> None:
+    """``--compare WEIGHTS``: the same evaluation of other weights (its files under
+    ``out/compare``), a side-by-side table, and both in ``metrics.json``."""
+    from ..evaluation.run import evaluate
+    from ..fs import atomic_write
+
+    backend = "onnxruntime" if str(args.compare).lower().endswith(".onnx") else args.backend
+    other_args = argparse.Namespace(**{**vars(args), "weights": args.compare, "backend": backend})
+    other_out = out / "compare"
+    other = build_runner(other_args, other_out)
+    other_run = evaluate(
+        other.detector, index, batch_size=args.batch_size, nms=args.nms, out_dir=other_out,
+        progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
+    )  # fmt: skip
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    rows = [(f"{args.weights} ({_backend_label(runner)})", stats), (f"{args.compare} ({_backend_label(other)})", other_run.stats)]
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'weights':<{width}}  " + "  ".join(f"{k:>6}" for k in keys))
+    for name, values in rows:
+        print(f"{name:<{width}}  " + "  ".join(f"{values[k]:6.3f}" for k in keys))
+    print(f"{'difference (first - second)':<{width}}  " + "  ".join(f"{stats[k] - other_run.stats[k]:+6.3f}" for k in keys))
+    metrics_path = out / "metrics.json"
+    doc = json.loads(metrics_path.read_text(encoding="utf-8"))
+    doc["compare"] = {"weights": str(args.compare), "backend": _backend_label(other), "stats": other_run.stats}
+    atomic_write(metrics_path, json.dumps(doc, indent=2) + "\n")
 
 
 def _too_large(paths: list[str], limit: int) -> list[str]:

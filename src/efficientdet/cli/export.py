@@ -24,6 +24,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--onnx-exporter", choices=["dynamo", "torchscript"], default="dynamo",
         help="torch.onnx exporter (torchscript: the older one, ~5x faster to export)",
     )  # fmt: skip
+    q = p.add_argument_group("int8 (ONNX Runtime, post-training static quantization)")
+    q.add_argument("--int8", action="store_true", help="quantize the network to int8 (needs --calibration)")
+    q.add_argument("--calibration", metavar="DATA", help="a dataset (COCO, VOC, YOLO) or a folder of images like the ones to run on")
+    q.add_argument("--calibration-images", type=int, default=100, metavar="N", help="images to calibrate on (default 100)")
+    q.add_argument(
+        "--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax",
+        help="how activation ranges are taken (default minmax)",
+    )  # fmt: skip
+    q.add_argument(
+        "--keep-float", default="heads", metavar="GROUPS",
+        help="comma-separated parts kept in float: heads, stem, fusion, or none (default heads)",
+    )  # fmt: skip
+    q.add_argument(
+        "--reduce-range", choices=["auto", "on", "off"], default="auto",
+        help="7-bit weights for x86 CPUs without VNNI (auto: on when this CPU lacks VNNI)",
+    )  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -34,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.format.lower()
     if fmt not in EXPORT_FORMATS and fmt != "program":
         raise ValueError(f"unknown export format {args.format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
+    if args.int8 or args.calibration:
+        return _run_int8(args, fmt)
     model = create_model(args.model, weights=args.weights).eval()
     kwargs: dict = {"image_size": args.image_size, "batch_size": args.batch_size}
     if fmt == "onnx":
@@ -49,4 +67,42 @@ def run(args: argparse.Namespace) -> int:
     path = export(model, Path(args.out), fmt, **kwargs)
     size = path.stat().st_size / 1e6
     print(f"exported {model.config.name} ({fmt}) -> {path} ({size:.1f} MB); checked and run once")
+    return 0
+
+
+def _run_int8(args: argparse.Namespace, fmt: str) -> int:
+    """``--int8``: checked before anything is built, then calibrated, quantized and written."""
+    import sys
+
+    from ..export.calibration import calibration_files, load_calibration_images
+    from ..export.quantize import Int8Options, export_int8
+    from ..factory import create_model
+
+    if not args.int8:
+        raise ValueError("--calibration is only used with --int8")
+    if fmt != "onnx":
+        raise ValueError(f"--int8 needs --format onnx (int8 runs in ONNX Runtime); --format {args.format} has no int8 form")
+    if not args.calibration:
+        raise ValueError("--int8 needs --calibration DATA: a dataset or a folder of images like the ones to run on")
+    groups = tuple(g.strip() for g in args.keep_float.split(",") if g.strip() and g.strip() != "none")
+    options = Int8Options(
+        calibration_images=args.calibration_images,
+        method=args.calibration_method,
+        reduce_range=None if args.reduce_range == "auto" else args.reduce_range == "on",
+        float_groups=groups,
+    )
+    files = calibration_files(args.calibration, options.calibration_images)
+    images = load_calibration_images(files, warn=lambda msg: print(f"efficientdet export: warning: {msg}", file=sys.stderr))
+    model = create_model(args.model, weights=args.weights).eval()
+    path = export_int8(
+        model, Path(args.out), images, options, image_size=args.image_size, batch_size=args.batch_size,
+        dynamic_batch=not args.static_batch, include_postprocess=args.nms,
+        score_threshold=args.score_threshold, max_detections=args.max_detections,
+    )  # fmt: skip
+    size = path.stat().st_size / 1e6
+    rr = "on" if options.resolved_reduce_range() else "off"
+    print(
+        f"exported {model.config.name} (onnx, int8: {len(images)} calibration images, {options.method}, "
+        f"float: {', '.join(groups) or 'none'}, reduce_range {rr}) -> {path} ({size:.1f} MB); checked and run once"
+    )
     return 0

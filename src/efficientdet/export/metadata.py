@@ -47,6 +47,7 @@ class OnnxMetadata:
     outputs: tuple[str, ...]
     config: ModelConfig
     postprocess: dict[str, Any] | None = None
+    int8: dict[str, Any] | None = None  # how the graph was quantized (export.quantize), None: float
 
     @property
     def candidates(self) -> bool:
@@ -68,6 +69,7 @@ class OnnxMetadata:
             "outputs": json.dumps(list(self.outputs)),
             "config": self.config.to_json(),
             "postprocess": json.dumps(self.postprocess),
+            "int8": json.dumps(self.int8),
         }
 
     @classmethod
@@ -88,6 +90,7 @@ class OnnxMetadata:
                 outputs=tuple(json.loads(props["outputs"])),
                 config=ModelConfig.from_dict(json.loads(props["config"])),
                 postprocess=json.loads(props["postprocess"]),
+                int8=json.loads(props.get("int8", "null")),  # absent in files of earlier versions
             )
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"{source}: malformed efficientdet metadata ({err!r})") from None

@@ -1,0 +1,70 @@
+"""Calibration images for int8 quantization: picked from a dataset or a folder of images.
+
+``--calibration DATA`` takes anything ``train``/``eval`` read (COCO JSON, VOC, YOLO) or a plain
+folder of images. The images are spread evenly over the (sorted) set rather than taken from its
+start, so one scene or one camera at the head of a dataset does not set every range.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..data.common import IMAGE_EXTENSIONS
+from ..data.images import ImageError, load_image
+
+__all__ = ["calibration_files", "load_calibration_images"]
+
+
+def calibration_files(source: str | os.PathLike[str], count: int) -> list[Path]:
+    """Up to ``count`` image paths of ``source``, evenly spaced over the sorted set.
+
+    ``source``: a dataset (whatever ``read_dataset`` detects) or a folder of images. Errors name
+    ``--calibration`` and what is wrong (missing, unreadable annotations, no images).
+    """
+    from ..data.formats import read_dataset
+
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"--calibration {path}: no such file or folder")
+    if count < 1:
+        raise ValueError(f"--calibration-images must be >= 1, got {count}")
+    files: list[Path]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # box problems do not matter for calibration
+            index = read_dataset(path, allow_outside_root=True)
+        files = sorted({r.image_path for r in index.records})
+    except (ValueError, OSError) as err:
+        if not path.is_dir():
+            raise ValueError(f"--calibration {path}: {err}") from None
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ValueError(f"--calibration {path}: no images (expected a dataset or a folder of {', '.join(IMAGE_EXTENSIONS)})")
+    if len(files) <= count:
+        return files
+    step = len(files) / count
+    return [files[int(i * step)] for i in range(count)]
+
+
+def load_calibration_images(
+    files: list[Path], max_pixels: int | None = None, warn: Callable[[str], None] | None = None
+) -> list[torch.Tensor]:
+    """uint8 [3, H, W] images of ``files``; unreadable ones are skipped (and reported through
+    ``warn``); a ValueError if none can be read."""
+    images, bad = [], []
+    for path in files:
+        try:
+            images.append(load_image(path, max_pixels=max_pixels))
+        except (ImageError, OSError) as err:
+            bad.append(str(err) if isinstance(err, ImageError) else f"{path}: {err}")
+    if bad and warn is not None:
+        warn(f"skipped {len(bad)} unreadable calibration image(s), e.g. {bad[0]}")
+    if not images:
+        first = bad[0] if bad else "none given"
+        raise ValueError(f"--calibration: none of the {len(files)} images could be read ({first})")
+    return images

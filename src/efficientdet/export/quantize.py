@@ -1,0 +1,236 @@
+"""Int8 post-training static quantization of exported graphs (ONNX Runtime, QDQ format).
+
+The network graph (``export_onnx``'s raw layout) is calibrated on real images run through the
+very preprocessing every backend uses, quantized with ONNX Runtime's ``quantize_static``
+(QDQ: QuantizeLinear / DequantizeLinear pairs around int8 weights, which ONNX Runtime fuses
+into int8 kernels), and only then gets the candidate pre-selection or the NMS graph attached:
+those parts stay float, so the int8 file runs in :class:`~efficientdet.export.OnnxDetector` with
+the same post-processing as the float one.
+
+Choices (measurements in ``docs/quantization.md``):
+
+* weights int8 per output channel (depthwise convs have a handful of weights per channel:
+  one scale per tensor loses them), activations uint8 with a zero point;
+* ``reduce_range``: 7-bit weights, for x86 CPUs without VNNI, whose u8 x s8 instruction
+  (``vpmaddubsw``) adds pairs of products in int16 and can saturate with 8-bit weights. Default
+  (``None``): on when the exporting CPU lacks VNNI. A file exported on a VNNI machine and run
+  on an older CPU can saturate there; pass ``reduce_range=True`` for such fleets;
+* ``float_groups``: named parts kept in float (see :data:`FLOAT_GROUPS`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FLOAT_GROUPS", "Int8Options", "cpu_has_vnni", "export_int8", "float_nodes", "int8_description", "quantize_network"]
+
+# Parts of the network that can be kept in float, by name:
+#   stem:     the first convolution (sees raw normalised pixels: the widest activation range);
+#   heads:    the heads' last layers (per-level depthwise ``predict_dw`` convs and the shared
+#             product + bias that give the logits and box codes: their outputs are the scores);
+#   fusion:   the BiFPN's weighted-fusion arithmetic (Add / Mul / Div between resampled maps).
+FLOAT_GROUPS: tuple[str, ...] = ("stem", "heads", "fusion")
+CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How to quantize; the defaults are what ``efficientdet export --int8`` uses.
+
+    ``calibration_images``: images the activation ranges are observed on; ``method``: how a
+    range is taken from them (``minmax``, ``percentile`` at 99.999, ``entropy``);
+    ``reduce_range``: None = auto (see the module docs).
+    """
+
+    calibration_images: int = 100
+    method: str = "minmax"
+    per_channel: bool = True
+    reduce_range: bool | None = None
+    float_groups: tuple[str, ...] = ("heads",)
+
+    def __post_init__(self) -> None:
+        if self.calibration_images < 1:
+            raise ValueError(f"--calibration-images must be >= 1, got {self.calibration_images}")
+        if self.method not in CALIBRATION_METHODS:
+            raise ValueError(f"unknown calibration method {self.method!r}; valid: {', '.join(CALIBRATION_METHODS)}")
+        unknown = sorted(set(self.float_groups) - set(FLOAT_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown float group(s) {', '.join(unknown)}; valid: {', '.join(FLOAT_GROUPS)}")
+
+    def resolved_reduce_range(self) -> bool:
+        return (not cpu_has_vnni()) if self.reduce_range is None else self.reduce_range
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has an int8 dot-product instruction (AVX512-VNNI or AVX-VNNI).
+
+    Non-x86 machines (ARM's int8 dot products do not saturate) count as having it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni"})
+    except OSError:
+        pass
+    import platform
+
+    return platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
+
+
+def float_nodes(proto: Any, groups: Sequence[str]) -> list[str]:
+    """Names of the nodes of the raw network graph ``proto`` (ONNX ModelProto, TorchScript
+    exporter's names) that ``groups`` keep in float; a ValueError if a group matches nothing."""
+    nodes = list(proto.graph.node)
+    picked: list[str] = []
+    for group in groups:
+        if group == "stem":
+            first = next((n for n in nodes if n.op_type == "Conv"), None)
+            found = [first.name] if first is not None else []
+        elif group == "heads":
+            found = [
+                n.name for n in nodes
+                if "_head/" in n.name and ("predict" in n.name or n.op_type in ("MatMul", "Add"))
+            ]  # fmt: skip
+        elif group == "fusion":
+            found = [n.name for n in nodes if n.name.startswith("/feature_net/") and n.op_type in ("Add", "Mul", "Div")]
+        else:
+            raise ValueError(f"unknown float group {group!r}; valid: {', '.join(FLOAT_GROUPS)}")
+        if not found:
+            raise ValueError(f"float group {group!r} matches no node of this graph")
+        picked += found
+    return picked
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over preprocessed batches."""
+
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray]) -> None:
+        self.input_name = input_name
+        self.batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def quantize_network(
+    raw_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    batches: Sequence[np.ndarray],
+    options: Int8Options,
+) -> Path:
+    """Quantize the raw network graph at ``raw_path`` to ``out_path`` (QDQ, int8 weights).
+
+    ``batches``: preprocessed float32 [N, 3, H, W] calibration inputs (as ``OnnxDetector.prepare``
+    makes them). The metadata of the float graph is kept, plus ``efficientdet.int8`` (the options).
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if not batches:
+        raise ValueError("no calibration images")
+    raw = onnx.load(os.fspath(raw_path))
+    excluded = float_nodes(raw, options.float_groups)
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[options.method]  # fmt: skip
+    reduce_range = options.resolved_reduce_range()
+    out = Path(out_path)
+    quantize_static(
+        os.fspath(raw_path),
+        os.fspath(out),
+        _Reader(raw.graph.input[0].name, batches),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=options.per_channel,
+        reduce_range=reduce_range,
+        calibrate_method=method,
+        nodes_to_exclude=excluded,
+        calibration_providers=["CPUExecutionProvider"],
+        extra_options={"CalibTensorRangeSymmetric": False, "CalibPercentile": 99.999},
+    )
+    return out
+
+
+def int8_description(options: Int8Options, used_images: int) -> dict[str, Any]:
+    """What the ``efficientdet.int8`` metadata entry records."""
+    return {
+        "format": "onnxruntime QDQ",
+        "weights": "int8 per-channel" if options.per_channel else "int8 per-tensor",
+        "activations": "uint8",
+        "reduce_range": options.resolved_reduce_range(),
+        "calibration": options.method,
+        "calibration_images": used_images,
+        "float_groups": list(options.float_groups),
+    }
+
+
+def export_int8(
+    model: Any,
+    path: str | os.PathLike[str],
+    calibration: Sequence[Any],
+    options: Int8Options | None = None,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    batch_size: int = 1,
+    dynamic_batch: bool = True,
+    include_postprocess: bool = False,
+    candidates: bool = False,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
+    check: bool = True,
+) -> Path:
+    """Export ``model`` as an int8 ONNX graph at ``path`` (written atomically; nothing on failure).
+
+    ``calibration``: images (uint8 [3, H, W] tensors, or anything ``load_image`` takes), each
+    preprocessed exactly as ``OnnxDetector.prepare`` does at run time. The layouts are
+    ``export_onnx``'s (raw, ``include_postprocess``, ``candidates``); only the network is
+    quantized, the post-processing parts stay float.
+    """
+    import dataclasses
+
+    import onnx
+
+    from ..data.images import load_image
+    from ..fs import atomic_path
+    from .metadata import read_onnx_metadata
+    from .onnx import attach_candidates, attach_postprocess, check_onnx, export_onnx
+    from .runtime import OnnxDetector
+
+    options = options or Int8Options()
+    if not calibration:
+        raise ValueError("--calibration: no calibration images")
+    if include_postprocess and candidates:
+        raise ValueError("include_postprocess and candidates are exclusive: NMS inside needs no pre-selection")
+    with tempfile.TemporaryDirectory(prefix="efficientdet-int8-") as tmp:
+        raw, quantized = Path(tmp) / "network.onnx", Path(tmp) / "network.int8.onnx"
+        # The TorchScript exporter: its node names are what the float groups match.
+        export_onnx(model, raw, image_size, batch_size, dynamic_batch, dynamo=False, check=False)
+        runtime = OnnxDetector(raw, intra_op_threads=1)
+        batches = [runtime.prepare([load_image(image, max_pixels=None)]).inputs.numpy() for image in calibration]
+        del runtime
+        quantize_network(raw, quantized, batches, options)
+        proto = onnx.load(os.fspath(quantized))
+        meta = dataclasses.replace(read_onnx_metadata(proto), int8=int8_description(options, len(batches)))
+        meta.write_to(proto)
+        onnx.save(proto, os.fspath(quantized))
+        out = Path(path)
+        if include_postprocess:
+            return attach_postprocess(
+                quantized, out, score_threshold=score_threshold, max_detections=max_detections, dynamo=False, check=check
+            )
+        if candidates:
+            return attach_candidates(quantized, out, dynamo=False, check=check)
+        with atomic_path(out) as dst:
+            onnx.save(proto, os.fspath(dst))
+        if check:
+            check_onnx(out, batch_size)
+        return out
