@@ -28,3 +28,68 @@ def test_unknown_format_lists_formats(tmp_path: Path, tiny_weights: Path, capsys
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "tflite" in err and "onnx" in err and "torchscript" in err and "exported-program" in err
+
+
+def _images(folder: Path, count: int) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    return folder
+
+
+def test_export_int8_runs_with_the_onnxruntime_backend(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture) -> None:
+    """export --int8 on a folder of images, then predict and eval run the file like any graph."""
+    from efficientdet.data.synthetic import make_synthetic_dataset
+    from efficientdet.export import read_onnx_metadata
+
+    data = make_synthetic_dataset(tmp_path / "data", num_images=4, image_size=(96, 128), seed=1)
+    out = tmp_path / "model.int8.onnx"
+    args = ["export", "--weights", str(tiny_weights), "--out", str(out), "--image-size", "128", "--int8",
+            "--calibration", str(data), "--calibration-images", "3", "--keep-float", "heads,stem"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "int8: 3 calibration images" in printed and "float: heads, stem" in printed
+    assert read_onnx_metadata(out).int8["float_groups"] == ["heads", "stem"]
+    assert main(["predict", str(data.parent / "images"), "--weights", str(out), "--backend", "onnxruntime",
+                 "--out", str(tmp_path / "preds"), "--no-draw"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", str(data), "--weights", str(out), "--backend", "onnxruntime", "--out", str(tmp_path / "ev"),
+                 "--compare", str(tiny_weights), "--quiet"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "(onnxruntime, int8)" in printed and "difference (first - second)" in printed
+    import json
+
+    doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert doc["compare"]["weights"] == str(tiny_weights) and "AP" in doc["compare"]["stats"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--int8"], "--int8 needs --calibration"),
+        (["--int8", "--calibration", "IMAGES", "--format", "torchscript"], "--int8 needs --format onnx"),
+        (["--calibration", "IMAGES"], "--calibration is only used with --int8"),
+        (["--int8", "--calibration", "EMPTY"], "no images"),
+        (["--int8", "--calibration", "BROKEN"], "none of the 2 images could be read"),
+        (["--int8", "--calibration", "MISSING"], "no such file or folder"),
+    ],
+)
+def test_export_int8_bad_input(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "BROKEN").mkdir()
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / "BROKEN" / name).write_bytes(b"not an image")
+    _images(tmp_path / "IMAGES", 1)
+    paths = {"IMAGES", "EMPTY", "BROKEN", "MISSING"}
+    extra = [str(tmp_path / e) if e in paths else e for e in extra]
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--weights", str(tiny_weights), "--out", str(out), "--image-size", "128", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith("model")]

@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from efficientdet.export import OnnxDetector, export_onnx  # noqa: E402
-from efficientdet.export.onnx_passes import fold_pads_into_convs  # noqa: E402
+from efficientdet.export.onnx_passes import fold_pads  # noqa: E402
 from efficientdet.export.ort_graph import (  # noqa: E402
     ConstantFusionNode,
     FlatHead,
@@ -123,11 +123,11 @@ def _pad_conv_model(pad_value: float | None) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("pad_value", [None, 0.0])
-def test_fold_pads_into_convs_exact(pad_value):
+def test_fold_pads_exact(pad_value):
     proto = _pad_conv_model(pad_value)
     x = np.random.default_rng(1).standard_normal((1, 2, 5, 6)).astype(np.float32)
     want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    assert fold_pads_into_convs(proto) == 1
+    assert fold_pads(proto) == 1
     onnx.checker.check_model(proto)
     assert _ops(proto) == ["Conv"]  # the pads' Concat went with the Pad
     (pads,) = [list(a.ints) for a in proto.graph.node[0].attribute if a.name == "pads"]
@@ -140,8 +140,31 @@ def test_fold_pads_into_convs_exact(pad_value):
 
 def test_fold_pads_keeps_nonzero_padding():
     proto = _pad_conv_model(-1.0)  # a conv's own padding is zeros: not the same op
-    assert fold_pads_into_convs(proto) == 0
+    assert fold_pads(proto) == 0
     assert _ops(proto) == ["Concat", "Pad", "Conv"]
+
+
+def test_fold_minus_inf_pad_into_max_pool_exact():
+    """The BiFPN's "same" max pool of an odd map: Pad(-inf) then MaxPool 3x3 stride 2."""
+    fill = numpy_helper.from_array(np.array(-np.inf, np.float32), "fill")
+    pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64), "pads")
+    nodes = [
+        helper.make_node("Pad", ["x", "pads", "fill"], ["padded"], mode="constant"),
+        helper.make_node("MaxPool", ["padded"], ["y"], kernel_shape=[3, 3], strides=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes, "pad_pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [fill, pads],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    x = -np.abs(np.random.default_rng(2).standard_normal((1, 2, 5, 5)).astype(np.float32))  # all < 0: a 0 fill would win
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert fold_pads(proto) == 1
+    assert _ops(proto) == ["MaxPool"]
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("fusion", ["fast_normalized", "softmax", "unbounded", "sum"])

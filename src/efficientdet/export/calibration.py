@@ -62,7 +62,7 @@ def load_calibration_images(
             images.append(load_image(path, max_pixels=max_pixels))
         except (ImageError, OSError) as err:
             bad.append(str(err) if isinstance(err, ImageError) else f"{path}: {err}")
-    if bad and warn is not None:
+    if bad and images and warn is not None:
         warn(f"skipped {len(bad)} unreadable calibration image(s), e.g. {bad[0]}")
     if not images:
         first = bad[0] if bad else "none given"

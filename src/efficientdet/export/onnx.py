@@ -53,7 +53,7 @@ from .metadata import (
     OnnxMetadata,
     read_onnx_metadata,
 )
-from .onnx_passes import fold_pads_into_convs
+from .onnx_passes import fold_pads
 from .ort_graph import export_network
 from .tracing import ExportError, image_size_for, inference_copy, set_output_shapes, to_proto
 
@@ -110,7 +110,7 @@ def export_onnx(
     net = export_network(inference_copy(model, fuse), config.num_classes)
     example = torch.zeros(batch_size, 3, *size)
     proto = to_proto(net, (example,), ["images"], list(RAW_OUTPUTS), opset, dynamic_batch, dynamo)
-    fold_pads_into_convs(proto)  # the TorchScript exporter's explicit "same" padding
+    fold_pads(proto)  # the TorchScript exporter's explicit "same" padding
     batch: int | str = "batch" if dynamic_batch else batch_size
     num_anchors = config.anchors.num_anchors * sum(
         feature_size(size[0], level) * feature_size(size[1], level)
@@ -163,7 +163,7 @@ def attach_postprocess(
     src = Path(src)
     proto = onnx.load(os.fspath(src))
     meta = read_onnx_metadata(proto)
-    fold_pads_into_convs(proto)  # no-op on graphs export_onnx wrote
+    fold_pads(proto)  # no-op on graphs export_onnx wrote
     if meta.nms_inside or meta.candidates:
         raise ValueError(f"{src} already has post-processing inside")
     proto = _with_postprocess(proto, meta, score_threshold, iou_threshold, max_detections, max_candidates, dynamo)

@@ -1,4 +1,4 @@
-"""Small ONNX graph passes applied to exported graphs: zero-``Pad`` -> ``Conv`` folding.
+"""Small ONNX graph passes applied to exported graphs: constant ``Pad`` -> ``Conv`` / ``MaxPool`` folding.
 
 The backbone's stride-2 convs use TF "same" padding, asymmetric (0 before, 1 after), which a
 PyTorch conv cannot express: the model pads explicitly (``F.pad``) and convolves unpadded. An
@@ -7,6 +7,11 @@ optimiser does this itself; the TorchScript exporter leaves ``Pad`` nodes whose 
 from a chain of shape ops that ONNX Runtime folds too late for its own Pad fusion: a separate
 full copy of the padded map per stride-2 conv (~5% of D0's time) and a layout change for
 ONNX Runtime's blocked convs around each.
+
+The BiFPN's "same" max pooling of an odd-sized map pads with -inf the same way; ``MaxPool``'s
+own ``pads`` never win the max, so that ``Pad`` folds into the pool. Besides the copy this
+removes a tensor holding -inf, which int8 calibration would otherwise turn into an infinite
+quantization scale.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fold_pads_into_convs", "remove_unused_nodes"]
+__all__ = ["fold_pads", "remove_unused_nodes"]
 
 # Ops whose output is a function of their inputs' values only (no shapes of run-time tensors).
 _FOLDABLE = {"Constant", "Cast", "Concat", "ConstantOfShape", "Reshape", "Slice", "Transpose", "Unsqueeze",
@@ -44,10 +49,14 @@ def _constant_value(name: str, producers: dict[str, Any], inits: dict[str, Any],
     return value
 
 
-def fold_pads_into_convs(proto: Any) -> int:
-    """Fold each zero-valued constant ``Pad`` of the spatial dims that feeds only a ``Conv``
-    into the conv's ``pads`` (in place); returns the number folded. Exact: the conv's own
-    padding is zeros too."""
+# Consumer op -> the only fill value its own ``pads`` are equivalent to.
+_FOLD_FILL = {"Conv": 0.0, "MaxPool": -np.inf}
+
+
+def fold_pads(proto: Any) -> int:
+    """Fold each constant ``Pad`` of the spatial dims that feeds only a ``Conv`` (fill 0) or a
+    ``MaxPool`` (fill -inf) into that node's ``pads`` (in place); returns the number folded.
+    Exact: a conv's own padding is zeros, a max pool's never wins the max."""
     from onnx import helper
 
     graph = proto.graph
@@ -64,14 +73,14 @@ def fold_pads_into_convs(proto: Any) -> int:
         if pad.op_type != "Pad" or pad.output[0] in outputs or len(users.get(pad.output[0], [])) != 1:
             continue
         conv = users[pad.output[0]][0]
-        if conv.op_type != "Conv" or conv.input[0] != pad.output[0]:
+        if conv.op_type not in _FOLD_FILL or conv.input[0] != pad.output[0]:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
         if attrs.get("mode", b"constant") not in (b"constant", "constant") or len(pad.input) > 3 and pad.input[3]:
             continue  # other modes, or an ``axes`` input
         pads = _constant_value(pad.input[1], producers, inits, cache) if len(pad.input) > 1 else None
         fill = _constant_value(pad.input[2], producers, inits, cache) if len(pad.input) > 2 and pad.input[2] else 0
-        if pads is None or fill is None or np.any(np.asarray(fill) != 0):
+        if pads is None or fill is None or np.any(np.asarray(fill) != _FOLD_FILL[conv.op_type]):
             continue
         pads = [int(p) for p in np.asarray(pads).reshape(-1)]
         if len(pads) != 8 or any(p < 0 for p in pads) or pads[0] or pads[1] or pads[4] or pads[5]:
