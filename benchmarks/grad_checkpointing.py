@@ -44,7 +44,8 @@ def child(args: argparse.Namespace) -> dict[str, float]:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     s = args.image_size
     images = torch.randn(args.batch_size, 3, s, s).contiguous(memory_format=torch.channels_last)
-    boxes = [torch.tensor([[0.1 * s, 0.2 * s, 0.5 * s, 0.6 * s], [0.4 * s, 0.3 * s, 0.9 * s, 0.8 * s]])] * args.batch_size
+    two = torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8]]) * s  # two boxes per image, xyxy pixels
+    boxes = [two] * args.batch_size
     labels = [torch.tensor([0, 1])] * args.batch_size
     targets = labeler(boxes, labels)  # (class targets, box targets, positives)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

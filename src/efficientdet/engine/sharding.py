@@ -44,8 +44,9 @@ def shard_positions(count: int, info: DistInfo) -> list[int]:
 
 
 def _collective_failed(what: str, info: DistInfo, err: BaseException) -> ShardingError:
+    first = (str(err).splitlines() or [""])[0][:200]
     return ShardingError(
-        f"rank {info.rank} of {info.world_size}: {what} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+        f"rank {info.rank} of {info.world_size}: {what} failed ({type(err).__name__}: {first}); "
         "another process died or did not answer within the timeout; nothing was written as complete"
     )
 

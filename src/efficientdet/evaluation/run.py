@@ -231,7 +231,8 @@ def evaluate(
     for paths, image_ids, dets in tqdm(batches, total=math.ceil(len(share) / batch_size), **bar):
         seen.update(paths)
         for i, d in zip(image_ids, dets):
-            local.append((where[i], (i, {k: v.detach().cpu() for k, v in d.items() if k in ("boxes", "scores", "labels")})))
+            kept = {k: v.detach().cpu() for k, v in d.items() if k in ("boxes", "scores", "labels")}
+            local.append((where[i], (i, kept)))
     gathered = gather_to_main((local, sorted(seen)), info)
     run: EvaluationRun | Exception | None = None
     if gathered is not None:  # rank 0 (or alone): score everything, write the files
