@@ -19,10 +19,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import add_model_args, build_runner, too_large_message
+from .common import add_model_args, too_large_message
+from .ranks import add_dist_args, build_runner_on_ranks, join_ranks
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet eval --help`` must not wait for torch
     from ..data.records import DatasetIndex
+    from ..engine.distributed import DistInfo
 
 __all__ = ["add_parser", "load_index", "run_eval"]
 
@@ -50,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also evaluate these weights on the same images (e.g. the float model next to an int8 .onnx; "
         ".onnx files run in ONNX Runtime) and print both APs side by side",
     )  # fmt: skip
+    add_dist_args(p)
     p.set_defaults(run=run_eval)
 
 
@@ -75,14 +78,20 @@ def load_index(dataset: str, split: str | None) -> tuple[DatasetIndex, str]:
 def run_eval(args: argparse.Namespace) -> int:
     from .notices import print_data_warnings
 
-    with print_data_warnings("eval"):  # one line per unreadable image, as predict prints them
-        return _evaluate_and_report(args)
+    from ..engine.distributed import cleanup
+
+    info = join_ranks(args)  # under torchrun: one share of the images per process
+    try:
+        with print_data_warnings("eval"):  # one line per unreadable image, as predict prints them
+            return _evaluate_and_report(args, info)
+    finally:
+        cleanup(info)
 
 
-def _evaluate_and_report(args: argparse.Namespace) -> int:
+def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
+    from ..engine.sharding import check_shardable
     from ..evaluation.run import coco_summary, evaluate
     from ..fs import atomic_write
-
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -93,8 +102,9 @@ def _evaluate_and_report(args: argparse.Namespace) -> int:
         index = dataclasses.replace(index, records=index.records[: args.max_images])
     if len(index) == 0:
         raise ValueError(f"{args.dataset}: no images to evaluate")
+    check_shardable(len(index), info)
     out = Path(args.out)
-    runner = build_runner(args, out)
+    runner = build_runner_on_ranks(args, out, info)
     if runner.nms_inside:
         raise ValueError(
             f"{args.weights} has NMS inside, with fixed thresholds; evaluation needs the raw scores "
@@ -103,8 +113,10 @@ def _evaluate_and_report(args: argparse.Namespace) -> int:
     # The detector predict runs (same stages, same input), so eval scores what predict outputs.
     run = evaluate(
         runner.detector, index, batch_size=args.batch_size, nms=args.nms, voc=args.voc, out_dir=out,
-        progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
+        progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers, dist=info,
     )  # fmt: skip
+    if not info.is_main:
+        return 0  # rank 0 wrote the files and reports
 
     # metrics.json gets what was evaluated, next to the numbers.
     metrics_path = out / "metrics.json"

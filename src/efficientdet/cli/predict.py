@@ -23,14 +23,15 @@ from efficientdet.outputs.video import VIDEO_EXTENSIONS, VideoError, open_video,
 from .common import (
     Runner,
     add_model_args,
-    build_runner,
     load_model,
     make_detector,
     resolve_device,
     too_large_message,
 )
+from .ranks import add_dist_args, build_runner_on_ranks, join_ranks
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet predict --help`` must not wait for torch
+    from ..engine.distributed import DistInfo
     import numpy as np
     import torch
 
@@ -53,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", default=None, help="comma-separated class names to keep (e.g. cat,dog)")
     p.add_argument("--format", choices=("json", "csv"), default="json", help="detections file format (json)")
     p.add_argument("--no-draw", action="store_true", help="write only the detections file, no annotated images")
+    add_dist_args(p)
     p.set_defaults(run=run_predict)
 
 
@@ -188,12 +190,20 @@ def run_predict(args: argparse.Namespace) -> int:
         warn(line)
     if not inputs:
         raise FileNotFoundError("no inputs: " + "; ".join(problems))
-    out = Path(args.out)
-    runner = build_runner(args, out)
-    keep = _class_filter(args.classes, runner.class_names, runner.config.num_classes)
-    out.mkdir(parents=True, exist_ok=True)
-    targets = _output_paths(inputs, out)
-    return _run(args, inputs, problems, targets, runner, keep, warn)
+    from ..engine.distributed import cleanup
+    from ..engine.sharding import check_shardable
+
+    info = join_ranks(args)  # under torchrun: one share of the inputs per process
+    try:
+        check_shardable(len(inputs), info, "inputs")
+        out = Path(args.out)
+        runner = build_runner_on_ranks(args, out, info)
+        keep = _class_filter(args.classes, runner.class_names, runner.config.num_classes)
+        out.mkdir(parents=True, exist_ok=True)
+        targets = _output_paths(inputs, out)
+        return _run(args, inputs, problems, targets, runner, keep, warn, info)
+    finally:
+        cleanup(info)
 
 
 def _run(
@@ -204,8 +214,12 @@ def _run(
     runner: Runner,
     keep: torch.Tensor | None,
     warn: Callable[[str], None],
+    info: DistInfo,
 ) -> int:
-    """Detect in every input and write the outputs (the body of :func:`run_predict`)."""
+    """Detect in this rank's share of the inputs (all of them alone) and write the annotated
+    copies; rank 0 gathers every share's detections and writes the one detections file in
+    input order (the body of :func:`run_predict`)."""
+    from ..engine.sharding import gather_to_main, merge_in_order, shard_positions
     from tqdm import tqdm
 
     from ..data.images import ImageError, load_image
@@ -218,11 +232,13 @@ def _run(
     thr = args.score_threshold
     max_pixels = runner.max_input_pixels
     items: list[tuple[str, dict[str, Any]]] = []
-    failed = len(problems)
+    failed = 0
 
-    images = [(inp, t) for inp, t in zip(inputs, targets) if inp.kind == "image"]
-    videos = [(inp, t) for inp, t in zip(inputs, targets) if inp.kind == "video"]
-    bar = tqdm(total=len(images), desc="predict", unit="img", file=sys.stderr, disable=not images, dynamic_ncols=True)
+    mine = [(inputs[p], targets[p]) for p in shard_positions(len(inputs), info)]
+    images = [(inp, t) for inp, t in mine if inp.kind == "image"]
+    videos = [(inp, t) for inp, t in mine if inp.kind == "video"]
+    quiet = not images or not info.is_main
+    bar = tqdm(total=len(images), desc="predict", unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True)
     pending: list[tuple[_Input, Path, torch.Tensor]] = []
 
     def flush() -> None:
@@ -251,9 +267,13 @@ def _run(
     flush()
     bar.close()
 
+    order = {str(inp.path): k for k, inp in enumerate(inputs)}  # images first, then videos, as alone
+    keyed = [((0, order[f], 0), (f, d)) for f, d in items]
     for inp, target in videos:
+        items = []
         try:
             written = _predict_video(inp, target, detector, thr, keep, draw, class_names, items)
+            keyed += [((1, order[str(inp.path)], j), item) for j, item in enumerate(items)]
         except VideoError as exc:
             warn(f"skipped {exc}")
             failed += 1
@@ -261,6 +281,11 @@ def _run(
         if written is not None and not written[1]:
             warn(f"{inp.path}: no video encoder installed; annotated frames written as PNGs to {written[0]}")
 
+    gathered = gather_to_main((keyed, failed), info)
+    if gathered is None:
+        return 1 if failed else 0  # rank 0 writes the merged file and reports
+    items = merge_in_order([shard for shard, _ in gathered])
+    failed = len(problems) + sum(n for _, n in gathered)
     det_path = write_detections(out / f"detections.{args.format}", items, class_names)
     num_boxes = sum(len(d["scores"]) for _, d in items)
     total = len(inputs) + len(problems)

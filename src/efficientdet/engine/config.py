@@ -76,6 +76,9 @@ class TrainConfig:
     # PyTorch's threads; 1: off (operator-level threads only). BN normalises over each share.
     data_parallel_threads: int | Literal["auto"] = "auto"
     sync_bn: bool = True  # under DDP on GPUs
+    # recompute backbone stages and BiFPN cells in backward instead of keeping their
+    # activations (models/checkpointing.py): less memory for D4+, a slower step, same gradients
+    grad_checkpointing: bool = False
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -25,8 +26,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun described in the environment (no-op when alone)."""
+def init_distributed(device: torch.device, timeout: float | None = None) -> DistInfo:
+    """Join the process group torchrun described in the environment (no-op when alone).
+
+    ``timeout``: seconds any collective may wait for the other ranks (PyTorch's default,
+    10 min for NCCL / 30 min for gloo, when None); a dead rank then fails the others."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -34,9 +38,10 @@ def init_distributed(device: torch.device) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        wait = timedelta(seconds=timeout) if timeout else None
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
         if restart is None:  # another launcher: the plain env:// set-up
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, timeout=wait)
         else:
             # torchrun keeps one store for all attempts of a --max-restarts run, and the
             # process group's keys (each rank's address) carry no attempt number: restarted
@@ -44,7 +49,7 @@ def init_distributed(device: torch.device) -> DistInfo:
             # gloo, torch 2.14). A prefix per attempt keeps the attempts apart.
             store, rank, world = next(rendezvous("env://"))
             attempt_store = dist.PrefixStore(f"efficientdet/attempt_{restart}", store)
-            dist.init_process_group(backend=backend, store=attempt_store, rank=rank, world_size=world)
+            dist.init_process_group(backend=backend, store=attempt_store, rank=rank, world_size=world, timeout=wait)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world)
 
 

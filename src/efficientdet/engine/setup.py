@@ -18,6 +18,7 @@ from ..data.loaders import ResumableSampler, SeededDataset, build_train_loader
 from ..data.records import DatasetIndex
 from ..data.transforms import TrainTransform
 from ..factory import create_model
+from ..models.checkpointing import set_grad_checkpointing
 from ..models.efficientdet import EfficientDet
 from ..models.layers import make_pointwise_convs_matmul
 from ..models.lean_bn import make_batchnorm_silu_lean
@@ -84,7 +85,7 @@ def build_train_model(
     amp_dtype: torch.dtype | None,
 ) -> EfficientDet:
     """The model as ``cfg`` trains it, on ``device``: weights, frozen backbone, BN momentum,
-    :func:`prepare_for_training` and, for multi-GPU runs, SyncBatchNorm. ``amp_dtype``: from
+    :func:`prepare_for_training`, activation checkpointing and, for multi-GPU runs, SyncBatchNorm. ``amp_dtype``: from
     :func:`resolve_amp_dtype`."""
     overrides = {"image_size": cfg.image_size} if cfg.image_size else {}
     model = create_model(
@@ -103,6 +104,8 @@ def build_train_model(
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = cfg.bn_momentum
     prepare_for_training(model, device, cfg.channels_last, amp_dtype)
+    if cfg.grad_checkpointing:
+        set_grad_checkpointing(model)
     if distributed and cfg.sync_bn and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model

@@ -34,6 +34,7 @@ from .setup import (
     resolve_device,
     resume_path,
 )
+from .sharding import broadcast_module, check_shardable
 from .state import TrainState
 from .step import TrainStep
 from .threads import ThreadDataParallel, resolve_threads
@@ -87,6 +88,8 @@ class Trainer:
         kw: dict[str, Any] = {"allow_outside_root": cfg.data.allow_outside_root}
         self.train_index = read_dataset(cfg.data.train, **kw)
         self.val_index = read_dataset(cfg.data.val, **kw) if cfg.data.val else None
+        if self.val_index is not None:  # validation is sharded: every rank needs an image
+            check_shardable(len(self.val_index), self.dist, f"validation images in {cfg.data.val}")
         self.class_names = self.train_index.class_names
         self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
         model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype)
@@ -289,11 +292,16 @@ class Trainer:
 
     # -- validation -----------------------------------------------------------------------
     def validate(self) -> dict[str, float] | None:
-        if self.val_index is None or not self.dist.is_main:
+        """COCO AP of the EMA weights on the validation set, sharded over the DDP ranks (each
+        scores its share; every rank gets the same numbers, so all agree on ``best``)."""
+        if self.val_index is None:
             return None
         from ..evaluation.run import evaluate
 
-        result = evaluate(self.ema.module, self.val_index, batch_size=self.cfg.batch_size, progress=False)
+        broadcast_module(self.ema.module, self.dist)  # one model: BN statistics are per rank
+        result = evaluate(
+            self.ema.module, self.val_index, batch_size=self.cfg.batch_size, progress=False, dist=self.dist
+        )
         return {k: result.stats[k] for k in ("AP", "AP50", "AP75")}
 
     # -- the whole run --------------------------------------------------------------------

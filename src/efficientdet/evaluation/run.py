@@ -28,6 +28,8 @@ from ..data.dataset import DetectionDataset, collate_detections
 from ..config import PostprocessConfig
 from ..fs import atomic_write
 from ..data.records import DatasetIndex
+from ..engine.distributed import DistInfo
+from ..engine.sharding import broadcast_from_main, check_shardable, gather_to_main, merge_in_order, shard_positions
 from ..inference.detector import Detector
 from ..inference.protocol import ImageDetector
 from ..models.efficientdet import EfficientDet
@@ -178,6 +180,7 @@ def evaluate(
     num_workers: int | None = None,
     score_threshold: float = 0.001,
     max_detections: int = 100,
+    dist: DistInfo | None = None,
 ) -> EvaluationRun:
     """COCO box AP of a model on ``index`` (every record is scored; subset the index to score fewer).
 
@@ -194,6 +197,9 @@ def evaluate(
             file: keeps crowd regions and segmentation areas, so the numbers are official).
         num_workers: DataLoader workers; default 0 for small sets (< 64 images), else up to 4.
         score_threshold, max_detections: the official evaluation's 0.001 and 100.
+        dist: under torchrun, every rank of ``dist`` runs its share of the images
+            (``engine.sharding``); rank 0 scores them all and alone writes ``out_dir``; every
+            rank returns the same result. Call it on all ranks.
 
     Unreadable images are skipped with a warning, listed in ``skipped_images`` and left out of
     the metrics.
@@ -209,6 +215,55 @@ def evaluate(
         detector.postprocess_config, nms=nms, score_threshold=score_threshold, max_detections=max_detections
     )
 
+    info = dist or DistInfo()
+    check_shardable(len(index), info)
+    positions = shard_positions(len(index), info)
+    share = dataclasses.replace(index, records=[index.records[p] for p in positions])
+    if num_workers is None:
+        num_workers = 0 if len(share) < 64 else min(4, os.cpu_count() or 1)
+    from tqdm import tqdm
+
+    local: list[tuple[int, tuple[int, dict[str, torch.Tensor]]]] = []  # (position, (image id, dets))
+    seen: set[str] = set()
+    where = {r.image_id: p for r, p in zip(share.records, positions)}
+    bar = dict(desc="eval", unit="batch", file=sys.stderr, disable=not progress or not info.is_main, dynamic_ncols=True)
+    batches = detection_batches(detector, share, post, batch_size, num_workers)
+    for paths, image_ids, dets in tqdm(batches, total=math.ceil(len(share) / batch_size), **bar):
+        seen.update(paths)
+        for i, d in zip(image_ids, dets):
+            kept = {k: v.detach().cpu() for k, v in d.items() if k in ("boxes", "scores", "labels")}
+            local.append((where[i], (i, kept)))
+    gathered = gather_to_main((local, sorted(seen)), info)
+    run: EvaluationRun | Exception | None = None
+    if gathered is not None:  # rank 0 (or alone): score everything, write the files
+        merged = merge_in_order([shard for shard, _ in gathered])
+        seen = {p for _, paths in gathered for p in paths}
+        try:
+            run = _score(merged, seen, index, category_ids, to_dataset, gt, voc, nms, start, out_dir)
+        except (RuntimeError, ValueError, OSError) as err:
+            if not info.enabled:
+                raise
+            run = err  # the other ranks wait for the result: they raise the same error
+    run = broadcast_from_main(run, info)
+    if isinstance(run, Exception):
+        raise run
+    assert run is not None
+    return run
+
+
+def _score(
+    dets: list[tuple[int, dict[str, torch.Tensor]]],
+    seen: set[str],
+    index: DatasetIndex,
+    category_ids: list[int],
+    to_dataset: np.ndarray,
+    gt: CocoGroundTruth | None,
+    voc: bool,
+    nms: str,
+    start: float,
+    out_dir: str | os.PathLike[str] | None,
+) -> EvaluationRun:
+    """COCO (and VOC) scores of ``(image id, detections)`` in dataset order; writes ``out_dir``."""
     if gt is None:
         gts = [
             {"image_id": r.image_id, "boxes": r.boxes, "labels": r.labels, "height": r.height, "width": r.width}
@@ -216,32 +271,17 @@ def evaluate(
         ]
         gt = gt_list_to_coco(gts, index.class_names, index.category_ids)
     evaluator = CocoEvaluator(gt, category_ids=category_ids)
-    if num_workers is None:
-        num_workers = 0 if len(index) < 64 else min(4, os.cpu_count() or 1)
     voc_gts: list[dict[str, Any]] = []
     voc_dets: list[dict[str, Any]] = []
-    seen: set[str] = set()
-
     records = {r.image_id: r for r in index.records}
-
-    def add(batch_ids: Sequence[int], dets: Sequence[dict[str, Any]]) -> None:
-        dets = [{k: v.detach().cpu() for k, v in d.items() if k in ("boxes", "scores", "labels")} for d in dets]
-        evaluator.update(batch_ids, dets)
+    for i, d in dets:
+        evaluator.update([i], [d])
         if voc:
-            for i, d in zip(batch_ids, dets):
-                lab = torch.from_numpy(to_dataset)[d["labels"]]
-                ok = lab >= 0  # classes the dataset lacks cannot be right or wrong in VOC terms
-                # GT from the records: original pixels, like the detections.
-                voc_gts.append({"boxes": records[i].boxes, "labels": records[i].labels})
-                voc_dets.append({"boxes": d["boxes"][ok], "scores": d["scores"][ok], "labels": lab[ok]})
-
-    from tqdm import tqdm
-
-    bar = dict(desc="eval", unit="batch", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    batches = detection_batches(detector, index, post, batch_size, num_workers)
-    for paths, image_ids, dets in tqdm(batches, total=math.ceil(len(index) / batch_size), **bar):
-        seen.update(paths)
-        add(image_ids, dets)
+            lab = torch.from_numpy(to_dataset)[d["labels"]]
+            ok = lab >= 0  # classes the dataset lacks cannot be right or wrong in VOC terms
+            # GT from the records: original pixels, like the detections.
+            voc_gts.append({"boxes": records[i].boxes, "labels": records[i].labels})
+            voc_dets.append({"boxes": d["boxes"][ok], "scores": d["scores"][ok], "labels": lab[ok]})
 
     skipped = [str(r.image_path) for r in index.records if str(r.image_path) not in seen]
     if not evaluator.image_ids:

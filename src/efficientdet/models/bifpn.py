@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpointing import checkpointed_call
 from .layers import ConvBN, SeparableConv2d, make_activation, max_pool_same
 
 FUSION_MODES = ("fast_normalized", "softmax", "unbounded", "sum")
@@ -275,6 +276,7 @@ class FeatureNetwork(nn.Module):
             )
             chans = [channels] * num_levels
         self.cells = nn.ModuleList(cells)
+        self.grad_checkpointing = False  # models/checkpointing.set_grad_checkpointing
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """``[P3, P4, P5]`` from the backbone -> ``[P3', ..., P_max']`` each ``[N, channels, H_l, W_l]``."""
@@ -282,5 +284,6 @@ class FeatureNetwork(nn.Module):
         for extra in self.extra_levels:
             feats.append(extra(feats[-1]))
         for cell in self.cells:
-            feats = cell(feats)
+            # set_grad_checkpointing: the cell is recomputed in backward instead of kept
+            feats = checkpointed_call(cell, cell, feats) if self.grad_checkpointing else cell(feats)
         return feats

@@ -205,6 +205,13 @@ def make_pointwise_convs_matmul(module: nn.Module) -> int:
             and child.padding in ((0, 0), "valid")
         ):
             return None
-        return _conv_like(child, PointwiseConv2d)
+        conv = _conv_like(child, PointwiseConv2d)
+        # A [C_out, C_in, 1, 1] weight is the same memory in either format, but channels-last
+        # gives it strides (C_in, 1, C_in, C_in) while the gradient of ``weight.flatten(1)``
+        # comes back with (C_in, 1, 1, 1): DDP's gradient buckets follow the parameter's
+        # strides and warned "Grad strides do not match bucket view strides" for every such
+        # conv. The standard strides (no copy of values) make both agree.
+        conv.weight.data = conv.weight.data.clone(memory_format=torch.contiguous_format)
+        return conv
 
     return replace_modules(module, make)

@@ -1,0 +1,61 @@
+"""``eval`` and ``predict`` under ``torchrun --nproc_per_node N -m efficientdet ...``.
+
+Every process joins the group torchrun describes (gloo on CPUs, NCCL on GPUs, one GPU per local
+rank), builds the same detector and takes its share of the inputs (``engine.sharding``);
+rank 0 gathers the results and alone writes the merged files. Alone (no torchrun) nothing
+changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: ``--help`` must not wait for torch
+    from ..engine.distributed import DistInfo
+    from .common import Runner
+
+__all__ = ["add_dist_args", "join_ranks", "build_runner_on_ranks"]
+
+
+def add_dist_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dist-timeout", type=float, default=600.0,
+        help="under torchrun: seconds a process waits for the others before failing (600)",
+    )  # fmt: skip
+
+
+def join_ranks(args: argparse.Namespace) -> DistInfo:
+    """Join torchrun's process group (no-op alone). Under torchrun on GPUs, ``args.device``
+    becomes this process's GPU (``cuda:LOCAL_RANK``) unless it names one already."""
+    from ..engine.distributed import DistInfo, init_distributed
+    from .common import resolve_device
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo()
+    if args.dist_timeout <= 0:
+        raise ValueError(f"--dist-timeout {args.dist_timeout}: must be positive (seconds)")
+    device = resolve_device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = device.__class__("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        args.device = str(device)
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)  # NCCL's object collectives use the current device
+    return init_distributed(device, timeout=args.dist_timeout)
+
+
+def build_runner_on_ranks(args: argparse.Namespace, out: Path, info: DistInfo) -> Runner:
+    """``build_runner`` on every rank; rank 0 first, so that one process exports a shared
+    ONNX cache entry and the others find it (no two writers of one file)."""
+    from ..engine.distributed import barrier
+    from .common import build_runner
+
+    if not info.enabled:
+        return build_runner(args, out)
+    runner = build_runner(args, out) if info.is_main else None
+    barrier(info)
+    return runner if runner is not None else build_runner(args, out)
