@@ -53,7 +53,14 @@ def model_input_boxes(
                 except ImageError:
                     continue
             scale = fit_size(hw, (float(image_size[0]), float(image_size[1])))[0]
-        out.append(rec.boxes * scale)
+        boxes = rec.boxes
+        if tile is not None:
+            # Where a box falls in its tile depends on the crop: bring it into one tile (its
+            # offset modulo the tile, moved back inside), so it lies on the anchor grid.
+            origin = torch.floor(boxes[:, :2] / tile) * tile
+            over = (boxes[:, 2:] - origin - tile).clamp(min=0)
+            boxes = (boxes - (origin + over).repeat(1, 2)).clamp(min=0)
+        out.append(boxes * scale)
         refs += [(rec.image_path, box) for box in rec.boxes]
     boxes = torch.cat(out) if out else torch.zeros((0, 4))
     if max_boxes is not None and boxes.shape[0] > max_boxes:
