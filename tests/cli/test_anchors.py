@@ -50,3 +50,13 @@ def test_predict_with_tiles(tmp_path: Path, tiny_weights: Path, capsys: pytest.C
     rc = main(["predict", str(data.parent / "images"), "--weights", str(tiny_weights), "--out", str(tmp_path / "o2"),
                "--tile", "512"])  # fmt: skip
     assert rc == 2 and "--tile 512: larger than image" in capsys.readouterr().err
+
+
+def test_eval_with_tiles_records_them(tmp_path: Path, tiny_weights: Path) -> None:
+    data = make_synthetic_dataset(tmp_path / "d", num_images=2, image_size=(200, 300))
+    out = tmp_path / "e"
+    rc = main(["eval", str(data), "--weights", str(tiny_weights), "--out", str(out), "--image-size", "128",
+               "--tile", "128", "--tile-overlap", "0.25", "--quiet"])  # fmt: skip
+    assert rc == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["tile"] == 128 and doc["tile_overlap"] == 0.25 and doc["num_images"] == 2

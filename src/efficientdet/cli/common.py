@@ -146,18 +146,17 @@ def build_runner(args: argparse.Namespace, out: Path, device: torch.device | Non
     """Load ``args.weights`` for ``args.backend``; ``out`` is the command's output folder (the
     default ONNX cache lives under it). ``device``: torch backend's, default from ``--device``.
     With ``--tile`` the detector is wrapped in a ``SlicedDetector``."""
-    sliced = None
-    if getattr(args, "tile", None) is not None:
-        from ..inference.sliced import SlicedDetector
-
-        sliced = lambda d: SlicedDetector(d, args.tile, args.tile_overlap, args.tile_merge)  # noqa: E731
-        if args.tile <= 0 or args.tile % 32:
-            raise ValueError(f"--tile {args.tile}: must be a positive multiple of the model's stride (32)")
+    tile = getattr(args, "tile", None)
+    if tile is not None:  # checked before any weights are loaded
+        if tile <= 0 or tile % 32:
+            raise ValueError(f"--tile {tile}: must be a positive multiple of the model's stride (32)")
         if not 0.0 <= args.tile_overlap < 1.0:
             raise ValueError(f"--tile-overlap {args.tile_overlap}: must be in [0, 1)")
     runner = _build_runner(args, out, device)
-    if sliced is not None:
-        runner.detector = sliced(runner.detector)
+    if tile is not None:
+        from ..inference.sliced import SlicedDetector
+
+        runner.detector = SlicedDetector(runner.detector, tile, args.tile_overlap, args.tile_merge)
     return runner
 
 
