@@ -64,6 +64,12 @@ def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = Non
     p.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip (+ --tta-scales)")
     p.add_argument("--tta-scales", default="1.0", help="TTA input scales, comma-separated (default 1.0)")
     p.add_argument("--tta-merge", choices=("nms", "wbf"), default="nms", help="merge TTA boxes by NMS or box fusion")
+    p.add_argument(
+        "--tile", type=int, default=None,
+        help="sliced inference: overlapping TILE x TILE full-resolution tiles + the whole image (multiple of 32)",
+    )  # fmt: skip
+    p.add_argument("--tile-overlap", type=float, default=0.2, help="tile overlap, a fraction in [0, 1) (0.2)")
+    p.add_argument("--tile-merge", choices=("nms", "wbf"), default="nms", help="merge tile boxes by NMS or box fusion")
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -138,7 +144,23 @@ class Runner:
 
 def build_runner(args: argparse.Namespace, out: Path, device: torch.device | None = None) -> Runner:
     """Load ``args.weights`` for ``args.backend``; ``out`` is the command's output folder (the
-    default ONNX cache lives under it). ``device``: torch backend's, default from ``--device``."""
+    default ONNX cache lives under it). ``device``: torch backend's, default from ``--device``.
+    With ``--tile`` the detector is wrapped in a ``SlicedDetector``."""
+    tile = getattr(args, "tile", None)
+    if tile is not None:  # checked before any weights are loaded
+        if tile <= 0 or tile % 32:
+            raise ValueError(f"--tile {tile}: must be a positive multiple of the model's stride (32)")
+        if not 0.0 <= args.tile_overlap < 1.0:
+            raise ValueError(f"--tile-overlap {args.tile_overlap}: must be in [0, 1)")
+    runner = _build_runner(args, out, device)
+    if tile is not None:
+        from ..inference.sliced import SlicedDetector
+
+        runner.detector = SlicedDetector(runner.detector, tile, args.tile_overlap, args.tile_merge)
+    return runner
+
+
+def _build_runner(args: argparse.Namespace, out: Path, device: torch.device | None) -> Runner:
     if args.backend == "onnxruntime":
         return _onnx_runner(args, out)
     if str(args.weights).lower().endswith(".onnx"):

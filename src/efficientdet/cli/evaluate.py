@@ -123,7 +123,8 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
     doc = json.loads(metrics_path.read_text(encoding="utf-8"))
     doc = {
         "model": runner.config.name, "weights": str(args.weights), "dataset": str(args.dataset), "format": fmt,
-        "split": args.split, "tta": bool(args.tta), "backend": args.backend, **doc,
+        "split": args.split, "tta": bool(args.tta), "backend": args.backend,
+        "tile": args.tile, "tile_overlap": args.tile_overlap if args.tile else None, **doc,
     }  # fmt: skip
     atomic_write(metrics_path, json.dumps(doc, indent=2) + "\n")
 

@@ -41,6 +41,7 @@ def make_synthetic_dataset(
     val_fraction: float = 0.0,
     jpeg_quality: int = 92,
     overwrite: bool = False,
+    object_size: tuple[int, int] | None = None,
 ) -> Path:
     """Write ``out_dir/images/*.jpg`` and ``out_dir/train.json`` (+ ``val.json``); return train.json.
 
@@ -52,6 +53,9 @@ def make_synthetic_dataset(
         object_scale: object side as a fraction of the shorter image side, drawn uniformly.
         val_fraction: the last ``round(num_images * val_fraction)`` images go to ``val.json``.
         overwrite: replace an existing ``train.json``; otherwise that is an error.
+        object_size: ``(min, max)`` object side in pixels, drawn uniformly; overrides
+            ``object_scale`` (small objects in large images: ``image_size=(1080, 1920)``,
+            ``object_size=(8, 32)``, ``max_objects=40``).
 
     Boxes are xywh in the JSON, tight around the shape's pixels (in continuous pixel
     coordinates: a shape covering columns 3..7 has x=3, w=5). Shapes do not overlap.
@@ -65,6 +69,8 @@ def make_synthetic_dataset(
         raise ValueError("need num_images >= 1 and 0 <= min_objects <= max_objects")
     if not 0.0 < object_scale[0] <= object_scale[1] <= 1.0:
         raise ValueError(f"object_scale must satisfy 0 < lo <= hi <= 1, got {object_scale}")
+    if object_size is not None and not 4 <= object_size[0] <= object_size[1] <= min(h_lo, w_lo):
+        raise ValueError(f"object_size must satisfy 4 <= lo <= hi <= the smallest image side, got {object_size}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     train_json = out / "train.json"
@@ -79,7 +85,8 @@ def make_synthetic_dataset(
     for i in range(num_images):
         rng = np.random.default_rng([seed, i])
         h, w = int(rng.integers(h_lo, h_hi + 1)), int(rng.integers(w_lo, w_hi + 1))
-        image, objects = _render(rng, h, w, classes, min_objects, max_objects, object_scale)
+        scale = object_scale if object_size is None else (object_size[0] / min(h, w), object_size[1] / min(h, w))
+        image, objects = _render(rng, h, w, classes, min_objects, max_objects, scale)
         file_name = f"images/{i:06d}.jpg"
         Image.fromarray(image).save(out / file_name, quality=jpeg_quality)
         split = splits["val" if i >= num_images - num_val else "train"]
@@ -178,9 +185,13 @@ def _render(
         else:
             continue  # no room left: fewer objects in this image
         placed.append(cand)
-        mask_img = Image.new("L", (w, h), 0)
+        # The mask is drawn in a window around the shape (integer offset), not the whole image:
+        # large images with many objects would otherwise cost a full-size mask per object.
+        ox, oy = max(0, int(x0) - 2), max(0, int(y0) - 2)
+        ww, wh = min(w, int(x0 + side) + 3) - ox, min(h, int(y0 + side) + 3) - oy
+        mask_img = Image.new("L", (ww, wh), 0)
         draw = ImageDraw.Draw(mask_img)
-        cx, cy, r = x0 + side / 2, y0 + side / 2, side / 2
+        cx, cy, r = x0 - ox + side / 2, y0 - oy + side / 2, side / 2
         points = _polygon(rng, classes[label], cx, cy, r)
         if points is not None:
             draw.polygon(points, fill=255)
@@ -194,7 +205,7 @@ def _render(
             continue
         colour = np.clip(np.array(_PALETTE[label % len(_PALETTE)]) + rng.uniform(-25, 25, 3), 0, 255)
         shade = rng.normal(0, 5, size=(int(mask.sum()), 3))
-        canvas[mask] = colour + shade
-        box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+        canvas[oy : oy + wh, ox : ox + ww][mask] = colour + shade
+        box = (ox + int(cols[0]), oy + int(rows[0]), ox + int(cols[-1]) + 1, oy + int(rows[-1]) + 1)
         objects.append((label, box, int(mask.sum())))
     return np.clip(canvas, 0, 255).astype(np.uint8), objects

@@ -22,6 +22,10 @@ class DataConfig:
     hflip: float = 0.5
     photometric: bool = False
     allow_outside_root: bool = False
+    # Sliced training: crop_size x crop_size crops at (near) full resolution, resized to the
+    # model's input, instead of the whole image (data/crops.py). None: whole-image resize.
+    crop_size: int | None = None
+    crop_scale_range: tuple[float, float] = (0.8, 1.25)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,18 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class AnchorsConfig:
+    """Anchor-shape overrides of the model (None: the variant's) and the training-start check
+    (warn when fewer than ``min_recall`` of the boxes can be matched; see engine/anchor_check.py)."""
+
+    anchor_scale: float | None = None
+    num_scales: int | None = None
+    aspect_ratios: tuple[tuple[float, float], ...] | None = None
+    check: bool = True
+    min_recall: float = 0.95
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: str = "efficientdet_d0"
     weights: str | None = None  # checkpoint to start from (our format, effdet .pth, registry name)
@@ -58,6 +74,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
     epochs: int = 300
     max_steps: int | None = None  # stop after this many optimiser steps (tests, budgets)
     time_budget_minutes: float | None = None  # stop (with a checkpoint) after this long

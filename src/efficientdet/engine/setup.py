@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -16,12 +16,14 @@ from ..config import ModelConfig
 from ..data.dataset import DetectionDataset
 from ..data.loaders import ResumableSampler, SeededDataset, build_train_loader
 from ..data.records import DatasetIndex
+from ..data.crops import CropTransform
 from ..data.transforms import TrainTransform
 from ..factory import create_model
 from ..models.checkpointing import set_grad_checkpointing
 from ..models.efficientdet import EfficientDet
 from ..models.layers import make_pointwise_convs_matmul
 from ..models.lean_bn import make_batchnorm_silu_lean
+from .anchor_check import anchor_model_overrides
 from .config import TrainConfig
 from .distributed import DistInfo
 from .ema import ModelEMA
@@ -87,7 +89,8 @@ def build_train_model(
     """The model as ``cfg`` trains it, on ``device``: weights, frozen backbone, BN momentum,
     :func:`prepare_for_training`, activation checkpointing and, for multi-GPU runs, SyncBatchNorm. ``amp_dtype``: from
     :func:`resolve_amp_dtype`."""
-    overrides = {"image_size": cfg.image_size} if cfg.image_size else {}
+    overrides: dict = {"image_size": cfg.image_size} if cfg.image_size else {}
+    overrides.update(anchor_model_overrides(cfg))
     model = create_model(
         cfg.model,
         num_classes=len(class_names),
@@ -116,7 +119,11 @@ def build_train_loader_for(
 ) -> tuple[DataLoader, SeededDataset, ResumableSampler]:
     """The training loader of ``index`` (augmented, seeded, resumable); refuses one without a
     single usable batch."""
-    transform = TrainTransform(model_config.image_size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
+    transform: Any = TrainTransform(model_config.image_size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
+    if cfg.data.crop_size:  # sliced training
+        transform = CropTransform(
+            model_config.image_size, cfg.data.crop_size, cfg.data.crop_scale_range, cfg.data.hflip, cfg.data.photometric
+        )
     dataset = DetectionDataset(index, transform=transform, max_pixels=model_config.preprocess.max_input_pixels)
     loader, seeded, sampler = build_train_loader(
         dataset, cfg.batch_size, cfg.data.workers, cfg.seed, dist.rank, dist.world_size,

@@ -21,6 +21,7 @@ from ..factory import save_model
 from ..ops.anchors import anchors_for_config
 from ..ops.matcher import AnchorLabeler
 from ..weights.io import WeightsError
+from .anchor_check import anchor_warning
 from .checkpoint import CheckpointError, describe_write_error, remove_stale_temp_files
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
@@ -95,6 +96,9 @@ class Trainer:
         model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype)
         self.model_config = model.config
         assert self.model_config is not None
+        warning = anchor_warning(cfg, self.train_index, self.model_config) if self.dist.is_main else None
+        if warning:  # once, before training; the config is left as the user set it
+            self.log(f"warning: {warning}")
         self._build_run(model)
 
         self.bad_batches = 0

@@ -7,6 +7,7 @@ from ..lazy import lazy_attributes
 if TYPE_CHECKING:
     from .detector import Detector, inference_model
     from .protocol import ImageDetector, Prepared, StagedDetector
+    from .sliced import SlicedDetector
     from .tta import TTADetector, weighted_box_fusion
 
 _LAZY = {
@@ -15,6 +16,7 @@ _LAZY = {
     "ImageDetector": ".protocol",
     "Prepared": ".protocol",
     "StagedDetector": ".protocol",
+    "SlicedDetector": ".sliced",
     "TTADetector": ".tta",
     "weighted_box_fusion": ".tta",
 }

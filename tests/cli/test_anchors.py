@@ -1,0 +1,62 @@
+"""``efficientdet anchors`` and the sliced-inference flags of predict: output and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from efficientdet.cli import main
+from efficientdet.data.synthetic import make_synthetic_dataset
+
+
+def test_anchors_reports_recall_and_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_synthetic_dataset(tmp_path / "d", num_images=3, image_size=(270, 480), object_size=(8, 24),
+                                  min_objects=5, max_objects=8, classes=("rectangle",))  # fmt: skip
+    assert main(["anchors", str(data), "--model", "efficientdet_lite0", "--tile", "320", "--fit"]) == 0
+    out = capsys.readouterr().out
+    assert "anchor recall @ IoU 0.5" in out and "by size" in out and "small" in out
+    assert "fit: recall" in out and "anchors.anchor_scale=" in out and "anchors.aspect_ratios=" in out
+
+
+def test_anchors_on_a_dataset_without_boxes_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_synthetic_dataset(tmp_path / "d", num_images=2, image_size=64, min_objects=0, max_objects=0)
+    assert main(["anchors", str(data), "--fit"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("efficientdet anchors: error:") and "no boxes" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--tile", "100"], "--tile 100: must be a positive multiple"), (["--tile", "128", "--tile-overlap", "1"], "--tile-overlap 1.0")],
+)  # fmt: skip
+def test_predict_bad_tile_flags(tmp_path: Path, tiny_weights: Path, flags: list[str], message: str,
+                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    data = make_synthetic_dataset(tmp_path / "d", num_images=1, image_size=64)
+    rc = main(["predict", str(data.parent / "images"), "--weights", str(tiny_weights), "--out", str(tmp_path / "o"), *flags])
+    assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_predict_with_tiles(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_synthetic_dataset(tmp_path / "d", num_images=1, image_size=(200, 300))
+    out = tmp_path / "o"
+    rc = main(["predict", str(data.parent / "images"), "--weights", str(tiny_weights), "--out", str(out),
+               "--image-size", "128", "--tile", "128", "--no-draw", "--score-threshold", "0"])  # fmt: skip
+    assert rc == 0
+    dets = json.loads((out / "detections.json").read_text())
+    assert len(dets) == 1
+    # too large a tile for the image: one clear error
+    rc = main(["predict", str(data.parent / "images"), "--weights", str(tiny_weights), "--out", str(tmp_path / "o2"),
+               "--tile", "512"])  # fmt: skip
+    assert rc == 2 and "--tile 512: larger than image" in capsys.readouterr().err
+
+
+def test_eval_with_tiles_records_them(tmp_path: Path, tiny_weights: Path) -> None:
+    data = make_synthetic_dataset(tmp_path / "d", num_images=2, image_size=(200, 300))
+    out = tmp_path / "e"
+    rc = main(["eval", str(data), "--weights", str(tiny_weights), "--out", str(out), "--image-size", "128",
+               "--tile", "128", "--tile-overlap", "0.25", "--quiet"])  # fmt: skip
+    assert rc == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["tile"] == 128 and doc["tile_overlap"] == 0.25 and doc["num_images"] == 2
