@@ -17,6 +17,7 @@ from ..data.dataset import DetectionDataset
 from ..data.loaders import ResumableSampler, SeededDataset, build_train_loader
 from ..data.records import DatasetIndex
 from ..data.transforms import TrainTransform
+from ..data.augmented import AugmentedDataset, build_pre_ops
 from ..factory import create_model
 from ..models.efficientdet import EfficientDet
 from ..models.layers import make_pointwise_convs_matmul
@@ -108,13 +109,26 @@ def build_train_model(
     return model
 
 
+def build_train_dataset(
+    cfg: TrainConfig, index: DatasetIndex, transform: TrainTransform, max_pixels: int | None
+) -> DetectionDataset:
+    """The plain dataset, or an :class:`AugmentedDataset` when ``cfg.augment`` asks for more."""
+    aug = cfg.augment
+    if aug.policy == "none" and not aug.grid_mask and aug.mosaic == 0 and aug.mixup == 0:
+        return DetectionDataset(index, transform=transform, max_pixels=max_pixels)
+    pre = build_pre_ops(aug.policy, aug.grid_mask)
+    return AugmentedDataset(
+        index, transform, max_pixels, pre, aug.mosaic, aug.mixup, aug.close_mosaic, cfg.epochs
+    )
+
+
 def build_train_loader_for(
     cfg: TrainConfig, index: DatasetIndex, model_config: ModelConfig, dist: DistInfo, device: torch.device
 ) -> tuple[DataLoader, SeededDataset, ResumableSampler]:
     """The training loader of ``index`` (augmented, seeded, resumable); refuses one without a
     single usable batch."""
     transform = TrainTransform(model_config.image_size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
-    dataset = DetectionDataset(index, transform=transform, max_pixels=model_config.preprocess.max_input_pixels)
+    dataset = build_train_dataset(cfg, index, transform, model_config.preprocess.max_input_pixels)
     loader, seeded, sampler = build_train_loader(
         dataset, cfg.batch_size, cfg.data.workers, cfg.seed, dist.rank, dist.world_size,
         pin_memory=device.type == "cuda",
