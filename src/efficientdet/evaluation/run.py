@@ -32,6 +32,7 @@ from ..inference.detector import Detector
 from ..inference.protocol import ImageDetector
 from ..models.efficientdet import EfficientDet
 from .coco import STAT_NAMES, CocoEvaluator, CocoGroundTruth, EvalResult, gt_list_to_coco
+from .confusion import ConfusionResult, confusion_matrix, plot_confusion
 from .plots import plot_precision_recall
 from .voc import VocResult, voc_ap50
 
@@ -58,6 +59,20 @@ class EvaluationRun(EvalResult):
     skipped_images: list[str] = field(default_factory=list)
     nms: str = "hard"
     seconds: float = 0.0
+    confusion: ConfusionResult | None = None
+
+    def table(self) -> str:
+        """The per-class table, with false positives and missed objects when there is a confusion matrix."""
+        text = super().table()
+        if self.confusion is None:
+            return text
+        lines = text.split("\n")
+        fp, missed = self.confusion.false_positives, self.confusion.missed
+        lines[0] += "     FP  missed"
+        for i, name in enumerate(self.class_names):
+            lines[2 + i] += f"  {fp.get(name, 0):5d}  {missed.get(name, 0):6d}"
+        lines[3 + len(self.class_names)] += f"  {sum(fp.values()):5d}  {sum(missed.values()):6d}"
+        return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.json`` document (NaN -> null: JSON has no NaN)."""
@@ -73,6 +88,10 @@ class EvaluationRun(EvalResult):
             "nms": self.nms,
             "seconds": round(self.seconds, 3),
         }
+        if self.confusion is not None:
+            doc["confusion"] = self.confusion.to_json()
+            for n in self.class_names:
+                doc["per_class"][n].update(fp=self.confusion.false_positives.get(n, 0), missed=self.confusion.missed.get(n, 0))
         if self.voc is not None:
             doc["voc"] = {"mAP": self.voc["mAP"], "per_class": self.voc["per_class"]}
         return _no_nan(doc)
@@ -178,6 +197,7 @@ def evaluate(
     num_workers: int | None = None,
     score_threshold: float = 0.001,
     max_detections: int = 100,
+    confusion: tuple[float, float] | None = None,
 ) -> EvaluationRun:
     """COCO box AP of a model on ``index`` (every record is scored; subset the index to score fewer).
 
@@ -194,6 +214,8 @@ def evaluate(
             file: keeps crowd regions and segmentation areas, so the numbers are official).
         num_workers: DataLoader workers; default 0 for small sets (< 64 images), else up to 4.
         score_threshold, max_detections: the official evaluation's 0.001 and 100.
+        confusion: (IoU, score) thresholds of a confusion matrix (``run.confusion``; with
+            ``out_dir`` also ``confusion_matrix.png``), or None for none.
 
     Unreadable images are skipped with a warning, listed in ``skipped_images`` and left out of
     the metrics.
@@ -227,7 +249,7 @@ def evaluate(
     def add(batch_ids: Sequence[int], dets: Sequence[dict[str, Any]]) -> None:
         dets = [{k: v.detach().cpu() for k, v in d.items() if k in ("boxes", "scores", "labels")} for d in dets]
         evaluator.update(batch_ids, dets)
-        if voc:
+        if voc or confusion is not None:  # both count in the dataset's classes
             for i, d in zip(batch_ids, dets):
                 lab = torch.from_numpy(to_dataset)[d["labels"]]
                 ok = lab >= 0  # classes the dataset lacks cannot be right or wrong in VOC terms
@@ -254,11 +276,15 @@ def evaluate(
         skipped_images=skipped,
         nms=nms,
     )
+    if confusion is not None:
+        run.confusion = confusion_matrix(voc_gts, voc_dets, index.class_names, *confusion)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         evaluator.save_results(out / "detections_coco.json")
         plot_precision_recall(run, out / "pr_curve.png")
+        if run.confusion is not None:
+            plot_confusion(run.confusion, out / "confusion_matrix.png")
         run.seconds = time.perf_counter() - start
         atomic_write(out / "metrics.json", json.dumps(run.to_json(), indent=2) + "\n")
     run.seconds = time.perf_counter() - start
