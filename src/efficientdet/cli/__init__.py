@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import benchmark, evaluate, export, info, predict, quickstart, serve, train
+from . import benchmark, browse, evaluate, export, info, predict, quickstart, serve, train
 
 # Each sub-command module has ``add_parser(subparsers)`` and ``run(args) -> int``.
-COMMANDS = [info, train, predict, evaluate, export, quickstart, benchmark, serve]
+COMMANDS = [info, train, predict, evaluate, export, quickstart, benchmark, serve, browse]
 
 
 def plain_text(text: str) -> str:
