@@ -104,7 +104,8 @@ def test_mosaic_boxes_in_window_follow_pixels_and_keep_classes(seed: int) -> Non
     image, boxes, labels = mosaic4(samples, 128)
     assert image.shape == (3, 128, 128) and len(boxes) == len(labels)
     assert _in_image(boxes, 128, 128) and set(labels.tolist()) <= {0, 1, 2, 3}
-    assert ((boxes[:, 2:] - boxes[:, :2]) > 2).all()
+    assert ((boxes[:, 2:] - boxes[:, :2]) >= 1).all()
+    assert _covered(image, boxes)  # every visible object pixel is inside a box
     for box in boxes:  # each kept box is filled by its (resized) object
         x0, y0, x1, y1 = [int(round(v)) for v in box.tolist()]
         inner = (image[:, y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] > 200).all(0).float()

@@ -46,13 +46,15 @@ def _tile_coords(k: int, xc: int, yc: int, h: int, w: int, s2: int) -> tuple[tup
     return a, b
 
 
-def mosaic4(samples: list[Sample], size: int, min_area_ratio: float = 0.1) -> Sample:
+def mosaic4(samples: list[Sample], size: int, min_area_ratio: float = 0.0, min_size: float = 1.0) -> Sample:
     """Four samples on a 2s x 2s canvas (gray 114) around a centre ~ U(s/2, 3s/2), cropped to its
     central s x s window (the YOLOv5 affine at scale 1, no translation).
 
     Each image is first resized to long side s. Boxes get the tile offset, are clipped to the
-    window, and kept only when over 2 px wide and high and keeping > ``min_area_ratio`` of their
-    area (YOLOv5 ``box_candidates``). Returns uint8 [3, s, s], boxes [K, 4], labels [K].
+    window, and kept when at least ``min_size`` px wide and high and keeping more than
+    ``min_area_ratio`` of their area. The defaults (1 px, 0) keep every visible object boxed, as
+    ``TrainTransform`` does; YOLOv5's ``box_candidates`` uses 2 px and 0.1, which leaves visible
+    slivers unlabelled. Returns uint8 [3, s, s], boxes [K, 4], labels [K].
     """
     if len(samples) != 4:
         raise ValueError(f"mosaic needs exactly 4 samples, got {len(samples)}")
@@ -80,7 +82,7 @@ def mosaic4(samples: list[Sample], size: int, min_area_ratio: float = 0.1) -> Sa
     labels = torch.cat(all_labels) if all_labels else torch.zeros((0,), dtype=torch.int64)
     wh = boxes[:, 2:] - boxes[:, :2]
     area_before = stacked[:, 4].clamp(min=1e-6)
-    keep = (wh[:, 0] > 2) & (wh[:, 1] > 2) & (wh.prod(-1) / area_before > min_area_ratio)
+    keep = (wh[:, 0] >= min_size) & (wh[:, 1] >= min_size) & (wh.prod(-1) / area_before > min_area_ratio)
     return image, boxes[keep], labels[keep]
 
 
