@@ -67,3 +67,45 @@ def test_augment_keys_parse() -> None:
     cfg = load_train_config(None, ["augment.policy=v0", "augment.mosaic=0.5", "augment.grid_mask=true"], "finetune")
     assert (cfg.augment.policy, cfg.augment.mosaic, cfg.augment.grid_mask) == ("v0", 0.5, True)
     assert load_train_config(None, None, "finetune").augment.policy == "none"  # preset unchanged
+
+
+def _rect_index(tmp_path, n: int = 6):
+    """PNG images (lossless), black, one solid white rectangle each, and their index."""
+    from PIL import Image
+
+    from efficientdet.data.records import DatasetIndex, DetectionRecord
+
+    gen = torch.Generator().manual_seed(0)
+    records = []
+    for i in range(n):
+        h, w = int(torch.randint(80, 200, (), generator=gen)), int(torch.randint(80, 200, (), generator=gen))
+        x0, y0 = int(torch.randint(0, w // 2, (), generator=gen)), int(torch.randint(0, h // 2, (), generator=gen))
+        x1, y1 = x0 + w // 3, y0 + h // 3
+        image = torch.zeros((h, w, 3), dtype=torch.uint8)
+        image[y0:y1, x0:x1] = 255
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(image.numpy()).save(path)
+        records.append(DetectionRecord(path, torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32), torch.tensor([i % 2]), i, w, h))
+    return DatasetIndex(records=records, class_names=["a", "b"])
+
+
+@pytest.mark.parametrize("policy", ["v0", "v1", "v2", "v3"])
+def test_whole_pipeline_boxes_follow_the_pixels(policy: str, tmp_path, monkeypatch) -> None:
+    """Mosaic -> AutoAugment -> scale jitter / crop / flip: every white pixel of the training canvas
+    lies in a box (within 1 px). Pixel-only ops are made identity here: they never move boxes
+    (checked in test_augment.py), but solarize / equalize would recolour the black background."""
+    from efficientdet.data import autoaugment
+
+    from .test_augment import _covered
+
+    monkeypatch.setattr(autoaugment, "_image_op", lambda name, level: (lambda im: im) if name in _PIXEL_OPS else None)
+    index = _rect_index(tmp_path)
+    ds = AugmentedDataset(index, TrainTransform(96, (0.3, 2.0)), None, build_pre_ops(policy), mosaic=0.5)
+    for seed in range(12):
+        torch.manual_seed(seed)
+        s = ds[seed % len(ds)]
+        assert _covered(s["image"], s["boxes"]), f"seed {seed}: an object pixel outside every box"
+        assert set(s["labels"].tolist()) <= {0, 1}
+
+
+_PIXEL_OPS = {"AutoContrast", "Equalize", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness"}
