@@ -97,7 +97,8 @@ def _tile(sample: dict, class_names: list[str]):  # type: ignore[no-untyped-def]
     dets = {"boxes": boxes, "labels": labels, "scores": torch.ones(len(boxes))}
     img = draw_detections(sample["image"], dets, class_names, show_scores=False)
     img.thumbnail((CELL, CELL))
-    caption = f"{Path(sample['path']).name} ({len(boxes)} boxes)" if len(boxes) else f"{Path(sample['path']).name} (NO boxes)"
+    count = f"{len(boxes)} boxes" if len(boxes) else "NO boxes"
+    caption = f"{Path(sample['path']).name} ({count})"
     from PIL import Image
 
     tile = Image.new("RGB", (CELL, CELL + 16), (255, 255, 255))

@@ -45,10 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--workers", type=int, default=None, help="image-decoding worker processes (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--conf-iou", type=float, default=0.5, help="confusion matrix: IoU for a match (default 0.5)")
+    p.add_argument("--confusion-iou", type=float, default=0.5, help="confusion matrix: IoU for a match (default 0.5)")
     p.add_argument(
-        "--conf-score", type=float, default=0.25, help="confusion matrix: detections scoring below are ignored (default 0.25)"
-    )
+        "--confusion-score", type=float, default=0.25,
+        help="confusion matrix: detections scoring below are ignored (default 0.25)",
+    )  # fmt: skip
     p.set_defaults(run=run_eval)
 
 
@@ -87,10 +88,10 @@ def _evaluate_and_report(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images {args.max_images}: must be at least 1")
-    if not 0.0 < args.conf_iou <= 1.0:
-        raise ValueError(f"--conf-iou {args.conf_iou}: must be in (0, 1]")
-    if not 0.0 <= args.conf_score <= 1.0:
-        raise ValueError(f"--conf-score {args.conf_score}: must be in [0, 1]")
+    if not 0.0 < args.confusion_iou <= 1.0:
+        raise ValueError(f"--confusion-iou {args.confusion_iou}: must be in (0, 1]")
+    if not 0.0 <= args.confusion_score <= 1.0:
+        raise ValueError(f"--confusion-score {args.confusion_score}: must be in [0, 1]")
     index, fmt = load_index(args.dataset, args.split)
     if args.max_images is not None:
         index = dataclasses.replace(index, records=index.records[: args.max_images])
@@ -107,7 +108,7 @@ def _evaluate_and_report(args: argparse.Namespace) -> int:
     run = evaluate(
         runner.detector, index, batch_size=args.batch_size, nms=args.nms, voc=args.voc, out_dir=out,
         progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
-        confusion=(args.conf_iou, args.conf_score),
+        confusion=(args.confusion_iou, args.confusion_score),
     )  # fmt: skip
 
     # metrics.json gets what was evaluated, next to the numbers.
@@ -138,7 +139,8 @@ def _evaluate_and_report(args: argparse.Namespace) -> int:
         print(f"{len(run.skipped_images)} unreadable image(s) skipped and left out of the metrics", file=sys.stderr)
         for line in _too_large(run.skipped_images, runner.max_input_pixels):
             print(f"efficientdet eval: {line}", file=sys.stderr)
-    print(f"wrote {metrics_path}, {out / 'detections_coco.json'}, {out / 'pr_curve.png'}, {out / 'confusion_matrix.png'}")
+    written = [metrics_path, out / "detections_coco.json", out / "pr_curve.png", out / "confusion_matrix.png"]
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -93,7 +93,8 @@ class AugmentedDataset(DetectionDataset):
         if self.mixing and self.mosaic > 0 and float(torch.rand(())) < self.mosaic:
             others = [self._raw(int(j)) for j in torch.randint(len(self), (3,))]
             if all(o is not None for o in others):
-                parts = [(image, boxes, labels)] + [(o["image"], o["boxes"], o["labels"]) for o in others]  # type: ignore[index]
+                rest = [(o["image"], o["boxes"], o["labels"]) for o in others]  # type: ignore[index]
+                parts = [(image, boxes, labels), *rest]
                 image, boxes, labels = mosaic4(parts, max(self.final.image_size))
         for op in self.pre_ops:
             image, boxes, labels = op(image, boxes, labels)

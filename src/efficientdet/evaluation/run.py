@@ -90,8 +90,9 @@ class EvaluationRun(EvalResult):
         }
         if self.confusion is not None:
             doc["confusion"] = self.confusion.to_json()
+            fp, missed = self.confusion.false_positives, self.confusion.missed
             for n in self.class_names:
-                doc["per_class"][n].update(fp=self.confusion.false_positives.get(n, 0), missed=self.confusion.missed.get(n, 0))
+                doc["per_class"][n].update(fp=fp.get(n, 0), missed=missed.get(n, 0))
         if self.voc is not None:
             doc["voc"] = {"mAP": self.voc["mAP"], "per_class": self.voc["per_class"]}
         return _no_nan(doc)
