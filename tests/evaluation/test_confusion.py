@@ -57,3 +57,11 @@ def test_json_and_png(tmp_path) -> None:
     assert doc["labels"] == ["cat", "dog", "background"] and np.array(doc["matrix"]).shape == (3, 3)
     out = plot_confusion(res, tmp_path / "c.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_refuses_a_bad_confusion_threshold(tmp_path, capsys) -> None:
+    from efficientdet.cli import main
+
+    assert main(["eval", str(tmp_path / "x.json"), "--weights", "w", "--confusion-iou", "1.5", "--out", str(tmp_path / "o")]) == 2
+    assert "efficientdet eval: error: --confusion-iou 1.5: must be in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
