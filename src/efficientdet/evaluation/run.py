@@ -69,9 +69,12 @@ class EvaluationRun(EvalResult):
         lines = text.split("\n")
         fp, missed = self.confusion.false_positives, self.confusion.missed
         lines[0] += "     FP  missed"
+        k = len(self.class_names)
+        lines[1] += "-" * 15
+        lines[2 + k] += "-" * 15
         for i, name in enumerate(self.class_names):
             lines[2 + i] += f"  {fp.get(name, 0):5d}  {missed.get(name, 0):6d}"
-        lines[3 + len(self.class_names)] += f"  {sum(fp.values()):5d}  {sum(missed.values()):6d}"
+        lines[3 + k] += f"  {sum(fp.values()):5d}  {sum(missed.values()):6d}"
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
