@@ -24,6 +24,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default="runs/raccoon")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (data order, augmentation, head init)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="extra training config override, repeatable, e.g. --set augment.policy=v0 --set augment.mosaic=0.5",
+    )
     args = parser.parse_args()
 
     import torch
@@ -45,9 +50,12 @@ def main() -> None:
         splits[split] = write_coco(index, out / f"{split}.json")
         print(f"{split}: {len(index)} images, {index.num_objects} boxes, classes {index.class_names}")
 
+    from efficientdet.engine.config import parse_override
+
     cfg = load_train_config(
         None,
         {
+            "seed": args.seed,
             "model": "efficientdet_lite0",
             "image_size": args.image_size,
             "data.train": str(splits["train"]),
@@ -60,6 +68,7 @@ def main() -> None:
             "optim.lr": 2e-3,
             "log_every": 10,
             "data.allow_outside_root": True,
+            **dict(parse_override(o) for o in args.set),
         },
         preset="finetune",
     )
@@ -77,6 +86,8 @@ def main() -> None:
         "train_minutes": round(train_min, 1),
         "steps": trainer.step,
         "epochs": trainer.epoch,
+        "seed": args.seed,
+        "overrides": args.set,
         "AP": round(result.stats["AP"], 4),
         "AP50": round(result.stats["AP50"], 4),
     }

@@ -78,6 +78,13 @@ def test_cli_end_to_end(dataset: Path, tiny_weights: Path, tmp_path: Path, capsy
     assert {r["image_id"] for r in results} <= {1, 2, 3, 4}
     assert all(len(r["bbox"]) == 4 and 0.001 <= r["score"] <= 1 for r in results)
     assert (out / "pr_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # confusion matrix: classes + background; the table lists FP and missed per class
+    conf = metrics["confusion"]
+    assert conf["labels"][-1] == "background" and len(conf["matrix"]) == len(NAMES) + 1
+    gt_total = sum(v["num_gt"] for v in metrics["per_class"].values())
+    assert sum(sum(row) for row in conf["matrix"][:-1]) == gt_total  # every object counted once
+    assert all({"fp", "missed"} <= set(v) for v in metrics["per_class"].values())
+    assert "FP  missed" in printed and (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_class_count_mismatch_exits_2(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import anchors, benchmark, evaluate, export, info, predict, quickstart, serve, train
+from . import anchors, benchmark, browse, evaluate, export, info, predict, quickstart, serve, train
 
 # Each sub-command module has ``add_parser(subparsers)`` and ``run(args) -> int``.
-COMMANDS = [info, train, predict, evaluate, export, quickstart, benchmark, serve, anchors]
+COMMANDS = [info, train, predict, evaluate, export, quickstart, benchmark, serve, anchors, browse]
 
 
 def plain_text(text: str) -> str:

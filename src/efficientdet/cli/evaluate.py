@@ -53,6 +53,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ".onnx files run in ONNX Runtime) and print both APs side by side",
     )  # fmt: skip
     add_dist_args(p)
+    p.add_argument("--confusion-iou", type=float, default=0.5, help="confusion matrix: IoU for a match (default 0.5)")
+    p.add_argument(
+        "--confusion-score", type=float, default=0.25,
+        help="confusion matrix: detections scoring below are ignored (default 0.25)",
+    )  # fmt: skip
     p.set_defaults(run=run_eval)
 
 
@@ -97,6 +102,10 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images {args.max_images}: must be at least 1")
+    if not 0.0 < args.confusion_iou <= 1.0:
+        raise ValueError(f"--confusion-iou {args.confusion_iou}: must be in (0, 1]")
+    if not 0.0 <= args.confusion_score <= 1.0:
+        raise ValueError(f"--confusion-score {args.confusion_score}: must be in [0, 1]")
     index, fmt = load_index(args.dataset, args.split)
     if args.max_images is not None:
         index = dataclasses.replace(index, records=index.records[: args.max_images])
@@ -114,6 +123,7 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
     run = evaluate(
         runner.detector, index, batch_size=args.batch_size, nms=args.nms, voc=args.voc, out_dir=out,
         progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers, dist=info,
+        confusion=(args.confusion_iou, args.confusion_score),
     )  # fmt: skip
     if not info.is_main:
         return 0  # rank 0 wrote the files and reports
@@ -149,7 +159,8 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
             print(f"efficientdet eval: {line}", file=sys.stderr)
     if args.compare:
         _compare(args, index, fmt, out, runner, run.stats)
-    print(f"wrote {metrics_path}, {out / 'detections_coco.json'}, {out / 'pr_curve.png'}")
+    written = [metrics_path, out / "detections_coco.json", out / "pr_curve.png", out / "confusion_matrix.png"]
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -39,6 +39,8 @@ class SeededDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):  # AugmentedDataset: close_mosaic
+            self.base.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.base)

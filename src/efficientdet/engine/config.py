@@ -28,6 +28,30 @@ class DataConfig:
     crop_scale_range: tuple[float, float] = (0.8, 1.25)
 
 
+POLICIES = ("none", "v0", "v1", "v2", "v3")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Extra training augmentations (data/augmented.py); all off by default (the official default)."""
+
+    policy: str = "none"  # detection AutoAugment policy: none | v0 | v1 | v2 | v3
+    grid_mask: bool = False  # GridMask (official: prob 0.5, ratio 0.6, rotate 10)
+    mosaic: float = 0.0  # probability of a 4-image mosaic (Ultralytics default 1.0)
+    mixup: float = 0.0  # probability of mixing in a second sample (YOLOv5 hyp.scratch-high: 0.1)
+    close_mosaic: int = 0  # turn mosaic and mixup off for the last N epochs (Ultralytics: 10)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"augment.policy: unknown policy {self.policy!r}; valid: {', '.join(POLICIES)}")
+        for key in ("mosaic", "mixup"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"augment.{key}: {value!r} is not a probability in [0, 1]")
+        if isinstance(self.close_mosaic, bool) or not isinstance(self.close_mosaic, int) or self.close_mosaic < 0:
+            raise ValueError(f"augment.close_mosaic: {self.close_mosaic!r} must be a whole number of epochs >= 0")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """The official recipe by default: SGD 0.9, lr 0.08 per 64 images, warmup, cosine."""
@@ -75,6 +99,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     epochs: int = 300
     max_steps: int | None = None  # stop after this many optimiser steps (tests, budgets)
     time_budget_minutes: float | None = None  # stop (with a checkpoint) after this long

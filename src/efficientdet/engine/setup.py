@@ -18,6 +18,7 @@ from ..data.loaders import ResumableSampler, SeededDataset, build_train_loader
 from ..data.records import DatasetIndex
 from ..data.crops import CropTransform
 from ..data.transforms import TrainTransform
+from ..data.augmented import AugmentedDataset, build_pre_ops
 from ..factory import create_model
 from ..models.checkpointing import set_grad_checkpointing
 from ..models.efficientdet import EfficientDet
@@ -114,6 +115,19 @@ def build_train_model(
     return model
 
 
+def build_train_dataset(
+    cfg: TrainConfig, index: DatasetIndex, transform: Any, max_pixels: int | None
+) -> DetectionDataset:
+    """The plain dataset, or an :class:`AugmentedDataset` when ``cfg.augment`` asks for more."""
+    aug = cfg.augment
+    if aug.policy == "none" and not aug.grid_mask and aug.mosaic == 0 and aug.mixup == 0:
+        return DetectionDataset(index, transform=transform, max_pixels=max_pixels)
+    pre = build_pre_ops(aug.policy, aug.grid_mask)
+    return AugmentedDataset(
+        index, transform, max_pixels, pre, aug.mosaic, aug.mixup, aug.close_mosaic, cfg.epochs
+    )
+
+
 def build_train_loader_for(
     cfg: TrainConfig, index: DatasetIndex, model_config: ModelConfig, dist: DistInfo, device: torch.device
 ) -> tuple[DataLoader, SeededDataset, ResumableSampler]:
@@ -124,7 +138,7 @@ def build_train_loader_for(
         transform = CropTransform(
             model_config.image_size, cfg.data.crop_size, cfg.data.crop_scale_range, cfg.data.hflip, cfg.data.photometric
         )
-    dataset = DetectionDataset(index, transform=transform, max_pixels=model_config.preprocess.max_input_pixels)
+    dataset = build_train_dataset(cfg, index, transform, model_config.preprocess.max_input_pixels)
     loader, seeded, sampler = build_train_loader(
         dataset, cfg.batch_size, cfg.data.workers, cfg.seed, dist.rank, dist.world_size,
         pin_memory=device.type == "cuda",

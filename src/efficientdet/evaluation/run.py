@@ -34,6 +34,7 @@ from ..inference.detector import Detector
 from ..inference.protocol import ImageDetector
 from ..models.efficientdet import EfficientDet
 from .coco import STAT_NAMES, CocoEvaluator, CocoGroundTruth, EvalResult, gt_list_to_coco
+from .confusion import ConfusionResult, confusion_matrix, plot_confusion
 from .plots import plot_precision_recall
 from .voc import VocResult, voc_ap50
 
@@ -60,6 +61,23 @@ class EvaluationRun(EvalResult):
     skipped_images: list[str] = field(default_factory=list)
     nms: str = "hard"
     seconds: float = 0.0
+    confusion: ConfusionResult | None = None
+
+    def table(self) -> str:
+        """The per-class table, with false positives and missed objects when there is a confusion matrix."""
+        text = super().table()
+        if self.confusion is None:
+            return text
+        lines = text.split("\n")
+        fp, missed = self.confusion.false_positives, self.confusion.missed
+        lines[0] += "     FP  missed"
+        k = len(self.class_names)
+        lines[1] += "-" * 15
+        lines[2 + k] += "-" * 15
+        for i, name in enumerate(self.class_names):
+            lines[2 + i] += f"  {fp.get(name, 0):5d}  {missed.get(name, 0):6d}"
+        lines[3 + k] += f"  {sum(fp.values()):5d}  {sum(missed.values()):6d}"
+        return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.json`` document (NaN -> null: JSON has no NaN)."""
@@ -75,6 +93,11 @@ class EvaluationRun(EvalResult):
             "nms": self.nms,
             "seconds": round(self.seconds, 3),
         }
+        if self.confusion is not None:
+            doc["confusion"] = self.confusion.to_json()
+            fp, missed = self.confusion.false_positives, self.confusion.missed
+            for n in self.class_names:
+                doc["per_class"][n].update(fp=fp.get(n, 0), missed=missed.get(n, 0))
         if self.voc is not None:
             doc["voc"] = {"mAP": self.voc["mAP"], "per_class": self.voc["per_class"]}
         return _no_nan(doc)
@@ -181,6 +204,7 @@ def evaluate(
     score_threshold: float = 0.001,
     max_detections: int = 100,
     dist: DistInfo | None = None,
+    confusion: tuple[float, float] | None = None,
 ) -> EvaluationRun:
     """COCO box AP of a model on ``index`` (every record is scored; subset the index to score fewer).
 
@@ -200,6 +224,8 @@ def evaluate(
         dist: under torchrun, every rank of ``dist`` runs its share of the images
             (``engine.sharding``); rank 0 scores them all and alone writes ``out_dir``; every
             rank returns the same result. Call it on all ranks.
+        confusion: (IoU, score) thresholds of a confusion matrix (``run.confusion``; with
+            ``out_dir`` also ``confusion_matrix.png``), or None for none.
 
     Unreadable images are skipped with a warning, listed in ``skipped_images`` and left out of
     the metrics.
@@ -239,7 +265,7 @@ def evaluate(
         merged = merge_in_order([shard for shard, _ in gathered])
         seen = {p for _, paths in gathered for p in paths}
         try:
-            run = _score(merged, seen, index, category_ids, to_dataset, gt, voc, nms, start, out_dir)
+            run = _score(merged, seen, index, category_ids, to_dataset, gt, voc, nms, start, out_dir, confusion)
         except (RuntimeError, ValueError, OSError) as err:
             if not info.enabled:
                 raise
@@ -262,6 +288,7 @@ def _score(
     nms: str,
     start: float,
     out_dir: str | os.PathLike[str] | None,
+    confusion: tuple[float, float] | None = None,
 ) -> EvaluationRun:
     """COCO (and VOC) scores of ``(image id, detections)`` in dataset order; writes ``out_dir``."""
     if gt is None:
@@ -276,7 +303,7 @@ def _score(
     records = {r.image_id: r for r in index.records}
     for i, d in dets:
         evaluator.update([i], [d])
-        if voc:
+        if voc or confusion is not None:  # both count in the dataset's classes
             lab = torch.from_numpy(to_dataset)[d["labels"]]
             ok = lab >= 0  # classes the dataset lacks cannot be right or wrong in VOC terms
             # GT from the records: original pixels, like the detections.
@@ -294,11 +321,15 @@ def _score(
         skipped_images=skipped,
         nms=nms,
     )
+    if confusion is not None:
+        run.confusion = confusion_matrix(voc_gts, voc_dets, index.class_names, *confusion)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         evaluator.save_results(out / "detections_coco.json")
         plot_precision_recall(run, out / "pr_curve.png")
+        if run.confusion is not None:
+            plot_confusion(run.confusion, out / "confusion_matrix.png")
         run.seconds = time.perf_counter() - start
         atomic_write(out / "metrics.json", json.dumps(run.to_json(), indent=2) + "\n")
     run.seconds = time.perf_counter() - start

@@ -61,6 +61,7 @@ def draw_detections(
     score_threshold: float = 0.0,
     line_width: int | None = None,
     font_size: int | None = None,
+    show_scores: bool = True,
 ) -> Image.Image:
     """Return a new RGB PIL image: ``image`` with ``detections`` drawn on it.
 
@@ -73,6 +74,7 @@ def draw_detections(
             either the label number is shown.
         score_threshold: boxes scoring below it are not drawn.
         line_width, font_size: pixels; default scaled to the image size.
+        show_scores: False draws the class name only (ground truth, e.g. ``efficientdet browse``).
 
     Lower-scored boxes are drawn first, so the best ones end up on top. Each label tag sits
     just above its box, or inside the box when there is no room above it (box at the top
@@ -115,7 +117,7 @@ def draw_detections(
             name = str(class_names[label])
         else:
             name = str(label)
-        text = f"{name} {scores[i]:.2f}"
+        text = f"{name} {scores[i]:.2f}" if show_scores else name
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left + 2 * pad, bottom - top + 2 * pad
         tx = max(0, min(x0, w - tw))

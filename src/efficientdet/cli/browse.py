@@ -1,0 +1,123 @@
+"""``efficientdet browse DATA``: a grid of dataset images with their boxes and class names drawn.
+
+DATA is anything ``train`` and ``eval`` accept (COCO .json, VOC folder, YOLO folder / data.yaml).
+Without ``--augment`` the images are shown as loaded (boxes clipped to the image); with it, as
+the model is fed them: after the training transforms of ``--preset`` / ``--config`` / ``--set KEY=VALUE``
+overrides (scale jitter, crop, flip, and the ``augment.*`` options: AutoAugment, GridMask,
+mosaic, mixup), on the padded training canvas. Look for wrong boxes, wrong classes and empty
+images before training. Writes ``--out``/browse.png (or browse_augmented.png), atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+CELL = 320  # longest side of one tile, pixels
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "browse",
+        help="draw dataset images with their boxes (as loaded or augmented) to a PNG grid",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("data", metavar="DATA", help="COCO .json, VOC folder, or YOLO folder / data.yaml")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="training config override (with --augment), repeatable: --set augment.policy=v0",
+    )  # fmt: skip
+    p.add_argument("--augment", action="store_true", help="show the images after the training transforms")
+    p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    p.add_argument("--out", default="browse", help="output folder (default ./browse)")
+    p.add_argument("--split", default=None, help="VOC/YOLO split (default: as train reads DATA)")
+    p.add_argument("--config", help="YAML training config (with --augment)")
+    p.add_argument("--preset", default=None, help="training preset (with --augment), e.g. finetune")
+    p.add_argument("--seed", type=int, default=0, help="which images, and their augmentation (default 0)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.dataset import DetectionDataset
+    from ..data.formats import read_dataset
+    from ..engine.config import load_train_config
+    from .notices import print_data_warnings
+
+    if args.n < 1:
+        raise ValueError(f"--n {args.n}: must be at least 1")
+    cfg = load_train_config(args.config, list(args.set), args.preset)
+    kw = {"allow_outside_root": cfg.data.allow_outside_root}
+    if args.split is not None:
+        kw["split"] = args.split
+    with print_data_warnings("browse"):
+        index = read_dataset(args.data, **kw)
+        if len(index) == 0:
+            raise ValueError(f"{args.data}: no images")
+        dataset = _augmented(cfg, index) if args.augment else DetectionDataset(index)
+        gen = torch.Generator().manual_seed(args.seed)
+        picks = torch.randperm(len(index), generator=gen)[: args.n].tolist()
+        tiles = []
+        for k, i in enumerate(picks):
+            torch.manual_seed(args.seed * 1_000_003 + k)  # repeatable augmentation per tile
+            sample = dataset[i]
+            if sample is not None:
+                tiles.append(_tile(sample, index.class_names))
+    if not tiles:
+        raise ValueError(f"{args.data}: none of the {len(picks)} chosen images could be read")
+    out = Path(args.out) / ("browse_augmented.png" if args.augment else "browse.png")
+    _write_grid(tiles, out)
+    print(f"wrote {out} ({len(tiles)} images of {len(index)}, {len(index.class_names)} classes)")
+    return 0
+
+
+def _augmented(cfg, index):  # type: ignore[no-untyped-def]
+    from ..data.transforms import TrainTransform
+    from ..engine.setup import build_train_dataset
+    from ..variants import get_config
+
+    size = cfg.image_size or max(get_config(cfg.model).image_size)
+    transform = TrainTransform(size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
+    return build_train_dataset(cfg, index, transform, None)
+
+
+def _tile(sample: dict, class_names: list[str]):  # type: ignore[no-untyped-def]
+    """The sample drawn, scaled to fit CELL x CELL, with its file name and box count underneath."""
+    import torch
+    from PIL import ImageDraw
+
+    from ..outputs.visualize import draw_detections
+
+    boxes, labels = sample["boxes"], sample["labels"]
+    dets = {"boxes": boxes, "labels": labels, "scores": torch.ones(len(boxes))}
+    img = draw_detections(sample["image"], dets, class_names, show_scores=False)
+    img.thumbnail((CELL, CELL))
+    count = f"{len(boxes)} boxes" if len(boxes) else "NO boxes"
+    caption = f"{Path(sample['path']).name} ({count})"
+    from PIL import Image
+
+    tile = Image.new("RGB", (CELL, CELL + 16), (255, 255, 255))
+    tile.paste(img, (0, 0))
+    ImageDraw.Draw(tile).text((2, CELL + 2), caption[:52], fill=(0, 0, 0))
+    return tile
+
+
+def _write_grid(tiles: list, out: Path) -> None:
+    from PIL import Image
+
+    from ..fs import atomic_path
+
+    cols = math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / cols)
+    w, h = tiles[0].size
+    grid = Image.new("RGB", (cols * (w + 4), rows * (h + 4)), (255, 255, 255))
+    for k, tile in enumerate(tiles):
+        grid.paste(tile, ((k % cols) * (w + 4), (k // cols) * (h + 4)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        grid.save(tmp, format="PNG")
