@@ -176,6 +176,8 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
     from ..evaluation.run import evaluate
     from ..fs import atomic_write
 
+    from .common import build_runner
+
     backend = "onnxruntime" if str(args.compare).lower().endswith(".onnx") else args.backend
     other_args = argparse.Namespace(**{**vars(args), "weights": args.compare, "backend": backend})
     other_out = out / "compare"
