@@ -29,7 +29,7 @@ TINY = [
 ROW_KEYS = {
     "backend", "mode", "batch_size", "latency_ms", "p90_ms", "images_per_s", "gflops_per_s", "decode_ms",
     "preprocess_ms", "network_ms", "postprocess_ms", "postprocess_share", "peak_memory_mb", "faults_per_image",
-    "ratio_vs_effdet",
+    "ratio_vs_effdet", "vs_float_floor",
 }  # fmt: skip
 
 
@@ -48,6 +48,8 @@ def _check_rows(doc: dict, backends: list[str], with_ratio: bool) -> None:
             for n in (1, 2):
                 [row] = [r for r in rows if (r["backend"], r["mode"], r["batch_size"]) == (backend, mode, n)]
                 assert set(row) == ROW_KEYS
+                floor_ms = doc["flops_per_image"] * n / (doc["matmul_gflops"] * 1e9) * 1000
+                assert row["vs_float_floor"] == pytest.approx(row["latency_ms"] / floor_ms)
                 assert 0 < row["latency_ms"] <= row["p90_ms"] + 1e-9
                 assert row["images_per_s"] == pytest.approx(n / (row["latency_ms"] / 1000))
                 assert row["gflops_per_s"] == pytest.approx(doc["flops_per_image"] * row["images_per_s"] / 1e9)
@@ -70,7 +72,7 @@ def _check_rows(doc: dict, backends: list[str], with_ratio: bool) -> None:
 def test_cli_torch_and_onnxruntime(tmp_path: Path, capsys: pytest.CaptureFixture[str], expected: dict) -> None:
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"
-    backends = ["torch", "onnxruntime", "onnxruntime-nms"]
+    backends = ["torch", "onnxruntime", "onnxruntime-nms", "onnxruntime-int8"]
     args = ["benchmark", MODEL, *TINY, "--backends", ",".join(backends), "--onnx-exporter", "torchscript"]
     assert main([*args, "--json", str(out), "--quiet"]) == 0
     doc = json.loads(out.read_text())
@@ -80,11 +82,12 @@ def test_cli_torch_and_onnxruntime(tmp_path: Path, capsys: pytest.CaptureFixture
     assert doc["batch_sizes"] == [1, 2] and doc["iterations"] == 2 and doc["warmup"] == 1
     assert doc["heap"] == "default"
     assert "onnxruntime" in doc["versions"] and "effdet" not in doc["versions"]
-    assert len(doc["rows"]) == 2 * 2 + 2 * 2 + 2
+    assert len(doc["rows"]) == 2 * 2 + 2 * 2 + 2 + 2 * 2
+    assert doc["matmul_gflops"] > 0
     _check_rows(doc, backends, with_ratio=False)
     text = capsys.readouterr().out
     assert f"{MODEL} at {SIZE}x{SIZE}" in text and "parameters" in text and "MACs" in text
-    assert "faults/img" in text and "heap: default" in text
+    assert "faults/img" in text and "heap: default" in text and "float32 matmul peak here" in text
     assert text.count("end-to-end") >= 6 and "onnxruntime-nms" in text
 
 
