@@ -46,9 +46,24 @@ def torchrun(nproc: int, *args: str, script: Path | None = None) -> subprocess.C
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
 
 
-def coco_results(path: Path) -> set[tuple]:
-    return {(d["image_id"], d["category_id"], *(round(v, 4) for v in d["bbox"]), round(d["score"], 5))
-            for d in json.loads(path.read_text())}  # fmt: skip
+def coco_results(path: Path) -> list[tuple]:
+    """The results as a sorted list of (image, category, x, y, w, h, score)."""
+    return sorted((d["image_id"], d["category_id"], *d["bbox"], d["score"]) for d in json.loads(path.read_text()))
+
+
+def same_results(a: list[tuple], b: list[tuple]) -> bool:
+    """Equal as sets up to float32 noise: one process and two run different batches, whose
+    kernels round differently in the last bits (~1e-5 px); rounding both to 4 decimals is not
+    a tolerance, a value at x.xxxx5 rounds either way."""
+    if len(a) != len(b):
+        return False
+    unused = list(b)
+    for x in a:
+        match = next((y for y in unused if x[:2] == y[:2] and all(abs(u - v) <= 1e-3 for u, v in zip(x[2:], y[2:]))), None)
+        if match is None:
+            return False
+        unused.remove(match)
+    return True
 
 
 def test_eval_two_processes_equals_one(setup: tuple[Path, Path], tmp_path: Path) -> None:
@@ -65,7 +80,7 @@ def test_eval_two_processes_equals_one(setup: tuple[Path, Path], tmp_path: Path)
     assert two["skipped_images"] == one["skipped_images"]
     assert two["per_class"] == one["per_class"]
     results = coco_results(tmp_path / "two" / "detections_coco.json")
-    assert results and results == coco_results(tmp_path / "one" / "detections_coco.json")
+    assert results and same_results(results, coco_results(tmp_path / "one" / "detections_coco.json"))
     assert proc.stdout.count("wrote ") == 1  # rank 0 alone reports (and writes)
 
 
