@@ -17,7 +17,8 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from efficientdet.inference.preprocess import check_image, check_size, fit_size
+from efficientdet.data.transforms import check_and_draw_scale
+from efficientdet.inference.preprocess import check_size, fit_size
 from efficientdet.ops.boxes import clip_boxes
 
 __all__ = ["CropTransform", "crop_boxes"]
@@ -81,12 +82,8 @@ class CropTransform:
         return left, top, cw, ch
 
     def __call__(self, image: Tensor, boxes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
-        check_image(image, "image")
-        if labels.shape[:1] != boxes.shape[:1]:
-            raise ValueError(f"got {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+        factor = check_and_draw_scale(image, boxes, labels, self.scale_range)
         h, w = self.image_size
-        lo, hi = self.scale_range
-        factor = lo + (hi - lo) * float(torch.rand(()))
         side = max(16, round(self.crop_size / factor))
         img_h, img_w = int(image.shape[1]), int(image.shape[2])
         left, top, cw, ch = self._window(boxes.reshape(-1, 4).float(), img_h, img_w, side)

@@ -102,12 +102,8 @@ class TrainTransform:
         )
 
     def __call__(self, image: Tensor, boxes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
-        check_image(image, "image")
-        if labels.shape[:1] != boxes.shape[:1]:
-            raise ValueError(f"got {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+        factor = check_and_draw_scale(image, boxes, labels, self.scale_range)
         h, w = self.image_size
-        lo, hi = self.scale_range
-        factor = lo + (hi - lo) * float(torch.rand(()))
         _, new_h, new_w = fit_size((image.shape[1], image.shape[2]), (h * factor, w * factor))
         image, bbs = _resize(image, _as_boxes(boxes, (int(image.shape[1]), int(image.shape[2]))), new_h, new_w)
 
@@ -125,3 +121,13 @@ class TrainTransform:
             image = TF.horizontal_flip(image)
             bbs = TF.horizontal_flip(bbs)
         return _pad_and_finish(image, bbs, labels, self.image_size)
+
+
+def check_and_draw_scale(image: Tensor, boxes: Tensor, labels: Tensor, scale_range: tuple[float, float]) -> float:
+    """Check a training sample (uint8 [3, H, W] image, [M, 4] boxes, [M] labels) and draw its
+    scale-jitter factor uniformly from ``scale_range`` (shared by every training transform)."""
+    check_image(image, "image")
+    if labels.shape[:1] != boxes.shape[:1]:
+        raise ValueError(f"got {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+    lo, hi = scale_range
+    return lo + (hi - lo) * float(torch.rand(()))
