@@ -52,3 +52,20 @@ def test_checkpoint_contents(tiny_dataset: Path, tmp_path: Path, make_config) ->
     assert (tmp_path / "last.safetensors").exists() and (tmp_path / "best.safetensors").exists()
     assert (tmp_path / "metrics.csv").read_text().count("\ntrain,") == 4
     assert (tmp_path / "training_curves.png").stat().st_size > 1000
+
+
+def test_resume_of_a_finished_run_trains_no_further_step(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    # a run killed after its last checkpoint (step == max_steps) and then resumed must not add
+    # a step beyond max_steps (found by the SIGKILL test: the resumed run ended at step 8 of 7)
+    cfg = make_config(tiny_dataset, tmp_path, max_steps=3, epochs=5)
+    first = Trainer(cfg, progress=False)
+    assert first.fit() == "max_steps" and first.step == 3
+    before = load_checkpoint(tmp_path / "last.ckpt")
+    again = Trainer(cfg.replace(resume=True), progress=False)
+    assert again.fit() == "max_steps"
+    after = load_checkpoint(tmp_path / "last.ckpt")
+    assert again.step == after["step"] == 3 and len(after["history"]) == 3
+    assert after["history"] == before["history"]
+    for key, value in before["model"].items():
+        assert torch.equal(value, after["model"][key]), key
+    assert (tmp_path / "metrics.csv").read_text().count("\ntrain,") == 3

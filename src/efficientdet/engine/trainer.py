@@ -349,9 +349,11 @@ class Trainer:
                 old_handlers[sig] = signal.signal(sig, self._on_signal)
         except ValueError:  # not the main thread: the caller handles signals
             old_handlers = {}
-        reason = "done"
+        # a run resumed from a checkpoint that already reached max_steps or its time budget
+        # (killed after its last save) trains no further step
+        reason = self._stop_reason() or "done"
         try:
-            while self.epoch < self.cfg.epochs:
+            while reason == "done" and self.epoch < self.cfg.epochs:
                 skipped_before = self.skipped_images
                 stop = self.train_epoch()
                 if stop is not None:
