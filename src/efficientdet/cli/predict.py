@@ -220,25 +220,63 @@ def _run(
     copies; rank 0 gathers every share's detections and writes the one detections file in
     input order (the body of :func:`run_predict`)."""
     from ..engine.sharding import gather_to_main, merge_in_order, shard_positions
-    from tqdm import tqdm
-
-    from ..data.images import ImageError, load_image
     from efficientdet.outputs.results import write_detections
-    from efficientdet.outputs.visualize import draw_detections
-
-    out = Path(args.out)
-    detector, class_names = runner.detector, runner.class_names
-    draw = not args.no_draw
-    thr = args.score_threshold
-    max_pixels = runner.max_input_pixels
-    items: list[tuple[str, dict[str, Any]]] = []
-    failed = 0
 
     mine = [(inputs[p], targets[p]) for p in shard_positions(len(inputs), info)]
     images = [(inp, t) for inp, t in mine if inp.kind == "image"]
     videos = [(inp, t) for inp, t in mine if inp.kind == "video"]
-    quiet = not images or not info.is_main
-    bar = tqdm(total=len(images), desc="predict", unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True)
+    items, failed = _predict_images(args, images, runner, keep, warn, progress=bool(images) and info.is_main)
+
+    order = {str(inp.path): k for k, inp in enumerate(inputs)}  # images first, then videos, as alone
+    keyed = [((0, order[f], 0), (f, d)) for f, d in items]
+    for inp, target in videos:
+        items = []
+        try:
+            written = _predict_video(
+                inp, target, runner.detector, args.score_threshold, keep, not args.no_draw, runner.class_names, items
+            )
+            keyed += [((1, order[str(inp.path)], j), item) for j, item in enumerate(items)]
+        except VideoError as exc:
+            warn(f"skipped {exc}")
+            failed += 1
+            continue
+        if written is not None and not written[1]:
+            warn(f"{inp.path}: no video encoder installed; annotated frames written as PNGs to {written[0]}")
+
+    gathered = gather_to_main((keyed, failed), info)
+    if gathered is None:
+        return 1 if failed else 0  # rank 0 writes the merged file and reports
+    items = merge_in_order([shard for shard, _ in gathered])
+    failed = len(problems) + sum(n for _, n in gathered)
+    det_path = write_detections(Path(args.out) / f"detections.{args.format}", items, runner.class_names)
+    num_boxes = sum(len(d["scores"]) for _, d in items)
+    total = len(inputs) + len(problems)
+    print(f"{total - failed} of {total} inputs done, {num_boxes} detections -> {det_path}")
+    if failed:
+        print(f"{failed} input(s) failed (see the warnings above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _predict_images(
+    args: argparse.Namespace,
+    images: list[tuple[_Input, Path]],
+    runner: Runner,
+    keep: torch.Tensor | None,
+    warn: Callable[[str], None],
+    progress: bool,
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """Detect in ``images`` (input, annotated copy's path) in batches of ``args.batch_size``;
+    returns ``(path, detections)`` per readable image and the count of unreadable ones."""
+    from tqdm import tqdm
+
+    from ..data.images import ImageError, load_image
+    from efficientdet.outputs.visualize import draw_detections
+
+    detector, class_names, thr = runner.detector, runner.class_names, args.score_threshold
+    max_pixels = runner.max_input_pixels
+    items: list[tuple[str, dict[str, Any]]] = []
+    failed = 0
+    bar = tqdm(total=len(images), desc="predict", unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     pending: list[tuple[_Input, Path, torch.Tensor]] = []
 
     def flush() -> None:
@@ -248,7 +286,7 @@ def _run(
         for (inp, target, img), det in zip(pending, dets):
             det = _select(det, keep)
             items.append((str(inp.path), {**det, "image_size": tuple(img.shape[1:])}))
-            if draw:
+            if not args.no_draw:
                 _save(draw_detections(img, det, class_names), target)
         bar.update(len(pending))
         pending.clear()
@@ -266,33 +304,7 @@ def _run(
             flush()
     flush()
     bar.close()
-
-    order = {str(inp.path): k for k, inp in enumerate(inputs)}  # images first, then videos, as alone
-    keyed = [((0, order[f], 0), (f, d)) for f, d in items]
-    for inp, target in videos:
-        items = []
-        try:
-            written = _predict_video(inp, target, detector, thr, keep, draw, class_names, items)
-            keyed += [((1, order[str(inp.path)], j), item) for j, item in enumerate(items)]
-        except VideoError as exc:
-            warn(f"skipped {exc}")
-            failed += 1
-            continue
-        if written is not None and not written[1]:
-            warn(f"{inp.path}: no video encoder installed; annotated frames written as PNGs to {written[0]}")
-
-    gathered = gather_to_main((keyed, failed), info)
-    if gathered is None:
-        return 1 if failed else 0  # rank 0 writes the merged file and reports
-    items = merge_in_order([shard for shard, _ in gathered])
-    failed = len(problems) + sum(n for _, n in gathered)
-    det_path = write_detections(out / f"detections.{args.format}", items, class_names)
-    num_boxes = sum(len(d["scores"]) for _, d in items)
-    total = len(inputs) + len(problems)
-    print(f"{total - failed} of {total} inputs done, {num_boxes} detections -> {det_path}")
-    if failed:
-        print(f"{failed} input(s) failed (see the warnings above)", file=sys.stderr)
-    return 1 if failed else 0
+    return items, failed
 
 
 def _predict_video(

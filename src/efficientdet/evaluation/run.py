@@ -247,18 +247,7 @@ def evaluate(
     share = dataclasses.replace(index, records=[index.records[p] for p in positions])
     if num_workers is None:
         num_workers = 0 if len(share) < 64 else min(4, os.cpu_count() or 1)
-    from tqdm import tqdm
-
-    local: list[tuple[int, tuple[int, dict[str, torch.Tensor]]]] = []  # (position, (image id, dets))
-    seen: set[str] = set()
-    where = {r.image_id: p for r, p in zip(share.records, positions)}
-    bar = dict(desc="eval", unit="batch", file=sys.stderr, disable=not progress or not info.is_main, dynamic_ncols=True)
-    batches = detection_batches(detector, share, post, batch_size, num_workers)
-    for paths, image_ids, dets in tqdm(batches, total=math.ceil(len(share) / batch_size), **bar):
-        seen.update(paths)
-        for i, d in zip(image_ids, dets):
-            kept = {k: v.detach().cpu() for k, v in d.items() if k in ("boxes", "scores", "labels")}
-            local.append((where[i], (i, kept)))
+    local, seen = _detect_share(detector, share, positions, post, batch_size, num_workers, progress and info.is_main)
     gathered = gather_to_main((local, sorted(seen)), info)
     run: EvaluationRun | Exception | None = None
     if gathered is not None:  # rank 0 (or alone): score everything, write the files
@@ -275,6 +264,32 @@ def evaluate(
         raise run
     assert run is not None
     return run
+
+
+def _detect_share(
+    detector: Any,
+    share: DatasetIndex,
+    positions: list[int],
+    post: Any,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> tuple[list[tuple[int, tuple[int, dict[str, torch.Tensor]]]], set[str]]:
+    """Detections of this process's share: ``(position in the index, (image id, dets))`` per
+    image (dets on the CPU: boxes (N, 4) xyxy pixels, scores (N,), labels (N,)), and the paths read."""
+    from tqdm import tqdm
+
+    local: list[tuple[int, tuple[int, dict[str, torch.Tensor]]]] = []
+    seen: set[str] = set()
+    where = {r.image_id: p for r, p in zip(share.records, positions)}
+    bar = dict(desc="eval", unit="batch", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    batches = detection_batches(detector, share, post, batch_size, num_workers)
+    for paths, image_ids, dets in tqdm(batches, total=math.ceil(len(share) / batch_size), **bar):
+        seen.update(paths)
+        for i, d in zip(image_ids, dets):
+            kept = {k: v.detach().cpu() for k, v in d.items() if k in ("boxes", "scores", "labels")}
+            local.append((where[i], (i, kept)))
+    return local, seen
 
 
 def _score(
