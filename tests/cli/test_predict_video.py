@@ -39,3 +39,29 @@ def test_video_in_annotated_video_out(tmp_path: Path, tiny_weights: Path) -> Non
     records = json.loads((out / "detections.json").read_text())
     assert len(records) == 6 and all(r["height"] == 96 and r["width"] == 160 for r in records)
     assert all(r["detections"] for r in records)  # threshold 0: every frame has boxes
+    assert not list(out.glob(".*"))  # the hidden temp file was renamed onto clip.mp4
+
+
+def test_a_run_that_fails_mid_video_leaves_no_truncated_video(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from efficientdet.inference.detector import Detector
+
+    clip = tmp_path / "clip.mp4"
+    _write_clip(clip, frames=6)
+    calls = {"n": 0}
+    real = Detector.__call__
+
+    def fail_on_second_batch(self: Detector, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first batch of frames is already in the encoder
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "__call__", fail_on_second_batch)
+    out = tmp_path / "out"
+    args = ["predict", str(clip), "--weights", str(tiny_weights), "--out", str(out), "--batch-size", "2"]
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    assert calls["n"] == 2
+    assert not (out / "clip.mp4").exists() and not list(out.glob(".*"))  # neither the video nor its temp

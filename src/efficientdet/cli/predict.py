@@ -353,10 +353,15 @@ def _predict_video(
             if len(chunk) >= detector.batch_size:
                 flush()
         flush()
-    finally:
-        bar.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # no truncated video (or half a frame folder) under the real name
+        raise
+    else:
         if writer is not None:
             writer.close()
+    finally:
+        bar.close()
     if index == 0:
         raise VideoError(f"{inp.path}: no frames could be decoded")
     return (writer.path, writer.is_video) if writer is not None else None

@@ -3,7 +3,9 @@
 torchvision 0.29 no longer ships video decoding, and neither backend is a dependency, so
 :func:`video_backend` says which one is present and :func:`open_video` raises a clear
 :class:`VideoError` when there is none. Writing falls back to a PNG frame sequence when no
-backend can encode (e.g. OpenCV without an MP4 encoder).
+backend can encode (e.g. OpenCV without an MP4 encoder). A video file is encoded into a hidden
+temp file beside its target and renamed onto it by ``close()``; ``abort()`` removes it, so a run
+that fails half-way never leaves a truncated video under the real name.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
+
+from ..fs import fsync_dir
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -53,6 +57,18 @@ class FrameWriter(Protocol):
     def write(self, frame: np.ndarray) -> None: ...
 
     def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def _partial(path: Path) -> Path:
+    """The hidden name a video is encoded under (same suffix: encoders pick the container by it)."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def video_backend() -> str | None:
@@ -132,15 +148,20 @@ class _PngFrames:
     def close(self) -> None:
         pass
 
+    def abort(self) -> None:
+        for n in range(self._n):  # only the frames this writer wrote
+            (self.path / f"{n:06d}.png").unlink(missing_ok=True)
+
 
 class _Cv2Writer:
     is_video = True
 
     def __init__(self, path: Path, fps: float, size_wh: tuple[int, int]) -> None:
         self._cv2 = importlib.import_module("cv2")
-        self.path = path
-        self._out = self._cv2.VideoWriter(str(path), self._cv2.VideoWriter_fourcc(*"mp4v"), fps, size_wh)
+        self.path, self._tmp = path, _partial(path)
+        self._out = self._cv2.VideoWriter(str(self._tmp), self._cv2.VideoWriter_fourcc(*"mp4v"), fps, size_wh)
         if not self._out.isOpened():
+            self._tmp.unlink(missing_ok=True)
             raise VideoError(f"{path}: OpenCV cannot encode MP4 here")
 
     def write(self, frame: np.ndarray) -> None:
@@ -148,6 +169,11 @@ class _Cv2Writer:
 
     def close(self) -> None:
         self._out.release()
+        _publish(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._out.release()
+        self._tmp.unlink(missing_ok=True)
 
 
 class _AvWriter:
@@ -155,9 +181,9 @@ class _AvWriter:
 
     def __init__(self, path: Path, fps: float, size_wh: tuple[int, int]) -> None:
         av = importlib.import_module("av")
-        self.path = path
+        self.path, self._tmp = path, _partial(path)
         self._av = av
-        self._container = av.open(str(path), mode="w")
+        self._container = av.open(str(self._tmp), mode="w")
         for codec in ("libx264", "mpeg4"):  # H.264 where FFmpeg has it, else MPEG-4 part 2
             try:
                 self._stream: Any = self._container.add_stream(codec, rate=max(1, round(fps)))
@@ -166,6 +192,7 @@ class _AvWriter:
                 continue
         else:
             self._container.close()
+            self._tmp.unlink(missing_ok=True)
             raise VideoError(f"{path}: PyAV has no MP4 encoder here")
         # yuv420p needs even sides; frames are padded by one pixel where needed.
         self._stream.width, self._stream.height = size_wh[0] + size_wh[0] % 2, size_wh[1] + size_wh[1] % 2
@@ -182,6 +209,11 @@ class _AvWriter:
         for packet in self._stream.encode():  # flush
             self._container.mux(packet)
         self._container.close()
+        _publish(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._container.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 def open_video_writer(path: Path, fps: float, size_wh: tuple[int, int]) -> FrameWriter:
