@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from efficientdet.export import OnnxDetector, export_onnx  # noqa: E402
-from efficientdet.export.onnx_passes import fold_pads  # noqa: E402
+from efficientdet.export.onnx_passes import fold_pads, reduce_means_to_pools  # noqa: E402
 from efficientdet.export.ort_graph import (  # noqa: E402
     ConstantFusionNode,
     FlatHead,
@@ -85,6 +85,49 @@ def test_pads_folded_into_convs(d0_graph):
     pads = [list(a.ints) for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "pads"]
     asymmetric = sorted(p for p in pads if p[:2] != p[2:])
     assert asymmetric == [[0, 0, 1, 1]] * 3 + [[1, 1, 2, 2]] * 2
+
+
+def test_squeeze_excite_means_are_global_pools(d0_graph):
+    """B0's 16 squeeze-excite means: ReduceMean -> GlobalAveragePool (a quantized kernel in ORT);
+    the outputs of this graph equal eager in test_fusion_weights_are_constants."""
+    ops = _ops(onnx.load(str(d0_graph[1])))
+    assert "ReduceMean" not in ops and ops.count("GlobalAveragePool") == 16
+
+
+def _reduce_mean_model(axes: list[int], keepdims: int, rank: int, opset: int) -> onnx.ModelProto:
+    shape = [2, 3, 5, 7, 4][:rank]
+    attrs = {"keepdims": keepdims}
+    inputs = ["x"]
+    nodes = []
+    if opset >= 18:  # axes as an input, from a Constant node
+        nodes.append(helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array(axes, np.int64))))
+        inputs.append("axes")
+    else:
+        attrs["axes"] = axes
+    nodes.append(helper.make_node("ReduceMean", inputs, ["y"], **attrs))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset, axes", [(17, [2, 3]), (18, [2, 3]), (18, [-1, -2])])
+def test_reduce_mean_to_global_pool_exact(opset, axes):
+    proto = _reduce_mean_model(axes, 1, 4, opset)
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 7)).astype(np.float32)
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert reduce_means_to_pools(proto) == 1
+    assert _ops(proto) == ["GlobalAveragePool"]
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert got.shape == (2, 3, 1, 1) and np.abs(got - want).max() < 1e-6
+
+
+@pytest.mark.parametrize("axes, keepdims, rank", [([2, 3], 0, 4), ([1, 2], 1, 4), ([2, 3], 1, 5), ([3], 1, 4)])
+def test_other_reduce_means_are_left_alone(axes, keepdims, rank):
+    """Not the spatial mean of a 4-D map with its dims kept: GlobalAveragePool would differ."""
+    proto = _reduce_mean_model(axes, keepdims, rank, 17)
+    assert reduce_means_to_pools(proto) == 0 and _ops(proto) == ["ReduceMean"]
 
 
 def test_heads_flattened_by_one_matmul(d0_graph):

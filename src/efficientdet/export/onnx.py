@@ -53,7 +53,7 @@ from .metadata import (
     OnnxMetadata,
     read_onnx_metadata,
 )
-from .onnx_passes import fold_pads
+from .onnx_passes import fold_pads, reduce_means_to_pools
 from .ort_graph import export_network
 from .tracing import ExportError, image_size_for, inference_copy, set_output_shapes, to_proto
 
@@ -111,6 +111,7 @@ def export_onnx(
     example = torch.zeros(batch_size, 3, *size)
     proto = to_proto(net, (example,), ["images"], list(RAW_OUTPUTS), opset, dynamic_batch, dynamo)
     fold_pads(proto)  # the TorchScript exporter's explicit "same" padding
+    reduce_means_to_pools(proto)  # squeeze-excite means: a quantized kernel, ORT's blocked layout
     batch: int | str = "batch" if dynamic_batch else batch_size
     num_anchors = config.anchors.num_anchors * sum(
         feature_size(size[0], level) * feature_size(size[1], level)

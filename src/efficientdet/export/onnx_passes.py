@@ -12,6 +12,11 @@ The BiFPN's "same" max pooling of an odd-sized map pads with -inf the same way; 
 own ``pads`` never win the max, so that ``Pad`` folds into the pool. Besides the copy this
 removes a tensor holding -inf, which int8 calibration would otherwise turn into an infinite
 quantization scale.
+
+Squeeze-and-excitation takes the spatial mean of a map (``x.mean((2, 3), keepdim=True)``), which
+exports as ``ReduceMean``. ONNX Runtime has no quantized ``ReduceMean``, so an int8 graph runs it
+in float between a dequantize and a quantize; ``GlobalAveragePool`` computes the same and has a
+quantized kernel (``QLinearGlobalAveragePool``): ``reduce_means_to_pools`` swaps them.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fold_pads", "remove_unused_nodes"]
+__all__ = ["fold_pads", "reduce_means_to_pools", "remove_unused_nodes"]
 
 # Ops whose output is a function of their inputs' values only (no shapes of run-time tensors).
 _FOLDABLE = {"Constant", "Cast", "Concat", "ConstantOfShape", "Reshape", "Slice", "Transpose", "Unsqueeze",
@@ -101,6 +106,40 @@ def fold_pads(proto: Any) -> int:
     if folded:
         remove_unused_nodes(proto)
     return len(folded)
+
+
+def reduce_means_to_pools(proto: Any) -> int:
+    """Replace (in place) each ``ReduceMean`` over the spatial axes of a 4-D map with
+    ``keepdims=1`` by ``GlobalAveragePool``; returns the number replaced. Exact: both are the mean
+    over H and W, shape [N, C, 1, 1]."""
+    import onnx
+    from onnx import helper
+
+    graph = proto.graph
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input]
+             if v.type.tensor_type.HasField("shape")}  # fmt: skip
+    producers = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    replaced = 0
+    for index, node in enumerate(graph.node):
+        if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")  # opset < 18: an attribute; from 18: the second input
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = _constant_value(node.input[1], producers, inits, {})
+        if axes is None or attrs.get("keepdims", 1) != 1:
+            continue
+        if sorted(int(a) % 4 for a in np.asarray(axes).reshape(-1)) != [2, 3]:
+            continue
+        pool = helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name)
+        graph.node.remove(node)
+        graph.node.insert(index, pool)
+        replaced += 1
+    if replaced:
+        remove_unused_nodes(proto)  # the axes constants
+    return replaced
 
 
 def remove_unused_nodes(proto: Any) -> int:
