@@ -159,3 +159,37 @@ def test_calibration_files_spread_over_the_set(tmp_path: Path) -> None:
     picked = calibration_files(tmp_path, 3)
     assert [p.name for p in picked] == ["00.png", "03.png", "06.png"]
     assert len(calibration_files(tmp_path, 50)) == 10
+
+
+def test_calibration_stride_divides_the_set() -> None:
+    from efficientdet.export.quantize import CALIBRATION_CHUNK, calibration_stride
+
+    assert [calibration_stride(n) for n in (1, 7, 8, 16, 97, 100, 12)] == [1, 7, 8, 8, 1, 5, 6]
+    assert all(100 % calibration_stride(100) == 0 and calibration_stride(n) <= CALIBRATION_CHUNK for n in range(1, 200))
+
+
+def test_chunked_calibration_sees_every_image(tmp_path: Path) -> None:
+    """Ranges are taken over all images, chunk by chunk: only the first of 16 images holds the
+    input's maximum (8.0), so a calibration that dropped a chunk would give a scale 8x too small
+    (ONNX Runtime's ``CalibMaxIntermediateOutputs`` did exactly that)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from efficientdet.export.quantize import quantize_network
+
+    conv = helper.make_node("Conv", ["images", "w"], ["y"], name="conv")
+    graph = helper.make_graph(
+        [conv], "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w")],
+    )  # fmt: skip
+    raw = tmp_path / "raw.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), raw)
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(0.0, 1.0, (1, 1, 4, 4)).astype(np.float32) for _ in range(16)]
+    batches[0][0, 0, 0, 0] = 8.0
+    out = quantize_network(raw, tmp_path / "int8.onnx", batches, Int8Options(float_groups=()))
+    proto = onnx.load(out)
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images")
+    assert inits[q.input[1]] == pytest.approx(8.0 / 255, rel=1e-3)  # uint8: [0, 8] over 255 steps
