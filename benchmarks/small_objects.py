@@ -49,7 +49,9 @@ def _train(name: str, train_json: Path, out: Path, args: argparse.Namespace, ext
     overrides = {
         "model": "efficientdet_lite0", "image_size": args.image_size, "data.train": str(train_json),
         "data.workers": 1, "batch_size": args.batch_size, "epochs": 10000, "time_budget_minutes": args.minutes,
-        "eval_every": 0, "output": str(out / name), "log_every": 20, **extra,
+        "eval_every": 0, "output": str(out / name), "log_every": 20,
+        "augment.policy": "none",  # as measured in docs/small_objects.md (before v0 joined the preset)
+        **extra,
     }  # fmt: skip
     cfg = load_train_config(None, overrides, preset="finetune")
     t0 = time.time()
