@@ -41,7 +41,8 @@ def _temp_file(path: Path) -> tuple[int, Path]:
     return fd, Path(tmp)
 
 
-def _commit(tmp: Path, path: Path) -> None:
+def commit_file(tmp: Path, path: Path) -> None:
+    """Rename a finished temp file (beside ``path``) onto ``path``, durably."""
     os.replace(tmp, path)
     fsync_dir(path.parent)  # the rename itself survives a power loss
 
@@ -59,7 +60,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -
             yield f
             f.flush()
             os.fsync(f.fileno())  # some filesystems report a full disk only here
-        _commit(tmp, path)
+        commit_file(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -83,7 +84,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(fd)  # the data on disk before the rename makes it visible
         finally:
             os.close(fd)
-        _commit(tmp, path)
+        commit_file(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from ..fs import fsync_dir
+from ..fs import commit_file
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -64,11 +64,6 @@ class FrameWriter(Protocol):
 def _partial(path: Path) -> Path:
     """The hidden name a video is encoded under (same suffix: encoders pick the container by it)."""
     return path.with_name(f".{path.stem}.partial{path.suffix}")
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def video_backend() -> str | None:
@@ -169,7 +164,7 @@ class _Cv2Writer:
 
     def close(self) -> None:
         self._out.release()
-        _publish(self._tmp, self.path)
+        commit_file(self._tmp, self.path)
 
     def abort(self) -> None:
         self._out.release()
@@ -209,7 +204,7 @@ class _AvWriter:
         for packet in self._stream.encode():  # flush
             self._container.mux(packet)
         self._container.close()
-        _publish(self._tmp, self.path)
+        commit_file(self._tmp, self.path)
 
     def abort(self) -> None:
         self._container.close()
