@@ -41,26 +41,33 @@ def _images(folder: Path, count: int) -> Path:
     return folder
 
 
-def test_export_int8_runs_with_the_onnxruntime_backend(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture) -> None:
-    """export --int8 on a folder of images, then predict and eval run the file like any graph."""
+@pytest.mark.parametrize("quantizer, backend", [("nncf", "openvino"), ("onnxruntime", "onnxruntime")])
+def test_export_int8_runs_with_its_backend(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture, quantizer: str, backend: str
+) -> None:
+    """export --int8 on a folder of images, then predict and eval run the file like any graph
+    (NNCF's file in OpenVINO, ONNX Runtime's in ONNX Runtime; eval --compare: float next to it)."""
+    if quantizer == "nncf":
+        pytest.importorskip("nncf")
     from efficientdet.data.synthetic import make_synthetic_dataset
     from efficientdet.export import read_onnx_metadata
 
     data = make_synthetic_dataset(tmp_path / "data", num_images=4, image_size=(96, 128), seed=1)
     out = tmp_path / "model.int8.onnx"
     args = ["export", "--weights", str(tiny_weights), "--out", str(out), "--image-size", "128", "--int8",
-            "--calibration", str(data), "--calibration-images", "3", "--keep-float", "heads,stem"]  # fmt: skip
+            "--quantizer", quantizer, "--calibration", str(data), "--calibration-images", "3",
+            "--keep-float", "heads,stem"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "int8: 3 calibration images" in printed and "float: heads, stem" in printed
+    assert f"int8 by {quantizer}: 3 calibration images" in printed and "float: heads, stem" in printed
     assert read_onnx_metadata(out).int8["float_groups"] == ["heads", "stem"]
-    assert main(["predict", str(data.parent / "images"), "--weights", str(out), "--backend", "onnxruntime",
+    assert main(["predict", str(data.parent / "images"), "--weights", str(out), "--backend", backend,
                  "--out", str(tmp_path / "preds"), "--no-draw"]) == 0  # fmt: skip
     capsys.readouterr()
-    assert main(["eval", str(data), "--weights", str(out), "--backend", "onnxruntime", "--out", str(tmp_path / "ev"),
+    assert main(["eval", str(data), "--weights", str(out), "--backend", backend, "--out", str(tmp_path / "ev"),
                  "--compare", str(tiny_weights), "--quiet"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    assert "(onnxruntime, int8)" in printed and "difference (first - second)" in printed
+    assert f"({backend}, int8)" in printed and "difference (first - second)" in printed
     import json
 
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -76,6 +83,7 @@ def test_export_int8_runs_with_the_onnxruntime_backend(tmp_path: Path, tiny_weig
         (["--int8", "--calibration", "EMPTY"], "no images"),
         (["--int8", "--calibration", "BROKEN"], "none of the 2 images could be read"),
         (["--int8", "--calibration", "MISSING"], "no such file or folder"),
+        (["--int8", "--calibration", "IMAGES", "--calibration-method", "entropy"], "apply to --quantizer onnxruntime"),
     ],
 )
 def test_export_int8_bad_input(
@@ -93,3 +101,18 @@ def test_export_int8_bad_input(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith("model")]
+
+
+def test_nncf_graph_in_onnxruntime_is_a_clear_error(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture) -> None:
+    """NNCF's int8 file is for OpenVINO (ONNX Runtime cannot run every NNCF graph): predict
+    --backend onnxruntime says so and which backend to use."""
+    pytest.importorskip("nncf")
+    images = _images(tmp_path / "IMAGES", 2)
+    out = tmp_path / "model.int8.onnx"
+    assert main(["export", "--weights", str(tiny_weights), "--out", str(out), "--image-size", "128", "--int8",
+                 "--calibration", str(images)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["predict", str(images), "--weights", str(out), "--backend", "onnxruntime",
+                 "--out", str(tmp_path / "preds")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "quantized by NNCF for OpenVINO" in err and "--backend openvino" in err and err.count("\n") == 1

@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from efficientdet.export import OnnxDetector, export_onnx  # noqa: E402
-from efficientdet.export.onnx_passes import fold_pads, reduce_means_to_pools  # noqa: E402
+from efficientdet.export.onnx_passes import ceil_pools_to_pads, fold_pads, reduce_means_to_pools  # noqa: E402
 from efficientdet.export.ort_graph import (  # noqa: E402
     ConstantFusionNode,
     FlatHead,
@@ -254,3 +254,32 @@ def test_flat_head_equals_flattened_head(make_model):
 def test_onnx_detector_does_not_spin(d0_graph):
     session = OnnxDetector(d0_graph[1]).session
     assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+@pytest.mark.parametrize("kernel, stride", [(3, 2), (4, 3), (2, 2)])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8])
+def test_ceil_pools_to_pads_exact(kernel: int, stride: int, size: int) -> None:
+    """Ceil-mode pooling written as end pads: same output (shape and values) for every size,
+    including maps smaller than the kernel (the BiFPN's P6 -> P7 on a 128 px input)."""
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[kernel, kernel], strides=[stride, stride], ceil_mode=1)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, size, size + 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.random.default_rng(size).standard_normal((1, 2, size, size + 1)).astype(np.float32) - 3.0
+    want = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
+    assert ceil_pools_to_pads(proto) == 1
+    attrs = {a.name: helper.get_attribute_value(a) for a in proto.graph.node[0].attribute}
+    assert attrs["ceil_mode"] == 0
+    got = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_exported_pools_have_no_ceil_mode(d0_graph):
+    proto = onnx.load(d0_graph[1])
+    pools = [n for n in proto.graph.node if n.op_type == "MaxPool"]
+    assert pools and all(
+        helper.get_attribute_value(a) == 0 for n in pools for a in n.attribute if a.name == "ceil_mode"
+    )

@@ -1,5 +1,6 @@
-"""Int8 export: a model with learned weights keeps its detections and its raw outputs within
-the tolerance uint8 activations allow; bad calibration input fails cleanly."""
+"""Int8 export, both quantizers (NNCF run in OpenVINO, ONNX Runtime's run in ONNX Runtime): a
+model with learned weights keeps its detections and its raw outputs within the tolerance 8-bit
+activations allow; bad calibration input fails cleanly."""
 
 from __future__ import annotations
 
@@ -20,6 +21,16 @@ from efficientdet.export.quantize import FLOAT_GROUPS, Int8Options, export_int8,
 from efficientdet.ops.boxes import box_iou  # noqa: E402
 
 SIZE = 128
+QUANTIZERS = ["nncf", "onnxruntime"]
+
+
+def runtime(path: Path, quantizer: str | None = None) -> OnnxDetector:
+    """The detector a quantizer's file runs in (float graphs: ONNX Runtime)."""
+    if quantizer == "nncf":
+        from efficientdet.export.openvino import OpenVinoDetector
+
+        return OpenVinoDetector(path)
+    return OnnxDetector(path)
 
 
 @pytest.fixture(scope="module")
@@ -49,25 +60,35 @@ def learned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     return root / "run" / "last.safetensors", root / "data" / "images", root / "data" / "val.json"
 
 
-@pytest.fixture(scope="module")
-def graphs(learned: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(float raw graph, int8 raw graph) of the learned model, calibrated on the train images."""
+@pytest.fixture(scope="module", params=QUANTIZERS)
+def graphs(
+    request: pytest.FixtureRequest, learned: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, str]:
+    """(float raw graph, int8 raw graph, quantizer) of the learned model, calibrated on the
+    train images."""
+    quantizer = request.param
+    if quantizer == "nncf":
+        pytest.importorskip("nncf")
+        pytest.importorskip("openvino")
     weights, images, _ = learned
-    out = tmp_path_factory.mktemp("graphs")
+    out = tmp_path_factory.mktemp(f"graphs-{quantizer}")
     model = create_model(weights=weights).eval()
     float_path = export_onnx(model, out / "float.onnx", dynamo=False)
     calib = load_calibration_images(calibration_files(images, 24))
-    int8_path = export_int8(model, out / "int8.onnx", calib, Int8Options(calibration_images=24))
-    return float_path, int8_path
+    options = Int8Options(quantizer=quantizer, calibration_images=24)
+    int8_path = export_int8(model, out / "int8.onnx", calib, options)
+    return float_path, int8_path, quantizer
 
 
-def test_int8_graph_is_quantized_and_says_so(graphs: tuple[Path, Path]) -> None:
+def test_int8_graph_is_quantized_and_says_so(graphs: tuple[Path, Path, str]) -> None:
     import onnx
 
-    _, int8_path = graphs
+    _, int8_path, quantizer = graphs
     meta = read_onnx_metadata(int8_path)
     assert meta.int8 is not None and meta.int8["calibration_images"] == 24
     assert meta.int8["float_groups"] == ["heads"]
+    assert meta.int8["quantizer"] == quantizer
+    assert meta.int8["runtime"] == ("openvino" if quantizer == "nncf" else "onnxruntime")
     proto = onnx.load(os.fspath(int8_path))
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -76,15 +97,15 @@ def test_int8_graph_is_quantized_and_says_so(graphs: tuple[Path, Path]) -> None:
     assert read_onnx_metadata(graphs[0]).int8 is None
 
 
-def test_int8_detections_match_float(learned: tuple[Path, Path, Path], graphs: tuple[Path, Path]) -> None:
+def test_int8_detections_match_float(learned: tuple[Path, Path, Path], graphs: tuple[Path, Path, str]) -> None:
     """Top detections (float score >= 0.5) of held-out images like the calibration ones: the
     int8 model finds each (among its detections >= 0.3) with the same label and IoU > 0.9."""
     from efficientdet.data.formats import read_dataset
 
     _, _, val = learned
     images = [r.image_path for r in read_dataset(val).records]
-    float_dets = OnnxDetector(graphs[0])(images, score_threshold=0.5)
-    int8_dets = OnnxDetector(graphs[1])(images, score_threshold=0.3)
+    float_dets = runtime(graphs[0])(images, score_threshold=0.5)
+    int8_dets = runtime(graphs[1], graphs[2])(images, score_threshold=0.3)
     checked = 0
     for want, got in zip(float_dets, int8_dets):
         for box, label in zip(want["boxes"], want["labels"]):
@@ -95,32 +116,41 @@ def test_int8_detections_match_float(learned: tuple[Path, Path, Path], graphs: t
     assert checked >= len(images) // 2  # the model learned: confident boxes to compare
 
 
-def test_int8_raw_outputs_within_quantization_tolerance(learned: tuple[Path, Path, Path], graphs: tuple[Path, Path]) -> None:
-    """Class logits and box codes of the int8 graph vs the float graph.
+def test_int8_raw_outputs_within_quantization_tolerance(
+    learned: tuple[Path, Path, Path], graphs: tuple[Path, Path, str]
+) -> None:
+    """Class logits and box codes of the int8 graph (in its runtime) vs the float graph.
 
-    Tolerance: each uint8 activation tensor has a step of range / 255, i.e. a rounding error
-    of up to 1/510 of its range, and ~60 quantized layers compound such errors roughly like
-    a random walk (sqrt(60) ~ 8 steps, ~1.5% of a range). Measured here: 0.035 in sigmoid
-    score at the anchors the float model is confident about, and a mean absolute box-code
-    error of 4% of the codes' spread; we allow 0.06 and 10%.
+    Tolerance, ONNX Runtime: its min-max ranges cover every calibration value, so each 8-bit
+    activation tensor rounds by at most half a step (1/510 of its range), and ~60 quantized
+    layers compound such errors roughly like a random walk (sqrt(60) ~ 8 half-steps, ~1.5% of a
+    range). Measured: 0.035 in sigmoid score at the anchors the float model is confident about,
+    a mean absolute box-code error of 4% of the codes' spread; we allow 0.06 and 10%.
+
+    NNCF: its activation ranges are the per-image min/max averaged over the images, so the
+    largest activations of an image (those of its most confident anchors) are clipped as well as
+    rounded. Measured: 0.095 and 4.8% here (0.098 max, 0.023 mean on the raccoon Lite0); we
+    allow 0.15 and 10%. Its detections still match (the test above) and its COCO AP stays within
+    0.01 (docs/quantization.md).
     """
-    import onnxruntime as ort
-
     _, _, val = learned
     from efficientdet.data.formats import read_dataset
 
-    runtime = OnnxDetector(graphs[0])
-    batch = runtime.prepare([load_calibration_images([r.image_path])[0] for r in read_dataset(val).records]).inputs
-    outs = [ort.InferenceSession(os.fspath(p)).run(None, {"images": batch.numpy()}) for p in graphs]
-    (f_cls, f_box), (q_cls, q_box) = outs
+    float_path, int8_path, quantizer = graphs
+    reference = runtime(float_path)
+    batch = reference.prepare([load_calibration_images([r.image_path])[0] for r in read_dataset(val).records]).inputs
+    f_cls, f_box = reference.run(batch)
+    q_cls, q_box = runtime(int8_path, quantizer).run(batch)
     f_score, q_score = 1 / (1 + np.exp(-f_cls)), 1 / (1 + np.exp(-q_cls))
     confident = f_score > 0.3
     assert confident.any()
-    assert np.abs(f_score - q_score)[confident].max() < 0.06
+    print(f"{quantizer}: score error {np.abs(f_score - q_score)[confident].max():.4f}, "
+          f"box error {np.abs(f_box - q_box).mean() / f_box.std():.4f} of the spread")  # fmt: skip
+    assert np.abs(f_score - q_score)[confident].max() < (0.15 if quantizer == "nncf" else 0.06)
     assert np.abs(f_box - q_box).mean() < 0.10 * f_box.std()
 
 
-def test_float_groups_name_real_nodes(graphs: tuple[Path, Path]) -> None:
+def test_float_groups_name_real_nodes(graphs: tuple[Path, Path, str]) -> None:
     import onnx
 
     proto = onnx.load(os.fspath(graphs[0]))
@@ -149,6 +179,11 @@ def test_options_refuse_bad_values() -> None:
         Int8Options(method="kl")
     with pytest.raises(ValueError, match="calibration-images"):
         Int8Options(calibration_images=0)
+    with pytest.raises(ValueError, match="unknown quantizer"):
+        Int8Options(quantizer="tensorrt")
+    with pytest.raises(ValueError, match="--quantizer onnxruntime"):
+        Int8Options(method="percentile")  # NNCF (the default) takes its own ranges
+    assert Int8Options(quantizer="onnxruntime", method="percentile").method == "percentile"
 
 
 def test_calibration_files_spread_over_the_set(tmp_path: Path) -> None:
@@ -188,7 +223,8 @@ def test_chunked_calibration_sees_every_image(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     batches = [rng.uniform(0.0, 1.0, (1, 1, 4, 4)).astype(np.float32) for _ in range(16)]
     batches[0][0, 0, 0, 0] = 8.0
-    out = quantize_network(raw, tmp_path / "int8.onnx", batches, Int8Options(float_groups=()))
+    options = Int8Options(quantizer="onnxruntime", float_groups=())
+    out = quantize_network(raw, tmp_path / "int8.onnx", batches, options)
     proto = onnx.load(out)
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images")

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 # Backends that ``--backends`` accepts, and the reference's name (effdet). Defined here, not in
 # pipelines.py, so that the CLI's parser lists them without importing torch.
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-nms", "onnxruntime-int8")
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-nms", "onnxruntime-int8", "openvino", "openvino-int8")
+INT8_BACKENDS: tuple[str, ...] = ("onnxruntime-int8", "openvino-int8")
 REFERENCE = "effdet"
 
 _LAZY = {
@@ -35,4 +36,4 @@ _LAZY = {
 }
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
-__all__ = ["BACKENDS", "REFERENCE", "BenchmarkResult", "BenchmarkRow", "check_backends", "render_table", "run_benchmark"]
+__all__ = ["BACKENDS", "INT8_BACKENDS", "REFERENCE", "BenchmarkResult", "BenchmarkRow", "check_backends", "render_table", "run_benchmark"]

@@ -15,6 +15,10 @@ sum of the stages is what a user of that entry point waits for:
 * ``onnxruntime-int8``: ``OnnxDetector`` on the graph ``export --int8`` writes (same layout as
   ``onnxruntime``'s, the network quantized with the default options, calibrated on the
   benchmark's images or ``calibration``).
+* ``openvino``: ``efficientdet.export.OpenVinoDetector`` (float32) on ``onnxruntime``'s graph,
+  as ``predict --backend openvino`` runs it.
+* ``openvino-int8``: ``OpenVinoDetector`` on the graph ``export --int8`` writes with its default
+  quantizer (NNCF), calibrated as ``onnxruntime-int8``.
 * ``effdet`` (the reference, its predict path as its README and ``validate.py`` use it):
   Pillow decode + ``convert("RGB")``, effdet's eval transforms (``ResizePad`` +
   ``ImageToNumpy``, i.e. ``transforms_coco_eval``), stacking + normalising as its loader does,
@@ -121,32 +125,48 @@ def onnx_pipeline(
     nms_inside: bool,
     dynamo: bool,
     int8_calibration: Sequence[Path] | None = None,
+    engine: str = "onnxruntime",
 ) -> DetectorPipeline:
-    """``OnnxDetector`` on the graph ``predict --backend onnxruntime`` runs (or, for
-    ``onnxruntime-nms``, one with decoding + NMS inside, as ``export --nms`` writes; with
-    ``int8_calibration``, the int8 graph ``export --int8`` writes, calibrated on those files)."""
-    from ..export.cache import cached_onnx, onnx_providers
-    from ..export.runtime import OnnxDetector
+    """``OnnxDetector`` (``engine="openvino"``: ``OpenVinoDetector``) on the graph ``predict
+    --backend onnxruntime`` runs (or, for ``onnxruntime-nms``, one with decoding + NMS inside, as
+    ``export --nms`` writes; with ``int8_calibration``, the int8 graph ``export --int8`` writes
+    with the engine's quantizer, calibrated on those files)."""
+    from ..export.cache import cached_onnx
 
+    name = engine
     if int8_calibration is not None:
         from ..export.calibration import load_calibration_images
-        from ..export.quantize import export_int8
+        from ..export.quantize import Int8Options, export_int8
 
-        path = workdir / "model.int8.onnx"
-        export_int8(model, path, load_calibration_images(list(int8_calibration)), candidates=True)
-        detector = OnnxDetector(path, providers=onnx_providers(device), intra_op_threads=threads)
-        return DetectorPipeline("onnxruntime-int8", detector, device)
-    if nms_inside:
+        quantizer = "nncf" if engine == "openvino" else "onnxruntime"
+        path = workdir / f"model.{quantizer}.int8.onnx"
+        images = load_calibration_images(list(int8_calibration))
+        export_int8(model, path, images, Int8Options(quantizer=quantizer), candidates=True)
+        name = f"{engine}-int8"
+    elif nms_inside:
         from ..export import attach_postprocess, export_onnx
 
         raw, path = workdir / "model.onnx", workdir / "model.nms.onnx"
         export_onnx(model, raw, dynamic_batch=True, dynamo=dynamo, check=False)
         attach_postprocess(raw, path, dynamo=dynamo, check=False)
+        name = "onnxruntime-nms"
     else:
         path = cached_onnx(model, workdir, dynamo=dynamo)
-    detector = OnnxDetector(path, providers=onnx_providers(device), intra_op_threads=threads)
-    name = "onnxruntime-nms" if nms_inside else "onnxruntime"
-    return DetectorPipeline(name, detector, device, network_only=not nms_inside)
+    return DetectorPipeline(name, _graph_detector(engine, path, device, threads), device, network_only=not nms_inside)
+
+
+def _graph_detector(engine: str, path: Path, device: torch.device, threads: int) -> ImageDetector:
+    from ..export.cache import onnx_providers
+
+    if engine == "openvino":
+        from ..export.openvino import OpenVinoDetector
+
+        if device.type != "cpu":
+            raise ValueError("the openvino backends run on the CPU only (--device cpu)")
+        return OpenVinoDetector(path, intra_op_threads=threads)
+    from ..export.runtime import OnnxDetector
+
+    return OnnxDetector(path, providers=onnx_providers(device), intra_op_threads=threads)
 
 
 class EffdetPipeline(Pipeline):
@@ -220,15 +240,18 @@ def make_pipeline(
     calibration: Sequence[Path] = (),
 ) -> Pipeline:
     """Set up ``backend`` (export, fold, quantize, open a session); not timed. ``calibration``:
-    image files for ``onnxruntime-int8``."""
+    image files for the int8 backends."""
     if backend == "torch":
         return torch_pipeline(model, device, compile=compile)
     if backend in ("onnxruntime", "onnxruntime-nms"):
         return onnx_pipeline(model, device, threads, workdir, backend == "onnxruntime-nms", onnx_exporter == "dynamo")
-    if backend == "onnxruntime-int8":
+    if backend == "openvino":
+        return onnx_pipeline(model, device, threads, workdir, False, onnx_exporter == "dynamo", engine="openvino")
+    if backend in ("onnxruntime-int8", "openvino-int8"):
         if not calibration:
-            raise ValueError("the onnxruntime-int8 backend needs calibration images")
-        return onnx_pipeline(model, device, threads, workdir, False, False, int8_calibration=calibration)
+            raise ValueError(f"the {backend} backend needs calibration images")
+        engine = backend.removesuffix("-int8")
+        return onnx_pipeline(model, device, threads, workdir, False, False, int8_calibration=calibration, engine=engine)
     if backend == REFERENCE:
         if reference is None:
             raise ValueError("the effdet pipeline needs the reference model")

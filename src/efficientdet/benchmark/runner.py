@@ -17,12 +17,16 @@ import torch
 
 from efficientdet.benchmark.heap import steady_heap as apply_steady_heap
 from .measure import MemoryProbe, Timing, float_matmul_gflops, stopwatch, synthetic_images, time_calls
+from . import INT8_BACKENDS
 from .pipelines import BACKENDS, REFERENCE, Pipeline, image_files, make_pipeline
 
 __all__ = ["BenchmarkResult", "BenchmarkRow", "check_backends", "run_benchmark"]
 
 STAGES = ("decode", "preprocess", "network", "postprocess")
-_PACKAGES = {"onnxruntime": "onnxruntime", "onnxruntime-nms": "onnxruntime", "onnxruntime-int8": "onnxruntime", REFERENCE: "effdet"}
+_PACKAGES = {
+    "onnxruntime": "onnxruntime", "onnxruntime-nms": "onnxruntime", "onnxruntime-int8": "onnxruntime",
+    "openvino": "openvino", "openvino-int8": "nncf", REFERENCE: "effdet",
+}  # fmt: skip
 
 
 @dataclass
@@ -115,8 +119,12 @@ def _versions(backends: Sequence[str], compare_effdet: bool) -> dict[str, str]:
     out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
     from importlib.metadata import version
 
-    if any(b.startswith("onnxruntime") for b in backends):
-        out["onnxruntime"] = version("onnxruntime")
+    if any(b.startswith(("onnxruntime", "openvino")) for b in backends):
+        out["onnxruntime"] = version("onnxruntime")  # the exports are checked in it
+    if any(b.startswith("openvino") for b in backends):
+        out["openvino"] = version("openvino")
+    if "openvino-int8" in backends:
+        out["nncf"] = version("nncf")
     if compare_effdet:
         out["effdet"] = version("effdet")
     return out
@@ -199,7 +207,7 @@ def run_benchmark(
     speed drifts slows every backend alike; peak memory then comes from the first round.
     ``steady_heap``: first apply :func:`efficientdet.benchmark.heap.steady_heap` (glibc keeps freed memory, so no
     backend's timing depends on page faults; process-wide and permanent; the CLI's default).
-    ``calibration``: the ``onnxruntime-int8`` backend's calibration data (a dataset or a folder
+    ``calibration``: the int8 backends' calibration data (a dataset or a folder
     of images, as ``export --calibration``; default the benchmark's images).
     See :class:`BenchmarkRow` and :class:`BenchmarkResult` for the definitions.
     """
@@ -303,8 +311,8 @@ def run_benchmark(
 def _calibration_files(
     backends: Sequence[str], calibration: str | os.PathLike[str] | None, files: list[Path]
 ) -> list[Path]:
-    """The int8 backend's calibration images (checked before any model is built)."""
-    if "onnxruntime-int8" not in backends:
+    """The int8 backends' calibration images (checked before any model is built)."""
+    if not set(INT8_BACKENDS) & set(backends):
         return []
     if calibration is None:
         return files
@@ -367,23 +375,25 @@ def _notes(result: BenchmarkResult, compare_effdet: bool, exporter: str) -> list
             "faults/img shows how much)."
         ),
     ]
-    if any(r.backend.startswith("onnxruntime") for r in result.rows):
+    if any(r.backend.startswith(("onnxruntime", "openvino")) for r in result.rows):
         notes.append(
-            f"ONNX graphs: exported with the {exporter} exporter, dynamic batch, BatchNorm folded; "
-            "onnxruntime's graph also selects the max_candidates anchors with the highest class logit "
-            "(as --backend onnxruntime; its network rows include that); onnxruntime-nms has NMS in the "
-            "graph (its net stage includes it; no network-only rows)."
+            f"ONNX graphs: exported with the {exporter} exporter (int8: torchscript), dynamic batch, BatchNorm "
+            "folded; the onnxruntime and openvino graphs also select the max_candidates anchors with the highest "
+            "class logit (as --backend onnxruntime/openvino; their network rows include that); onnxruntime-nms "
+            "has NMS in the graph (its net stage includes it; no network-only rows). openvino runs the same "
+            "float graph as onnxruntime in OpenVINO, float32."
         )
     if "random" in result.weights:
         notes.append(
             "random weights, BatchNorm statistics calibrated on the benchmark images: the top max_candidates "
             "(5000) scores all pass the 0.001 threshold, so NMS gets the full load of COCO evaluation settings."
         )
-    if "onnxruntime-int8" in {r.backend for r in result.rows}:
+    if set(INT8_BACKENDS) & {r.backend for r in result.rows}:
         notes.append(
-            "onnxruntime-int8: the onnxruntime graph with its network quantized as `export --int8` does "
-            "(QDQ, int8 per-channel weights, uint8 activations, heads' last layers float), calibrated on "
-            "the benchmark's images unless --calibration is given."
+            "int8 rows: the candidates graph with its network quantized as `export --int8` does (QDQ, int8 "
+            "per-channel weights, heads' last layers float), calibrated on the benchmark's images unless "
+            "--calibration is given: openvino-int8 by NNCF (`--quantizer nncf`, the default) run in OpenVINO; "
+            "onnxruntime-int8 by ONNX Runtime (`--quantizer onnxruntime`, uint8 activations) run in ONNX Runtime."
         )
     if result.matmul_gflops:
         notes.append(

@@ -1,8 +1,8 @@
 """What ``predict`` and ``eval`` share: model/backend arguments, loading, the input-size limit.
 
-``--backend onnxruntime`` runs the network in ONNX Runtime and everything else (pre-processing,
-decoding, NMS with the user's thresholds and ``--nms``) as the torch backend does, so both give
-the same detections. ``--weights`` is then either an ``.onnx`` file written by ``efficientdet
+``--backend onnxruntime`` runs the network in ONNX Runtime (``--backend openvino``: in OpenVINO,
+CPU only) and everything else (pre-processing, decoding, NMS with the user's thresholds and
+``--nms``) as the torch backend does, so all give the same detections. ``--weights`` is then either an ``.onnx`` file written by ``efficientdet
 export`` (used as is: its metadata gives input size, mean/std, class names) or ordinary
 weights, which are exported once without NMS into ``--onnx-cache`` (default ``<out>/onnx-cache``)
 and reused while the weights file and the model options are unchanged
@@ -36,7 +36,8 @@ __all__ = [
     "too_large_message",
 ]
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
+GRAPH_BACKENDS = ("onnxruntime", "openvino")  # run an exported .onnx graph
 
 
 def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = None) -> None:
@@ -51,7 +52,8 @@ def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = Non
     p.add_argument("--model", default=None, help="model name, when the weights do not say (effdet .pth files)")
     p.add_argument(
         "--backend", choices=BACKENDS, default="torch",
-        help="run the network in torch, or in ONNX Runtime (exports the weights once, see --onnx-cache)",
+        help="run the network in torch, ONNX Runtime or OpenVINO (CPU); the last two export the weights once "
+             "(see --onnx-cache) or run an exported .onnx, float or int8",
     )  # fmt: skip
     p.add_argument("--onnx-cache", default=None, help="folder for exported ONNX graphs (default <out>/onnx-cache)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
@@ -161,10 +163,10 @@ def build_runner(args: argparse.Namespace, out: Path, device: torch.device | Non
 
 
 def _build_runner(args: argparse.Namespace, out: Path, device: torch.device | None) -> Runner:
-    if args.backend == "onnxruntime":
+    if args.backend in GRAPH_BACKENDS:
         return _onnx_runner(args, out)
     if str(args.weights).lower().endswith(".onnx"):
-        raise ValueError(f"--weights {args.weights}: an ONNX graph runs only with --backend onnxruntime")
+        raise ValueError(f"--weights {args.weights}: an ONNX graph runs only with --backend onnxruntime or openvino")
     device = device or resolve_device(args.device)
     model = load_model(args.weights, args.model, args.image_size, args.max_input_pixels)
     detector = make_detector(model, args, device)
@@ -173,7 +175,7 @@ def _build_runner(args: argparse.Namespace, out: Path, device: torch.device | No
 
 def _onnx_runner(args: argparse.Namespace, out: Path) -> Runner:
     if getattr(args, "tta", False):
-        raise ValueError("--tta is not available with --backend onnxruntime (the graph has a fixed input size); "
+        raise ValueError(f"--tta is not available with --backend {args.backend} (the graph has a fixed input size); "
                          "use --backend torch for test-time augmentation")  # fmt: skip
     if args.max_input_pixels is not None:
         _check_limit(args.max_input_pixels)
@@ -182,13 +184,19 @@ def _onnx_runner(args: argparse.Namespace, out: Path) -> Runner:
     require_onnxruntime()
     from ..export.runtime import OnnxDetector
 
-    detector = OnnxDetector.from_weights(
+    detector_class = OnnxDetector
+    if args.backend == "openvino":
+        from ..export.openvino import OpenVinoDetector, require_openvino
+
+        require_openvino()
+        detector_class = OpenVinoDetector
+    detector = detector_class.from_weights(
         args.weights, Path(args.onnx_cache) if args.onnx_cache else out / "onnx-cache", model_name=args.model,
         image_size=args.image_size, device=args.device, batch_size=args.batch_size,
         max_input_pixels=args.max_input_pixels, score_threshold=getattr(args, "score_threshold", None),
     )  # fmt: skip
     meta = detector.metadata
-    return Runner(detector, meta.config, meta.class_names, "onnxruntime", onnx_path=Path(detector.path),
+    return Runner(detector, meta.config, meta.class_names, args.backend, onnx_path=Path(detector.path),
                   nms_inside=meta.nms_inside)  # fmt: skip
 
 

@@ -178,7 +178,9 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
 
     from .common import build_runner
 
-    backend = "onnxruntime" if str(args.compare).lower().endswith(".onnx") else args.backend
+    backend = args.backend
+    if backend == "torch" and str(args.compare).lower().endswith(".onnx"):
+        backend = "onnxruntime"
     other_args = argparse.Namespace(**{**vars(args), "weights": args.compare, "backend": backend})
     other_out = out / "compare"
     other = build_runner(other_args, other_out)

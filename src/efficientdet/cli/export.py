@@ -24,13 +24,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--onnx-exporter", choices=["dynamo", "torchscript"], default="dynamo",
         help="torch.onnx exporter (torchscript: the older one, ~5x faster to export)",
     )  # fmt: skip
-    q = p.add_argument_group("int8 (ONNX Runtime, post-training static quantization)")
+    q = p.add_argument_group("int8 (post-training static quantization, QDQ ONNX)")
     q.add_argument("--int8", action="store_true", help="quantize the network to int8 (needs --calibration)")
+    q.add_argument(
+        "--quantizer", choices=["nncf", "onnxruntime"], default="nncf",
+        help="nncf (default; run the file with --backend openvino, the faster pair here) or onnxruntime "
+             "(for --backend onnxruntime)",
+    )  # fmt: skip
     q.add_argument("--calibration", metavar="DATA", help="a dataset (COCO, VOC, YOLO) or a folder of images like the ones to run on")
     q.add_argument("--calibration-images", type=int, default=100, metavar="N", help="images to calibrate on (default 100)")
     q.add_argument(
         "--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax",
-        help="how activation ranges are taken (default minmax)",
+        help="--quantizer onnxruntime: how activation ranges are taken (default minmax)",
     )  # fmt: skip
     q.add_argument(
         "--keep-float", default="heads", metavar="GROUPS",
@@ -81,11 +86,16 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
     if not args.int8:
         raise ValueError("--calibration is only used with --int8")
     if fmt != "onnx":
-        raise ValueError(f"--int8 needs --format onnx (int8 runs in ONNX Runtime); --format {args.format} has no int8 form")
+        raise ValueError(f"--int8 needs --format onnx (int8 runs in OpenVINO or ONNX Runtime); --format {args.format} has no int8 form")
     if not args.calibration:
         raise ValueError("--int8 needs --calibration DATA: a dataset or a folder of images like the ones to run on")
+    if args.quantizer == "nncf":
+        from ..export.quantize import require_nncf
+
+        require_nncf()  # before the calibration images are read
     groups = tuple(g.strip() for g in args.keep_float.split(",") if g.strip() and g.strip() != "none")
     options = Int8Options(
+        quantizer=args.quantizer,
         calibration_images=args.calibration_images,
         method=args.calibration_method,
         reduce_range=None if args.reduce_range == "auto" else args.reduce_range == "on",
@@ -102,7 +112,8 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
     size = path.stat().st_size / 1e6
     rr = "on" if options.resolved_reduce_range() else "off"
     print(
-        f"exported {model.config.name} (onnx, int8: {len(images)} calibration images, {options.method}, "
+        f"exported {model.config.name} (onnx, int8 by {options.quantizer}: {len(images)} calibration images, "
+        f"{options.method + ', ' if options.quantizer == 'onnxruntime' else ''}"
         f"float: {', '.join(groups) or 'none'}, reduce_range {rr}) -> {path} ({size:.1f} MB); checked and run once"
     )
     return 0

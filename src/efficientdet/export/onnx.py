@@ -53,7 +53,7 @@ from .metadata import (
     OnnxMetadata,
     read_onnx_metadata,
 )
-from .onnx_passes import fold_pads, reduce_means_to_pools
+from .onnx_passes import ceil_pools_to_pads, fold_pads, reduce_means_to_pools
 from .ort_graph import export_network
 from .tracing import ExportError, image_size_for, inference_copy, set_output_shapes, to_proto
 
@@ -112,6 +112,7 @@ def export_onnx(
     proto = to_proto(net, (example,), ["images"], list(RAW_OUTPUTS), opset, dynamic_batch, dynamo)
     fold_pads(proto)  # the TorchScript exporter's explicit "same" padding
     reduce_means_to_pools(proto)  # squeeze-excite means: a quantized kernel, ORT's blocked layout
+    ceil_pools_to_pads(proto)  # overhanging pool windows as pads: OpenVINO reads them
     batch: int | str = "batch" if dynamic_batch else batch_size
     num_anchors = config.anchors.num_anchors * sum(
         feature_size(size[0], level) * feature_size(size[1], level)
@@ -296,41 +297,68 @@ def _join(
 def _save(proto: Any, path: Path, batch_size: int, check: bool) -> Path:
     import onnx
 
-    with atomic_path(path) as tmp:  # never leave a half-written file at ``path``
+    with atomic_path(path) as tmp:  # never leave a half-written or failing file at ``path``
         onnx.save(proto, os.fspath(tmp))
-    if check:
-        check_onnx(path, batch_size)
+        if check:
+            check_onnx(tmp, batch_size, label=path)
     return path
 
 
-def check_onnx(path: str | os.PathLike[str], batch_size: int = 1) -> list[Any]:
-    """``onnx.checker`` + one ONNX Runtime run on zeros; returns the outputs.
+def check_onnx(
+    path: str | os.PathLike[str], batch_size: int = 1, label: str | os.PathLike[str] | None = None
+) -> list[Any]:
+    """``onnx.checker`` + one run on zeros in the graph's runtime (ONNX Runtime; OpenVINO for
+    int8 graphs quantized for it); returns the outputs. ``label``: the name errors give the file
+    (default ``path``; a temp file checked before it is renamed into place has another).
 
     Raises :class:`ExportError` naming the step that failed.
     """
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
     path = os.fspath(path)
+    name = os.fspath(label) if label is not None else path
     try:
         onnx.checker.check_model(path)
     except Exception as err:  # onnx raises its own ValidationError types
-        raise ExportError(f"{path}: onnx.checker rejected the exported model: {err}") from err
+        raise ExportError(f"{name}: onnx.checker rejected the exported model: {err}") from err
+    meta = read_onnx_metadata(path)
+    images = np.zeros((batch_size, 3, *meta.image_size), dtype=np.float32)
+    if (meta.int8 or {}).get("runtime") == "openvino":
+        return _check_openvino(path, name, meta, images)
+    import onnxruntime as ort
+
     try:
-        meta = read_onnx_metadata(path)
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        images = np.zeros((batch_size, 3, *meta.image_size), dtype=np.float32)
         result = session.run(None, {session.get_inputs()[0].name: images})
     except Exception as err:
-        raise ExportError(f"{path}: ONNX Runtime could not run the exported model: {err}") from err
+        raise ExportError(f"{name}: ONNX Runtime could not run the exported model: {err}") from err
     names = [o.name for o in session.get_outputs()]
     if tuple(names) != tuple(meta.outputs):
-        raise ExportError(f"{path}: graph outputs {names} do not match the metadata's {list(meta.outputs)}")
+        raise ExportError(f"{name}: graph outputs {names} do not match the metadata's {list(meta.outputs)}")
     for out, value in zip(session.get_outputs(), result):
         # The declared shapes are computed from the config; a graph that computes other sizes
         # (ONNX Runtime only logs a warning then) traced some shape arithmetic wrongly.
         declared = [d if isinstance(d, int) else None for d in out.shape]
         if len(declared) != value.ndim or any(d is not None and d != v for d, v in zip(declared, value.shape)):
-            raise ExportError(f"{path}: output {out.name} has shape {list(value.shape)}, expected {out.shape}")
+            raise ExportError(f"{name}: output {out.name} has shape {list(value.shape)}, expected {out.shape}")
+    return result
+
+
+def _check_openvino(path: str, name: str, meta: OnnxMetadata, images: Any) -> list[Any]:
+    """One OpenVINO run of an int8 graph quantized for it (ONNX Runtime cannot run every
+    NNCF graph: per-channel activation zero points)."""
+    try:
+        import openvino as ov
+
+        graph = ov.Core().read_model(path)
+        graph.reshape({graph.input(0): list(images.shape)})
+        request = ov.Core().compile_model(graph, "CPU").create_infer_request()
+        outputs = request.infer({0: images})
+        result = [outputs[o] for o in request.model_outputs]
+        names = [o.get_any_name() for o in request.model_outputs]
+    except Exception as err:
+        raise ExportError(f"{name}: OpenVINO could not run the exported model: {err}") from err
+    if tuple(names) != tuple(meta.outputs):
+        raise ExportError(f"{name}: graph outputs {names} do not match the metadata's {list(meta.outputs)}")
     return result

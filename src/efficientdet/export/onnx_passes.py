@@ -17,6 +17,12 @@ Squeeze-and-excitation takes the spatial mean of a map (``x.mean((2, 3), keepdim
 exports as ``ReduceMean``. ONNX Runtime has no quantized ``ReduceMean``, so an int8 graph runs it
 in float between a dequantize and a quantize; ``GlobalAveragePool`` computes the same and has a
 quantized kernel (``QLinearGlobalAveragePool``): ``reduce_means_to_pools`` swaps them.
+
+The same pooling of an even-sized map is ``MaxPool`` with ``ceil_mode=1`` and no padding; on a
+map smaller than the kernel (2x2 at P6 of a 128 px input) the window overhangs the map, which
+OpenVINO's ONNX reader rejects ("kernel larger than the data shape after padding").
+``ceil_pools_to_pads`` writes the overhang as explicit end ``pads`` (never winning the max):
+the same windows, the same output size.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fold_pads", "reduce_means_to_pools", "remove_unused_nodes"]
+__all__ = ["ceil_pools_to_pads", "fold_pads", "reduce_means_to_pools", "remove_unused_nodes"]
 
 # Ops whose output is a function of their inputs' values only (no shapes of run-time tensors).
 _FOLDABLE = {"Constant", "Cast", "Concat", "ConstantOfShape", "Reshape", "Slice", "Transpose", "Unsqueeze",
@@ -140,6 +146,46 @@ def reduce_means_to_pools(proto: Any) -> int:
     if replaced:
         remove_unused_nodes(proto)  # the axes constants
     return replaced
+
+
+def ceil_pools_to_pads(proto: Any) -> int:
+    """Rewrite (in place) each ``MaxPool`` with ``ceil_mode=1`` over a map of known size as
+    ``ceil_mode=0`` with the end ``pads`` that give the same windows; returns the number rewritten.
+
+    Per spatial side of size H (begin/end pads b, e, kernel k, stride s, no dilation): ceil mode
+    gives ``out = ceil((H + b + e - k) / s) + 1`` windows, less one if the last would start in the
+    end padding; end padding ``(out - 1) * s + k - H - b`` gives the same ``out`` in floor mode.
+    """
+    import onnx
+    from onnx import helper
+
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in [*inferred.value_info, *inferred.input] if v.type.tensor_type.HasField("shape")
+    }  # fmt: skip
+    rewritten = 0
+    for node in proto.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        shape = shapes.get(node.input[0]) if node.op_type == "MaxPool" else None
+        if not shape or len(shape) != 4 or attrs.get("ceil_mode", 0) != 1 or any(d != 1 for d in attrs.get("dilations", [1, 1])):
+            continue
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or None in shape[2:]:
+            continue
+        kernel, strides = attrs["kernel_shape"], attrs.get("strides", [1, 1])
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        for axis, size in enumerate(shape[2:]):
+            k, st, begin, end = kernel[axis], strides[axis], pads[axis], pads[axis + 2]
+            out = -(-(size + begin + end - k) // st) + 1
+            if (out - 1) * st >= size + begin:
+                out -= 1
+            pads[axis + 2] = (out - 1) * st + k - size - begin
+        keep = [a for a in node.attribute if a.name not in ("ceil_mode", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(keep)
+        node.attribute.extend([helper.make_attribute("ceil_mode", 0), helper.make_attribute("pads", pads)])
+        rewritten += 1
+    return rewritten
 
 
 def remove_unused_nodes(proto: Any) -> int:

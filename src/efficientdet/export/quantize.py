@@ -1,11 +1,17 @@
-"""Int8 post-training static quantization of exported graphs (ONNX Runtime, QDQ format).
+"""Int8 post-training static quantization of exported graphs (QDQ ONNX files).
 
 The network graph (``export_onnx``'s raw layout) is calibrated on real images run through the
-very preprocessing every backend uses, quantized with ONNX Runtime's ``quantize_static``
-(QDQ: QuantizeLinear / DequantizeLinear pairs around int8 weights, which ONNX Runtime fuses
-into int8 kernels), and only then gets the candidate pre-selection or the NMS graph attached:
-those parts stay float, so the int8 file runs in :class:`~efficientdet.export.OnnxDetector` with
-the same post-processing as the float one.
+very preprocessing every backend uses, quantized, and only then gets the candidate
+pre-selection or the NMS graph attached: those parts stay float, so the int8 file runs in
+:class:`~efficientdet.export.OnnxDetector` / ``OpenVinoDetector`` with the same
+post-processing as the float one. Two quantizers write the same kind of file (QDQ:
+QuantizeLinear / DequantizeLinear pairs around int8 weights, which the runtime fuses into int8
+kernels), each placing the pairs where its runtime fuses them:
+
+* ``nncf`` (default): OpenVINO's NNCF (min-max ranges averaged over the images, fast bias
+  correction), for ``--backend openvino``, which fuses Swish and the squeeze-excite into its
+  int8 kernels;
+* ``onnxruntime``: ONNX Runtime's ``quantize_static``, for ``--backend onnxruntime``.
 
 Choices (measurements in ``docs/quantization.md``):
 
@@ -38,17 +44,21 @@ __all__ = ["FLOAT_GROUPS", "Int8Options", "cpu_has_vnni", "export_int8", "float_
 #   fusion:   the BiFPN's weighted-fusion arithmetic (Add / Mul / Div between resampled maps).
 FLOAT_GROUPS: tuple[str, ...] = ("stem", "heads", "fusion")
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy")
+QUANTIZERS: tuple[str, ...] = ("nncf", "onnxruntime")
 
 
 @dataclass(frozen=True)
 class Int8Options:
     """How to quantize; the defaults are what ``efficientdet export --int8`` uses.
 
-    ``calibration_images``: images the activation ranges are observed on; ``method``: how a
+    ``quantizer``: ``nncf`` or ``onnxruntime`` (see the module docs); ``calibration_images``:
+    images the activation ranges are observed on; ``method`` (``onnxruntime`` only): how a
     range is taken from them (``minmax``, ``percentile`` at 99.999, ``entropy``);
-    ``reduce_range``: None = auto (see the module docs).
+    ``reduce_range``: None = auto (see the module docs); ``per_channel`` (``onnxruntime``
+    only; NNCF always quantizes convolution weights per output channel).
     """
 
+    quantizer: str = "nncf"
     calibration_images: int = 100
     method: str = "minmax"
     per_channel: bool = True
@@ -58,8 +68,13 @@ class Int8Options:
     def __post_init__(self) -> None:
         if self.calibration_images < 1:
             raise ValueError(f"--calibration-images must be >= 1, got {self.calibration_images}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"unknown quantizer {self.quantizer!r}; valid: {', '.join(QUANTIZERS)}")
         if self.method not in CALIBRATION_METHODS:
             raise ValueError(f"unknown calibration method {self.method!r}; valid: {', '.join(CALIBRATION_METHODS)}")
+        if self.quantizer == "nncf" and (self.method != "minmax" or not self.per_channel):
+            raise ValueError("--calibration-method and per-tensor weights apply to --quantizer onnxruntime; "
+                             "NNCF takes its own ranges and per-channel weights")  # fmt: skip
         unknown = sorted(set(self.float_groups) - set(FLOAT_GROUPS))
         if unknown:
             raise ValueError(f"unknown float group(s) {', '.join(unknown)}; valid: {', '.join(FLOAT_GROUPS)}")
@@ -147,16 +162,68 @@ def quantize_network(
     batches: Sequence[np.ndarray],
     options: Int8Options,
 ) -> Path:
-    """Quantize the raw network graph at ``raw_path`` to ``out_path`` (QDQ, int8 weights).
+    """Quantize the raw network graph at ``raw_path`` to ``out_path`` (QDQ, int8 weights) with
+    ``options.quantizer``.
 
     ``batches``: preprocessed float32 [N, 3, H, W] calibration inputs (as ``OnnxDetector.prepare``
-    makes them). The metadata of the float graph is kept, plus ``efficientdet.int8`` (the options).
+    makes them). The caller adds the ``efficientdet.int8`` metadata entry.
     """
+    if not batches:
+        raise ValueError("no calibration images")
+    if options.quantizer == "nncf":
+        return quantize_with_nncf(raw_path, out_path, batches, options)
+    return quantize_with_onnxruntime(raw_path, out_path, batches, options)
+
+
+def require_nncf() -> None:
+    """A clear error when NNCF (and OpenVINO) are not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("nncf") is None:
+        raise ImportError("--quantizer nncf needs NNCF and OpenVINO: pip install 'efficientdet[openvino]' "
+                          "(or --quantizer onnxruntime)")  # fmt: skip
+
+
+def quantize_with_nncf(
+    raw_path: str | os.PathLike[str], out_path: str | os.PathLike[str], batches: Sequence[np.ndarray], options: Int8Options
+) -> Path:
+    """NNCF's post-training quantization of the ONNX graph (its defaults: symmetric int8
+    weights per channel, activation ranges averaged over the images, fast bias correction)."""
+    require_nncf()
+    import logging
+
+    import nncf
+    import onnx
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    nncf.set_log_level(logging.ERROR)
+    raw = onnx.load(os.fspath(raw_path))
+    input_name = raw.graph.input[0].name
+    # OverflowFix.ENABLE halves the weights' range: NNCF's form of reduce_range (no VNNI).
+    fix = OverflowFix.ENABLE if options.resolved_reduce_range() else OverflowFix.DISABLE
+    excluded = float_nodes(raw, options.float_groups)
+    quantized = nncf.quantize(
+        raw,
+        nncf.Dataset(list(batches), lambda batch: {input_name: batch}),
+        subset_size=len(batches),
+        ignored_scope=nncf.IgnoredScope(names=excluded) if excluded else None,
+        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix),
+    )
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(raw.metadata_props)  # the float graph's (NNCF may drop them)
+    out = Path(out_path)
+    onnx.save(quantized, os.fspath(out))
+    return out
+
+
+def quantize_with_onnxruntime(
+    raw_path: str | os.PathLike[str], out_path: str | os.PathLike[str], batches: Sequence[np.ndarray], options: Int8Options
+) -> Path:
+    """ONNX Runtime's ``quantize_static`` (QDQ, uint8 activations, ``options.method`` ranges),
+    calibrated in chunks of :data:`CALIBRATION_CHUNK` images."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if not batches:
-        raise ValueError("no calibration images")
     raw = onnx.load(os.fspath(raw_path))
     excluded = float_nodes(raw, options.float_groups)
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -183,12 +250,15 @@ def quantize_network(
 
 def int8_description(options: Int8Options, used_images: int) -> dict[str, Any]:
     """What the ``efficientdet.int8`` metadata entry records."""
+    nncf = options.quantizer == "nncf"
     return {
-        "format": "onnxruntime QDQ",
+        "format": "QDQ",
+        "quantizer": options.quantizer,
+        "runtime": "openvino" if nncf else "onnxruntime",
         "weights": "int8 per-channel" if options.per_channel else "int8 per-tensor",
-        "activations": "uint8",
+        "activations": "8-bit symmetric" if nncf else "uint8",
         "reduce_range": options.resolved_reduce_range(),
-        "calibration": options.method,
+        "calibration": "nncf min-max (mean over images), fast bias correction" if nncf else options.method,
         "calibration_images": used_images,
         "float_groups": list(options.float_groups),
     }
@@ -252,6 +322,6 @@ def export_int8(
             return attach_candidates(quantized, out, dynamo=False, check=check)
         with atomic_path(out) as dst:
             onnx.save(proto, os.fspath(dst))
-        if check:
-            check_onnx(out, batch_size)
+            if check:
+                check_onnx(dst, batch_size, label=out)
         return out

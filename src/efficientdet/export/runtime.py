@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,27 @@ from ..inference.preprocess import preprocess_batch
 from ..inference.protocol import Detections, Prepared, StagedDetector, finish_detections, with_score_threshold
 from .metadata import OnnxMetadata, read_onnx_metadata
 
-__all__ = ["OnnxDetector", "check_graph_options", "physical_cores"]
+__all__ = ["OnnxDetector", "check_graph_options", "host_threads", "physical_cores"]
+
+
+@contextmanager
+def host_threads(threads: int = 1) -> Iterator[None]:
+    """torch's intra-op threads at most ``threads`` inside the block (restored after).
+
+    The host stages around a graph runtime (resize, normalise, top-k, NMS) are light; run on
+    torch's OpenMP pool, its workers keep spinning after each parallel region and take the
+    cores from ONNX Runtime's / OpenVINO's threads in the next network run (measurements in
+    docs/quantization.md).
+    """
+    saved = torch.get_num_threads()
+    if saved <= threads:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 def physical_cores() -> int:
     """Physical cores this process may use (SMT siblings counted once).
@@ -96,11 +117,33 @@ class OnnxDetector(StagedDetector):
         batch_size: int = 8,
         session_options: Any = None,
     ) -> None:
-        import onnxruntime as ort
-
         self.path = os.fspath(path)
         self.metadata: OnnxMetadata = read_onnx_metadata(self.path)
         meta = self.metadata
+        self.fixed_batch: int | None = self.open_graph(providers, intra_op_threads, session_options)
+        self.batch_size = self.fixed_batch or batch_size
+        self.config = meta.config
+        self.class_names = meta.class_names
+        self.num_classes = meta.num_classes
+        self.preprocess_config = PreprocessConfig(
+            image_size=meta.image_size,
+            mean=meta.mean,
+            std=meta.std,
+            max_input_pixels=meta.config.preprocess.max_input_pixels,
+        )
+        self.postprocess_config = postprocess_config or meta.config.postprocess
+        self.anchors = None if meta.nms_inside else anchors_for_config(meta.config.anchors, meta.image_size)
+
+    def open_graph(self, providers: Sequence[str] | None, intra_op_threads: int | None, session_options: Any) -> int | None:
+        """Open ``self.path`` in ONNX Runtime; returns the graph's fixed batch (None: dynamic)."""
+        import onnxruntime as ort
+
+        if (self.metadata.int8 or {}).get("runtime") == "openvino":
+            # ONNX Runtime cannot run every NNCF graph (per-channel activation zero points).
+            raise ValueError(
+                f"{self.path}: this int8 graph was quantized by NNCF for OpenVINO: run it with --backend openvino "
+                "(or export it with --quantizer onnxruntime for ONNX Runtime)"
+            )
         if session_options is None:
             session_options = ort.SessionOptions()
             session_options.intra_op_num_threads = intra_op_threads or physical_cores()
@@ -117,19 +160,11 @@ class OnnxDetector(StagedDetector):
         )
         self.input_name = self.session.get_inputs()[0].name
         fixed = self.session.get_inputs()[0].shape[0]
-        self.fixed_batch: int | None = fixed if isinstance(fixed, int) else None
-        self.batch_size = self.fixed_batch or batch_size
-        self.config = meta.config
-        self.class_names = meta.class_names
-        self.num_classes = meta.num_classes
-        self.preprocess_config = PreprocessConfig(
-            image_size=meta.image_size,
-            mean=meta.mean,
-            std=meta.std,
-            max_input_pixels=meta.config.preprocess.max_input_pixels,
-        )
-        self.postprocess_config = postprocess_config or meta.config.postprocess
-        self.anchors = None if meta.nms_inside else anchors_for_config(meta.config.anchors, meta.image_size)
+        return fixed if isinstance(fixed, int) else None
+
+    def infer(self, array: np.ndarray) -> list[np.ndarray]:
+        """One run of the graph on a float32 [n, 3, h, w] array (n = the fixed batch, if any)."""
+        return self.session.run(None, {self.input_name: array})
 
     @classmethod
     def from_weights(
@@ -174,19 +209,20 @@ class OnnxDetector(StagedDetector):
         n = batch.shape[0]
         array = batch.numpy()
         if self.fixed_batch is None:
-            return self.session.run(None, {self.input_name: array})
+            return self.infer(array)
         pieces = []
         for start in range(0, n, self.fixed_batch):
             part = array[start : start + self.fixed_batch]
             if part.shape[0] < self.fixed_batch:
                 pad = np.zeros((self.fixed_batch - part.shape[0], *part.shape[1:]), dtype=part.dtype)
                 part = np.concatenate([part, pad])
-            pieces.append(self.session.run(None, {self.input_name: part}))
+            pieces.append(self.infer(part))
         return [np.concatenate([p[i] for p in pieces])[:n] for i in range(len(pieces[0]))]
 
     def prepare(self, decoded: Sequence[torch.Tensor]) -> Prepared:
         """uint8 [3, H_i, W_i] images -> the graph's input (on the CPU), scales, sizes."""
-        batch, scales, sizes = preprocess_batch([d.cpu() for d in decoded], self.preprocess_config)
+        with host_threads():
+            batch, scales, sizes = preprocess_batch([d.cpu() for d in decoded], self.preprocess_config)
         return Prepared(batch, scales, sizes)
 
     def forward(self, prepared: Prepared) -> list[np.ndarray]:
@@ -197,7 +233,10 @@ class OnnxDetector(StagedDetector):
         self, outputs: list[np.ndarray], prepared: Prepared, config: PostprocessConfig | None = None
     ) -> Detections:
         """Graph outputs -> one dict per image in its own pixels (CPU tensors, class names)."""
-        post = config or self.postprocess_config
+        with host_threads():
+            return self._postprocess(outputs, prepared, config or self.postprocess_config)
+
+    def _postprocess(self, outputs: list[np.ndarray], prepared: Prepared, post: PostprocessConfig) -> Detections:
         scales, sizes = prepared.scales, prepared.image_sizes
         if self.metadata.nms_inside:
             dets = self._from_nms_outputs(outputs, scales, sizes, post.score_threshold)
