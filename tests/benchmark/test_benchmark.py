@@ -114,7 +114,7 @@ def test_unknown_backend_and_bad_options(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert "unknown backend 'tensorrt'" in err and all(b in err for b in BACKENDS)
     with pytest.raises(ValueError, match="unknown backend"):
-        run_benchmark(MODEL, backends=["openvino"])
+        run_benchmark(MODEL, backends=["tensorrt"])
     for option in ("--iterations", "--rounds"):
         assert main(["benchmark", MODEL, option, "0"]) == 2
         assert "--iterations and --rounds must be >= 1" in capsys.readouterr().err

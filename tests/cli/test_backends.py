@@ -207,3 +207,26 @@ def test_missing_onnxruntime_names_the_extra(images: list[Path], weights: Path, 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "needs onnxruntime" in err and "pip install 'efficientdet[export]'" in err
+
+
+def test_openvino_backend_same_detections_and_ap(images: list[Path], dataset: Path, weights: Path, cache: Path,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """--backend openvino: the exported graph in OpenVINO (float32) gives torch's detections and AP."""
+    pytest.importorskip("openvino")
+    want = _predict(images, weights, tmp_path / "torch", "torch", cache)
+    got = _predict(images, weights, tmp_path / "ov", "openvino", cache)
+    assert sum(len(e["detections"]) for e in want) >= 10
+    for g, w in zip(got, want):
+        _assert_same(g, w)
+    stats = {}
+    for backend in ("torch", "openvino"):
+        out = tmp_path / f"eval-{backend}"
+        argv = ["eval", str(dataset), "--weights", str(weights), "--out", str(out), "--backend", backend,
+                "--onnx-cache", str(cache), "--device", "cpu", "--quiet"]  # fmt: skip
+        assert main(argv) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["backend"] == backend
+        stats[backend] = metrics["stats"]
+    for name, value in stats["torch"].items():
+        other = stats["openvino"][name]
+        assert (value is None and other is None) or abs(value - other) <= 1e-3, (name, value, other)

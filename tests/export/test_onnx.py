@@ -241,6 +241,36 @@ def test_onnx_detector_threads(exported):
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
 
 
+def test_onnx_detector_host_stages_use_one_torch_thread(exported, monkeypatch):
+    """Decoding, preprocessing and post-processing run on one torch thread (the runtime has its
+    own threads; torch's spinning OpenMP workers would compete with them), restored after."""
+    import efficientdet.data.decode as decode_module
+    import efficientdet.export.runtime as runtime_module
+
+    _, raw, _ = exported("efficientdet_lite0")
+    detector = OnnxDetector(raw)
+    seen: dict[str, int] = {}
+
+    def spy(name, real):
+        def wrapped(*args, **kwargs):
+            seen[name] = torch.get_num_threads()
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(runtime_module, "preprocess_batch", spy("prepare", runtime_module.preprocess_batch))
+    monkeypatch.setattr(runtime_module, "postprocess", spy("postprocess", runtime_module.postprocess))
+    monkeypatch.setattr(decode_module, "load_images", spy("decode", decode_module.load_images))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        detector([torch.zeros(3, 50, 60, dtype=torch.uint8)])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+    assert seen == {"prepare": 1, "postprocess": 1, "decode": 1}
+
+
 def test_torchscript_exporter_fixed_batch_custom_thresholds(make_model, tmp_path, assert_same_detections):
     """The other exporter (TorchScript-based), NMS in the graph from the start, fixed batch 2."""
     model = make_model("efficientdet_lite0", SIZE)

@@ -201,7 +201,12 @@ def run_predict(args: argparse.Namespace) -> int:
         keep = _class_filter(args.classes, runner.class_names, runner.config.num_classes)
         out.mkdir(parents=True, exist_ok=True)
         targets = _output_paths(inputs, out)
-        return _run(args, inputs, problems, targets, runner, keep, warn, info)
+        from ..inference.protocol import torch_threads
+
+        # Graph runtimes run the network in their own threads: decoding and drawing here stay
+        # on one torch thread, as in the detector's own stages (see torch_threads).
+        with torch_threads(getattr(runner.detector, "host_threads", None)):
+            return _run(args, inputs, problems, targets, runner, keep, warn, info)
     finally:
         cleanup(info)
 

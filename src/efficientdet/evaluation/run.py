@@ -31,7 +31,7 @@ from ..data.records import DatasetIndex
 from ..engine.distributed import DistInfo
 from ..engine.sharding import broadcast_from_main, check_shardable, gather_to_main, merge_in_order, shard_positions
 from ..inference.detector import Detector
-from ..inference.protocol import ImageDetector
+from ..inference.protocol import ImageDetector, torch_threads
 from ..models.efficientdet import EfficientDet
 from .coco import STAT_NAMES, CocoEvaluator, CocoGroundTruth, EvalResult, gt_list_to_coco
 from .confusion import ConfusionResult, confusion_matrix, plot_confusion
@@ -183,8 +183,12 @@ def detection_batches(
     """Decoded images (own sizes) in batches through ``detector.detect``. Images over the
     detector's ``max_input_pixels`` are skipped from their header, before any decoding."""
     dataset = DetectionDataset(index, None, detector.preprocess_config.max_input_pixels)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_list)
-    for samples in loader:
+    loader = iter(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_list))
+    while True:
+        with torch_threads(getattr(detector, "host_threads", None)):  # decoding: as the detector's own call
+            samples = next(loader, None)
+        if samples is None:
+            return
         if samples:  # else every image of the batch was unreadable
             dets = detector.detect([s["image"] for s in samples], post)
             yield [s["path"] for s in samples], [s["image_id"] for s in samples], dets

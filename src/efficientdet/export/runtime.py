@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +20,13 @@ from ..ops.anchors import anchors_for_config
 from ..ops.boxes import clip_boxes
 from ..inference.postprocess import postprocess, postprocess_candidates
 from ..inference.preprocess import preprocess_batch
-from ..inference.protocol import Detections, Prepared, StagedDetector, finish_detections, with_score_threshold
+from ..inference.protocol import (
+    Detections, Prepared, StagedDetector, finish_detections, torch_threads, with_score_threshold,
+)  # fmt: skip
 from .metadata import OnnxMetadata, read_onnx_metadata
 
-__all__ = ["OnnxDetector", "check_graph_options", "host_threads", "physical_cores"]
+__all__ = ["OnnxDetector", "check_graph_options", "physical_cores"]
 
-
-@contextmanager
-def host_threads(threads: int = 1) -> Iterator[None]:
-    """torch's intra-op threads at most ``threads`` inside the block (restored after).
-
-    The host stages around a graph runtime (resize, normalise, top-k, NMS) are light; run on
-    torch's OpenMP pool, its workers keep spinning after each parallel region and take the
-    cores from ONNX Runtime's / OpenVINO's threads in the next network run (measurements in
-    docs/quantization.md).
-    """
-    saved = torch.get_num_threads()
-    if saved <= threads:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 def physical_cores() -> int:
     """Physical cores this process may use (SMT siblings counted once).
@@ -107,6 +89,9 @@ class OnnxDetector(StagedDetector):
         session_options: a ready ``onnxruntime.SessionOptions`` (overrides the threading and
             spinning choices).
     """
+
+    # The network runs in the runtime's threads; torch only decodes, resizes and post-processes.
+    host_threads: int | None = 1
 
     def __init__(
         self,
@@ -221,7 +206,7 @@ class OnnxDetector(StagedDetector):
 
     def prepare(self, decoded: Sequence[torch.Tensor]) -> Prepared:
         """uint8 [3, H_i, W_i] images -> the graph's input (on the CPU), scales, sizes."""
-        with host_threads():
+        with torch_threads(self.host_threads):
             batch, scales, sizes = preprocess_batch([d.cpu() for d in decoded], self.preprocess_config)
         return Prepared(batch, scales, sizes)
 
@@ -233,7 +218,7 @@ class OnnxDetector(StagedDetector):
         self, outputs: list[np.ndarray], prepared: Prepared, config: PostprocessConfig | None = None
     ) -> Detections:
         """Graph outputs -> one dict per image in its own pixels (CPU tensors, class names)."""
-        with host_threads():
+        with torch_threads(self.host_threads):
             return self._postprocess(outputs, prepared, config or self.postprocess_config)
 
     def _postprocess(self, outputs: list[np.ndarray], prepared: Prepared, post: PostprocessConfig) -> Detections:

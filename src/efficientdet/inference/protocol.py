@@ -15,7 +15,8 @@ server and the CLI can time, batch or interleave them without reaching into any 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,6 +32,7 @@ __all__ = [
     "Prepared",
     "StagedDetector",
     "finish_detections",
+    "torch_threads",
     "with_score_threshold",
 ]
 
@@ -78,6 +80,26 @@ class ImageDetector(Protocol):
     ) -> Detections: ...  # fmt: skip
 
 
+@contextmanager
+def torch_threads(limit: int | None) -> Iterator[None]:
+    """torch's intra-op threads at most ``limit`` inside the block (None: unchanged); restored after.
+
+    Detectors whose network runs in another runtime's threads (ONNX Runtime, OpenVINO) decode,
+    resize and post-process under ``torch_threads(1)``: on torch's OpenMP pool, the workers keep
+    spinning after each parallel region and take the cores from the runtime's next network run
+    (on 2 cores the network ran ~25% slower; docs/quantization.md).
+    """
+    saved = torch.get_num_threads()
+    if limit is None or saved <= limit:
+        yield
+        return
+    torch.set_num_threads(limit)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def with_score_threshold(config: PostprocessConfig, score_threshold: float | None) -> PostprocessConfig:
     """``config`` with another score threshold (None: unchanged)."""
     return config if score_threshold is None else dataclasses.replace(config, score_threshold=score_threshold)
@@ -98,11 +120,13 @@ class StagedDetector:
     """``detect`` and ``__call__`` from a subclass's ``prepare`` / ``forward`` / ``postprocess``.
 
     Subclasses set ``class_names``, ``batch_size``, ``preprocess_config`` and
-    ``postprocess_config``.
+    ``postprocess_config``; ``host_threads``: torch's thread limit while decoding (see
+    :func:`torch_threads`; None: torch runs the network too and keeps all its threads).
     """
 
     class_names: list[str] | None = None
     batch_size: int = 8
+    host_threads: int | None = None
     preprocess_config: PreprocessConfig
     postprocess_config: PostprocessConfig
 
@@ -138,6 +162,10 @@ class StagedDetector:
         post = self.config_with_threshold(score_threshold)
         results: Detections = []
         limit = self.preprocess_config.max_input_pixels
-        for decoded in iter_image_chunks(images, batch_size or self.batch_size, limit):
+        chunks = iter_image_chunks(images, batch_size or self.batch_size, limit)
+        while True:
+            with torch_threads(self.host_threads):
+                decoded = next(chunks, None)
+            if decoded is None:
+                return results
             results += self.detect(decoded, post)
-        return results
