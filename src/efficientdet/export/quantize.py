@@ -35,7 +35,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FLOAT_GROUPS", "Int8Options", "cpu_has_vnni", "export_int8", "float_nodes", "int8_description", "quantize_network"]
+__all__ = [
+    "FLOAT_GROUPS", "QUANTIZERS", "Int8Options", "cpu_has_vnni", "export_int8", "float_nodes", "int8_description",
+    "quantize_network", "quantize_with_nncf", "quantize_with_onnxruntime", "require_nncf",
+]  # fmt: skip
 
 # Parts of the network that can be kept in float, by name:
 #   stem:     the first convolution (sees raw normalised pixels: the widest activation range);
