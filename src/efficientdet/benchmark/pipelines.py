@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.decode import iter_image_chunks
-from ..inference.protocol import ImageDetector, torch_threads
+from ..inference.protocol import ImageDetector
 from ..models.efficientdet import EfficientDet
 from . import BACKENDS, REFERENCE
 
@@ -89,9 +88,7 @@ class DetectorPipeline(Pipeline):
         self.post = detector.postprocess_config
 
     def decode(self, paths: Sequence[Path]) -> list[torch.Tensor]:
-        # as the detector's own call decodes (graph runtimes: on one torch thread)
-        with torch_threads(getattr(self.detector, "host_threads", None)):
-            return next(iter_image_chunks(list(paths), len(paths), self.detector.preprocess_config.max_input_pixels))
+        return next(self.detector.decode_chunks(list(paths), len(paths)))  # as the detector's own call decodes
 
     def set_score_threshold(self, threshold: float) -> None:
         if not self.network_only:

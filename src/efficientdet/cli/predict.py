@@ -205,7 +205,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
         # Graph runtimes run the network in their own threads: decoding and drawing here stay
         # on one torch thread, as in the detector's own stages (see torch_threads).
-        with torch_threads(getattr(runner.detector, "host_threads", None)):
+        with torch_threads(runner.detector.host_threads):
             return _run(args, inputs, problems, targets, runner, keep, warn, info)
     finally:
         cleanup(info)

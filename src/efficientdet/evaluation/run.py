@@ -185,7 +185,7 @@ def detection_batches(
     dataset = DetectionDataset(index, None, detector.preprocess_config.max_input_pixels)
     loader = iter(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_list))
     while True:
-        with torch_threads(getattr(detector, "host_threads", None)):  # decoding: as the detector's own call
+        with torch_threads(detector.host_threads):  # decoding: as the detector's own call
             samples = next(loader, None)
         if samples is None:
             return

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .metadata import OnnxMetadata, read_onnx_metadata
     from .onnx import ExportError, attach_candidates, attach_postprocess, check_onnx, export_onnx
     from .program import export_program, export_torchscript
+    from .openvino import OpenVinoDetector
     from .runtime import OnnxDetector
 
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")
@@ -67,6 +68,7 @@ _LAZY = {
     "export_program": ".program",
     "export_torchscript": ".program",
     "OnnxDetector": ".runtime",
+    "OpenVinoDetector": ".openvino",
     "cached_onnx": ".cache",
     "onnx_providers": ".cache",
 }
@@ -78,6 +80,7 @@ __all__ = [
     "ExportError",
     "OnnxDetector",
     "OnnxMetadata",
+    "OpenVinoDetector",
     "attach_candidates",
     "attach_postprocess",
     "check_onnx",

@@ -351,9 +351,10 @@ def _check_openvino(path: str, name: str, meta: OnnxMetadata, images: Any) -> li
     try:
         import openvino as ov
 
-        graph = ov.Core().read_model(path)
+        core = ov.Core()
+        graph = core.read_model(path)
         graph.reshape({graph.input(0): list(images.shape)})
-        request = ov.Core().compile_model(graph, "CPU").create_infer_request()
+        request = core.compile_model(graph, "CPU").create_infer_request()
         outputs = request.infer({0: images})
         result = [outputs[o] for o in request.model_outputs]
         names = [o.get_any_name() for o in request.model_outputs]

@@ -56,6 +56,7 @@ class ImageDetector(Protocol):
 
     class_names: list[str] | None
     batch_size: int
+    host_threads: int | None
 
     @property
     def num_classes(self) -> int: ...
@@ -65,6 +66,8 @@ class ImageDetector(Protocol):
 
     @property
     def postprocess_config(self) -> PostprocessConfig: ...
+
+    def decode_chunks(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None) -> Iterator[list[torch.Tensor]]: ...
 
     def prepare(self, decoded: Sequence[torch.Tensor]) -> Any: ...
 
@@ -161,11 +164,20 @@ class StagedDetector:
         included) and runs :meth:`detect` on each chunk."""
         post = self.config_with_threshold(score_threshold)
         results: Detections = []
-        limit = self.preprocess_config.max_input_pixels
-        chunks = iter_image_chunks(images, batch_size or self.batch_size, limit)
+        for decoded in self.decode_chunks(images, batch_size):
+            results += self.detect(decoded, post)
+        return results
+
+    def decode_chunks(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None
+    ) -> Iterator[list[torch.Tensor]]:
+        """Decode ``images`` ``batch_size`` (default the detector's) at a time -> lists of uint8
+        [3, H, W] tensors, each chunk under :func:`torch_threads` ``(host_threads)``; the
+        ``max_input_pixels`` guard applies."""
+        chunks = iter_image_chunks(images, batch_size or self.batch_size, self.preprocess_config.max_input_pixels)
         while True:
             with torch_threads(self.host_threads):
                 decoded = next(chunks, None)
             if decoded is None:
-                return results
-            results += self.detect(decoded, post)
+                return
+            yield decoded

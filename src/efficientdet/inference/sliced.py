@@ -89,6 +89,7 @@ class SlicedDetector(StagedDetector):
         self.merge, self.whole_image, self.edge_margin = merge, bool(whole_image), float(edge_margin)
         self.class_names = detector.class_names
         self.batch_size = detector.batch_size
+        self.host_threads = detector.host_threads  # the inner detector's runtime decides
 
     @property
     def num_classes(self) -> int:
