@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from efficientdet.engine.losses import DetectionLoss, focal_loss, huber_box_loss
+from efficientdet.engine.losses import DetectionLoss, box_iou_loss, focal_loss, huber_box_loss
 from efficientdet.ops.outputs import flatten_outputs
 
 # A small pyramid: 128 px input, levels 3-7 -> 16, 8, 4, 2, 1; 9 anchors per location.
@@ -154,3 +154,76 @@ def test_no_positives_is_finite() -> None:
     assert out["box_loss"].item() == 0.0
     assert torch.isfinite(out["loss"])
     assert out["class_loss"].item() == pytest.approx(focal_loss(cls, torch.full((1, 4), -1)).item())
+
+
+# --------------------------------------------------------------------------- IoU-family loss
+
+# One anchor (0, 0, 10, 10); the target code 0 decodes to the anchor itself.
+ANCHOR = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+
+
+def _one(code: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.tensor([[code]]), torch.zeros(1, 1, 4), torch.tensor([[0]])
+
+
+def test_iou_losses_by_hand() -> None:
+    # tx = 0.5 moves the box half its width: (5, 0, 15, 10). Overlap 50, union 150, IoU 1/3;
+    # the enclosing box (0, 0, 15, 10) is the union, so GIoU adds nothing; centres are 5 apart
+    # and the enclosing diagonal^2 is 15^2 + 10^2 = 325; equal aspect ratios: CIoU = DIoU.
+    box, target, labels = _one([0.0, 0.5, 0.0, 0.0])
+    expected = {"iou": 2 / 3, "giou": 2 / 3, "diou": 2 / 3 + 25 / 325, "ciou": 2 / 3 + 25 / 325}
+    for kind, value in expected.items():
+        assert box_iou_loss(box, target, labels, ANCHOR, kind).item() == pytest.approx(value, rel=1e-5), kind
+    # ty = 1.5: (0, 15, 10, 25), no overlap; enclosing (0, 0, 10, 25) = 250, union 200:
+    # GIoU = 0 - 50 / 250, so the loss is 1.2 (1 - IoU alone would be flat at 1).
+    box, target, labels = _one([1.5, 0.0, 0.0, 0.0])
+    assert box_iou_loss(box, target, labels, ANCHOR, "iou").item() == pytest.approx(1.0)
+    assert box_iou_loss(box, target, labels, ANCHOR, "giou").item() == pytest.approx(1.2, rel=1e-5)
+
+
+def test_ciou_penalises_a_wrong_aspect_ratio() -> None:
+    # tw = log 2: (-5, 0, 15, 10), the anchor inside it: IoU 1/2, same centre (no distance
+    # term). v = 4/pi^2 (atan(2) - atan(1))^2, alpha = v / (1 - IoU + v).
+    box, target, labels = _one([0.0, 0.0, 0.0, math.log(2.0)])
+    v = 4 / math.pi**2 * (math.atan(2.0) - math.atan(1.0)) ** 2
+    alpha = v / (0.5 + v)
+    assert box_iou_loss(box, target, labels, ANCHOR, "diou").item() == pytest.approx(0.5, rel=1e-5)
+    assert box_iou_loss(box, target, labels, ANCHOR, "ciou").item() == pytest.approx(0.5 + alpha * v, rel=1e-4)
+
+
+def test_iou_loss_counts_positives_only_and_is_normalised_as_the_box_loss() -> None:
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0], [0.0, 0.0, 4.0, 8.0]])
+    box = torch.tensor([[[0.0, 0.5, 0.0, 0.0], [3.0, 3.0, 1.0, 1.0], [0.2, -0.1, 0.3, 0.0]]])
+    box_t = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.1, 0.1, 0.0, 0.2]]])
+    cls_t = torch.tensor([[0, -1, 2]])  # the middle anchor (wildly off) is background: not counted
+    cls = torch.randn(1, 3, 3)
+    num_pos = torch.tensor([2])
+    plain = DetectionLoss()(cls, box, cls_t, box_t, num_pos)
+    out = DetectionLoss(iou_loss_type="giou", iou_loss_weight=2.0)(cls, box, cls_t, box_t, num_pos, anchors)
+    positives = box_iou_loss(box[:, [0, 2]], box_t[:, [0, 2]], cls_t[:, [0, 2]], anchors[[0, 2]], "giou")
+    assert out["iou_loss"].item() == pytest.approx(positives.item() / (4 * 3.0), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(plain["loss"].item() + 2.0 * out["iou_loss"].item(), rel=1e-6)
+    assert "iou_loss" not in plain  # off by default: the official loss, unchanged
+
+
+def test_iou_loss_without_positives_has_a_gradient_of_zero() -> None:
+    box = torch.randn(1, 4, 4, requires_grad=True)
+    anchors = torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 4)
+    out = DetectionLoss(iou_loss_type="ciou")(
+        torch.randn(1, 4, 2), box, torch.full((1, 4), -1), torch.zeros(1, 4, 4), torch.zeros(1), anchors
+    )
+    assert out["iou_loss"].item() == 0.0
+    out["loss"].backward()
+    assert box.grad is not None and torch.count_nonzero(box.grad) == 0
+
+
+def test_iou_loss_errors() -> None:
+    from efficientdet.engine.config import load_train_config
+
+    with pytest.raises(ValueError, match="loss.iou_loss_type: unknown 'xiou'; valid: none, iou, giou, diou, ciou"):
+        load_train_config(None, ["loss.iou_loss_type=xiou"])
+    with pytest.raises(ValueError, match="loss.iou_loss_weight"):
+        load_train_config(None, ["loss.iou_loss_weight=-1"])
+    box, target, labels = _one([0.0, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="pass the anchors"):
+        DetectionLoss(iou_loss_type="giou")(torch.zeros(1, 1, 1), box, labels, target, torch.ones(1))

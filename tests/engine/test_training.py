@@ -77,6 +77,23 @@ def test_frozen_backbone_does_not_change(tiny_dataset: Path, tmp_path: Path, mak
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics
 
 
+def test_iou_loss_option_reaches_the_step(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    """loss.iou_loss_type: the step passes the labeler's anchors and the term is in every loss."""
+    cfg = make_config(tiny_dataset, tmp_path, epochs=1, **{"loss.iou_loss_type": "ciou"})
+    trainer = Trainer(cfg, progress=False)
+    seen: list[dict[str, torch.Tensor]] = []
+    original = trainer.stepper.backward
+
+    def backward(batch, sync: bool):
+        losses = original(batch, sync)
+        seen.append(losses)
+        return losses
+
+    trainer.stepper.backward = backward  # type: ignore[method-assign]
+    assert trainer.fit() == "done"
+    assert len(seen) == 4 and all(torch.isfinite(s["iou_loss"]) and s["iou_loss"] > 0 for s in seen)
+
+
 def test_weight_decay_only_on_conv_and_linear_weights() -> None:
     from efficientdet import create_model
 

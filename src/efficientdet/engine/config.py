@@ -68,13 +68,27 @@ class OptimConfig:
     ema_warmup_steps: int = 2000  # decay ramps up so the EMA tracks early training
 
 
+IOU_LOSSES = ("none", "iou", "giou", "diou", "ciou")
+
+
 @dataclass(frozen=True)
 class LossConfig:
+    """Focal + Huber as the official default; ``iou_loss_type`` adds the official optional
+    IoU-family term on the decoded boxes (google/automl ``iou_loss_type`` / ``iou_loss_weight``)."""
+
     alpha: float = 0.25
     gamma: float = 1.5
     delta: float = 0.1
     box_loss_weight: float = 50.0
     label_smoothing: float = 0.0
+    iou_loss_type: str = "none"  # none | iou | giou | diou | ciou
+    iou_loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.iou_loss_type not in IOU_LOSSES:
+            raise ValueError(f"loss.iou_loss_type: unknown {self.iou_loss_type!r}; valid: {', '.join(IOU_LOSSES)}")
+        if not self.iou_loss_weight >= 0:
+            raise ValueError(f"loss.iou_loss_weight: {self.iou_loss_weight!r} must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ batch + 1`` (the +1 avoids dividing by 0 on images without objects)
 
     class_loss = sum(focal) / P,   box_loss = sum(huber) / (4 P),
     loss = class_loss + box_loss_weight * box_loss.
+
+Optional (official ``iou_loss_type``, off by default): the IoU-family loss of each positive
+anchor's decoded box against its decoded target, ``iou_loss = sum(1 - IoU [+ penalty]) / (4 P)``,
+added as ``iou_loss_weight * iou_loss`` (google/automl's ``BoxIouLoss`` normalisation).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
+from ..ops.box_coder import decode
 from ..ops.outputs import flatten_outputs
 
-__all__ = ["DetectionLoss", "focal_loss", "huber_box_loss"]
+__all__ = ["DetectionLoss", "box_iou_loss", "focal_loss", "huber_box_loss"]
 
 
 def _focal_terms(logits: Tensor, positive: bool, alpha: float, gamma: float, smoothing: float) -> Tensor:
@@ -100,6 +106,44 @@ def huber_box_loss(box_outputs: Tensor, box_targets: Tensor, cls_targets: Tensor
     return torch.where((cls_targets >= 0).unsqueeze(-1), loss, 0.0).sum(dim=(1, 2))
 
 
+def _iou_loss(pred: Tensor, target: Tensor, reduction: str = "sum", eps: float = 1e-7) -> Tensor:
+    """1 - IoU of paired xyxy boxes [M, 4], [M, 4] (torchvision has only the penalised variants)."""
+    lt = torch.maximum(pred[:, :2], target[:, :2])
+    rb = torch.minimum(pred[:, 2:], target[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=1)
+    area_p = (pred[:, 2:] - pred[:, :2]).clamp(min=0).prod(dim=1)
+    area_t = (target[:, 2:] - target[:, :2]).clamp(min=0).prod(dim=1)
+    loss = 1.0 - inter / (area_p + area_t - inter + eps)
+    return loss.sum() if reduction == "sum" else loss
+
+
+_IOU_LOSS_FNS = {
+    "iou": _iou_loss,
+    "giou": generalized_box_iou_loss,
+    "diou": distance_box_iou_loss,
+    "ciou": complete_box_iou_loss,
+}
+
+
+def box_iou_loss(
+    box_outputs: Tensor, box_targets: Tensor, cls_targets: Tensor, anchors: Tensor, kind: str
+) -> Tensor:
+    """IoU-family loss summed over the positive anchors: [N, T, 4] codes, [N, T, 4] target codes,
+    [N, T] labels, anchors [T, 4] xyxy -> scalar. Both codes are decoded with the anchors;
+    ``kind``: iou, giou, diou or ciou (1 - IoU, and the GIoU / DIoU / CIoU penalties)."""
+    if kind not in _IOU_LOSS_FNS:
+        raise ValueError(f"unknown IoU loss {kind!r}; valid: {', '.join(_IOU_LOSS_FNS)}")
+    if anchors.shape != (box_outputs.shape[1], 4):
+        raise ValueError(f"need anchors [{box_outputs.shape[1]}, 4] for the IoU loss, got {tuple(anchors.shape)}")
+    positive = cls_targets >= 0  # [N, T]
+    rows = anchors.to(box_outputs.device, torch.float32).expand(positive.shape[0], -1, -1)[positive]  # [M, 4]
+    if rows.shape[0] == 0:
+        return box_outputs.float().sum() * 0.0  # keeps the graph (and the gradient) defined
+    pred = decode(box_outputs.float()[positive], rows)
+    target = decode(box_targets.float()[positive], rows)
+    return _IOU_LOSS_FNS[kind](pred, target, reduction="sum")
+
+
 class DetectionLoss(nn.Module):
     """Focal + weighted Huber loss of raw head outputs against anchor targets, official normalisation.
 
@@ -115,10 +159,16 @@ class DetectionLoss(nn.Module):
         box_loss_weight: float = 50.0,
         label_smoothing: float = 0.0,
         num_classes: int | None = None,
+        iou_loss_type: str = "none",
+        iou_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if iou_loss_type != "none" and iou_loss_type not in _IOU_LOSS_FNS:
+            raise ValueError(f"unknown IoU loss {iou_loss_type!r}; valid: none, {', '.join(_IOU_LOSS_FNS)}")
+        self.iou_loss_type = iou_loss_type
+        self.iou_loss_weight = iou_loss_weight
         self.alpha = alpha
         self.gamma = gamma
         self.delta = delta
@@ -133,12 +183,15 @@ class DetectionLoss(nn.Module):
         cls_targets: Tensor,
         box_targets: Tensor,
         num_positives: Tensor,
+        anchors: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Return ``{"loss", "class_loss", "box_loss"}`` (float32 scalars).
+        """Return ``{"loss", "class_loss", "box_loss"}`` (float32 scalars), and ``iou_loss``
+        when an IoU loss is on.
 
         class_outputs/box_outputs: per-level head outputs [N, A*K, H_l, W_l] / [N, A*4, H_l, W_l]
         (or already flattened [N, T, K] / [N, T, 4]); cls_targets [N, T], box_targets [N, T, 4],
-        num_positives [N], e.g. from :class:`efficientdet.ops.matcher.AnchorLabeler`.
+        num_positives [N], e.g. from :class:`efficientdet.ops.matcher.AnchorLabeler`; anchors
+        [T, 4] xyxy, needed by the IoU loss only.
         """
         if isinstance(class_outputs, Tensor) and isinstance(box_outputs, Tensor):
             cls, box = class_outputs, box_outputs
@@ -156,4 +209,10 @@ class DetectionLoss(nn.Module):
         class_loss = focal_loss(cls, cls_targets, self.alpha, self.gamma, self.label_smoothing).sum() / normalizer
         box_loss = huber_box_loss(box, box_targets, cls_targets, self.delta).sum() / (4.0 * normalizer)
         loss = class_loss + self.box_loss_weight * box_loss
-        return {"loss": loss, "class_loss": class_loss, "box_loss": box_loss}
+        if self.iou_loss_type == "none":
+            return {"loss": loss, "class_loss": class_loss, "box_loss": box_loss}
+        if anchors is None:
+            raise ValueError(f"the {self.iou_loss_type} loss decodes boxes: pass the anchors")
+        iou_loss = box_iou_loss(box, box_targets, cls_targets, anchors, self.iou_loss_type) / (4.0 * normalizer)
+        loss = loss + self.iou_loss_weight * iou_loss
+        return {"loss": loss, "class_loss": class_loss, "box_loss": box_loss, "iou_loss": iou_loss}

@@ -68,7 +68,8 @@ class TrainStep:
         self, net: nn.Module, images: torch.Tensor, boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
     ) -> Losses:
         """Anchor labels, forward and loss of ``images`` [N, 3, H, W] through ``net`` (the
-        model, DDP or a thread's replica); scalar ``loss``, ``class_loss``, ``box_loss``."""
+        model, DDP or a thread's replica); scalar ``loss``, ``class_loss``, ``box_loss`` (and
+        ``iou_loss`` when on)."""
         cls_t, box_t, num_pos = self.labeler(list(boxes), list(labels))
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -79,7 +80,7 @@ class TrainStep:
             cls_out, box_out = net(images)
         cls_out = [c.float() for c in cls_out]
         box_out = [b.float() for b in box_out]
-        return self.criterion(cls_out, box_out, cls_t, box_t, num_pos)
+        return self.criterion(cls_out, box_out, cls_t, box_t, num_pos, self.labeler.anchors)
 
     def backward(self, batch: dict[str, Any], sync: bool) -> Losses | None:
         """Forward and backward of one micro-batch, gradients scaled by ``1 / grad_accum``;
