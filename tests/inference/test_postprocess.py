@@ -129,3 +129,22 @@ def test_matches_effdet(with_scale: bool, with_clip: bool) -> None:
         assert torch.allclose(ours[i]["boxes"], det[:, :4], atol=1e-4)
         assert torch.allclose(ours[i]["scores"], det[:, 4], atol=1e-6)
         assert torch.equal(ours[i]["labels"] + 1, det[:, 5].long())  # effdet labels are 1-based
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 5, 16, 17, 90])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "flat"])
+def test_per_anchor_maxima_equal_torch_for_every_layout(num_classes: int, layout: str) -> None:
+    """LevelOutputs.amax picks numpy or torch by layout and class count: same maxima either way."""
+    from efficientdet.inference.candidates import LevelOutputs
+
+    gen = torch.Generator().manual_seed(num_classes)
+    if layout == "flat":  # ONNX outputs [N, T, K], read as one level of A = 1 (as OnnxDetector does)
+        flat = torch.randn(2, 300, num_classes, generator=gen)
+        maps = [flat.transpose(1, 2).unsqueeze(-1)]
+        expected = flat.amax(-1)
+    else:
+        maps = [torch.randn(2, 3 * num_classes, s, s + 1, generator=gen) for s in (6, 3)]
+        if layout == "channels_last":
+            maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
+        expected = flatten_outputs(maps, [torch.zeros(2, 12, m.shape[2], m.shape[3]) for m in maps], num_classes)[0].amax(-1)
+    assert torch.equal(LevelOutputs(maps, num_classes).amax(), expected)
