@@ -114,6 +114,15 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
     print(
         f"exported {model.config.name} (onnx, int8 by {options.quantizer}: {len(images)} calibration images, "
         f"{options.method + ', ' if options.quantizer == 'onnxruntime' else ''}"
-        f"float: {', '.join(groups) or 'none'}, reduce_range {rr}) -> {path} ({size:.1f} MB); checked and run once"
+        f"float: {', '.join(groups) or 'none'}, reduce_range {rr}, outputs: {_layout(path)}) -> {path} "
+        f"({size:.1f} MB); checked and run once"
     )
     return 0
+
+
+def _layout(path: Path) -> str:
+    """The exported graph's output layout, from its metadata."""
+    from ..export.metadata import read_onnx_metadata
+
+    meta = read_onnx_metadata(path)
+    return "detections (NMS inside)" if meta.nms_inside else "candidates" if meta.candidates else "raw"
