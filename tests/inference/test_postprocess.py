@@ -148,3 +148,23 @@ def test_per_anchor_maxima_equal_torch_for_every_layout(num_classes: int, layout
             maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
         expected = flatten_outputs(maps, [torch.zeros(2, 12, m.shape[2], m.shape[3]) for m in maps], num_classes)[0].amax(-1)
     assert torch.equal(LevelOutputs(maps, num_classes).amax(), expected)
+
+
+@pytest.mark.parametrize("threshold", [0.001, 0.3, 0.9])
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_candidates_equal_a_full_top_k_at_any_threshold(threshold: float, num_classes: int) -> None:
+    """top_candidates (with its shortcut when few anchors pass) = threshold + top-k of all T*K logits."""
+    import math
+
+    from efficientdet.inference.candidates import LevelOutputs, logit_floor, top_candidates
+
+    gen = torch.Generator().manual_seed(7)
+    flat = torch.randn(1, 4000, num_classes, generator=gen) * 2 - 3
+    cls = LevelOutputs([flat.transpose(1, 2).unsqueeze(-1)], num_classes)
+    for k in (5, 300):
+        values, anchors, labels = top_candidates(cls, cls.amax()[0], 0, k, logit_floor(threshold))
+        everything = flat[0].flatten()
+        keep = everything[everything >= math.log(threshold / (1 - threshold))]
+        expected = keep.topk(min(k, keep.numel())).values
+        assert torch.equal(values, expected)
+        assert torch.equal(flat[0, anchors, labels], values)
