@@ -5,6 +5,8 @@ activations allow; bad calibration input fails cleanly."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -241,36 +243,14 @@ def test_layout_follows_runtime_and_class_count() -> None:
 
 def test_openvino_file_of_many_classes_preselects(tmp_path: Path, graphs: tuple[Path, Path, str]) -> None:
     """A 2-class model's file (the fixture) is raw; a 20-class model's NNCF file pre-selects its
-    candidates in the graph and gives the detections of the same network with raw outputs."""
+    candidates in the graph and gives the detections of the same network with raw outputs (checked
+    in a child process: see openvino_preselect_check.py for why)."""
     assert not read_onnx_metadata(graphs[1]).candidates
     if graphs[2] != "nncf":
         pytest.skip("the class-count rule is for OpenVINO files")
-    from efficientdet.export.openvino import OpenVinoDetector
-
-    torch.manual_seed(0)
-    size = 256  # 12276 anchors: more than the 5000 candidates, so the graph does select
-    model = create_model("efficientdet_lite0", num_classes=20, image_size=size, pretrained_backbone=False).eval()
-    for m in model.modules():  # random BN statistics: spread-out scores, few ties to order
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    calib = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8) for _ in range(4)]
-    options = Int8Options(quantizer="nncf", calibration_images=4)
-    auto = export_int8(model, tmp_path / "auto.onnx", calib, options)
-    raw = export_int8(model, tmp_path / "raw.onnx", calib, options, candidates=False)
-    assert read_onnx_metadata(auto).candidates and not read_onnx_metadata(raw).candidates
-    with_candidates, plain = OpenVinoDetector(auto), OpenVinoDetector(raw)
-    batch = plain.prepare(calib[:2]).inputs
-    logits, codes, rows = (torch.from_numpy(o) for o in with_candidates.run(batch)[:3])  # [N, C, K], [N, C, 4], [N, C]
-    cls, box = (torch.from_numpy(o) for o in plain.run(batch)[:2])  # [N, T, K], [N, T, 4]
-    # The same network (one NNCF run each, the same ranges), its float parts in OpenVINO's
-    # bfloat16 on CPUs that have it: the graph's rows are the raw outputs' rows at its anchors...
-    for i in range(2):
-        assert torch.allclose(logits[i], cls[i, rows[i]], atol=0.05)
-        assert torch.allclose(codes[i], box[i, rows[i]], atol=0.05)
-        # ... and those anchors have the largest maxima (up to bfloat16 ties at the boundary)
-        best = cls[i].amax(-1)
-        chosen = torch.zeros_like(best, dtype=torch.bool)
-        chosen[rows[i]] = True
-        assert 0 < int(chosen.sum()) < best.numel()
-        assert best[chosen].min() >= best[~chosen].max() - 0.05
+    script = Path(__file__).with_name("openvino_preselect_check.py")
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, f"child failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert "preselect ok" in done.stdout
