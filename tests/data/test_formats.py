@@ -17,6 +17,7 @@ from efficientdet.data.formats import (
     detect_format,
     read_coco,
     read_dataset,
+    read_split,
     read_voc,
     read_yolo,
     write_coco,
@@ -390,6 +391,47 @@ def test_read_dataset_detects_formats(tmp_path: Path) -> None:
     assert spec.class_names == ["dog"]
     with pytest.raises(ValueError, match="cannot tell the dataset format"):
         detect_format(tmp_path / "c" / "imgs")
+
+
+def test_voc_tutorial_layout_with_lowercase_folders_and_splits(tmp_path: Path) -> None:
+    """``annotations/ images/ splits/<split>.txt`` (e.g. the raccoon dataset) reads as VOC, and
+    ``eval`` takes its val split by default."""
+    from efficientdet.cli.evaluate import load_index
+
+    root = tmp_path / "raccoon"
+    (root / "annotations").mkdir(parents=True)
+    for stem in ("r1", "r2", "r3"):
+        (root / "annotations" / f"{stem}.xml").write_text(_voc_xml(f"{stem}.jpg", [("raccoon", (2, 3, 30, 40))]))
+        _image(root / "images" / f"{stem}.jpg")
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("r1\nr2\n")
+    (root / "splits" / "val.txt").write_text("r3\n")
+    assert detect_format(root) == "voc"
+    index, messages = _read(read_dataset, root, split="train")
+    assert messages == [] and [r.image_path.name for r in index.records] == ["r1.jpg", "r2.jpg"]
+    assert index.records[0].image_path == (root / "images" / "r1.jpg").absolute()
+    assert index.records[0].boxes.tolist() == [[1, 2, 30, 40]]
+    val, fmt = load_index(str(root), None)
+    assert fmt == "voc" and [r.image_path.stem for r in val.records] == ["r3"]
+    assert len(read_dataset(root)) == 3  # no split: every XML
+    assert [r.image_path.stem for r in read_split(root, "train").records] == ["r1", "r2"]  # train's reader
+    assert len(read_split(root, "test")) == 3  # no such list: every XML
+    # an official ImageSets/Main list wins over splits/ when both exist
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "train.txt").write_text("r3\n")
+    assert [r.image_path.stem for r in read_dataset(root, split="train").records] == ["r3"]
+
+
+def test_read_split_picks_each_formats_split(tmp_path: Path) -> None:
+    coco = make_synthetic_dataset(tmp_path / "syn", num_images=5, image_size=(40, 48), seed=1)
+    index = read_coco(coco)
+    train, val = DatasetIndex(index.records[:3], index.class_names), DatasetIndex(index.records[3:], index.class_names)
+    write_yolo(train, tmp_path / "yolo", split="train")
+    write_yolo(val, tmp_path / "yolo", split="val")
+    assert (len(read_split(tmp_path / "yolo", "train")), len(read_split(tmp_path / "yolo", "val"))) == (3, 2)
+    spec = {"path": str(tmp_path / "yolo"), "split": "train"}  # a spec's own split wins
+    assert len(read_split(spec, "val")) == 3
+    assert len(read_split(coco, "val")) == 5  # COCO: the file is the split
 
 
 def _assert_same(a: DatasetIndex, b: DatasetIndex) -> None:

@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", metavar="DATASET", help="COCO .json, VOC folder, or YOLO folder / data.yaml")
     add_model_args(p)
     p.add_argument(
-        "--split", default=None, help="VOC/YOLO split (default val; VOC: all XMLs when there is no ImageSets/Main/val.txt)"
+        "--split", default=None, help="VOC/YOLO split (default val; VOC: all XMLs when there is no ImageSets/Main/val.txt or splits/val.txt)"
     )
     p.add_argument("--nms", choices=("hard", "soft"), default="hard", help="hard NMS or Gaussian soft-NMS (official eval)")
     p.add_argument("--voc", action="store_true", help="also report Pascal VOC AP50")
@@ -63,21 +63,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def load_index(dataset: str, split: str | None) -> tuple[DatasetIndex, str]:
     """Read DATASET with ``split`` applied where the format has splits; return (index, format)."""
-    from ..data.formats import detect_format, read_dataset
+    from ..data.formats import detect_format, read_dataset, read_split
 
     fmt = detect_format(dataset)
-    kw: dict[str, Any] = {}
-    if fmt == "coco":
-        if split is not None:
-            print(f"efficientdet eval: note: --split is ignored for COCO; {dataset} is the split", file=sys.stderr)
-    elif fmt == "yolo":
-        kw["split"] = split or "val"
-    else:  # VOC: a named split needs ImageSets/Main/<split>.txt; without one, every XML
-        root = Path(dataset)
-        ann_parent = root if (root / "Annotations").is_dir() else root.parent
-        if split is not None or (ann_parent / "ImageSets" / "Main" / "val.txt").is_file():
-            kw["split"] = split or "val"
-    return read_dataset(dataset, **kw), fmt
+    if fmt == "coco" and split is not None:
+        print(f"efficientdet eval: note: --split is ignored for COCO; {dataset} is the split", file=sys.stderr)
+    if split is not None and fmt != "coco":
+        return read_dataset(dataset, split=split), fmt
+    return read_split(dataset, "val"), fmt
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -26,8 +26,11 @@ __all__ = [
     "detect_format",
     "read_coco",
     "read_dataset",
+    "read_split",
     "read_voc",
     "read_yolo",
+    "voc_annotations_dir",
+    "voc_split_file",
     "write_coco",
     "write_voc",
     "write_yolo",
@@ -40,7 +43,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     """``"coco"``, ``"yolo"`` or ``"voc"`` for a dataset path.
 
     A ``.json`` file is COCO; a ``.yaml`` file or a folder with ``data.yaml`` or ``labels/``
-    is YOLO; a folder with ``Annotations/`` or ``*.xml`` files is VOC.
+    is YOLO; a folder with ``Annotations/`` (or ``annotations/`` holding XMLs) or ``*.xml``
+    files is VOC.
     """
     p = Path(path)
     if p.is_file():
@@ -53,7 +57,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         raise FileNotFoundError(f"{p}: dataset not found")
     if any((p / n).is_file() for n in ("data.yaml", "data.yml", "dataset.yaml")) or (p / "labels").is_dir():
         return "yolo"
-    if (p / "Annotations").is_dir() or next(p.glob("*.xml"), None) is not None:
+    if voc_annotations_dir(p) != p or next(p.glob("*.xml"), None) is not None:
         return "voc"
     raise ValueError(
         f"{p}: cannot tell the dataset format (no data.yaml or labels/ for YOLO, "
@@ -85,12 +89,49 @@ def read_dataset(path_or_spec: str | os.PathLike[str] | Mapping[str, Any], **kw:
         return read_coco(path, **kw)
     if fmt == "yolo":
         return read_yolo(path, **kw)
-    # VOC: a folder holding Annotations/ (the usual VOC2007-style root) or the XMLs themselves.
-    ann_dir = path / "Annotations" if (path / "Annotations").is_dir() else path
+    ann_dir = voc_annotations_dir(path)
     split = kw.pop("split", None)
     if split is not None and "split_file" not in kw:
-        split_path = Path(split)
-        if not split_path.is_file():
-            split_path = ann_dir.parent / "ImageSets" / "Main" / f"{split}.txt"
-        kw["split_file"] = split_path
+        kw["split_file"] = voc_split_file(ann_dir.parent, split)
     return read_voc(ann_dir, **kw)
+
+
+def read_split(path_or_spec: str | os.PathLike[str] | Mapping[str, Any], split: str, **kw: Any) -> DatasetIndex:
+    """Read ``split`` (``"train"``, ``"val"``) of a dataset where its format has splits.
+
+    A COCO file is its own split; a YOLO folder reads ``split``; a VOC folder reads it when
+    its list exists (``ImageSets/Main/`` or ``splits/``), else every XML. A mapping that
+    names its own ``split`` keeps it. ``kw`` go to the reader.
+    """
+    if isinstance(path_or_spec, Mapping):
+        if "split" in path_or_spec:
+            return read_dataset(path_or_spec, **kw)
+        path = Path(path_or_spec.get("path", ""))
+        fmt = str(path_or_spec.get("format", "") or detect_format(path)).lower()
+    else:
+        path, fmt = Path(path_or_spec), detect_format(path_or_spec)
+    if fmt == "yolo" or (fmt == "voc" and voc_split_file(voc_annotations_dir(path).parent, split).is_file()):
+        kw["split"] = split
+    return read_dataset(path_or_spec, **kw)
+
+
+def voc_annotations_dir(root: Path) -> Path:
+    """The XML folder of a VOC root: ``Annotations/`` (VOC2007-style), ``annotations/`` holding
+    XMLs (the layout of many tutorial datasets, e.g. ``annotations/ images/ splits/``), else
+    ``root`` itself (the XMLs side by side)."""
+    if (root / "Annotations").is_dir():
+        return root / "Annotations"
+    lower = root / "annotations"
+    if lower.is_dir() and next(lower.glob("*.xml"), None) is not None:
+        return lower
+    return root
+
+
+def voc_split_file(root: Path, split: str) -> Path:
+    """A VOC split's list of stems: ``split`` itself if it is a file, else
+    ``ImageSets/Main/<split>.txt``, else ``splits/<split>.txt`` when only that exists."""
+    if Path(split).is_file():
+        return Path(split)
+    official = root / "ImageSets" / "Main" / f"{split}.txt"
+    tutorial = root / "splits" / f"{split}.txt"
+    return tutorial if not official.is_file() and tutorial.is_file() else official

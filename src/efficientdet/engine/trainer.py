@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data.common import warn_issue
-from ..data.formats import read_dataset
+from ..data.formats import read_split
 from ..factory import save_model
 from ..ops.anchors import anchors_for_config
 from ..ops.matcher import AnchorLabeler
@@ -87,8 +87,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
 
         kw: dict[str, Any] = {"allow_outside_root": cfg.data.allow_outside_root}
-        self.train_index = read_dataset(cfg.data.train, **kw)
-        self.val_index = read_dataset(cfg.data.val, **kw) if cfg.data.val else None
+        # a VOC or YOLO folder with splits gives its train / val split (eval's default too)
+        self.train_index = read_split(cfg.data.train, "train", **kw)
+        self.val_index = read_split(cfg.data.val, "val", **kw) if cfg.data.val else None
         if self.val_index is not None:  # validation is sharded: every rank needs an image
             check_shardable(len(self.val_index), self.dist, f"validation images in {cfg.data.val}")
         self.class_names = self.train_index.class_names
