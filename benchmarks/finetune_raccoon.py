@@ -33,7 +33,7 @@ def main() -> None:
 
     import torch
 
-    from efficientdet.data.voc import read_voc
+    from efficientdet.data.formats import read_dataset
     from efficientdet.data.coco import write_coco
     from efficientdet.engine.config import load_train_config
     from efficientdet.engine.trainer import Trainer
@@ -45,7 +45,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     splits = {}
     for split in ("train", "val"):
-        index = read_voc(root / "annotations", root / "images", split_file=root / "splits" / f"{split}.txt")
+        index = read_dataset(root, split=split)  # splits/<split>.txt: a missing list is an error
         # file names relative to the JSON's folder: they point outside it, which must be allowed
         splits[split] = write_coco(index, out / f"{split}.json")
         print(f"{split}: {len(index)} images, {index.num_objects} boxes, classes {index.class_names}")

@@ -70,19 +70,12 @@ def read_dataset(path_or_spec: str | os.PathLike[str] | Mapping[str, Any], **kw:
 
     ``path_or_spec`` is a path, or a mapping ``{"format": "coco"|"voc"|"yolo", "path": ...,
     <reader arguments>}`` (e.g. from a config file). ``kw`` go to the reader. For VOC
-    folders, ``split="train"`` means ``ImageSets/Main/train.txt``; ``images_dir`` defaults
+    folders, ``split="train"`` means ``ImageSets/Main/train.txt`` (or ``splits/train.txt``
+    when only that exists); ``images_dir`` defaults
     to automatic lookup under the folder.
     """
-    if isinstance(path_or_spec, Mapping):
-        spec = dict(path_or_spec)
-        if "path" not in spec:
-            raise ValueError(f"dataset spec {spec!r} has no 'path'")
-        path = Path(spec.pop("path"))
-        fmt = str(spec.pop("format", "") or detect_format(path)).lower()
-        kw = {**spec, **kw}
-    else:
-        path = Path(path_or_spec)
-        fmt = detect_format(path)
+    path, fmt, spec_kw = _parse_spec(path_or_spec)
+    kw = {**spec_kw, **kw}
     if fmt not in _READERS:
         raise ValueError(f"unknown dataset format {fmt!r}; expected one of {sorted(_READERS)}")
     if fmt == "coco":
@@ -103,16 +96,24 @@ def read_split(path_or_spec: str | os.PathLike[str] | Mapping[str, Any], split: 
     its list exists (``ImageSets/Main/`` or ``splits/``), else every XML. A mapping that
     names its own ``split`` keeps it. ``kw`` go to the reader.
     """
-    if isinstance(path_or_spec, Mapping):
-        if "split" in path_or_spec:
-            return read_dataset(path_or_spec, **kw)
-        path = Path(path_or_spec.get("path", ""))
-        fmt = str(path_or_spec.get("format", "") or detect_format(path)).lower()
-    else:
-        path, fmt = Path(path_or_spec), detect_format(path_or_spec)
+    path, fmt, spec_kw = _parse_spec(path_or_spec)
+    if "split" in spec_kw:
+        return read_dataset(path_or_spec, **kw)
     if fmt == "yolo" or (fmt == "voc" and voc_split_file(voc_annotations_dir(path).parent, split).is_file()):
         kw["split"] = split
     return read_dataset(path_or_spec, **kw)
+
+
+def _parse_spec(path_or_spec: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[Path, str, dict[str, Any]]:
+    """(path, format, the spec's reader arguments) of a dataset path or config mapping."""
+    if isinstance(path_or_spec, Mapping):
+        spec = dict(path_or_spec)
+        if "path" not in spec:
+            raise ValueError(f"dataset spec {spec!r} has no 'path'")
+        path = Path(spec.pop("path"))
+        return path, str(spec.pop("format", "") or detect_format(path)).lower(), spec
+    path = Path(path_or_spec)
+    return path, detect_format(path), {}
 
 
 def voc_annotations_dir(root: Path) -> Path:
