@@ -83,6 +83,7 @@ def main() -> None:
     result = evaluate(model, val_index, batch_size=8, out_dir=out / "eval", progress=True)
     summary = {
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "device": str(trainer.device),
         "train_minutes": round(train_min, 1),
         "steps": trainer.step,
         "epochs": trainer.epoch,
