@@ -66,7 +66,9 @@ def test_bad_augment_config_is_one_clear_error(override: str, message: str) -> N
 def test_augment_keys_parse() -> None:
     cfg = load_train_config(None, ["augment.policy=v0", "augment.mosaic=0.5", "augment.grid_mask=true"], "finetune")
     assert (cfg.augment.policy, cfg.augment.mosaic, cfg.augment.grid_mask) == ("v0", 0.5, True)
-    assert load_train_config(None, None, "finetune").augment.policy == "v0"  # measured best on raccoon
+    finetune = load_train_config(None, None, "finetune").augment
+    # measured on raccoon: no extra augmentation raised AP beyond the seeds' spread
+    assert (finetune.policy, finetune.mosaic, finetune.mixup, finetune.grid_mask) == ("none", 0.0, 0.0, False)
     official = load_train_config(None, None, "official").augment
     assert (official.policy, official.mosaic, official.mixup, official.grid_mask) == ("none", 0.0, 0.0, False)  # the paper
 

@@ -63,9 +63,6 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "optim.lr": 2e-3,
             "log_every": 5,
-            # the synthetic shapes are told apart partly by colour, and v0's colour ops were
-            # measured on real photos only: the 6-minute demo keeps its measured recipe
-            "augment.policy": "none",
         },
         preset="finetune",
     )
