@@ -32,7 +32,8 @@ def test_cpu_model_gets_the_training_rewrites(tiny_dataset: Path, tmp_path: Path
     # D0 (SiLU; Lite0's ReLU6 has no lean BN form)
     cfg = make_config(tiny_dataset, tmp_path, model="efficientdet_d0", bn_momentum=0.05, freeze_backbone=True)
     amp_dtype = resolve_amp_dtype(cfg.amp, CPU)
-    model = build_train_model(cfg, ["a", "b", "c"], CPU, distributed=False, amp_dtype=amp_dtype)
+    with pytest.warns(UserWarning, match="backbone stays random"):  # random init + frozen: told
+        model = build_train_model(cfg, ["a", "b", "c"], CPU, distributed=False, amp_dtype=amp_dtype)
     assert model.class_names == ["a", "b", "c"] and model.config.num_classes == 3
     assert _count(model, LeanBatchNormSiLU2d) == 32 and _count(model, PointwiseConv2d) > 50  # D0 backbone BN+SiLU
     assert not any(p.requires_grad for p in model.backbone.parameters())

@@ -119,6 +119,8 @@ def test_config_file_preset_and_overrides(tmp_path: Path) -> None:
     path.write_text("preset: finetune\nmodel: efficientdet_lite0\noptim:\n  lr: 0.002\ndata:\n  train: a.json\n")
     cfg = load_train_config(path, ["optim.lr=0.005", "data.scale_range=[0.8, 1.2]", "epochs=7"])
     assert cfg.optim.optimizer == "adamw" and cfg.bn_momentum == 0.1  # from the preset
+    assert cfg.freeze_backbone and cfg.pretrained_backbone  # measured on raccoon (docs/augmentation.md)
+    assert not load_train_config(path, ["freeze_backbone=false"]).freeze_backbone
     assert cfg.optim.lr == 0.005 and cfg.data.scale_range == (0.8, 1.2) and cfg.epochs == 7
     assert cfg.data.train == "a.json" and cfg.model == "efficientdet_lite0"
     with pytest.raises(ValueError, match="unknown training config field 'optim.lrr'|'lrr'"):

@@ -53,7 +53,9 @@ def learned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
         {
             "model": "efficientdet_lite0", "image_size": SIZE, "data.train": str(train), "data.workers": 0,
             "batch_size": 6, "epochs": 12, "eval_every": 0, "output": str(root / "run"), "log_every": 100,
-            "deterministic": True, "optim.lr": 1e-2, "augment.policy": "none",  # the 12 epochs as measured
+            # the 12 epochs as measured, whole network: a frozen backbone learns too little in 60
+            # steps at 128 px for int8 and float to agree on the box (IoU ~0.6)
+            "deterministic": True, "optim.lr": 1e-2, "augment.policy": "none", "freeze_backbone": False,
         },
         preset="finetune",
     )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -101,6 +102,13 @@ def build_train_model(
         **overrides,
     )
     if cfg.freeze_backbone:
+        if not cfg.pretrained_backbone and cfg.weights is None:
+            # legal (tests do it), but for a user almost surely a mistake: nothing will train it
+            warnings.warn(
+                "freeze_backbone=true with a randomly initialised backbone (pretrained_backbone=false "
+                "and no weights): the backbone stays random; set freeze_backbone=false to train it",
+                stacklevel=2,
+            )
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     if cfg.bn_momentum is not None:
