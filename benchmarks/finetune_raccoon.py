@@ -65,7 +65,6 @@ def main() -> None:
             "time_budget_minutes": args.minutes,
             "eval_every": 0,
             "output": str(out / "train"),
-            "optim.lr": 2e-3,
             "log_every": 10,
             "data.allow_outside_root": True,
             **dict(parse_override(o) for o in args.set),

@@ -50,7 +50,9 @@ def _train(name: str, train_json: Path, out: Path, args: argparse.Namespace, ext
         "model": "efficientdet_lite0", "image_size": args.image_size, "data.train": str(train_json),
         "data.workers": 1, "batch_size": args.batch_size, "epochs": 10000, "time_budget_minutes": args.minutes,
         "eval_every": 0, "output": str(out / name), "log_every": 20,
-        "augment.policy": "none",  # as measured in docs/small_objects.md (before v0 joined the preset)
+        # as measured in docs/small_objects.md: the preset of 2026-12-03 (no policy, whole network,
+        # AdamW's default lr), before v0 joined it and the backbone was frozen
+        "augment.policy": "none", "freeze_backbone": False, "optim.lr": None,
         **extra,
     }  # fmt: skip
     cfg = load_train_config(None, overrides, preset="finetune")
