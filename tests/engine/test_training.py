@@ -70,7 +70,8 @@ def test_sigint_saves_and_stops_cleanly(tiny_dataset: Path, tmp_path: Path, make
 
 
 def test_frozen_backbone_does_not_change(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
-    trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=1, freeze_backbone=True), progress=False)
+    with pytest.warns(UserWarning, match="backbone stays random"):  # random init, frozen on purpose
+        trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=1, freeze_backbone=True), progress=False)
     before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
     trainer.fit()
     after = trainer.model.backbone.state_dict()
