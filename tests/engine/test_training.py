@@ -121,7 +121,7 @@ def test_config_file_preset_and_overrides(tmp_path: Path) -> None:
     cfg = load_train_config(path, ["optim.lr=0.005", "data.scale_range=[0.8, 1.2]", "epochs=7"])
     assert cfg.optim.optimizer == "adamw" and cfg.bn_momentum == 0.1  # from the preset
     assert cfg.freeze_backbone and cfg.pretrained_backbone  # measured on raccoon (docs/augmentation.md)
-    assert load_train_config(None, None, "finetune").optim.lr == 4e-3  # ditto, at batch 8
+    assert load_train_config(None, None, "finetune").optim.lr == 6e-3  # ditto, at batch 8
     assert not load_train_config(path, ["freeze_backbone=false"]).freeze_backbone
     assert cfg.optim.lr == 0.005 and cfg.data.scale_range == (0.8, 1.2) and cfg.epochs == 7
     assert cfg.data.train == "a.json" and cfg.model == "efficientdet_lite0"
