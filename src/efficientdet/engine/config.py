@@ -166,7 +166,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "finetune": {
         "optim.optimizer": "adamw",
         # measured at batch 8 with the frozen backbone below: 4e-3 beat 2e-3 on 3 of 3 raccoon
-        # seeds, 6e-3 beat 4e-3 on the mean of 3 (docs/augmentation.md); with the whole network
+        # seeds, 6e-3 beat 4e-3 on 3 of 4 and on the mean (docs/augmentation.md); with the whole network
         # training, 2e-3 scored higher
         "optim.lr": 6e-3,
         "optim.weight_decay": 1e-4,
