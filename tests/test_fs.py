@@ -114,6 +114,15 @@ def test_remove_stale_temp_files(tmp_path: Path) -> None:
     assert entries(tmp_path) == sorted(p.name for p in keep)
 
 
+def test_safetensors_own_temp_files_are_removed_on_request(tmp_path: Path) -> None:
+    """safetensors writes through ``.tmpXXXXXX`` beside its target; a kill leaves it behind."""
+    for name in (".tmpAb12Cd", ".tmp_keeps_longer_names", "tmpAb12Cd"):
+        (tmp_path / name).write_text("")
+    assert remove_stale_temp_files(tmp_path, ("*.ckpt",)) == []
+    assert remove_stale_temp_files(tmp_path, ("*.ckpt",), writer_temps=True) == [tmp_path / ".tmpAb12Cd"]
+    assert entries(tmp_path) == [".tmp_keeps_longer_names", "tmpAb12Cd"]
+
+
 def test_describe_write_error_full_disk() -> None:
     message = describe_write_error("/out/last.ckpt", OSError(28, os.strerror(28)), "the checkpoint")
     assert message == (

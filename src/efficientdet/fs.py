@@ -98,16 +98,26 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, encoding: str 
     return Path(path)
 
 
-def remove_stale_temp_files(folder: str | os.PathLike[str], patterns: tuple[str, ...]) -> list[Path]:
+# safetensors (0.8) writes through a temp file of its own beside the target (Rust's tempfile
+# crate: ".tmp" and 6 random characters) and renames it onto our temp path: a kill in that
+# write leaves one of these in the folder.
+WRITER_TEMP_GLOB = ".tmp??????"
+
+
+def remove_stale_temp_files(
+    folder: str | os.PathLike[str], patterns: tuple[str, ...], writer_temps: bool = False
+) -> list[Path]:
     """Delete the temp files a killed writer left for targets matching ``patterns`` (globs of
-    the target name, e.g. ``"*.ckpt"``) in ``folder``; returns what was removed.
+    the target name, e.g. ``"*.ckpt"``) in ``folder``, and with ``writer_temps`` safetensors'
+    own (:data:`WRITER_TEMP_GLOB`); returns what was removed.
 
     Only call this where no other process writes to ``folder`` at the same time.
     """
     folder = Path(folder)
     removed = []
-    for pattern in patterns:
-        for stale in folder.glob(f".{pattern}.*{TEMP_SUFFIX}"):
+    globs = [f".{pattern}.*{TEMP_SUFFIX}" for pattern in patterns] + ([WRITER_TEMP_GLOB] if writer_temps else [])
+    for glob in globs:
+        for stale in folder.glob(glob):
             try:
                 stale.unlink()
                 removed.append(stale)

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from efficientdet.engine.checkpoint import load_checkpoint
+from efficientdet.fs import WRITER_TEMP_GLOB
 from efficientdet.weights.io import read_weights
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -83,8 +84,9 @@ def assert_folder_consistent(output: Path) -> list[str]:
         elif path.suffix == ".safetensors":
             tensors, meta = read_weights(path)
             assert meta is not None and len(tensors) > 100, path
-        elif path.name.endswith(".tmp"):
-            # a write cut short: hidden, and no glob for checkpoints can pick it up
+        elif path.name.endswith(".tmp") or path.match(WRITER_TEMP_GLOB):
+            # a write cut short (ours, or safetensors' own temp file inside it): hidden, and
+            # no glob for checkpoints can pick it up
             assert path.name.startswith("."), path
             assert path not in {*output.glob("*.ckpt"), *output.glob("*.safetensors")}
             temps.append(path.name)
@@ -161,7 +163,7 @@ def assert_same_run(ref: Path, killed: Path, max_steps: int) -> None:
     rows_a, rows_b = _metrics_rows(ref), _metrics_rows(killed)
     assert len(rows_b) == max_steps + 1  # header + one row per step: replayed rows not duplicated
     assert rows_a == rows_b
-    assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]  # cleaned up on resume
+    assert not [p for p in killed.iterdir() if p.name.endswith(".tmp") or p.match(WRITER_TEMP_GLOB)]  # cleaned up
 
 
 def _run_scenario(dataset: Path, tmp_path: Path, kills: int, max_steps: int, seed: int) -> None:
@@ -226,8 +228,9 @@ def test_metrics_rows_after_the_checkpoint_are_dropped(tmp_path: Path) -> None:
 def test_stale_temp_files_of_killed_saves_are_removed(tmp_path: Path) -> None:
     from efficientdet.engine.checkpoint import remove_stale_temp_files
 
-    stale = [".last.ckpt.k2j_x9.tmp", ".best.ckpt.0a1b.tmp", ".last.safetensors.1f2e3d4c5b6a.tmp"]
-    kept = ["last.ckpt", "notes.tmp", ".other.tmp", "last.ckpt.tmp"]
+    # .tmpsjw4HI: safetensors' own temp file, left by a kill inside its write (seen in this test)
+    stale = [".last.ckpt.k2j_x9.tmp", ".best.ckpt.0a1b.tmp", ".last.safetensors.1f2e3d4c5b6a.tmp", ".tmpsjw4HI"]
+    kept = ["last.ckpt", "notes.tmp", ".other.tmp", "last.ckpt.tmp", ".tmp_long_name", "tmpsjw4HI"]
     for name in stale + kept:
         (tmp_path / name).write_bytes(b"x")
     removed = remove_stale_temp_files(tmp_path)

@@ -105,12 +105,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete temp files a killed writer left behind (``.last.ckpt.XXXX.tmp`` and the
-    ``.safetensors`` ones of ``write_weights``); returns what was removed.
+    """Delete temp files a killed writer left behind (``.last.ckpt.XXXX.tmp``, the
+    ``.safetensors`` ones of ``write_weights`` and safetensors' own ``.tmpXXXXXX``); returns
+    what was removed.
 
     Only one training run may write to an output folder, so at start-up none is in use.
     """
-    return fs.remove_stale_temp_files(folder, ("*.ckpt", "*.safetensors", "*.csv", "*.png"))
+    return fs.remove_stale_temp_files(folder, ("*.ckpt", "*.safetensors", "*.csv", "*.png"), writer_temps=True)
 
 
 def check_resumable(
