@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from efficientdet.data.images import ImageError, image_size_of, load_image
+from efficientdet.data.images import ImageError, image_size_of, is_dense, load_image
 
 
 def _pattern(h: int = 24, w: int = 32) -> np.ndarray:
@@ -21,7 +21,7 @@ def _pattern(h: int = 24, w: int = 32) -> np.ndarray:
 
 
 def _hwc(t: torch.Tensor) -> np.ndarray:
-    assert t.dtype == torch.uint8 and t.ndim == 3 and t.shape[0] == 3 and t.is_contiguous()
+    assert t.dtype == torch.uint8 and t.ndim == 3 and t.shape[0] == 3 and is_dense(t)
     return t.permute(1, 2, 0).numpy()
 
 
@@ -300,3 +300,21 @@ def test_image_size_of_in_memory() -> None:
     assert image_size_of(np.zeros((4, 5, 3), np.uint8)) == (4, 5)
     assert image_size_of(torch.zeros(3, 4, 5)) == (4, 5)
     assert image_size_of(Image.new("RGB", (5, 4))) == (4, 5)
+
+
+def test_files_and_arrays_come_back_channels_last_and_owned(tmp_path: Path) -> None:
+    """The decoders write HWC memory and load_image keeps it (no transposing copy); arrays are
+    copied once in HWC order, so the caller's array is never shared."""
+    array = _pattern()
+    Image.fromarray(array).save(tmp_path / "a.png")
+    Image.fromarray(array).save(tmp_path / "a.jpg", quality=95)
+    for source in (tmp_path / "a.png", tmp_path / "a.jpg", Image.fromarray(array), array):
+        image = load_image(source)
+        assert image.permute(1, 2, 0).is_contiguous() and image.stride() == (1, 3 * array.shape[1], 3), source
+    image = load_image(array)
+    image[0, 0, 0] = 255 - int(array[0, 0, 0])
+    assert image[0, 0, 0] != array[0, 0, 0]  # our own copy
+    # Layouts that are neither CHW nor HWC dense are copied into HWC order.
+    strided = torch.from_numpy(array).permute(2, 0, 1)[:, ::2, :]
+    out = load_image(strided)
+    assert is_dense(out) and torch.equal(out, strided)

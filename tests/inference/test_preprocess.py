@@ -104,3 +104,17 @@ def test_thin_image_keeps_at_least_one_pixel() -> None:
 def test_bad_inputs_raise(image: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="image #1"):
         preprocess_batch([_random(8, 8), image], CONFIG)
+
+
+def test_memory_layout_does_not_change_the_input() -> None:
+    """load_image gives HWC-ordered memory (the fast resize path); a CHW tensor must prepare to
+    the very same bits, for downscales, upscales and an image already at the model size."""
+    torch.manual_seed(0)
+    config = PreprocessConfig(image_size=(64, 64))
+    for hw in ((120, 90), (30, 50), (64, 64), (64, 40)):
+        chw = torch.randint(0, 256, (3, *hw), dtype=torch.uint8)
+        hwc = chw.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        assert not hwc.is_contiguous()
+        a, _, _ = preprocess_batch([chw], config)
+        b, _, _ = preprocess_batch([hwc], config)
+        assert torch.equal(a, b), hw
