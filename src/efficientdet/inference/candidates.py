@@ -119,12 +119,14 @@ def candidate_bound(best: Tensor, k: int, min_logit: float) -> float:
     or when at most ``k`` anchors reach it (then the threshold alone keeps the set small)."""
     if best.numel() < k:
         return min_logit
-    if min_logit > -math.inf and int((best >= min_logit).sum()) <= k:
-        # At most k anchors can pass the threshold (predict's 0.3: a handful): the threshold is
-        # the bound, and the k-th value (a selection over all T maxima, ~0.6 ms at D0) is not needed.
+    if best.numel() == k:  # the pre-selected rows of a candidates graph (k = max_candidates)
+        return max(min_logit, float(best.min()))
+    if min_logit > -math.inf and int((best >= min_logit).sum()) < k:
+        # Fewer than k anchors can pass the threshold (predict's 0.3: a handful): the k-th value
+        # is below it, so the threshold is the bound, and that selection over all T maxima
+        # (~0.6 ms at D0) is not needed.
         return min_logit
-    kth = best.min() if best.numel() == k else best.kthvalue(best.numel() - k + 1).values
-    return max(min_logit, float(kth))
+    return max(min_logit, float(best.kthvalue(best.numel() - k + 1).values))
 
 
 def best_first(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
