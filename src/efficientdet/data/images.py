@@ -52,8 +52,6 @@ _MAGIC = (
 _PIL_16BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 
-
-
 def load_image(
     source: ImageSource, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> torch.Tensor:
@@ -65,9 +63,9 @@ def load_image(
     to 3 channels, alpha is dropped, 16-bit is scaled to 8-bit. Tensors stay on their device;
     a dense uint8 RGB tensor is returned as is (sharing memory). Files, PIL images and arrays
     come back channels-last in memory (strides ``(1, 3W, 3)``), as the decoders write them:
-    torch's antialiased uint8 resize reads that layout ~2.4x faster than CHW, and reordering
-    would cost a copy; ``.contiguous()`` gives CHW memory where a caller needs it. ``name`` labels the image in errors (default: the path, or
-    "image"). Images with more than ``max_pixels`` pixels are refused (``None``: no limit);
+    torch's antialiased uint8 resize reads that layout fastest, and reordering would cost a
+    copy; ``.contiguous()`` gives CHW memory where a caller needs it. ``name`` labels the
+    image in errors (default: the path, or "image"). Images with more than ``max_pixels`` pixels are refused (``None``: no limit);
     for files the size is read from the header before anything is decoded.
 
     Raises:
