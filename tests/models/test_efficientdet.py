@@ -117,3 +117,19 @@ def test_native_lite0_size_not_multiple_of_128() -> None:
     with torch.no_grad():
         cls, _ = model(torch.randn(1, 3, 320, 320))
     assert [t.shape[-1] for t in cls] == [40, 20, 10, 5, 3]
+
+
+def test_backbone_download_failure_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Offline, timm's hub download raises an OSError (huggingface_hub's LocalEntryNotFoundError
+    # is one); the user gets a RuntimeError saying what to do, which the CLI prints as one line.
+    import timm
+
+    from efficientdet.models import backbone
+
+    def offline(*args: object, pretrained: bool = False, **kwargs: object) -> None:
+        assert pretrained
+        raise FileNotFoundError("An error happened while trying to locate the file on the Hub\nmore lines")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(RuntimeError, match=r"tf_efficientnet_b0.*FileNotFoundError: An error happened.*Hub\)\. This needs internet.*efficientdet_lite0"):
+        backbone.create_backbone("tf_efficientnet_b0", pretrained=True)

