@@ -77,6 +77,21 @@ def test_preprocess_batch_matches_single_and_reports_sizes() -> None:
     assert empty.shape == (0, 3, 64, 96) and empty_scales.shape == (0,) and empty_sizes == []
 
 
+def test_padding_is_written_not_assumed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The buffers are allocated uninitialised and only the padding is zeroed: with allocations
+    # poisoned with NaN, every value outside the content must still be exactly 0.
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
+    images = [_random(120, 360, 1), _random(200, 100, 2), _random(64, 96, 3)]
+    batch, _, _ = preprocess_batch(images, CONFIG)
+    single, _ = resize_and_pad(images[1], CONFIG.image_size, CONFIG.mean, CONFIG.std)
+    assert not batch.isnan().any() and not single.isnan().any()
+    assert torch.count_nonzero(batch[0, :, 32:, :]) == 0 and torch.count_nonzero(batch[1, :, :, 32:]) == 0
+    assert torch.count_nonzero(single[:, :, 32:]) == 0
+    monkeypatch.undo()
+    torch.testing.assert_close(batch, preprocess_batch(images, CONFIG)[0], rtol=0, atol=0)
+
+
 def test_uint8_resize_is_close_to_float_resize() -> None:
     import torchvision.transforms.v2.functional as TF
 

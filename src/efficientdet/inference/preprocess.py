@@ -81,7 +81,7 @@ def resize_and_pad(
     """
     check_image(image, "image")
     h, w = check_size(image_size)
-    out = torch.zeros((3, h, w), dtype=torch.float32, device=image.device)
+    out = torch.empty((3, h, w), dtype=torch.float32, device=image.device)
     mean_t, std_t = _stats(mean, std, image.device)
     return out, _resize_normalize_into(image, out, mean_t, std_t)
 
@@ -98,8 +98,9 @@ def preprocess_batch(
     for i, image in enumerate(images):
         check_image(image, f"image #{i}")
     device = images[0].device if len(images) else torch.device("cpu")
-    # One zero-filled buffer: each image writes only its content region, the rest is padding.
-    batch = torch.zeros((len(images), 3, h, w), dtype=torch.float32, device=device)
+    # One buffer: each image writes its content region and zeroes only the rest (filling all
+    # of it with zeros first would write the content region twice).
+    batch = torch.empty((len(images), 3, h, w), dtype=torch.float32, device=device)
     mean_t, std_t = _stats(config.mean, config.std, device)
     scales = torch.empty(len(images), dtype=torch.float32)
     sizes: list[tuple[int, int]] = []
@@ -112,12 +113,15 @@ def preprocess_batch(
 def _resize_normalize_into(
     image: torch.Tensor, out: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 ) -> float:
-    """Write the resized, normalised ``image`` into the top-left of zeroed ``out`` [3, h, w]."""
+    """Write the resized, normalised ``image`` into the top-left of ``out`` [3, h, w] and
+    zeros into the rest (``out``'s previous contents do not matter)."""
     image, scale = resize_to_fit(image, (int(out.shape[1]), int(out.shape[2])))
     new_h, new_w = int(image.shape[1]), int(image.shape[2])
     region = out[:, :new_h, :new_w]
     region.copy_(image)  # uint8 -> float32 in place
     region.sub_(mean).div_(std)
+    out[:, new_h:, :].zero_()
+    out[:, :new_h, new_w:].zero_()
     return scale
 
 
