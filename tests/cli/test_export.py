@@ -83,7 +83,7 @@ def test_export_int8_runs_with_its_backend(
         (["--int8", "--calibration", "EMPTY"], "no images"),
         (["--int8", "--calibration", "BROKEN"], "none of the 2 images could be read"),
         (["--int8", "--calibration", "MISSING"], "no such file or folder"),
-        (["--int8", "--calibration", "IMAGES", "--calibration-method", "entropy"], "apply to --quantizer onnxruntime"),
+        (["--int8", "--calibration", "IMAGES", "--calibration-method", "entropy"], "entropy does not apply to --quantizer nncf"),
     ],
 )
 def test_export_int8_bad_input(

@@ -19,7 +19,9 @@ pytest.importorskip("onnxruntime")
 from efficientdet import create_model  # noqa: E402
 from efficientdet.export import OnnxDetector, export_onnx, read_onnx_metadata  # noqa: E402
 from efficientdet.export.calibration import calibration_files, load_calibration_images  # noqa: E402
-from efficientdet.export.quantize import FLOAT_GROUPS, Int8Options, export_int8, float_nodes  # noqa: E402
+from efficientdet.export.quantize import (  # noqa: E402
+    FLOAT_GROUPS, Int8Options, export_int8, float_nodes, has_unbounded_activations, resolve_method,
+)  # fmt: skip
 from efficientdet.ops.boxes import box_iou  # noqa: E402
 
 SIZE = 128
@@ -102,21 +104,27 @@ def test_int8_graph_is_quantized_and_says_so(graphs: tuple[Path, Path, str]) -> 
 
 
 def test_int8_detections_match_float(learned: tuple[Path, Path, Path], graphs: tuple[Path, Path, str]) -> None:
-    """Top detections (float score >= 0.5) of held-out images like the calibration ones: the
-    int8 model finds each (among its detections >= 0.3) with the same label and IoU > 0.9."""
+    """Each held-out image's top float detection (when it scores >= 0.25): the int8 model finds
+    it (among its detections >= 0.1) with the same label and IoU > 0.9.
+
+    The top box, not every box above a fixed score: 60 steps of training end at different
+    confidences on different CPUs (top scores 0.3-0.6 on one, above 0.5 on another), and a
+    fixed threshold then tests how confident the model got, not what int8 changes."""
     from efficientdet.data.formats import read_dataset
 
     _, _, val = learned
     images = [r.image_path for r in read_dataset(val).records]
-    float_dets = runtime(graphs[0])(images, score_threshold=0.5)
-    int8_dets = runtime(graphs[1], graphs[2])(images, score_threshold=0.3)
+    float_dets = runtime(graphs[0])(images, score_threshold=0.25)
+    int8_dets = runtime(graphs[1], graphs[2])(images, score_threshold=0.1)
     checked = 0
     for want, got in zip(float_dets, int8_dets):
-        for box, label in zip(want["boxes"], want["labels"]):
-            same = got["labels"] == label
-            assert same.any(), f"int8 lost a {label} detection"
-            assert box_iou(box[None], got["boxes"][same]).max() > 0.9
-            checked += 1
+        if not len(want["scores"]):
+            continue
+        box, label = want["boxes"][0], want["labels"][0]  # sorted by score
+        same = got["labels"] == label
+        assert same.any(), f"int8 lost a {label} detection"
+        assert box_iou(box[None], got["boxes"][same]).max() > 0.9
+        checked += 1
     assert checked >= len(images) // 2  # the model learned: confident boxes to compare
 
 
@@ -185,9 +193,57 @@ def test_options_refuse_bad_values() -> None:
         Int8Options(calibration_images=0)
     with pytest.raises(ValueError, match="unknown quantizer"):
         Int8Options(quantizer="tensorrt")
-    with pytest.raises(ValueError, match="--quantizer onnxruntime"):
-        Int8Options(method="percentile")  # NNCF (the default) takes its own ranges
+    with pytest.raises(ValueError, match="percentile does not apply to --quantizer nncf"):
+        Int8Options(method="percentile")  # NNCF (the default) takes its own kinds of ranges
+    with pytest.raises(ValueError, match="quantile does not apply to --quantizer onnxruntime"):
+        Int8Options(quantizer="onnxruntime", method="quantile")
     assert Int8Options(quantizer="onnxruntime", method="percentile").method == "percentile"
+
+
+def test_auto_ranges_follow_the_activations() -> None:
+    # Swish (D0's backbone, BiFPN and heads) has long-tailed ranges: NNCF clips at quantiles;
+    # ReLU6 (Lite) is bounded: min-max. ONNX Runtime's auto is its min-max; explicit choices stay.
+    d0 = create_model("efficientdet_d0", pretrained_backbone=False)
+    lite0 = create_model("efficientdet_lite0", pretrained_backbone=False)
+    assert has_unbounded_activations(d0) and not has_unbounded_activations(lite0)
+    assert resolve_method(Int8Options(), d0).method == "quantile"
+    assert resolve_method(Int8Options(), lite0).method == "minmax"
+    assert resolve_method(Int8Options(quantizer="onnxruntime"), d0).method == "minmax"
+    assert resolve_method(Int8Options(method="minmax"), d0).method == "minmax"
+
+
+def test_quantile_ranges_narrow_the_activation_scales(
+    learned: tuple[Path, Path, Path], graphs: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    # The option reaches NNCF: per-image quantiles lie inside the per-image min/max, so every
+    # activation scale of the quantile file is at most the min-max file's, and some are smaller.
+    import onnx
+    from onnx import numpy_helper
+
+    _, minmax_path, quantizer = graphs
+    if quantizer != "nncf":
+        pytest.skip("quantile ranges are NNCF's")
+    weights, images, _ = learned
+    model = create_model(weights=weights).eval()
+    calib = load_calibration_images(calibration_files(images, 24))
+    quantile_path = export_int8(model, tmp_path / "q.onnx", calib, Int8Options(calibration_images=24, method="quantile"))
+    assert "quantiles" in read_onnx_metadata(quantile_path).int8["calibration"]
+    assert "min-max" in read_onnx_metadata(minmax_path).int8["calibration"]
+
+    def activation_scales(path: Path) -> dict[str, float]:
+        graph = onnx.load(os.fspath(path)).graph
+        inits = {t.name: t for t in graph.initializer}
+        return {
+            n.input[0]: float(numpy_helper.to_array(inits[n.input[1]]).max())
+            for n in graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits and n.input[1] in inits
+        }
+
+    narrow, wide = activation_scales(quantile_path), activation_scales(minmax_path)
+    shared = narrow.keys() & wide.keys()
+    assert len(shared) > 20
+    assert all(narrow[k] <= wide[k] * 1.0001 for k in shared)
+    assert sum(narrow[k] < wide[k] * 0.99 for k in shared) > len(shared) // 4
 
 
 def test_calibration_files_spread_over_the_set(tmp_path: Path) -> None:

@@ -34,8 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--calibration", metavar="DATA", help="a dataset (COCO, VOC, YOLO) or a folder of images like the ones to run on")
     q.add_argument("--calibration-images", type=int, default=100, metavar="N", help="images to calibrate on (default 100)")
     q.add_argument(
-        "--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax",
-        help="--quantizer onnxruntime: how activation ranges are taken (default minmax)",
+        "--calibration-method", choices=["auto", "minmax", "quantile", "percentile", "entropy"], default="auto",
+        help="how activation ranges are taken: nncf minmax or quantile (per image, averaged), onnxruntime "
+             "minmax, percentile or entropy; auto (default): nncf quantile for Swish networks (D0-D7), "
+             "minmax otherwise",
     )  # fmt: skip
     q.add_argument(
         "--keep-float", default="heads", metavar="GROUPS",
@@ -80,7 +82,7 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
     import sys
 
     from ..export.calibration import calibration_files, load_calibration_images
-    from ..export.quantize import Int8Options, export_int8
+    from ..export.quantize import Int8Options, export_int8, resolve_method
     from ..factory import create_model
 
     if not args.int8:
@@ -104,6 +106,7 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
     files = calibration_files(args.calibration, options.calibration_images)
     images = load_calibration_images(files, warn=lambda msg: print(f"efficientdet export: warning: {msg}", file=sys.stderr))
     model = create_model(args.model, weights=args.weights).eval()
+    options = resolve_method(options, model)
     path = export_int8(
         model, Path(args.out), images, options, image_size=args.image_size, batch_size=args.batch_size,
         dynamic_batch=not args.static_batch, include_postprocess=args.nms,
@@ -113,7 +116,7 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
     rr = "on" if options.resolved_reduce_range() else "off"
     print(
         f"exported {model.config.name} (onnx, int8 by {options.quantizer}: {len(images)} calibration images, "
-        f"{options.method + ', ' if options.quantizer == 'onnxruntime' else ''}"
+        f"{options.method} ranges, "
         f"float: {', '.join(groups) or 'none'}, reduce_range {rr}, outputs: {_layout(path)}) -> {path} "
         f"({size:.1f} MB); checked and run once"
     )

@@ -37,8 +37,8 @@ import numpy as np
 
 __all__ = [
     "CANDIDATES_ABOVE_CLASSES", "FLOAT_GROUPS", "QUANTIZERS", "Int8Options", "cpu_has_vnni", "export_int8",
-    "float_nodes", "int8_candidates", "int8_description",
-    "quantize_network", "quantize_with_nncf", "quantize_with_onnxruntime", "require_nncf",
+    "float_nodes", "has_unbounded_activations", "int8_candidates", "int8_description",
+    "quantize_network", "resolve_method", "quantize_with_nncf", "quantize_with_onnxruntime", "require_nncf",
 ]  # fmt: skip
 
 # Parts of the network that can be kept in float, by name:
@@ -47,7 +47,14 @@ __all__ = [
 #             product + bias that give the logits and box codes: their outputs are the scores);
 #   fusion:   the BiFPN's weighted-fusion arithmetic (Add / Mul / Div between resampled maps).
 FLOAT_GROUPS: tuple[str, ...] = ("stem", "heads", "fusion")
-CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy")
+# How activation ranges are taken from the calibration images. "auto" picks per model and
+# quantizer (:func:`resolve_method`); NNCF takes "minmax" or "quantile", ONNX Runtime "minmax",
+# "percentile" or "entropy".
+CALIBRATION_METHODS: tuple[str, ...] = ("auto", "minmax", "quantile", "percentile", "entropy")
+_METHODS_OF = {"nncf": ("auto", "minmax", "quantile"), "onnxruntime": ("auto", "minmax", "percentile", "entropy")}
+# Activations without an upper bound: their ranges have long tails (Swish in EfficientNet-B*
+# backbones and in D0-D7's BiFPN and heads), unlike ReLU6 (the Lite models).
+_UNBOUNDED_ACTIVATIONS = frozenset({"SiLU", "Swish", "SwishMe", "SwishAuto", "GELU", "Mish", "MishMe"})
 QUANTIZERS: tuple[str, ...] = ("nncf", "onnxruntime")
 
 
@@ -56,15 +63,17 @@ class Int8Options:
     """How to quantize; the defaults are what ``efficientdet export --int8`` uses.
 
     ``quantizer``: ``nncf`` or ``onnxruntime`` (see the module docs); ``calibration_images``:
-    images the activation ranges are observed on; ``method`` (``onnxruntime`` only): how a
-    range is taken from them (``minmax``, ``percentile`` at 99.999, ``entropy``);
+    images the activation ranges are observed on; ``method``: how a range is taken from them
+    (NNCF: ``minmax`` or ``quantile``, each per image and averaged over the images; ONNX
+    Runtime: ``minmax`` over all images, ``percentile`` at 99.999, ``entropy``; ``auto``:
+    :func:`resolve_method`);
     ``reduce_range``: None = auto (see the module docs); ``per_channel`` (``onnxruntime``
     only; NNCF always quantizes convolution weights per output channel).
     """
 
     quantizer: str = "nncf"
     calibration_images: int = 100
-    method: str = "minmax"
+    method: str = "auto"
     per_channel: bool = True
     reduce_range: bool | None = None
     float_groups: tuple[str, ...] = ("heads",)
@@ -76,15 +85,39 @@ class Int8Options:
             raise ValueError(f"unknown quantizer {self.quantizer!r}; valid: {', '.join(QUANTIZERS)}")
         if self.method not in CALIBRATION_METHODS:
             raise ValueError(f"unknown calibration method {self.method!r}; valid: {', '.join(CALIBRATION_METHODS)}")
-        if self.quantizer == "nncf" and (self.method != "minmax" or not self.per_channel):
-            raise ValueError("--calibration-method and per-tensor weights apply to --quantizer onnxruntime; "
-                             "NNCF takes its own ranges and per-channel weights")  # fmt: skip
+        if self.method not in _METHODS_OF[self.quantizer]:
+            raise ValueError(f"--calibration-method {self.method} does not apply to --quantizer {self.quantizer}; "
+                             f"valid: {', '.join(_METHODS_OF[self.quantizer])}")  # fmt: skip
+        if self.quantizer == "nncf" and not self.per_channel:
+            raise ValueError("per-tensor weights apply to --quantizer onnxruntime; NNCF quantizes weights per channel")
         unknown = sorted(set(self.float_groups) - set(FLOAT_GROUPS))
         if unknown:
             raise ValueError(f"unknown float group(s) {', '.join(unknown)}; valid: {', '.join(FLOAT_GROUPS)}")
 
     def resolved_reduce_range(self) -> bool:
         return (not cpu_has_vnni()) if self.reduce_range is None else self.reduce_range
+
+
+def has_unbounded_activations(model: Any) -> bool:
+    """Whether ``model`` (a torch module) has an activation without an upper bound (Swish, GELU,
+    Mish); False for ReLU/ReLU6 networks such as the Lite models."""
+    return any(type(m).__name__ in _UNBOUNDED_ACTIVATIONS for m in model.modules())
+
+
+def resolve_method(options: Int8Options, model: Any) -> Int8Options:
+    """``options`` with ``method="auto"`` made concrete for ``model``.
+
+    NNCF: ``quantile`` (per-image quantiles, averaged) for networks with unbounded activations,
+    whose rare extreme values would otherwise stretch the ranges; ``minmax`` (per-image min/max,
+    averaged; NNCF's default) for bounded ones, where clipping cuts real signal (raccoon
+    measurements in docs/quantization.md). ONNX Runtime: ``minmax``.
+    """
+    if options.method != "auto":
+        return options
+    import dataclasses
+
+    quantile = options.quantizer == "nncf" and has_unbounded_activations(model)
+    return dataclasses.replace(options, method="quantile" if quantile else "minmax")
 
 
 def cpu_has_vnni() -> bool:
@@ -191,14 +224,16 @@ def require_nncf() -> None:
 def quantize_with_nncf(
     raw_path: str | os.PathLike[str], out_path: str | os.PathLike[str], batches: Sequence[np.ndarray], options: Int8Options
 ) -> Path:
-    """NNCF's post-training quantization of the ONNX graph (its defaults: symmetric int8
-    weights per channel, activation ranges averaged over the images, fast bias correction)."""
+    """NNCF's post-training quantization of the ONNX graph: symmetric int8 weights per channel,
+    activation ranges per image averaged over the images (min/max, or with
+    ``options.method == "quantile"`` NNCF's quantiles), fast bias correction."""
     require_nncf()
     import logging
 
     import nncf
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     nncf.set_log_level(logging.ERROR)
     raw = onnx.load(os.fspath(raw_path))
@@ -206,12 +241,15 @@ def quantize_with_nncf(
     # OverflowFix.ENABLE halves the weights' range: NNCF's form of reduce_range (no VNNI).
     fix = OverflowFix.ENABLE if options.resolved_reduce_range() else OverflowFix.DISABLE
     excluded = float_nodes(raw, options.float_groups)
+    advanced = AdvancedQuantizationParameters(overflow_fix=fix)
+    if options.method == "quantile":
+        advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MEAN_QUANTILE
     quantized = nncf.quantize(
         raw,
         nncf.Dataset(list(batches), lambda batch: {input_name: batch}),
         subset_size=len(batches),
         ignored_scope=nncf.IgnoredScope(names=excluded) if excluded else None,
-        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix),
+        advanced_parameters=advanced,
     )
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(raw.metadata_props)  # the float graph's (NNCF may drop them)
@@ -230,8 +268,8 @@ def quantize_with_onnxruntime(
 
     raw = onnx.load(os.fspath(raw_path))
     excluded = float_nodes(raw, options.float_groups)
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[options.method]  # fmt: skip
+    method = {"auto": CalibrationMethod.MinMax, "minmax": CalibrationMethod.MinMax,
+              "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[options.method]  # fmt: skip
     reduce_range = options.resolved_reduce_range()
     out = Path(out_path)
     quantize_static(
@@ -262,7 +300,10 @@ def int8_description(options: Int8Options, used_images: int) -> dict[str, Any]:
         "weights": "int8 per-channel" if options.per_channel else "int8 per-tensor",
         "activations": "8-bit symmetric" if nncf else "uint8",
         "reduce_range": options.resolved_reduce_range(),
-        "calibration": "nncf min-max (mean over images), fast bias correction" if nncf else options.method,
+        "calibration": (
+            f"nncf {'quantiles' if options.method == 'quantile' else 'min-max'} (mean over images), fast bias correction"
+            if nncf else options.method
+        ),
         "calibration_images": used_images,
         "float_groups": list(options.float_groups),
     }
@@ -318,7 +359,7 @@ def export_int8(
     from .onnx import attach_candidates, attach_postprocess, check_onnx, export_onnx
     from .runtime import OnnxDetector
 
-    options = options or Int8Options()
+    options = resolve_method(options or Int8Options(), model)
     if not calibration:
         raise ValueError("--calibration: no calibration images")
     if candidates is None:
