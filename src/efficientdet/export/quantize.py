@@ -8,7 +8,8 @@ post-processing as the float one. Two quantizers write the same kind of file (QD
 QuantizeLinear / DequantizeLinear pairs around int8 weights, which the runtime fuses into int8
 kernels), each placing the pairs where its runtime fuses them:
 
-* ``nncf`` (default): OpenVINO's NNCF (min-max ranges averaged over the images, fast bias
+* ``nncf`` (default): OpenVINO's NNCF (per-image ranges averaged over the images: quantiles
+  for Swish networks, min/max for ReLU6 ones, see :func:`resolve_method`; fast bias
   correction), for ``--backend openvino``, which fuses Swish and the squeeze-excite into its
   int8 kernels;
 * ``onnxruntime``: ONNX Runtime's ``quantize_static``, for ``--backend onnxruntime``.
