@@ -58,12 +58,8 @@ def normalize_batch(
         raise ValueError(f"expected [N, 3, h, w] images and N content sizes, got {tuple(images.shape)} and {len(content_sizes)}")
     mean_t, std_t = _stats(mean, std, images.device)
     out = (images.float() - mean_t) / std_t
-    h, w = int(images.shape[2]), int(images.shape[3])
     for i, (ch, cw) in enumerate(content_sizes):
-        if ch < h:
-            out[i, :, ch:, :] = 0
-        if cw < w:
-            out[i, :, :ch, cw:] = 0
+        _zero_outside(out[i], ch, cw)
     return out
 
 
@@ -120,9 +116,14 @@ def _resize_normalize_into(
     region = out[:, :new_h, :new_w]
     region.copy_(image)  # uint8 -> float32 in place
     region.sub_(mean).div_(std)
-    out[:, new_h:, :].zero_()
-    out[:, :new_h, new_w:].zero_()
+    _zero_outside(out, new_h, new_w)
     return scale
+
+
+def _zero_outside(out: torch.Tensor, content_h: int, content_w: int) -> None:
+    """Zero ``out`` [3, h, w] outside its top-left ``content_h`` x ``content_w`` region (the padding)."""
+    out[:, content_h:, :].zero_()
+    out[:, :content_h, content_w:].zero_()
 
 
 def _stats(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
