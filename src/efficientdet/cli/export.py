@@ -81,8 +81,11 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
     """``--int8``: checked before anything is built, then calibrated, quantized and written."""
     import sys
 
-    from ..export.calibration import calibration_files, load_calibration_images
-    from ..export.quantize import Int8Options, export_int8, resolve_method
+    from ..export.calibration import load_calibration_images, split_calibration_set
+    from ..export.int8 import HOLDOUT_IMAGES, export_int8
+    from ..export.faithfulness import Faithfulness
+    from ..export.metadata import read_onnx_metadata
+    from ..export.quantize import Int8Options, resolve_method
     from ..factory import create_model
 
     if not args.int8:
@@ -103,12 +106,20 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
         reduce_range=None if args.reduce_range == "auto" else args.reduce_range == "on",
         float_groups=groups,
     )
-    files = calibration_files(args.calibration, options.calibration_images)
-    images = load_calibration_images(files, warn=lambda msg: print(f"efficientdet export: warning: {msg}", file=sys.stderr))
+    files, holdout = split_calibration_set(args.calibration, options.calibration_images, HOLDOUT_IMAGES)
+
+    def warn(msg: str) -> None:
+        print(f"efficientdet export: warning: {msg}", file=sys.stderr)
+
+    images = load_calibration_images(files, warn=warn)
+    try:  # the held-out images only measure the file: unreadable ones leave the calibration images to it
+        held = load_calibration_images(holdout, warn=warn) if holdout else []
+    except ValueError:
+        held = []
     model = create_model(args.model, weights=args.weights).eval()
     options = resolve_method(options, model)
     path = export_int8(
-        model, Path(args.out), images, options, image_size=args.image_size, batch_size=args.batch_size,
+        model, Path(args.out), images, options, holdout=held, image_size=args.image_size, batch_size=args.batch_size,
         dynamic_batch=not args.static_batch, include_postprocess=args.nms,
         score_threshold=args.score_threshold, max_detections=args.max_detections,
     )  # fmt: skip
@@ -120,6 +131,9 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
         f"float: {', '.join(groups) or 'none'}, reduce_range {rr}, outputs: {_layout(path)}) -> {path} "
         f"({size:.1f} MB); checked and run once"
     )
+    recorded = read_onnx_metadata(path).int8 or {}
+    if "faithfulness" in recorded:
+        print(Faithfulness(**recorded["faithfulness"]).summary())
     return 0
 
 

@@ -28,7 +28,6 @@ Choices (measurements in ``docs/quantization.md``):
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "CANDIDATES_ABOVE_CLASSES", "FLOAT_GROUPS", "QUANTIZERS", "Int8Options", "cpu_has_vnni", "export_int8",
+    "CANDIDATES_ABOVE_CLASSES", "FLOAT_GROUPS", "QUANTIZERS", "Int8Options", "cpu_has_vnni",
     "float_nodes", "has_unbounded_activations", "int8_candidates", "int8_description",
     "quantize_network", "resolve_method", "quantize_with_nncf", "quantize_with_onnxruntime", "require_nncf",
 ]  # fmt: skip
@@ -325,69 +324,3 @@ def int8_candidates(num_classes: int, quantizer: str) -> bool:
     docs/quantization.md. ONNX Runtime files keep the raw layout.
     """
     return quantizer == "nncf" and num_classes > CANDIDATES_ABOVE_CLASSES
-
-
-def export_int8(
-    model: Any,
-    path: str | os.PathLike[str],
-    calibration: Sequence[Any],
-    options: Int8Options | None = None,
-    *,
-    image_size: int | tuple[int, int] | None = None,
-    batch_size: int = 1,
-    dynamic_batch: bool = True,
-    include_postprocess: bool = False,
-    candidates: bool | None = None,
-    score_threshold: float | None = None,
-    max_detections: int | None = None,
-    check: bool = True,
-) -> Path:
-    """Export ``model`` as an int8 ONNX graph at ``path`` (written atomically; nothing on failure).
-
-    ``calibration``: images (uint8 [3, H, W] tensors, or anything ``load_image`` takes), each
-    preprocessed exactly as ``OnnxDetector.prepare`` does at run time. The layouts are
-    ``export_onnx``'s (raw, ``include_postprocess``, ``candidates``; ``candidates=None``: the
-    faster one for the quantizer's runtime, :func:`int8_candidates`, unless NMS is inside);
-    only the network is quantized, the post-processing parts stay float.
-    """
-    import dataclasses
-
-    import onnx
-
-    from ..data.images import load_image
-    from ..fs import atomic_path
-    from .metadata import read_onnx_metadata
-    from .onnx import attach_candidates, attach_postprocess, check_onnx, export_onnx
-    from .runtime import OnnxDetector
-
-    options = resolve_method(options or Int8Options(), model)
-    if not calibration:
-        raise ValueError("--calibration: no calibration images")
-    if candidates is None:
-        candidates = not include_postprocess and int8_candidates(model.config.num_classes, options.quantizer)
-    if include_postprocess and candidates:
-        raise ValueError("include_postprocess and candidates are exclusive: NMS inside needs no pre-selection")
-    with tempfile.TemporaryDirectory(prefix="efficientdet-int8-") as tmp:
-        raw, quantized = Path(tmp) / "network.onnx", Path(tmp) / "network.int8.onnx"
-        # The TorchScript exporter: its node names are what the float groups match.
-        export_onnx(model, raw, image_size, batch_size, dynamic_batch, dynamo=False, check=False)
-        runtime = OnnxDetector(raw, intra_op_threads=1)
-        batches = [runtime.prepare([load_image(image, max_pixels=None)]).inputs.numpy() for image in calibration]
-        del runtime
-        quantize_network(raw, quantized, batches, options)
-        proto = onnx.load(os.fspath(quantized))
-        meta = dataclasses.replace(read_onnx_metadata(proto), int8=int8_description(options, len(batches)))
-        meta.write_to(proto)
-        onnx.save(proto, os.fspath(quantized))
-        out = Path(path)
-        if include_postprocess:
-            return attach_postprocess(
-                quantized, out, score_threshold=score_threshold, max_detections=max_detections, dynamo=False, check=check
-            )
-        if candidates:
-            return attach_candidates(quantized, out, dynamo=False, check=check)
-        with atomic_path(out) as dst:
-            onnx.save(proto, os.fspath(dst))
-            if check:
-                check_onnx(dst, batch_size, label=out)
-        return out
