@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime")
 from efficientdet import create_model  # noqa: E402
 from efficientdet.export import OnnxDetector, export_onnx, read_onnx_metadata  # noqa: E402
 from efficientdet.export.calibration import calibration_files, load_calibration_images, split_calibration_set  # noqa: E402
-from efficientdet.export.int8 import export_int8  # noqa: E402
+from efficientdet.export.int8 import candidate_methods, export_int8, total_error  # noqa: E402
 from efficientdet.export.quantize import (  # noqa: E402
     FLOAT_GROUPS, Int8Options, float_nodes, has_unbounded_activations, resolve_method,
 )  # fmt: skip
@@ -231,6 +231,37 @@ def test_auto_ranges_follow_the_activations() -> None:
     assert resolve_method(Int8Options(), lite0).method == "minmax"
     assert resolve_method(Int8Options(quantizer="onnxruntime"), d0).method == "minmax"
     assert resolve_method(Int8Options(method="minmax"), d0).method == "minmax"
+
+
+def test_auto_tries_both_ranges_for_swish_networks_with_held_out_images() -> None:
+    d0 = create_model("efficientdet_d0", pretrained_backbone=False)
+    lite0 = create_model("efficientdet_lite0", pretrained_backbone=False)
+    assert candidate_methods(Int8Options(), d0, held_out=True) == ("quantile", "minmax")
+    assert candidate_methods(Int8Options(), d0, held_out=False) == ("quantile",)  # nothing to judge them on
+    assert candidate_methods(Int8Options(), lite0, held_out=True) == ("minmax",)
+    assert candidate_methods(Int8Options(method="quantile"), d0, held_out=True) == ("quantile",)
+    assert candidate_methods(Int8Options(quantizer="onnxruntime"), d0, held_out=True) == ("minmax",)
+
+
+def test_auto_keeps_the_more_faithful_file(tmp_path: Path) -> None:
+    """A Swish network (D0 at 128, 2 classes) exported with auto ranges and held-out images: both
+    methods are measured, the file holds the one with the smaller error, and says so."""
+    pytest.importorskip("nncf")
+    torch.manual_seed(0)
+    model = create_model("efficientdet_d0", num_classes=2, pretrained_backbone=False).eval()
+    with torch.no_grad():  # scores around 0.5 instead of the 0.01 prior: every score is measured
+        model.class_head.predict.pw.bias.zero_()
+    rng = np.random.default_rng(0)
+    images = [torch.from_numpy(rng.integers(0, 256, (3, 96, 128), dtype=np.uint8)) for _ in range(6)]
+    path = export_int8(model, tmp_path / "d0.int8.onnx", images[:4], Int8Options(calibration_images=4),
+                       holdout=images[4:], image_size=SIZE)  # fmt: skip
+    report = read_onnx_metadata(path).int8
+    tried = report["methods_tried"]
+    assert set(tried) == {"quantile", "minmax"} and all(t["images"] == 2 and t["held_out"] for t in tried.values())
+    assert report["method"] == min(tried, key=lambda m: total_error(tried[m]))
+    assert report["faithfulness"] == tried[report["method"]]
+    assert all(t["pairs"] > 0 and t["score_error"] > 0 for t in tried.values())
+    assert tried["quantile"] != tried["minmax"]  # two different files were measured
 
 
 def test_quantile_ranges_narrow_the_activation_scales(

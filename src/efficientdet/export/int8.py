@@ -21,7 +21,7 @@ import numpy as np
 from .faithfulness import Faithfulness, measure_faithfulness
 from .quantize import Int8Options, int8_candidates, int8_description, quantize_network, resolve_method
 
-__all__ = ["HOLDOUT_IMAGES", "export_int8"]
+__all__ = ["HOLDOUT_IMAGES", "candidate_methods", "export_int8", "total_error"]
 
 # Held-out images measured after quantizing (when the calibration set has them): enough that
 # one odd photo does not set the numbers, few enough to cost seconds.
@@ -58,31 +58,24 @@ def export_int8(
     import onnx
 
     from ..fs import atomic_path
-    from .metadata import read_onnx_metadata
     from .onnx import attach_candidates, attach_postprocess, check_onnx, export_onnx
 
-    options = resolve_method(options or Int8Options(), model)
+    options = options or Int8Options()
     if not calibration:
         raise ValueError("--calibration: no calibration images")
     if candidates is None:
         candidates = not include_postprocess and int8_candidates(model.config.num_classes, options.quantizer)
     if include_postprocess and candidates:
         raise ValueError("include_postprocess and candidates are exclusive: NMS inside needs no pre-selection")
+    held = list(holdout)[:HOLDOUT_IMAGES]
+    methods = candidate_methods(options, model, held_out=bool(held))
     with tempfile.TemporaryDirectory(prefix="efficientdet-int8-") as tmp:
-        raw, quantized = Path(tmp) / "network.onnx", Path(tmp) / "network.int8.onnx"
+        raw = Path(tmp) / "network.onnx"
         # The TorchScript exporter: its node names are what the float groups match.
         export_onnx(model, raw, image_size, batch_size, dynamic_batch, dynamo=False, check=False)
         batches = _prepared(raw, calibration)
-        quantize_network(raw, quantized, batches, options)
-        proto = onnx.load(os.fspath(quantized))
-        meta = dataclasses.replace(read_onnx_metadata(proto), int8=int8_description(options, len(batches)))
-        meta.write_to(proto)
-        onnx.save(proto, os.fspath(quantized))  # marked int8 first: the runtime then runs it as it will run
-        held = list(holdout)[:HOLDOUT_IMAGES]
-        measured = _faithfulness(raw, quantized, _prepared(raw, held) if held else batches[:HOLDOUT_IMAGES],
-                                 options.quantizer, held_out=bool(held))  # fmt: skip
-        dataclasses.replace(meta, int8={**(meta.int8 or {}), "faithfulness": measured.as_dict()}).write_to(proto)
-        onnx.save(proto, os.fspath(quantized))
+        measure_on = _prepared(raw, held) if held else batches[:HOLDOUT_IMAGES]
+        quantized = _quantize_most_faithful(raw, batches, measure_on, options, methods, held_out=bool(held))
         out = Path(path)
         if include_postprocess:
             return attach_postprocess(
@@ -91,10 +84,62 @@ def export_int8(
         if candidates:
             return attach_candidates(quantized, out, dynamo=False, check=check)
         with atomic_path(out) as dst:
-            onnx.save(proto, os.fspath(dst))
+            onnx.save(onnx.load(os.fspath(quantized)), os.fspath(dst))
             if check:
                 check_onnx(dst, batch_size, label=out)
         return out
+
+
+def candidate_methods(options: Int8Options, model: Any, held_out: bool) -> tuple[str, ...]:
+    """The range methods ``export_int8`` tries; with more than one it keeps the most faithful.
+
+    ``method="auto"`` on an NNCF export of a network with unbounded activations (Swish: D0-D7)
+    tries quantile and min-max ranges when there are held-out images to judge them on: which
+    one follows float more closely differs between models (the clipping that removes a rare
+    extreme activation can also cut a confident score; docs/quantization.md). Otherwise the
+    single method :func:`resolve_method` picks, or the one asked for.
+    """
+    resolved = resolve_method(options, model).method
+    if options.method == "auto" and resolved == "quantile" and held_out:
+        return ("quantile", "minmax")
+    return (resolved,)
+
+
+def _quantize_most_faithful(
+    raw: Path, batches: Sequence[np.ndarray], measure_on: Sequence[np.ndarray], options: Int8Options,
+    methods: Sequence[str], held_out: bool,
+) -> Path:  # fmt: skip
+    """Quantize ``raw`` with each of ``methods``, measure each file against float on
+    ``measure_on`` and return the one with the smallest score + box error (its metadata records
+    its measurement and, when several were tried, every method's)."""
+    import onnx
+
+    from .metadata import read_onnx_metadata
+
+    files: dict[str, tuple[Path, Any, dict[str, Any]]] = {}
+    for method in methods:
+        chosen = dataclasses.replace(options, method=method)
+        path = raw.with_name(f"network.{method}.int8.onnx")
+        quantize_network(raw, path, batches, chosen)
+        proto = onnx.load(os.fspath(path))
+        description = int8_description(chosen, len(batches))
+        dataclasses.replace(read_onnx_metadata(proto), int8=description).write_to(proto)
+        onnx.save(proto, os.fspath(path))  # marked int8 first: the runtime then runs it as it will run
+        measured = _faithfulness(raw, path, measure_on, options.quantizer, held_out)
+        files[method] = (path, proto, description | {"faithfulness": measured.as_dict()})
+    best = min(files, key=lambda m: total_error(files[m][2]["faithfulness"]))
+    path, proto, description = files[best]
+    if len(files) > 1:
+        description["methods_tried"] = {m: files[m][2]["faithfulness"] for m in files}
+    dataclasses.replace(read_onnx_metadata(proto), int8=description).write_to(proto)
+    onnx.save(proto, os.fspath(path))
+    return path
+
+
+def total_error(faithfulness: dict[str, Any]) -> float:
+    """What the range methods are ranked by: score error + box error (both ~0.01-0.05 for a
+    good int8 file, so neither swamps the other)."""
+    return float(faithfulness["score_error"] + faithfulness["box_error"])
 
 
 def _prepared(graph: Path, images: Sequence[Any]) -> list[np.ndarray]:

@@ -296,6 +296,7 @@ def int8_description(options: Int8Options, used_images: int) -> dict[str, Any]:
     return {
         "format": "QDQ",
         "quantizer": options.quantizer,
+        "method": options.method,
         "runtime": "openvino" if nncf else "onnxruntime",
         "weights": "int8 per-channel" if options.per_channel else "int8 per-tensor",
         "activations": "8-bit symmetric" if nncf else "uint8",
