@@ -8,8 +8,8 @@ post-processing as the float one. Two quantizers write the same kind of file (QD
 QuantizeLinear / DequantizeLinear pairs around int8 weights, which the runtime fuses into int8
 kernels), each placing the pairs where its runtime fuses them:
 
-* ``nncf`` (default): OpenVINO's NNCF (per-image ranges averaged over the images: quantiles
-  for Swish networks, min/max for ReLU6 ones, see :func:`resolve_method`; fast bias
+* ``nncf`` (default): OpenVINO's NNCF (per-image ranges averaged over the images: min/max, or
+  quantiles, see :func:`resolve_method` and ``export.int8.candidate_methods``; fast bias
   correction), for ``--backend openvino``, which fuses Swish and the squeeze-excite into its
   int8 kernels;
 * ``onnxruntime``: ONNX Runtime's ``quantize_static``, for ``--backend onnxruntime``.
@@ -110,7 +110,9 @@ def resolve_method(options: Int8Options, model: Any) -> Int8Options:
     NNCF: ``quantile`` (per-image quantiles, averaged) for networks with unbounded activations,
     whose rare extreme values would otherwise stretch the ranges; ``minmax`` (per-image min/max,
     averaged; NNCF's default) for bounded ones, where clipping cuts real signal (raccoon
-    measurements in docs/quantization.md). ONNX Runtime: ``minmax``.
+    measurements in docs/quantization.md). ONNX Runtime: ``minmax``. The rule when nothing can
+    be measured: with held-out images ``export_int8`` tries both for unbounded networks and
+    keeps the more faithful file (``export.int8.candidate_methods``).
     """
     if options.method != "auto":
         return options
