@@ -161,4 +161,7 @@ def _faithfulness(raw: Path, quantized: Path, batches: Sequence[np.ndarray], qua
         return measure_faithfulness(OpenVinoDetector(raw, precision="f32"), OpenVinoDetector(quantized), batches, held_out)
     from .runtime import OnnxDetector
 
-    return measure_faithfulness(OnnxDetector(raw), OnnxDetector(quantized), batches, held_out)
+    # One intra-op thread, as for the calibration inputs: a few dozen runs, and no thread pool
+    # left behind in the exporting process.
+    float_runtime, int8_runtime = OnnxDetector(raw, intra_op_threads=1), OnnxDetector(quantized, intra_op_threads=1)
+    return measure_faithfulness(float_runtime, int8_runtime, batches, held_out)
