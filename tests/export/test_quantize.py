@@ -172,15 +172,18 @@ def test_export_records_its_errors_on_the_held_out_images(
     """The file's own report (export_int8's held-out measurement, in its metadata) says what the
     test above measures: the same 6 val images, errors within the same tolerances (the report's
     score error is a mean over every score >= 0.1, so below the maximum bounded above; measured
-    0.009 / 0.004 against maxima of 0.054 / 0.036)."""
+    0.009 against a maximum of 0.054). NNCF files only."""
     from efficientdet.data.formats import read_dataset
 
     _, _, val = learned
+    if graphs[2] != "nncf":  # ONNX Runtime's files are not measured (export.int8._faithfulness says why)
+        assert "faithfulness" not in read_onnx_metadata(graphs[1]).int8
+        return
     report = read_onnx_metadata(graphs[1]).int8["faithfulness"]
     print(f"{graphs[2]}: {report}")
     assert report["held_out"] is True and report["images"] == len(read_dataset(val).records) == 6
-    assert report["pairs"] > 0 and 0 < report["score_error"] < (0.15 if graphs[2] == "nncf" else 0.06)
-    assert 0 < report["box_error"] < 0.10  # measured 0.022 (NNCF) / 0.024 (ONNX Runtime)
+    assert report["pairs"] > 0 and 0 < report["score_error"] < 0.15
+    assert 0 < report["box_error"] < 0.10  # measured 0.022
 
 
 def test_float_groups_name_real_nodes(graphs: tuple[Path, Path, str]) -> None:
