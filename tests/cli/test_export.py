@@ -60,13 +60,6 @@ def test_export_int8_runs_with_its_backend(
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert f"int8 by {quantizer}: 3 calibration images" in printed and "float: heads, stem" in printed
-    measured = quantizer == "nncf"  # ONNX Runtime's files are not measured (export.int8._faithfulness)
-    assert ("int8 vs float on 1 held-out image:" in printed) == measured  # the 4th image of the set
-    assert ("faithfulness" in read_onnx_metadata(out).int8) == measured
-    assert main(["info", str(out)]) == 0  # the file tells how it was made
-    printed = capsys.readouterr().out
-    assert f"int8 by {quantizer} (run it with --backend {backend}): 3 calibration images" in printed
-    assert "float: heads, stem" in printed and ("int8 vs float on 1 held-out image:" in printed) == measured
     assert read_onnx_metadata(out).int8["float_groups"] == ["heads", "stem"]
     assert main(["predict", str(data.parent / "images"), "--weights", str(out), "--backend", backend,
                  "--out", str(tmp_path / "preds"), "--no-draw"]) == 0  # fmt: skip
@@ -75,14 +68,10 @@ def test_export_int8_runs_with_its_backend(
                  "--compare", str(tiny_weights), "--quiet"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert f"({backend}, int8)" in printed and "difference (first - second)" in printed
-    assert "paired resamples of the 4 images" in printed  # the difference's bootstrap interval
     import json
 
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert doc["compare"]["weights"] == str(tiny_weights) and "AP" in doc["compare"]["stats"]
-    interval = doc["compare"]["ap_difference"]
-    assert interval["difference"] == pytest.approx(doc["stats"]["AP"] - doc["compare"]["stats"]["AP"], abs=1e-9)
-    assert interval["low"] <= interval["high"] and interval["images"] == 4
 
 
 @pytest.mark.parametrize(

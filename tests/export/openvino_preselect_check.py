@@ -20,8 +20,7 @@ import torch
 from efficientdet import create_model
 from efficientdet.export import read_onnx_metadata
 from efficientdet.export.openvino import OpenVinoDetector
-from efficientdet.export.int8 import export_int8
-from efficientdet.export.quantize import Int8Options
+from efficientdet.export.quantize import Int8Options, export_int8
 
 
 def main(out: Path) -> None:

@@ -18,10 +18,9 @@ pytest.importorskip("onnxruntime")
 
 from efficientdet import create_model  # noqa: E402
 from efficientdet.export import OnnxDetector, export_onnx, read_onnx_metadata  # noqa: E402
-from efficientdet.export.calibration import calibration_files, load_calibration_images, split_calibration_set  # noqa: E402
-from efficientdet.export.int8 import candidate_methods, export_int8, total_error  # noqa: E402
+from efficientdet.export.calibration import calibration_files, load_calibration_images  # noqa: E402
 from efficientdet.export.quantize import (  # noqa: E402
-    FLOAT_GROUPS, Int8Options, float_nodes, has_unbounded_activations, resolve_method,
+    FLOAT_GROUPS, Int8Options, export_int8, float_nodes, has_unbounded_activations, resolve_method,
 )  # fmt: skip
 from efficientdet.ops.boxes import box_iou  # noqa: E402
 
@@ -72,21 +71,18 @@ def graphs(
     request: pytest.FixtureRequest, learned: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path, str]:
     """(float raw graph, int8 raw graph, quantizer) of the learned model, calibrated on the
-    train images, measured on the held-out val images."""
+    train images."""
     quantizer = request.param
     if quantizer == "nncf":
         pytest.importorskip("nncf")
         pytest.importorskip("openvino")
-    from efficientdet.data.formats import read_dataset
-
-    weights, images, val = learned
+    weights, images, _ = learned
     out = tmp_path_factory.mktemp(f"graphs-{quantizer}")
     model = create_model(weights=weights).eval()
     float_path = export_onnx(model, out / "float.onnx", dynamo=False)
     calib = load_calibration_images(calibration_files(images, 24))
-    held = [r.image_path for r in read_dataset(val).records]
     options = Int8Options(quantizer=quantizer, calibration_images=24)
-    int8_path = export_int8(model, out / "int8.onnx", calib, options, holdout=held)
+    int8_path = export_int8(model, out / "int8.onnx", calib, options)
     return float_path, int8_path, quantizer
 
 
@@ -166,26 +162,6 @@ def test_int8_raw_outputs_within_quantization_tolerance(
     assert np.abs(f_box - q_box).mean() < 0.10 * f_box.std()
 
 
-def test_export_records_its_errors_on_the_held_out_images(
-    learned: tuple[Path, Path, Path], graphs: tuple[Path, Path, str]
-) -> None:
-    """The file's own report (export_int8's held-out measurement, in its metadata) says what the
-    test above measures: the same 6 val images, errors within the same tolerances (the report's
-    score error is a mean over every score >= 0.1, so below the maximum bounded above; measured
-    0.009 against a maximum of 0.054). NNCF files only."""
-    from efficientdet.data.formats import read_dataset
-
-    _, _, val = learned
-    if graphs[2] != "nncf":  # ONNX Runtime's files are not measured (export.int8._faithfulness says why)
-        assert "faithfulness" not in read_onnx_metadata(graphs[1]).int8
-        return
-    report = read_onnx_metadata(graphs[1]).int8["faithfulness"]
-    print(f"{graphs[2]}: {report}")
-    assert report["held_out"] is True and report["images"] == len(read_dataset(val).records) == 6
-    assert report["pairs"] > 0 and 0 < report["score_error"] < 0.15
-    assert 0 < report["box_error"] < 0.10  # measured 0.022
-
-
 def test_float_groups_name_real_nodes(graphs: tuple[Path, Path, str]) -> None:
     import onnx
 
@@ -236,37 +212,6 @@ def test_auto_ranges_follow_the_activations() -> None:
     assert resolve_method(Int8Options(method="minmax"), d0).method == "minmax"
 
 
-def test_auto_tries_both_ranges_for_swish_networks_with_held_out_images() -> None:
-    d0 = create_model("efficientdet_d0", pretrained_backbone=False)
-    lite0 = create_model("efficientdet_lite0", pretrained_backbone=False)
-    assert candidate_methods(Int8Options(), d0, held_out=True) == ("quantile", "minmax")
-    assert candidate_methods(Int8Options(), d0, held_out=False) == ("quantile",)  # nothing to judge them on
-    assert candidate_methods(Int8Options(), lite0, held_out=True) == ("minmax",)
-    assert candidate_methods(Int8Options(method="quantile"), d0, held_out=True) == ("quantile",)
-    assert candidate_methods(Int8Options(quantizer="onnxruntime"), d0, held_out=True) == ("minmax",)
-
-
-def test_auto_keeps_the_more_faithful_file(tmp_path: Path) -> None:
-    """A Swish network (D0 at 128, 2 classes) exported with auto ranges and held-out images: both
-    methods are measured, the file holds the one with the smaller error, and says so."""
-    pytest.importorskip("nncf")
-    torch.manual_seed(0)
-    model = create_model("efficientdet_d0", num_classes=2, pretrained_backbone=False).eval()
-    with torch.no_grad():  # scores around 0.5 instead of the 0.01 prior: every score is measured
-        model.class_head.predict.pw.bias.zero_()
-    rng = np.random.default_rng(0)
-    images = [torch.from_numpy(rng.integers(0, 256, (3, 96, 128), dtype=np.uint8)) for _ in range(6)]
-    path = export_int8(model, tmp_path / "d0.int8.onnx", images[:4], Int8Options(calibration_images=4),
-                       holdout=images[4:], image_size=SIZE)  # fmt: skip
-    report = read_onnx_metadata(path).int8
-    tried = report["methods_tried"]
-    assert set(tried) == {"quantile", "minmax"} and all(t["images"] == 2 and t["held_out"] for t in tried.values())
-    assert report["method"] == min(tried, key=lambda m: total_error(tried[m]))
-    assert report["faithfulness"] == tried[report["method"]]
-    assert all(t["pairs"] > 0 and t["score_error"] > 0 for t in tried.values())
-    assert tried["quantile"] != tried["minmax"]  # two different files were measured
-
-
 def test_quantile_ranges_narrow_the_activation_scales(
     learned: tuple[Path, Path, Path], graphs: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
@@ -309,10 +254,6 @@ def test_calibration_files_spread_over_the_set(tmp_path: Path) -> None:
     picked = calibration_files(tmp_path, 3)
     assert [p.name for p in picked] == ["00.png", "03.png", "06.png"]
     assert len(calibration_files(tmp_path, 50)) == 10
-    chosen, held = split_calibration_set(tmp_path, 3, 4)
-    assert [p.name for p in held] == ["01.png", "02.png", "05.png", "08.png"]  # spread over the 7 left
-    assert not set(chosen) & set(held)
-    assert split_calibration_set(tmp_path, 10, 4)[1] == []  # nothing left to hold out
 
 
 def test_calibration_stride_divides_the_set() -> None:

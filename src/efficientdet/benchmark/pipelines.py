@@ -135,8 +135,7 @@ def onnx_pipeline(
     name = engine
     if int8_calibration is not None:
         from ..export.calibration import load_calibration_images
-        from ..export.int8 import export_int8
-        from ..export.quantize import Int8Options
+        from ..export.quantize import Int8Options, export_int8
 
         quantizer = "nncf" if engine == "openvino" else "onnxruntime"
         path = workdir / f"model.{quantizer}.int8.onnx"

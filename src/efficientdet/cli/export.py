@@ -36,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--calibration-method", choices=["auto", "minmax", "quantile", "percentile", "entropy"], default="auto",
         help="how activation ranges are taken: nncf minmax or quantile (per image, averaged), onnxruntime "
-             "minmax, percentile or entropy; auto (default): for Swish networks (D0-D7) nncf tries quantile and "
-             "minmax and keeps the file closer to float on held-out images of DATA; minmax otherwise",
+             "minmax, percentile or entropy; auto (default): nncf quantile for Swish networks (D0-D7), "
+             "minmax otherwise",
     )  # fmt: skip
     q.add_argument(
         "--keep-float", default="heads", metavar="GROUPS",
@@ -81,11 +81,8 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
     """``--int8``: checked before anything is built, then calibrated, quantized and written."""
     import sys
 
-    from ..export.calibration import load_calibration_images, split_calibration_set
-    from ..export.int8 import HOLDOUT_IMAGES, export_int8, total_error
-    from ..export.faithfulness import Faithfulness
-    from ..export.metadata import read_onnx_metadata
-    from ..export.quantize import Int8Options
+    from ..export.calibration import calibration_files, load_calibration_images
+    from ..export.quantize import Int8Options, export_int8, resolve_method
     from ..factory import create_model
 
     if not args.int8:
@@ -106,37 +103,23 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
         reduce_range=None if args.reduce_range == "auto" else args.reduce_range == "on",
         float_groups=groups,
     )
-    files, holdout = split_calibration_set(args.calibration, options.calibration_images, HOLDOUT_IMAGES)
-
-    def warn(msg: str) -> None:
-        print(f"efficientdet export: warning: {msg}", file=sys.stderr)
-
-    images = load_calibration_images(files, warn=warn)
-    try:  # the held-out images only measure the file: unreadable ones leave the calibration images to it
-        held = load_calibration_images(holdout, warn=warn) if holdout else []
-    except ValueError:
-        held = []
+    files = calibration_files(args.calibration, options.calibration_images)
+    images = load_calibration_images(files, warn=lambda msg: print(f"efficientdet export: warning: {msg}", file=sys.stderr))
     model = create_model(args.model, weights=args.weights).eval()
+    options = resolve_method(options, model)
     path = export_int8(
-        model, Path(args.out), images, options, holdout=held, image_size=args.image_size, batch_size=args.batch_size,
+        model, Path(args.out), images, options, image_size=args.image_size, batch_size=args.batch_size,
         dynamic_batch=not args.static_batch, include_postprocess=args.nms,
         score_threshold=args.score_threshold, max_detections=args.max_detections,
     )  # fmt: skip
     size = path.stat().st_size / 1e6
     rr = "on" if options.resolved_reduce_range() else "off"
-    recorded = read_onnx_metadata(path).int8 or {}
     print(
         f"exported {model.config.name} (onnx, int8 by {options.quantizer}: {len(images)} calibration images, "
-        f"{recorded.get('method', options.method)} ranges, "
+        f"{options.method} ranges, "
         f"float: {', '.join(groups) or 'none'}, reduce_range {rr}, outputs: {_layout(path)}) -> {path} "
         f"({size:.1f} MB); checked and run once"
     )
-    if "faithfulness" in recorded:
-        print(Faithfulness(**recorded["faithfulness"]).summary())
-    tried = recorded.get("methods_tried", {})
-    if len(tried) > 1:
-        print("auto ranges: kept the file closer to float (score + box error): " + ", ".join(
-            f"{method} {total_error(report):.3f}" for method, report in tried.items()))  # fmt: skip
     return 0
 
 

@@ -2,8 +2,7 @@
 
 ``--calibration DATA`` takes anything ``train``/``eval`` read (COCO JSON, VOC, YOLO) or a plain
 folder of images. The images are spread evenly over the (sorted) set rather than taken from its
-start, so one scene or one camera at the head of a dataset does not set every range; images
-the calibration leaves can be held out to measure the int8 file on (``split_calibration_set``).
+start, so one scene or one camera at the head of a dataset does not set every range.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import torch
 from ..data.common import IMAGE_EXTENSIONS
 from ..data.images import ImageError, load_image
 
-__all__ = ["calibration_files", "load_calibration_images", "split_calibration_set"]
+__all__ = ["calibration_files", "load_calibration_images"]
 
 
 def calibration_files(source: str | os.PathLike[str], count: int) -> list[Path]:
@@ -27,36 +26,13 @@ def calibration_files(source: str | os.PathLike[str], count: int) -> list[Path]:
     ``source``: a dataset (whatever ``read_dataset`` detects) or a folder of images. Errors name
     ``--calibration`` and what is wrong (missing, unreadable annotations, no images).
     """
-    return split_calibration_set(source, count, 0)[0]
-
-
-def split_calibration_set(source: str | os.PathLike[str], count: int, holdout: int) -> tuple[list[Path], list[Path]]:
-    """(up to ``count`` calibration paths, up to ``holdout`` other paths of the set), each
-    evenly spaced over the sorted set (the held-out ones over what calibration left)."""
-    if count < 1:
-        raise ValueError(f"--calibration-images must be >= 1, got {count}")
-    files = _image_files(source)
-    chosen = _spread(files, count)
-    taken = set(chosen)
-    return chosen, _spread([f for f in files if f not in taken], holdout)
-
-
-def _spread(files: list[Path], count: int) -> list[Path]:
-    if count <= 0:
-        return []
-    if len(files) <= count:
-        return files
-    step = len(files) / count
-    return [files[int(i * step)] for i in range(count)]
-
-
-def _image_files(source: str | os.PathLike[str]) -> list[Path]:
-    """The sorted image paths of a dataset or folder (errors name ``--calibration``)."""
     from ..data.formats import read_dataset
 
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"--calibration {path}: no such file or folder")
+    if count < 1:
+        raise ValueError(f"--calibration-images must be >= 1, got {count}")
     files: list[Path]
     try:
         with warnings.catch_warnings():
@@ -69,7 +45,10 @@ def _image_files(source: str | os.PathLike[str]) -> list[Path]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise ValueError(f"--calibration {path}: no images (expected a dataset or a folder of {', '.join(IMAGE_EXTENSIONS)})")
-    return files
+    if len(files) <= count:
+        return files
+    step = len(files) / count
+    return [files[int(i * step)] for i in range(count)]
 
 
 def load_calibration_images(

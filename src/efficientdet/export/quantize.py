@@ -8,8 +8,8 @@ post-processing as the float one. Two quantizers write the same kind of file (QD
 QuantizeLinear / DequantizeLinear pairs around int8 weights, which the runtime fuses into int8
 kernels), each placing the pairs where its runtime fuses them:
 
-* ``nncf`` (default): OpenVINO's NNCF (per-image ranges averaged over the images: min/max, or
-  quantiles, see :func:`resolve_method` and ``export.int8.candidate_methods``; fast bias
+* ``nncf`` (default): OpenVINO's NNCF (per-image ranges averaged over the images: quantiles
+  for Swish networks, min/max for ReLU6 ones, see :func:`resolve_method`; fast bias
   correction), for ``--backend openvino``, which fuses Swish and the squeeze-excite into its
   int8 kernels;
 * ``onnxruntime``: ONNX Runtime's ``quantize_static``, for ``--backend onnxruntime``.
@@ -28,6 +28,7 @@ Choices (measurements in ``docs/quantization.md``):
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "CANDIDATES_ABOVE_CLASSES", "FLOAT_GROUPS", "QUANTIZERS", "Int8Options", "cpu_has_vnni",
+    "CANDIDATES_ABOVE_CLASSES", "FLOAT_GROUPS", "QUANTIZERS", "Int8Options", "cpu_has_vnni", "export_int8",
     "float_nodes", "has_unbounded_activations", "int8_candidates", "int8_description",
     "quantize_network", "resolve_method", "quantize_with_nncf", "quantize_with_onnxruntime", "require_nncf",
 ]  # fmt: skip
@@ -110,9 +111,7 @@ def resolve_method(options: Int8Options, model: Any) -> Int8Options:
     NNCF: ``quantile`` (per-image quantiles, averaged) for networks with unbounded activations,
     whose rare extreme values would otherwise stretch the ranges; ``minmax`` (per-image min/max,
     averaged; NNCF's default) for bounded ones, where clipping cuts real signal (raccoon
-    measurements in docs/quantization.md). ONNX Runtime: ``minmax``. The rule when nothing can
-    be measured: with held-out images ``export_int8`` tries both for unbounded networks and
-    keeps the more faithful file (``export.int8.candidate_methods``).
+    measurements in docs/quantization.md). ONNX Runtime: ``minmax``.
     """
     if options.method != "auto":
         return options
@@ -298,7 +297,6 @@ def int8_description(options: Int8Options, used_images: int) -> dict[str, Any]:
     return {
         "format": "QDQ",
         "quantizer": options.quantizer,
-        "method": options.method,
         "runtime": "openvino" if nncf else "onnxruntime",
         "weights": "int8 per-channel" if options.per_channel else "int8 per-tensor",
         "activations": "8-bit symmetric" if nncf else "uint8",
@@ -327,3 +325,69 @@ def int8_candidates(num_classes: int, quantizer: str) -> bool:
     docs/quantization.md. ONNX Runtime files keep the raw layout.
     """
     return quantizer == "nncf" and num_classes > CANDIDATES_ABOVE_CLASSES
+
+
+def export_int8(
+    model: Any,
+    path: str | os.PathLike[str],
+    calibration: Sequence[Any],
+    options: Int8Options | None = None,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    batch_size: int = 1,
+    dynamic_batch: bool = True,
+    include_postprocess: bool = False,
+    candidates: bool | None = None,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
+    check: bool = True,
+) -> Path:
+    """Export ``model`` as an int8 ONNX graph at ``path`` (written atomically; nothing on failure).
+
+    ``calibration``: images (uint8 [3, H, W] tensors, or anything ``load_image`` takes), each
+    preprocessed exactly as ``OnnxDetector.prepare`` does at run time. The layouts are
+    ``export_onnx``'s (raw, ``include_postprocess``, ``candidates``; ``candidates=None``: the
+    faster one for the quantizer's runtime, :func:`int8_candidates`, unless NMS is inside);
+    only the network is quantized, the post-processing parts stay float.
+    """
+    import dataclasses
+
+    import onnx
+
+    from ..data.images import load_image
+    from ..fs import atomic_path
+    from .metadata import read_onnx_metadata
+    from .onnx import attach_candidates, attach_postprocess, check_onnx, export_onnx
+    from .runtime import OnnxDetector
+
+    options = resolve_method(options or Int8Options(), model)
+    if not calibration:
+        raise ValueError("--calibration: no calibration images")
+    if candidates is None:
+        candidates = not include_postprocess and int8_candidates(model.config.num_classes, options.quantizer)
+    if include_postprocess and candidates:
+        raise ValueError("include_postprocess and candidates are exclusive: NMS inside needs no pre-selection")
+    with tempfile.TemporaryDirectory(prefix="efficientdet-int8-") as tmp:
+        raw, quantized = Path(tmp) / "network.onnx", Path(tmp) / "network.int8.onnx"
+        # The TorchScript exporter: its node names are what the float groups match.
+        export_onnx(model, raw, image_size, batch_size, dynamic_batch, dynamo=False, check=False)
+        runtime = OnnxDetector(raw, intra_op_threads=1)
+        batches = [runtime.prepare([load_image(image, max_pixels=None)]).inputs.numpy() for image in calibration]
+        del runtime
+        quantize_network(raw, quantized, batches, options)
+        proto = onnx.load(os.fspath(quantized))
+        meta = dataclasses.replace(read_onnx_metadata(proto), int8=int8_description(options, len(batches)))
+        meta.write_to(proto)
+        onnx.save(proto, os.fspath(quantized))
+        out = Path(path)
+        if include_postprocess:
+            return attach_postprocess(
+                quantized, out, score_threshold=score_threshold, max_detections=max_detections, dynamo=False, check=check
+            )
+        if candidates:
+            return attach_candidates(quantized, out, dynamo=False, check=check)
+        with atomic_path(out) as dst:
+            onnx.save(proto, os.fspath(dst))
+            if check:
+                check_onnx(dst, batch_size, label=out)
+        return out
