@@ -68,10 +68,14 @@ def test_export_int8_runs_with_its_backend(
                  "--compare", str(tiny_weights), "--quiet"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert f"({backend}, int8)" in printed and "difference (first - second)" in printed
+    assert "paired resamples of the 4 images" in printed  # the difference's bootstrap interval
     import json
 
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert doc["compare"]["weights"] == str(tiny_weights) and "AP" in doc["compare"]["stats"]
+    interval = doc["compare"]["ap_difference"]
+    assert interval["difference"] == pytest.approx(doc["stats"]["AP"] - doc["compare"]["stats"]["AP"], abs=1e-9)
+    assert interval["low"] <= interval["high"] and interval["images"] == 4
 
 
 @pytest.mark.parametrize(

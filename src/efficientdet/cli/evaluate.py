@@ -151,7 +151,7 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
         for line in _too_large(run.skipped_images, runner.max_input_pixels):
             print(f"efficientdet eval: {line}", file=sys.stderr)
     if args.compare:
-        _compare(args, index, fmt, out, runner, run.stats)
+        _compare(args, index, fmt, out, runner, run)
     written = [metrics_path, out / "detections_coco.json", out / "pr_curve.png", out / "confusion_matrix.png"]
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
@@ -163,9 +163,10 @@ def _backend_label(runner: Any) -> str:
     return f"{runner.backend}, int8" if meta is not None and meta.int8 else runner.backend
 
 
-def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: Any, stats: dict[str, float]) -> None:
+def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: Any, run: Any) -> None:
     """``--compare WEIGHTS``: the same evaluation of other weights (its files under
-    ``out/compare``), a side-by-side table, and both in ``metrics.json``."""
+    ``out/compare``), a side-by-side table with the AP difference's bootstrap interval, and
+    both in ``metrics.json``."""
     from ..evaluation.run import evaluate
     from ..fs import atomic_write
 
@@ -181,6 +182,7 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
         other.detector, index, batch_size=args.batch_size, nms=args.nms, out_dir=other_out,
         progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
     )  # fmt: skip
+    stats = run.stats
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     rows = [(f"{args.weights} ({_backend_label(runner)})", stats), (f"{args.compare} ({_backend_label(other)})", other_run.stats)]
     width = max(len(r[0]) for r in rows)
@@ -192,7 +194,31 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
     metrics_path = out / "metrics.json"
     doc = json.loads(metrics_path.read_text(encoding="utf-8"))
     doc["compare"] = {"weights": str(args.compare), "backend": _backend_label(other), "stats": other_run.stats}
+    interval = _ap_interval(index, args.dataset if fmt == "coco" else None, out, other_out, run, other_run)
+    if interval is not None:
+        print(interval.summary())
+        doc["compare"]["ap_difference"] = dataclasses.asdict(interval)
     atomic_write(metrics_path, json.dumps(doc, indent=2) + "\n")
+
+
+def _ap_interval(index: Any, gt: Any, out: Path, other_out: Path, run: Any, other_run: Any) -> Any:
+    """The paired bootstrap interval of the AP difference over the images both runs read (from
+    the detections each wrote), or None above ``MAX_BOOTSTRAP_IMAGES`` images."""
+    from ..evaluation.bootstrap import MAX_BOOTSTRAP_IMAGES, paired_ap_interval, per_image_evaluation
+    from ..evaluation.coco import CocoEvaluator
+    from ..evaluation.run import ground_truth
+
+    skipped = set(run.skipped_images) | set(other_run.skipped_images)
+    ids = [r.image_id for r in index.records if str(r.image_path) not in skipped]
+    if not ids or len(ids) > MAX_BOOTSTRAP_IMAGES:
+        return None
+    coco_gt = CocoEvaluator(ground_truth(index, gt)).coco_gt
+    first, second = (
+        per_image_evaluation(coco_gt, json.loads((d / "detections_coco.json").read_text(encoding="utf-8")), ids)
+        for d in (out, other_out)
+    )
+    interval = paired_ap_interval(first, second)
+    return interval if math.isfinite(interval.difference) else None  # no ground truth: no AP to compare
 
 
 def _too_large(paths: list[str], limit: int) -> list[str]:

@@ -1,4 +1,5 @@
-"""Detection metrics: official COCO box AP (pycocotools), Pascal VOC AP50, PR plots.
+"""Detection metrics: official COCO box AP (pycocotools), Pascal VOC AP50, PR plots, and the
+paired bootstrap interval of two models' AP difference.
 
 Quick use::
 
@@ -9,17 +10,21 @@ Quick use::
     print(result.table())
 """
 
+from .bootstrap import ApInterval, paired_ap_interval, per_image_evaluation
 from .coco import STAT_NAMES, CocoEvaluator, CocoGroundTruth, EvalResult, gt_list_to_coco
 from .plots import plot_precision_recall
 from .voc import VocResult, voc_ap50
 
 __all__ = [
+    "ApInterval",
     "STAT_NAMES",
     "CocoEvaluator",
     "CocoGroundTruth",
     "EvalResult",
     "VocResult",
     "gt_list_to_coco",
+    "paired_ap_interval",
+    "per_image_evaluation",
     "plot_precision_recall",
     "voc_ap50",
 ]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.dataset import DetectionDataset, collate_detections
+from ..data.dataset import DetectionDataset
 from ..config import PostprocessConfig
 from ..fs import atomic_write
 from ..data.records import DatasetIndex
@@ -38,7 +38,7 @@ from .confusion import ConfusionResult, confusion_matrix, plot_confusion
 from .plots import plot_precision_recall
 from .voc import VocResult, voc_ap50
 
-__all__ = ["EvaluationRun", "coco_summary", "evaluate", "label_mapping"]
+__all__ = ["EvaluationRun", "coco_summary", "evaluate", "ground_truth", "label_mapping"]
 
 # pycocotools' summarize() wording for each of the 12 stats.
 _STAT_TEXT: tuple[tuple[str, str, str, int], ...] = (
@@ -270,6 +270,18 @@ def evaluate(
     return run
 
 
+def ground_truth(index: DatasetIndex, gt: CocoGroundTruth | None = None) -> CocoGroundTruth:
+    """What :func:`evaluate` scores against: ``gt`` when given (a COCO annotation file keeps
+    crowd regions and segmentation areas), else the index's boxes as a COCO dataset dict."""
+    if gt is not None:
+        return gt
+    gts = [
+        {"image_id": r.image_id, "boxes": r.boxes, "labels": r.labels, "height": r.height, "width": r.width}
+        for r in index.records
+    ]
+    return gt_list_to_coco(gts, index.class_names, index.category_ids)
+
+
 def _detect_share(
     detector: Any,
     share: DatasetIndex,
@@ -310,13 +322,7 @@ def _score(
     confusion: tuple[float, float] | None = None,
 ) -> EvaluationRun:
     """COCO (and VOC) scores of ``(image id, detections)`` in dataset order; writes ``out_dir``."""
-    if gt is None:
-        gts = [
-            {"image_id": r.image_id, "boxes": r.boxes, "labels": r.labels, "height": r.height, "width": r.width}
-            for r in index.records
-        ]
-        gt = gt_list_to_coco(gts, index.class_names, index.category_ids)
-    evaluator = CocoEvaluator(gt, category_ids=category_ids)
+    evaluator = CocoEvaluator(ground_truth(index, gt), category_ids=category_ids)
     voc_gts: list[dict[str, Any]] = []
     voc_dets: list[dict[str, Any]] = []
     records = {r.image_id: r for r in index.records}
