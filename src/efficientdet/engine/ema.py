@@ -37,7 +37,10 @@ class ModelEMA:
         ema_params = dict(self.module.named_parameters())
         for name, p in model.named_parameters():
             e = ema_params[name]
-            e.lerp_(p.detach().to(e.dtype), 1.0 - d)
+            if e.is_floating_point():
+                e.lerp_(p.detach().to(e.dtype), 1.0 - d)
+            else:  # integer parameters (a quantizer's settings) are not averaged
+                e.copy_(p.detach())
         ema_buffers = dict(self.module.named_buffers())
         for name, b in model.named_buffers():
             ema_buffers[name].copy_(b)
