@@ -38,6 +38,12 @@ def test_training_runs_through_quantizers_and_saves_float_weights(tiny_dataset: 
     # The checkpoint holds exactly the plain network's tensors, and every tool can load it.
     saved = create_model(weights=tmp_path / "qat" / "last.safetensors")
     assert set(saved.state_dict()) == set(build_model(saved.config).state_dict())
+    # BN kept the float model's statistics (its affine parameters trained on).
+    start = create_model(weights=tmp_path / "float" / "last.safetensors").state_dict()
+    after = saved.state_dict()
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(start[k], after[k]) for k in stats)
+    assert any(not torch.equal(start[k], after[k]) for k in start if k.endswith(".weight"))
     # The wrapped model rounds: its outputs differ from the same float weights' (but not by much).
     plain = build_model(saved.config)
     plain.load_state_dict(float_state_dict(model))

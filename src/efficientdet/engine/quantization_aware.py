@@ -8,9 +8,17 @@ Swish networks with squeeze-excite (EfficientNet-B0 in D0) lose about a point of
 trainable scales) go where the int8 runtime quantizes, on convolution weights (per output
 channel) and inputs, with ranges taken from a few training images by the rule
 ``export --int8`` uses (:func:`~efficientdet.export.quantize.has_unbounded_activations`:
-quantiles for Swish networks, min/max for ReLU6 ones), the heads' last layers left float as
-``export --int8`` leaves them. Training then goes on with the usual loss, data and schedule, so
-the weights learn to work rounded.
+quantiles for Swish networks, min/max for ReLU6 ones). Training then goes on with the usual
+loss, data and schedule, so the weights learn to work rounded. The heads' last layers are
+rounded in training too, though ``export --int8`` keeps them float: NNCF names the PyTorch ops
+of shared modules by call order, not by the module path that would single them out, and a
+layer trained rounded and run float only loses noise.
+
+BatchNorm keeps the float model's running statistics (:func:`freeze_batchnorm_statistics`;
+its scale and shift still train). With batch statistics, BN re-normalises the rounded
+activations, whose channel means shift a lot in the early layers, and the running statistics
+follow them: the saved float weights then no longer describe a float network that
+``export --int8`` can calibrate (measured in docs/quantization.md).
 
 Checkpoints (``.safetensors``) hold the float weights only: what adapted are the weights, and
 ``export --int8`` quantizes them again with the same rule, so every tool reads a
@@ -30,12 +38,13 @@ from ..data.images import load_image
 from ..data.records import DatasetIndex
 from ..inference.preprocess import preprocess_batch
 
-__all__ = ["calibration_inputs", "float_state_dict", "is_quantization_aware", "wrap_quantization_aware"]
+__all__ = [
+    "calibration_inputs", "float_state_dict", "freeze_batchnorm_statistics", "is_quantization_aware",
+    "wrap_quantization_aware",
+]  # fmt: skip
 
 # Where NNCF keeps the quantizers of a wrapped model (state-dict keys start with it).
 _HOOKS_PREFIX = "__nncf_hooks"
-# The heads' last layers (class and box ``predict``): float in ``export --int8`` too.
-_FLOAT_PATTERNS = (r".*_head/predict.*",)
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -83,11 +92,19 @@ def wrap_quantization_aware(model: ModuleT, inputs: Sequence[Tensor], reduce_ran
             model,
             nncf.Dataset([x.to(device) for x in inputs]),
             subset_size=len(inputs),
-            ignored_scope=nncf.IgnoredScope(patterns=list(_FLOAT_PATTERNS), validate=False),
             advanced_parameters=advanced,
         )
     wrapped.train()
     return wrapped  # type: ignore[no-any-return]
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> int:
+    """Put every BatchNorm of ``model`` in eval mode (running statistics used and kept; its
+    weight and bias still train). Call after each ``model.train()``; returns how many."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.eval()
+    return len(norms)
 
 
 def is_quantization_aware(model: nn.Module) -> bool:

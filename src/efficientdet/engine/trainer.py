@@ -27,7 +27,7 @@ from .checkpoint import CheckpointError, describe_write_error, remove_stale_temp
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .logger import MetricsLogger, plot_curves
-from .quantization_aware import float_state_dict
+from .quantization_aware import float_state_dict, freeze_batchnorm_statistics
 from .setup import (
     build_train_loader_for,
     build_train_model,
@@ -227,6 +227,8 @@ class Trainer:
         self.ddp.train()
         if cfg.freeze_backbone:
             self.model.backbone.eval()  # frozen BN statistics too
+        if cfg.quantization_aware:
+            freeze_batchnorm_statistics(self.model)  # the float model's (quantization_aware.py)
         self.seeded.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch)
         self.sampler.skip(self.batch_in_epoch * cfg.batch_size)
