@@ -82,7 +82,11 @@ def wrap_quantization_aware(model: ModuleT, inputs: Sequence[Tensor], reduce_ran
     if not inputs:
         raise ValueError("quantization-aware training: no calibration images")
     nncf.set_log_level(logging.ERROR)
-    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE)
+    # No bias correction: it would shift the float biases towards the rounded network's, and
+    # ``export --int8`` corrects the biases of the file it writes itself.
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE, disable_bias_correction=True
+    )
     if has_unbounded_activations(model):
         advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MEAN_QUANTILE
     model.eval()  # ranges of BN's running statistics, not of a calibration batch
