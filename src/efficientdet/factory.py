@@ -93,18 +93,11 @@ def create_model(
     return model
 
 
-def save_model(
-    model: EfficientDet,
-    path: str | os.PathLike[str],
-    extra: dict[str, Any] | None = None,
-    state_dict: dict[str, Any] | None = None,
-) -> None:
+def save_model(model: EfficientDet, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
     """Write ``model`` as our own checkpoint: safetensors tensors + the JSON config and class
-    names in the file's metadata, atomically (a crash never leaves a half-written file).
-    ``state_dict``: the tensors to write instead of ``model.state_dict()``."""
+    names in the file's metadata, atomically (a crash never leaves a half-written file)."""
     from .weights.io import write_weights
 
     if model.config is None:
         raise ValueError("the model has no config; build it with create_model")
-    tensors = model.state_dict() if state_dict is None else state_dict
-    write_weights(path, tensors, model.config.to_dict(), model.class_names, extra)
+    write_weights(path, model.state_dict(), model.config.to_dict(), model.class_names, extra)

@@ -135,11 +135,6 @@ class TrainConfig:
     # recompute backbone stages and BiFPN cells in backward instead of keeping their
     # activations (models/checkpointing.py): less memory for D4+, a slower step, same gradients
     grad_checkpointing: bool = False
-    # Train through int8 fake-quantizers (NNCF; engine/quantization_aware.py), starting from
-    # trained float ``weights``, so that ``export --int8`` keeps their accuracy. Ranges start
-    # from this many training images (spread over the set, no augmentation).
-    quantization_aware: bool = False
-    quantization_calibration_images: int = 64
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -155,12 +150,6 @@ class TrainConfig:
     checkpoint_min_interval_s: float = 60.0
     max_consecutive_nonfinite: int = 5
     log_every: int = 10
-
-    def __post_init__(self) -> None:
-        if self.quantization_calibration_images < 1:
-            raise ValueError(
-                f"quantization_calibration_images: {self.quantization_calibration_images!r} must be >= 1"
-            )
 
     def replace(self, **overrides: Any) -> "TrainConfig":
         """Copy with overrides; dotted keys reach sections (``optim.lr``, ``data.train``)."""

@@ -30,7 +30,6 @@ from .config import TrainConfig
 from .distributed import DistInfo
 from .ema import ModelEMA
 from .optim import build_optimizer, build_scheduler, default_lr
-from .quantization_aware import calibration_inputs, wrap_quantization_aware
 from .state import TrainState
 
 __all__ = [
@@ -38,7 +37,6 @@ __all__ = [
     "resolve_amp_dtype",
     "prepare_for_training",
     "build_train_model",
-    "check_quantization_aware",
     "build_train_loader_for",
     "count_steps",
     "build_train_state",
@@ -66,19 +64,14 @@ def resolve_amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 
 def prepare_for_training(
-    model: nn.Module,
-    device: torch.device,
-    channels_last: bool,
-    amp_dtype: torch.dtype | None,
-    rewrites: bool = True,
+    model: nn.Module, device: torch.device, channels_last: bool, amp_dtype: torch.dtype | None
 ) -> nn.Module:
     """``model`` moved to ``device`` and its memory format, with the CPU-only training rewrites
-    (fp32 CPU runs, unless ``rewrites`` is False): lean BN + SiLU, and 1x1 convs as GEMMs on
-    channels-last memory. In place; returns ``model``. The Trainer and
-    ``benchmarks/train_throughput.py`` share this rule."""
+    (fp32 CPU runs): lean BN + SiLU, and 1x1 convs as GEMMs on channels-last memory. In place;
+    returns ``model``. The Trainer and ``benchmarks/train_throughput.py`` share this rule."""
     model.to(device)
     model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if rewrites and device.type == "cpu" and amp_dtype is None:
+    if device.type == "cpu" and amp_dtype is None:
         # BN + SiLU keeping one activation less for backward (models/lean_bn.py)
         make_batchnorm_silu_lean(model)
         if channels_last:
@@ -94,14 +87,10 @@ def build_train_model(
     device: torch.device,
     distributed: bool,
     amp_dtype: torch.dtype | None,
-    calibration: DatasetIndex | None = None,
 ) -> EfficientDet:
     """The model as ``cfg`` trains it, on ``device``: weights, frozen backbone, BN momentum,
-    :func:`prepare_for_training`, int8 fake-quantizers (``cfg.quantization_aware``, ranges from
-    ``cfg.quantization_calibration_images`` images of ``calibration``, the training set), activation checkpointing and, for multi-GPU runs,
-    SyncBatchNorm. ``amp_dtype``: from :func:`resolve_amp_dtype`."""
-    if cfg.quantization_aware:
-        check_quantization_aware(cfg, distributed, amp_dtype)
+    :func:`prepare_for_training`, activation checkpointing and, for multi-GPU runs, SyncBatchNorm. ``amp_dtype``: from
+    :func:`resolve_amp_dtype`."""
     overrides: dict = {"image_size": cfg.image_size} if cfg.image_size else {}
     overrides.update(anchor_model_overrides(cfg))
     model = create_model(
@@ -126,16 +115,7 @@ def build_train_model(
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = cfg.bn_momentum
-    # NNCF places its quantizers on the convs and activations it sees: plain modules only
-    prepare_for_training(model, device, cfg.channels_last, amp_dtype, rewrites=not cfg.quantization_aware)
-    if cfg.quantization_aware:
-        from ..export.quantize import cpu_has_vnni
-
-        if calibration is None:
-            raise ValueError("quantization_aware=true needs the training images to calibrate on")
-        assert model.config is not None
-        inputs = calibration_inputs(calibration, model.config.preprocess, cfg.quantization_calibration_images)
-        model = wrap_quantization_aware(model, inputs, reduce_range=not cpu_has_vnni())
+    prepare_for_training(model, device, cfg.channels_last, amp_dtype)
     if cfg.grad_checkpointing:
         set_grad_checkpointing(model)
     if distributed and cfg.sync_bn and device.type == "cuda":
@@ -178,21 +158,6 @@ def build_train_loader_for(
             f"{len(index.skipped)} skipped or repaired, see the warnings above)"
         )
     return loader, seeded, sampler
-
-
-def check_quantization_aware(cfg: TrainConfig, distributed: bool, amp_dtype: torch.dtype | None) -> None:
-    """Clear errors for what quantization-aware training does not do (tested: one process,
-    float32), and a warning when it starts from untrained weights."""
-    if distributed:
-        raise ValueError("quantization_aware=true runs in one process (not under torchrun) for now")
-    if amp_dtype is not None:
-        raise ValueError("quantization_aware=true trains in float32: set amp=off")
-    if cfg.weights is None:
-        warnings.warn(
-            "quantization_aware=true without weights: quantization-aware training fine-tunes a trained "
-            "float model (weights=best.safetensors); from scratch, train in float first",
-            stacklevel=3,
-        )
 
 
 def count_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:

@@ -18,7 +18,6 @@ from torch import nn
 from ..data.common import warn_issue
 from ..data.formats import read_split
 from ..factory import save_model
-from ..models.efficientdet import build_model
 from ..ops.anchors import anchors_for_config
 from ..ops.matcher import AnchorLabeler
 from ..weights.io import WeightsError
@@ -27,7 +26,6 @@ from .checkpoint import CheckpointError, describe_write_error, remove_stale_temp
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .logger import MetricsLogger, plot_curves
-from .quantization_aware import float_state_dict, freeze_batchnorm_statistics
 from .setup import (
     build_train_loader_for,
     build_train_model,
@@ -96,9 +94,7 @@ class Trainer:
             check_shardable(len(self.val_index), self.dist, f"validation images in {cfg.data.val}")
         self.class_names = self.train_index.class_names
         self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
-        model = build_train_model(
-            cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype, calibration=self.train_index
-        )
+        model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype)
         self.model_config = model.config
         assert self.model_config is not None
         warning = anchor_warning(cfg, self.train_index, self.model_config) if self.dist.is_main else None
@@ -138,9 +134,7 @@ class Trainer:
             self.ddp: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         else:
             self.ddp = model
-        # NNCF's fake-quantizers trace each forward through per-call state: one thread
-        requested = 1 if cfg.quantization_aware else cfg.data_parallel_threads
-        threads = resolve_threads(requested, self.device, self.dist.enabled, cfg.batch_size)
+        threads = resolve_threads(cfg.data_parallel_threads, self.device, self.dist.enabled, cfg.batch_size)
         # BN of a share of 1 image fails when the top level's map is 1x1 (small image sizes)
         top = min(mc.image_size) // mc.max_stride
         self.threads = ThreadDataParallel(model, threads, min_share=2 if top <= 1 else 1) if threads > 1 else None
@@ -172,8 +166,7 @@ class Trainer:
     def _write_ema(self, path: Path) -> None:
         """The EMA weights as ``.safetensors`` (atomic too: on errors the previous file stays)."""
         try:
-            # quantization-aware: the float weights only (module docs of quantization_aware.py)
-            save_model(self.ema.module, path, state_dict=float_state_dict(self.ema.module))
+            save_model(self.ema.module, path)
         except WeightsError as err:
             raise CheckpointError(describe_write_error(path, err.__cause__ or err, "the EMA weights")) from err
 
@@ -227,8 +220,6 @@ class Trainer:
         self.ddp.train()
         if cfg.freeze_backbone:
             self.model.backbone.eval()  # frozen BN statistics too
-        if cfg.quantization_aware:
-            freeze_batchnorm_statistics(self.model)  # the float model's (quantization_aware.py)
         self.seeded.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch)
         self.sampler.skip(self.batch_in_epoch * cfg.batch_size)
@@ -314,21 +305,9 @@ class Trainer:
 
         broadcast_module(self.ema.module, self.dist)  # one model: BN statistics are per rank
         result = evaluate(
-            self._float_ema(), self.val_index, batch_size=self.cfg.batch_size, progress=False, dist=self.dist
+            self.ema.module, self.val_index, batch_size=self.cfg.batch_size, progress=False, dist=self.dist
         )
         return {k: result.stats[k] for k in ("AP", "AP50", "AP75")}
-
-    def _float_ema(self) -> nn.Module:
-        """The EMA model as inference runs it: under quantization-aware training, a plain copy
-        with its float weights (inference folds BNs into the convs, which a wrapped model's
-        per-channel weight quantizers would not follow); ``export --int8`` measures int8."""
-        if not self.cfg.quantization_aware:
-            return self.ema.module
-        assert self.model_config is not None
-        plain = build_model(self.model_config).to(self.device)
-        plain.load_state_dict(float_state_dict(self.ema.module))
-        plain.class_names = self.class_names
-        return plain.eval()
 
     # -- the whole run --------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
