@@ -61,6 +61,10 @@ def test_export_int8_runs_with_its_backend(
     printed = capsys.readouterr().out
     assert f"int8 by {quantizer}: 3 calibration images" in printed and "float: heads, stem" in printed
     assert read_onnx_metadata(out).int8["float_groups"] == ["heads", "stem"]
+    assert main(["info", str(out)]) == 0  # the file tells how it was made
+    printed = capsys.readouterr().out
+    assert f"int8 by {quantizer} (run it with --backend {backend}): 3 calibration images" in printed
+    assert "float: heads, stem" in printed
     assert main(["predict", str(data.parent / "images"), "--weights", str(out), "--backend", backend,
                  "--out", str(tmp_path / "preds"), "--no-draw"]) == 0  # fmt: skip
     capsys.readouterr()

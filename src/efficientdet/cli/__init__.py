@@ -48,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Expected user errors (bad names, bad files): one clear line, no traceback.
         print(f"efficientdet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`efficientdet info ... | head`): no traceback; stdout goes to
+        # /dev/null so the interpreter's final flush does not fail again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as the shell reports a command killed by it
 
 
 if __name__ == "__main__":

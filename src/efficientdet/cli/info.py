@@ -1,4 +1,5 @@
-"""``efficientdet info MODEL`` and ``efficientdet list``: what a variant is and costs."""
+"""``efficientdet info MODEL`` and ``efficientdet list``: what a variant is and costs; ``info
+FILE.onnx``: what an exported graph holds (model, input, classes, outputs, how it was quantized)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from ..variants import get_config, list_models
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="parameters, FLOPs and the resolved config of a model")
-    p.add_argument("model", help="a model name (see `efficientdet list`)")
+    p = sub.add_parser("info", help="parameters, FLOPs and the resolved config of a model, or what an exported .onnx holds")
+    p.add_argument("model", help="a model name (see `efficientdet list`) or an .onnx file from `efficientdet export`")
     p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="count FLOPs at this size (H [W])")
     p.add_argument("--num-classes", type=int, default=None, help="number of classes (default 90)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -49,6 +50,8 @@ def describe(model: str, image_size: tuple[int, int] | None = None, num_classes:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    if args.model.lower().endswith(".onnx"):
+        return _graph_info(args.model, args.json)
     size = None
     if args.image_size:
         size = (args.image_size[0], args.image_size[-1])
@@ -68,6 +71,42 @@ def run_info(args: argparse.Namespace) -> int:
         else:
             print(f"    {section}: {values}")
     return 0
+
+
+def _graph_info(path: str, as_json: bool) -> int:
+    """``info FILE.onnx``: the graph's efficientdet metadata (errors name the file)."""
+    import os
+
+    from ..export.metadata import read_onnx_metadata
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    meta = read_onnx_metadata(path)
+    if as_json:
+        fields = ("model_name", "image_size", "mean", "std", "num_classes", "class_names", "nms_inside",
+                  "outputs", "output_layout", "postprocess", "int8")  # fmt: skip
+        doc = {"file": path, "bytes": os.path.getsize(path), **{f: getattr(meta, f) for f in fields}}
+        print(json.dumps({**doc, "config": meta.config.to_dict()}, indent=2))
+        return 0
+    names = ", ".join(meta.class_names[:8]) + (", ..." if len(meta.class_names) > 8 else "") if meta.class_names else "unnamed"
+    layout = "detections (NMS inside)" if meta.nms_inside else "candidates" if meta.candidates else "raw"
+    print(f"{path}: {meta.model_name}, input {meta.image_size[0]}x{meta.image_size[1]}, "
+          f"{meta.num_classes} class{'es' if meta.num_classes != 1 else ''} ({names}), outputs {layout}, {os.path.getsize(path) / 1e6:.1f} MB")  # fmt: skip
+    for line in _int8_lines(meta.int8):
+        print(f"  {line}")
+    return 0
+
+
+def _int8_lines(int8: dict | None) -> list[str]:
+    """How an int8 graph was made (``export_int8``'s record in the metadata)."""
+    if not int8:
+        return ["float32 (not quantized)"]
+    return [
+        f"int8 by {int8['quantizer']} (run it with --backend {int8['runtime']}): {int8['calibration_images']} "
+        f"calibration images ({int8['calibration']}), weights {int8['weights']}, "
+        f"activations {int8['activations']}, float: {', '.join(int8['float_groups']) or 'none'}, "
+        f"reduce_range {'on' if int8['reduce_range'] else 'off'}"
+    ]
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -1,0 +1,57 @@
+"""efficientdet info: a variant's size and cost, or what an exported graph holds."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from efficientdet.cli import main
+
+
+def test_info_of_a_variant(capsys: pytest.CaptureFixture) -> None:
+    """D0 as published: 3.9M parameters and 2.5B multiply-adds at 512 (the paper's 3.9M / 2.5B)."""
+    assert main(["info", "efficientdet_d0", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["image_size"] == [512, 512] and round(doc["parameters"] / 1e6, 1) == 3.9
+    assert round(doc["macs"] / 1e9, 1) == 2.5
+    assert sum(doc["parameters_by_part"].values()) == doc["parameters"]
+
+
+def test_info_of_an_exported_graph(tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("onnx")
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--weights", str(tiny_weights), "--out", str(out), "--image-size", "128",
+                 "--onnx-exporter", "torchscript"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out}: efficientdet_lite0, input 128x128, 3 classes (cat, dog, cup), outputs raw" in printed
+    assert "float32 (not quantized)" in printed
+    assert main(["info", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["image_size"] == [128, 128] and doc["class_names"] == ["cat", "dog", "cup"] and doc["int8"] is None
+    assert doc["bytes"] == out.stat().st_size and doc["config"]["head"]["num_classes"] == 3
+
+
+def test_info_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", str(tmp_path / "missing.onnx")]) == 2
+    assert "missing.onnx: no such file" in capsys.readouterr().err
+    (tmp_path / "other.onnx").write_bytes(b"")
+    assert main(["info", str(tmp_path / "other.onnx")]) == 2
+    assert "other.onnx: no efficientdet metadata" in capsys.readouterr().err
+    assert main(["info", "efficientdet_d99"]) == 2
+
+
+def test_closed_pipe_is_not_a_traceback() -> None:
+    """``efficientdet info efficientdet_d0 | head``: the reader leaves early. Here it leaves
+    before the first line (``true`` reads nothing), so the write surely meets a closed pipe. A
+    real shell pipeline: every descriptor belongs to the subprocess call and is closed by it."""
+    command = f"{shlex.quote(sys.executable)} -m efficientdet info efficientdet_d0 | true; echo $" + "{PIPESTATUS[0]}"
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "141"  # 128 + SIGPIPE, as a shell reports it; not 1 with a traceback
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
