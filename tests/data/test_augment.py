@@ -21,9 +21,9 @@ def _scene(h: int, w: int, box: tuple[int, int, int, int]) -> tuple[torch.Tensor
     return image, torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32)
 
 
-def _covered(image: torch.Tensor, boxes: torch.Tensor, tol: float = 1.0) -> bool:
-    """Every object pixel (white, > 200 in every channel) lies in some box (within tol px)."""
-    ys, xs = (image > 200).all(0).nonzero(as_tuple=True)
+def _covered(image: torch.Tensor, boxes: torch.Tensor, tol: float = 1.0, white: int = 200) -> bool:
+    """Every object pixel (> ``white`` in every channel) lies in some box (within tol px)."""
+    ys, xs = (image > white).all(0).nonzero(as_tuple=True)
     if len(xs) == 0:
         return True
     if len(boxes) == 0:
@@ -50,8 +50,10 @@ def test_every_op_keeps_boxes_on_the_pixels(name: str, level: int, seed: int, re
     out, moved = apply_op(image, boxes, name, 1.0, level)
     assert out.shape == image.shape and out.dtype == torch.uint8
     assert moved.shape == boxes.shape and _in_image(moved, 200, 300)
-    if name in ("Brightness", "Contrast", "Color", "Sharpness", "AutoContrast", "Equalize"):
-        return  # pixel-only ops may brighten the black background: boxes unchanged is the property
+    if name in ("Brightness", "Contrast", "Color", "Sharpness", "AutoContrast", "Equalize", "Solarize"):
+        # Pixel-only ops may brighten the black background (Solarize at level 0 inverts every
+        # pixel, as the reference does): boxes unchanged is the property.
+        return
     assert _covered(out, moved), f"{name} L{level}: object pixels outside the moved box"
 
 
@@ -105,7 +107,11 @@ def test_mosaic_boxes_in_window_follow_pixels_and_keep_classes(seed: int) -> Non
     assert image.shape == (3, 128, 128) and len(boxes) == len(labels)
     assert _in_image(boxes, 128, 128) and set(labels.tolist()) <= {0, 1, 2, 3}
     assert ((boxes[:, 2:] - boxes[:, :2]) >= 1).all()
-    assert _covered(image, boxes)  # every visible object pixel is inside a box
+    # Every pixel wholly inside an object is inside a box. Not every pixel > 200: a sliver under
+    # min_size (1 px) wide at a tile or window edge is dropped by design, yet a pixel it covers
+    # by 80% reads ~204. A pixel reads 255 only if the resize's support is all object, so the
+    # object covers the whole pixel and its clipped box is >= 1 px wide.
+    assert _covered(image, boxes, white=254)
     for box in boxes:  # each kept box is filled by its (resized) object
         x0, y0, x1, y1 = [int(round(v)) for v in box.tolist()]
         inner = (image[:, y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] > 200).all(0).float()
