@@ -143,7 +143,7 @@ def test_predict_same_detections(images: list[Path], weights: Path, cache: Path,
     assert len(list(cache.glob("*.onnx"))) == 1
 
 
-def test_onnx_file_as_weights(images: list[Path], weights: Path, cache: Path, tmp_path: Path,
+def test_onnx_file_as_weights(images: list[Path], dataset: Path, weights: Path, cache: Path, tmp_path: Path,
                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     want = _predict(images, weights, tmp_path / "torch", "torch", cache)
     _predict(images[:1], weights, tmp_path / "export", "onnxruntime", cache)  # makes sure the graph exists
@@ -161,8 +161,33 @@ def test_onnx_file_as_weights(images: list[Path], weights: Path, cache: Path, tm
     assert main([*base, "--image-size", "256"]) == 2
     assert "fixed 128x128 input" in capsys.readouterr().err
     # An .onnx file is no torch checkpoint.
-    assert main(["predict", str(images[0]), "--weights", str(graph), "--out", str(tmp_path / "y")]) == 2
+    assert main([*base[:-4], "--backend", "torch", "--out", str(tmp_path / "y")]) == 2
     assert "only with --backend onnxruntime" in capsys.readouterr().err
+    # Without --backend (auto) a float graph runs in ONNX Runtime: the same detections.
+    argv = ["predict", *map(str, images), "--weights", str(graph), "--out", str(tmp_path / "auto"), "--no-draw",
+            "--score-threshold", "0.6"]  # fmt: skip
+    assert main(argv) == 0
+    for g, w in zip(json.loads((tmp_path / "auto" / "detections.json").read_text()), want):
+        _assert_same(g, w)
+    assert main(["eval", str(dataset), "--weights", str(graph), "--out",
+                 str(tmp_path / "ev"), "--quiet", "--max-images", "2"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["backend"] == "onnxruntime"
+
+
+def test_unreadable_graph_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A corrupt or missing .onnx: one line naming the file, whichever backend, no output folder."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf \xff\xff")
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    for backend in ("auto", "onnxruntime"):
+        out = tmp_path / f"out-{backend}"
+        assert main(["predict", str(image), "--weights", str(bad), "--backend", backend, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{bad}: not a readable ONNX graph" in err and err.count("\n") == 1 and not out.exists()
+        missing = tmp_path / "missing.onnx"
+        assert main(["predict", str(image), "--weights", str(missing), "--backend", backend, "--out", str(out)]) == 2
+        assert f"{missing}: no such file" in capsys.readouterr().err
 
 
 def test_eval_same_ap(dataset: Path, weights: Path, cache: Path, tmp_path: Path) -> None:

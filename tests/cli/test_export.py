@@ -68,14 +68,18 @@ def test_export_int8_runs_with_its_backend(
     assert main(["predict", str(data.parent / "images"), "--weights", str(out), "--backend", backend,
                  "--out", str(tmp_path / "preds"), "--no-draw"]) == 0  # fmt: skip
     capsys.readouterr()
-    assert main(["eval", str(data), "--weights", str(out), "--backend", backend, "--out", str(tmp_path / "ev"),
+    # No --backend (auto): the file runs where it was made for, and the float checkpoint of
+    # --compare in the same engine.
+    assert main(["eval", str(data), "--weights", str(out), "--out", str(tmp_path / "ev"),
                  "--compare", str(tiny_weights), "--quiet"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert f"({backend}, int8)" in printed and "difference (first - second)" in printed
+    assert f"{tiny_weights} ({backend})" in printed
     assert "paired resamples of the 4 images" in printed  # the difference's bootstrap interval
     import json
 
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert doc["backend"] == backend and doc["compare"]["backend"] == backend
     assert doc["compare"]["weights"] == str(tiny_weights) and "AP" in doc["compare"]["stats"]
     interval = doc["compare"]["ap_difference"]
     assert interval["difference"] == pytest.approx(doc["stats"]["AP"] - doc["compare"]["stats"]["AP"], abs=1e-9)

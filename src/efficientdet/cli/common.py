@@ -2,16 +2,19 @@
 
 ``--backend onnxruntime`` runs the network in ONNX Runtime (``--backend openvino``: in OpenVINO,
 CPU only) and everything else (pre-processing, decoding, NMS with the user's thresholds and
-``--nms``) as the torch backend does, so all give the same detections. ``--weights`` is then either an ``.onnx`` file written by ``efficientdet
-export`` (used as is: its metadata gives input size, mean/std, class names) or ordinary
-weights, which are exported once without NMS into ``--onnx-cache`` (default ``<out>/onnx-cache``)
-and reused while the weights file and the model options are unchanged
-(``OnnxDetector.from_weights``).
+``--nms``) as the torch backend does, so all give the same detections. ``--weights`` is then
+either an ``.onnx`` file written by ``efficientdet export`` (used as is: its metadata gives
+input size, mean/std, class names) or ordinary weights, which are exported once without NMS
+into ``--onnx-cache`` (default ``<out>/onnx-cache``) and reused while the weights file and the
+model options are unchanged (``OnnxDetector.from_weights``). ``--backend auto``, the default,
+runs checkpoints in torch and ``.onnx`` files where they were exported for
+(:func:`resolve_backend`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,17 +30,43 @@ if TYPE_CHECKING:  # imported where used: ``efficientdet --help`` must not wait 
 
 __all__ = [
     "BACKENDS",
+    "GRAPH_BACKENDS",
     "Runner",
     "add_model_args",
     "build_runner",
+    "is_graph_file",
     "load_model",
     "make_detector",
+    "resolve_backend",
     "resolve_device",
     "too_large_message",
 ]
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 GRAPH_BACKENDS = ("onnxruntime", "openvino")  # run an exported .onnx graph
+
+
+def is_graph_file(weights: str | os.PathLike[str]) -> bool:
+    """Whether ``weights`` names an exported ONNX graph (rather than a checkpoint)."""
+    return os.fspath(weights).lower().endswith(".onnx")
+
+
+def resolve_backend(backend: str, weights: str | os.PathLike[str]) -> str:
+    """``--backend auto`` -> where ``weights`` runs: an ``.onnx`` graph in the runtime its
+    metadata names (``export --int8``'s NNCF files: OpenVINO, which alone runs their
+    per-channel activation zero points; float and ONNX Runtime int8 graphs: ONNX Runtime),
+    anything else in torch. Other values are returned as given."""
+    if backend != "auto":
+        return backend
+    if not is_graph_file(weights):
+        return "torch"
+    from ..export.metadata import read_onnx_metadata
+
+    try:
+        int8 = read_onnx_metadata(weights).int8 or {}
+    except FileNotFoundError:
+        raise ValueError(f"--weights {os.fspath(weights)}: no such file") from None
+    return "openvino" if int8.get("runtime") == "openvino" else "onnxruntime"
 
 
 def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = None) -> None:
@@ -51,9 +80,10 @@ def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = Non
         )  # fmt: skip
     p.add_argument("--model", default=None, help="model name, when the weights do not say (effdet .pth files)")
     p.add_argument(
-        "--backend", choices=BACKENDS, default="torch",
+        "--backend", choices=BACKENDS, default="auto",
         help="run the network in torch, ONNX Runtime or OpenVINO (CPU); the last two export the weights once "
-             "(see --onnx-cache) or run an exported .onnx, float or int8",
+             "(see --onnx-cache) or run an exported .onnx, float or int8. auto (default): checkpoints in torch, "
+             ".onnx files in the runtime they were exported for (int8 by NNCF: openvino, else onnxruntime)",
     )  # fmt: skip
     p.add_argument("--onnx-cache", default=None, help="folder for exported ONNX graphs (default <out>/onnx-cache)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
@@ -163,9 +193,10 @@ def build_runner(args: argparse.Namespace, out: Path, device: torch.device | Non
 
 
 def _build_runner(args: argparse.Namespace, out: Path, device: torch.device | None) -> Runner:
-    if args.backend in GRAPH_BACKENDS:
-        return _onnx_runner(args, out)
-    if str(args.weights).lower().endswith(".onnx"):
+    backend = resolve_backend(args.backend, args.weights)
+    if backend in GRAPH_BACKENDS:
+        return _onnx_runner(args, out, backend)
+    if is_graph_file(args.weights):
         raise ValueError(f"--weights {args.weights}: an ONNX graph runs only with --backend onnxruntime or openvino")
     device = device or resolve_device(args.device)
     model = load_model(args.weights, args.model, args.image_size, args.max_input_pixels)
@@ -173,9 +204,9 @@ def _build_runner(args: argparse.Namespace, out: Path, device: torch.device | No
     return Runner(detector, model.config, model.class_names, "torch", model=model)
 
 
-def _onnx_runner(args: argparse.Namespace, out: Path) -> Runner:
+def _onnx_runner(args: argparse.Namespace, out: Path, backend: str) -> Runner:
     if getattr(args, "tta", False):
-        raise ValueError(f"--tta is not available with --backend {args.backend} (the graph has a fixed input size); "
+        raise ValueError(f"--tta is not available with --backend {backend} (the graph has a fixed input size); "
                          "use --backend torch for test-time augmentation")  # fmt: skip
     if args.max_input_pixels is not None:
         _check_limit(args.max_input_pixels)
@@ -185,7 +216,7 @@ def _onnx_runner(args: argparse.Namespace, out: Path) -> Runner:
     from ..export.runtime import OnnxDetector
 
     detector_class = OnnxDetector
-    if args.backend == "openvino":
+    if backend == "openvino":
         from ..export.openvino import OpenVinoDetector, require_openvino
 
         require_openvino()
@@ -196,7 +227,7 @@ def _onnx_runner(args: argparse.Namespace, out: Path) -> Runner:
         max_input_pixels=args.max_input_pixels, score_threshold=getattr(args, "score_threshold", None),
     )  # fmt: skip
     meta = detector.metadata
-    return Runner(detector, meta.config, meta.class_names, args.backend, onnx_path=Path(detector.path),
+    return Runner(detector, meta.config, meta.class_names, backend, onnx_path=Path(detector.path),
                   nms_inside=meta.nms_inside)  # fmt: skip
 
 

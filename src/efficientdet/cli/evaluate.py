@@ -126,7 +126,7 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
     doc = json.loads(metrics_path.read_text(encoding="utf-8"))
     doc = {
         "model": runner.config.name, "weights": str(args.weights), "dataset": str(args.dataset), "format": fmt,
-        "split": args.split, "tta": bool(args.tta), "backend": args.backend,
+        "split": args.split, "tta": bool(args.tta), "backend": runner.backend,
         "tile": args.tile, "tile_overlap": args.tile_overlap if args.tile else None, **doc,
     }  # fmt: skip
     atomic_write(metrics_path, json.dumps(doc, indent=2) + "\n")
@@ -170,11 +170,15 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
     from ..evaluation.run import evaluate
     from ..fs import atomic_write
 
-    from .common import build_runner
+    from .common import GRAPH_BACKENDS, build_runner, is_graph_file
 
     backend = args.backend
-    if backend == "torch" and str(args.compare).lower().endswith(".onnx"):
-        backend = "onnxruntime"
+    if backend == "auto" and not is_graph_file(args.compare) and runner.backend in GRAPH_BACKENDS:
+        # A checkpoint next to a graph runs in the graph's engine (exported there, float): the
+        # difference is then the weights' (e.g. int8 vs float) and not the runtimes'.
+        backend = runner.backend
+    elif backend == "torch" and is_graph_file(args.compare):
+        backend = "auto"
     other_args = argparse.Namespace(**{**vars(args), "weights": args.compare, "backend": backend})
     other_out = out / "compare"
     other = build_runner(other_args, other_out)

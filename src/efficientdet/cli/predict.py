@@ -4,8 +4,9 @@ Writes one annotated image per readable input (same base name; ``.jpg`` for JPEG
 ``.png`` otherwise), an annotated MP4 per video (or a PNG frame folder where no encoder is
 installed) and ``detections.json``/``.csv``. Unreadable inputs, and images over
 ``--max-input-pixels``, are reported and skipped. ``--backend onnxruntime`` runs the network in
-ONNX Runtime with the same pre- and post-processing (an ``.onnx`` --weights is used as is;
-other weights are exported once into ``--onnx-cache``, default ``<out>/onnx-cache``).
+ONNX Runtime with the same pre- and post-processing (an ``.onnx`` --weights is used as is,
+and by default, ``--backend auto``, in the runtime it was exported for: int8 files by NNCF in
+OpenVINO; other weights are exported once into ``--onnx-cache``, default ``<out>/onnx-cache``).
 Exit status: 0 all inputs done, 1 some failed, 2 usage or weights errors.
 """
 

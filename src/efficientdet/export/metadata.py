@@ -110,7 +110,12 @@ def read_onnx_metadata(model: str | os.PathLike[str] | Any) -> OnnxMetadata:
 
     if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
-        model = onnx.load(source, load_external_data=False)
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"{source}: no such file")
+        try:
+            model = onnx.load(source, load_external_data=False)
+        except Exception as err:  # protobuf's DecodeError and friends: not an ONNX file
+            raise ValueError(f"{source}: not a readable ONNX graph ({type(err).__name__}: {err})") from None
     else:
         source = "model"
     return OnnxMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)
