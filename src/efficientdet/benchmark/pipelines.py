@@ -162,7 +162,9 @@ def _graph_detector(engine: str, path: Path, device: torch.device, threads: int)
 
         if device.type != "cpu":
             raise ValueError("the openvino backends run on the CPU only (--device cpu)")
-        return OpenVinoDetector(path, intra_op_threads=threads)
+        # Its graphs are throwaway files (calibrated per run) and compile time is not measured:
+        # no executables left in the user's compile cache.
+        return OpenVinoDetector(path, intra_op_threads=threads, compile_cache=False)
     from ..export.runtime import OnnxDetector
 
     return OnnxDetector(path, providers=onnx_providers(device), intra_op_threads=threads)

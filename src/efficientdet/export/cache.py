@@ -16,11 +16,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..models.efficientdet import EfficientDet
+if TYPE_CHECKING:  # the model (and timm) load only when a checkpoint is exported, not to run a graph
+    from ..models.efficientdet import EfficientDet
 
 __all__ = ["INSTALL_HINT", "cached_onnx", "onnx_providers", "require_onnxruntime"]
 

@@ -168,8 +168,6 @@ class OnnxDetector(StagedDetector):
         or any other weights (checkpoint, registered name, URL) exported once into
         ``cache_dir`` (:func:`~efficientdet.export.cache.cached_onnx`). ``max_input_pixels``
         overrides the limit the graph's metadata carries."""
-        from ..factory import create_model
-        from ..weights.registry import resolve_weights
         from .cache import cached_onnx, onnx_providers, require_onnxruntime
 
         require_onnxruntime()
@@ -180,6 +178,10 @@ class OnnxDetector(StagedDetector):
                 raise FileNotFoundError(f"--weights {weights}: no such file")
             check_graph_options(path, read_onnx_metadata(path), model_name, image_size, score_threshold)
         else:
+            # Imported here: running a graph needs neither the model code nor timm (~1-2 s).
+            from ..factory import create_model
+            from ..weights.registry import resolve_weights
+
             overrides = {} if image_size is None else {"image_size": image_size}
             model = create_model(model_name, weights=weights, **overrides)
             path = cached_onnx(model, cache_dir, source=resolve_weights(weights)[0])
