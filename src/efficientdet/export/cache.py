@@ -90,9 +90,9 @@ def cached_onnx(
     h, w = config.image_size
     path = Path(cache_dir) / f"{config.name}-{h}x{w}-{key}.onnx"
     if path.is_file():
-        print(f"onnxruntime backend: using the cached graph {path}", file=sys.stderr)
+        print(f"onnx cache: using the cached graph {path}", file=sys.stderr)
         return path
-    print(f"onnxruntime backend: exporting {config.name} ({h}x{w}, no NMS inside) to {path} ...", file=sys.stderr)
+    print(f"onnx cache: exporting {config.name} ({h}x{w}, no NMS inside) to {path} ...", file=sys.stderr)
     _export(model.eval(), path, dynamo)
     return path
 
@@ -108,5 +108,5 @@ def _export(model: EfficientDet, path: Path, dynamo: bool) -> None:
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             export_onnx(model, path, candidates=True, dynamo=False)
     except Exception as err:  # noqa: BLE001 - fall back to the default exporter, then report
-        print(f"onnxruntime backend: TorchScript exporter failed ({err}); trying dynamo", file=sys.stderr)
+        print(f"onnx cache: TorchScript exporter failed ({err}); trying dynamo", file=sys.stderr)
         export_onnx(model, path, candidates=True, dynamo=True)
