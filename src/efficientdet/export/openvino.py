@@ -10,12 +10,12 @@ equal ONNX Runtime's to float rounding. OpenVINO's own default on CPUs with bflo
 that explicitly. An int8 graph runs with OpenVINO's default: its quantized layers are int8
 either way, and the layers kept in float follow the CPU's fastest float type.
 
-Compiling D0 takes ~1.6 s, most of a short ``predict``'s start. Compiled executables are kept
-in OpenVINO's own model cache (``CACHE_DIR``; by default ``<efficientdet cache>/openvino``,
-i.e. ``$EFFICIENTDET_CACHE``, ``$XDG_CACHE_HOME/efficientdet`` or ``~/.cache/efficientdet``),
-keyed by OpenVINO on the graph's content (weights and quantization scales included), the
-batch size and the compile options; a cached compile takes ~0.4 s. Where the folder cannot be
-created, graphs are compiled every time.
+Compiling is most of a short ``predict``'s start (docs/quantization.md), so compiled
+executables are kept in OpenVINO's own model cache (``CACHE_DIR``; by default
+``<efficientdet cache>/openvino``, i.e. ``$EFFICIENTDET_CACHE``, ``$XDG_CACHE_HOME/efficientdet``
+or ``~/.cache/efficientdet``), keyed by OpenVINO on the graph's content (weights and
+quantization scales included), the batch size and the compile options. Where the folder cannot
+be created, graphs are compiled every time.
 """
 
 from __future__ import annotations

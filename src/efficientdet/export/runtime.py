@@ -178,7 +178,7 @@ class OnnxDetector(StagedDetector):
                 raise FileNotFoundError(f"--weights {weights}: no such file")
             check_graph_options(path, read_onnx_metadata(path), model_name, image_size, score_threshold)
         else:
-            # Imported here: running a graph needs neither the model code nor timm (~1-2 s).
+            # Imported here: running a graph needs neither the model code nor timm (slow imports).
             from ..factory import create_model
             from ..weights.registry import resolve_weights
 
