@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -86,35 +88,13 @@ def test_threads_and_precision_options(graphs: dict[str, Path]) -> None:
         OpenVinoDetector(graphs["raw"], providers=["CUDAExecutionProvider"])
 
 
-def test_compiled_executables_are_cached_by_content(
-    graphs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A second detector on the same graph loads its executable from the cache and gives the same
-    outputs bit for bit; another graph gets its own; the default folder follows
-    $EFFICIENTDET_CACHE; a folder that cannot be made means no cache, not an error."""
-    cache = tmp_path / "compiled"
-    batch = OnnxDetector(graphs["raw"]).prepare(_images(2)).inputs
-    want = OpenVinoDetector(graphs["raw"], compile_cache=False).run(batch)
-    first = OpenVinoDetector(graphs["raw"], compile_cache=cache).run(batch)
-    blobs = sorted(cache.glob("*.blob"))
-    assert len(blobs) == 1
-    again = OpenVinoDetector(graphs["raw"], compile_cache=cache).run(batch)
-    assert sorted(cache.glob("*.blob")) == blobs  # loaded, not compiled anew
-    for w, f, a in zip(want, first, again):
-        np.testing.assert_array_equal(f, w)
-        np.testing.assert_array_equal(a, w)
-    OpenVinoDetector(graphs["candidates"], compile_cache=cache).run(batch)
-    assert len(list(cache.glob("*.blob"))) == 2
-
-    monkeypatch.setenv("EFFICIENTDET_CACHE", str(tmp_path / "home-cache"))
-    detector = OpenVinoDetector(graphs["raw"])
-    assert detector.compile_cache == tmp_path / "home-cache" / "openvino"
-    detector.run(batch)
-    assert len(list(detector.compile_cache.glob("*.blob"))) == 1
-
-    blocker = tmp_path / "a-file"
-    blocker.write_text("in the way")
-    blocked = OpenVinoDetector(graphs["raw"], compile_cache=blocker / "cache")
-    assert blocked.compile_cache is None
-    for w, got in zip(want, blocked.run(batch)):
-        np.testing.assert_array_equal(got, w)
+def test_compiled_executables_are_cached_by_content(tmp_path: Path) -> None:
+    """A second detector on a graph loads its executable from the cache, bit for bit; another
+    graph gets its own; the default folder follows $EFFICIENTDET_CACHE; a folder that cannot be
+    made means no cache, not an error (checked in a child process: see openvino_cache_check.py)."""
+    script = Path(__file__).with_name("openvino_cache_check.py")
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, f"child failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert "cache ok" in done.stdout
