@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import ModelConfig
+from ..export.metadata import is_graph_file, read_onnx_metadata
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet --help`` must not wait for torch
     import torch
@@ -34,7 +35,6 @@ __all__ = [
     "Runner",
     "add_model_args",
     "build_runner",
-    "is_graph_file",
     "load_model",
     "make_detector",
     "resolve_backend",
@@ -46,11 +46,6 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 GRAPH_BACKENDS = ("onnxruntime", "openvino")  # run an exported .onnx graph
 
 
-def is_graph_file(weights: str | os.PathLike[str]) -> bool:
-    """Whether ``weights`` names an exported ONNX graph (rather than a checkpoint)."""
-    return os.fspath(weights).lower().endswith(".onnx")
-
-
 def resolve_backend(backend: str, weights: str | os.PathLike[str]) -> str:
     """``--backend auto`` -> where ``weights`` runs: an ``.onnx`` graph in the runtime its
     metadata names (``export --int8``'s NNCF files: OpenVINO, which alone runs their
@@ -60,12 +55,7 @@ def resolve_backend(backend: str, weights: str | os.PathLike[str]) -> str:
         return backend
     if not is_graph_file(weights):
         return "torch"
-    from ..export.metadata import read_onnx_metadata
-
-    try:
-        int8 = read_onnx_metadata(weights).int8 or {}
-    except FileNotFoundError:
-        raise ValueError(f"--weights {os.fspath(weights)}: no such file") from None
+    int8 = read_onnx_metadata(weights).int8 or {}  # a missing or corrupt file: an error naming it
     return "openvino" if int8.get("runtime") == "openvino" else "onnxruntime"
 
 

@@ -170,7 +170,8 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
     from ..evaluation.run import evaluate
     from ..fs import atomic_write
 
-    from .common import GRAPH_BACKENDS, build_runner, is_graph_file
+    from ..export.metadata import is_graph_file
+    from .common import GRAPH_BACKENDS, build_runner
 
     backend = args.backend
     if backend == "auto" and not is_graph_file(args.compare) and runner.backend in GRAPH_BACKENDS:

@@ -50,7 +50,9 @@ def describe(model: str, image_size: tuple[int, int] | None = None, num_classes:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    if args.model.lower().endswith(".onnx"):
+    from ..export.metadata import is_graph_file
+
+    if is_graph_file(args.model):
         return _graph_info(args.model, args.json)
     size = None
     if args.image_size:
@@ -79,9 +81,7 @@ def _graph_info(path: str, as_json: bool) -> int:
 
     from ..export.metadata import read_onnx_metadata
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    meta = read_onnx_metadata(path)
+    meta = read_onnx_metadata(path)  # a missing or corrupt file: an error naming it
     if as_json:
         fields = ("model_name", "image_size", "mean", "std", "num_classes", "class_names", "nms_inside",
                   "outputs", "output_layout", "postprocess", "int8")  # fmt: skip

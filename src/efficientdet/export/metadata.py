@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import ModelConfig
 
-__all__ = ["CANDIDATE_LAYOUT", "CANDIDATE_OUTPUTS", "NMS_LAYOUT", "NMS_OUTPUTS", "OnnxMetadata", "RAW_LAYOUT", "RAW_OUTPUTS", "read_onnx_metadata"]
+__all__ = ["CANDIDATE_LAYOUT", "CANDIDATE_OUTPUTS", "NMS_LAYOUT", "NMS_OUTPUTS", "OnnxMetadata", "RAW_LAYOUT", "RAW_OUTPUTS", "is_graph_file", "read_onnx_metadata"]
 
 FORMAT_VERSION = "1"
 RAW_OUTPUTS = ("cls_logits", "box_codes")
@@ -102,6 +102,11 @@ class OnnxMetadata:
         del proto.metadata_props[:]
         for key, value in props.items():
             proto.metadata_props.add(key=key, value=value)
+
+
+def is_graph_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names an exported ONNX graph (``.onnx``, any case) rather than weights."""
+    return os.fspath(path).lower().endswith(".onnx")
 
 
 def read_onnx_metadata(model: str | os.PathLike[str] | Any) -> OnnxMetadata:

@@ -23,7 +23,7 @@ from ..inference.preprocess import preprocess_batch
 from ..inference.protocol import (
     Detections, Prepared, StagedDetector, finish_detections, torch_threads, with_score_threshold,
 )  # fmt: skip
-from .metadata import OnnxMetadata, read_onnx_metadata
+from .metadata import OnnxMetadata, is_graph_file, read_onnx_metadata
 
 __all__ = ["OnnxDetector", "check_graph_options", "physical_cores"]
 
@@ -172,7 +172,7 @@ class OnnxDetector(StagedDetector):
 
         require_onnxruntime()
         providers = onnx_providers(device)  # checked before a possibly long export
-        if str(weights).lower().endswith(".onnx"):
+        if is_graph_file(weights):
             path = Path(weights)
             if not path.is_file():
                 raise FileNotFoundError(f"--weights {weights}: no such file")
