@@ -17,6 +17,7 @@ from efficientdet.benchmark.measure import MemoryProbe, synthetic_images  # noqa
 from efficientdet.benchmark.models import build_models  # noqa: E402
 from efficientdet.benchmark.pipelines import torch_pipeline  # noqa: E402
 from efficientdet.cli import main  # noqa: E402
+from efficientdet.data.images import load_image  # noqa: E402
 from efficientdet.models.flops import count_macs  # noqa: E402
 
 MODEL, SIZE = "efficientdet_lite0", 128
@@ -164,9 +165,12 @@ def test_pipelines_match_the_public_entry_points(tmp_path: Path) -> None:
         staged_ref = eff.postprocess(eff.network(x), img_info)
         direct_ref = eff.bench(x, img_info)
     assert torch.equal(staged_ref, direct_ref)
-    # same weights, same images: the top detection agrees (different resizers, so not exactly)
+    # same weights, same images: the top detection agrees (different resizers, so not exactly).
+    # Compared on full decodes: ours decodes these 640x480 JPEGs at 1/2 for a 128 px input
+    # (docs/usage.md), effdet's path in full, and this random model's top labels are near-ties.
+    [full] = Detector(pipe.detector.model)([load_image(files[0])])
     best = staged_ref[0, 0]
-    assert int(best[5]) - 1 == int(direct[0]["labels"][0])
+    assert int(best[5]) - 1 == int(full["labels"][0])
 
 
 def test_memory_probe_sees_an_allocation() -> None:

@@ -264,3 +264,29 @@ def test_raised_pixel_limit_accepts_a_large_image(
     assert (entry["height"], entry["width"]) == (5000, 5000)
     [det] = entry["detections"]  # the fake detector finds the white square, in original pixels
     assert det["name"] == "dog" and det["box"] == pytest.approx([1000, 2000, 3000, 4000], abs=40)
+
+
+def test_large_photo_is_decoded_reduced_and_drawn_in_full(tmp_path: Path, tiny_weights: Path, fake_forward: None) -> None:
+    """A 1600x1200 JPEG for Lite0's 320 px input is decoded at 1/2 (as the Detector decodes it);
+    the boxes come back in the photo's pixels and the annotated copy is full size."""
+    from efficientdet.data.images import load_for_model
+    from efficientdet.data.reduced import ReducedImage
+
+    src = tmp_path / "in"
+    src.mkdir()
+    photo = src / "big.jpg"
+    Image.fromarray(_canvas(1200, 1600, (400, 300, 1000, 700))).save(photo, quality=95)
+    assert isinstance(load_for_model(photo, (320, 320)), ReducedImage)
+    results = {}
+    for extra in ([], ["--no-draw"]):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["predict", str(src), "--weights", str(tiny_weights), "--out", str(out), *extra]) == 0
+        [entry] = json.loads((out / "detections.json").read_text())
+        assert (entry["height"], entry["width"]) == (1200, 1600)
+        [det] = entry["detections"]
+        # one model pixel is 5 photo pixels: the box is found to within ~2 of them
+        np.testing.assert_allclose(det["box"], [400, 300, 1000, 700], atol=12)
+        results[len(extra)] = det
+    assert Image.open(tmp_path / "out0" / "big.jpg").size == (1600, 1200)
+    assert not (tmp_path / "out1" / "big.jpg").exists()
+    assert results[0] == results[1]  # drawing does not change what the model saw

@@ -60,6 +60,24 @@ def test_detections_equal_detector(server: Server, detector: efficientdet.Detect
         assert status == 200 and raw["detections"] == answer["detections"]
 
 
+def test_a_large_photo_is_decoded_reduced_as_the_detector_does(
+    server: Server, detector: efficientdet.Detector, tmp_path: Path
+) -> None:
+    """A 600x450 JPEG for a 128 px model: decoded at 1/2 by the server as by ``Detector``, the
+    answer in the photo's own pixels."""
+    from efficientdet.data.images import load_for_model
+    from efficientdet.data.reduced import ReducedImage
+
+    path = tmp_path / "large.jpg"
+    scene(1, (600, 450)).save(path, quality=90)
+    assert isinstance(load_for_model(path, (IMAGE_SIZE, IMAGE_SIZE)), ReducedImage)
+    [expected] = detector([path], score_threshold=THRESHOLD)
+    status, answer = detect(server.port, path.read_bytes(), score_threshold=str(THRESHOLD))
+    assert status == 200, answer
+    assert answer["image"] == {"width": 600, "height": 450}
+    assert_same(answer, expected, atol=1e-3)
+
+
 def scene_size(path: Path) -> tuple[int, int]:
     from PIL import Image
 

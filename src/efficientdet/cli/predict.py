@@ -275,7 +275,8 @@ def _predict_images(
     returns ``(path, detections)`` per readable image and the count of unreadable ones."""
     from tqdm import tqdm
 
-    from ..data.images import ImageError, load_image
+    from ..data.images import ImageError, load_for_model, load_image
+    from ..data.reduced import ReducedImage, full_size
     from efficientdet.outputs.visualize import draw_detections
 
     detector, class_names, thr = runner.detector, runner.class_names, args.score_threshold
@@ -283,7 +284,7 @@ def _predict_images(
     items: list[tuple[str, dict[str, Any]]] = []
     failed = 0
     bar = tqdm(total=len(images), desc="predict", unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    pending: list[tuple[_Input, Path, torch.Tensor]] = []
+    pending: list[tuple[_Input, Path, Any]] = []
 
     def flush() -> None:
         if not pending:
@@ -291,16 +292,19 @@ def _predict_images(
         dets = detector([img for _, _, img in pending], score_threshold=thr)
         for (inp, target, img), det in zip(pending, dets):
             det = _select(det, keep)
-            items.append((str(inp.path), {**det, "image_size": tuple(img.shape[1:])}))
+            items.append((str(inp.path), {**det, "image_size": full_size(img)}))
             if not args.no_draw:
-                _save(draw_detections(img, det, class_names), target)
+                # The annotated copy is full size: a photo the model saw reduced is decoded again.
+                full = load_image(inp.path, max_pixels=max_pixels) if isinstance(img, ReducedImage) else img
+                _save(draw_detections(full, det, class_names), target)
         bar.update(len(pending))
         pending.clear()
 
     for inp, target in images:
         try:
-            # Decoded here, not by the Detector: one bad file must not sink its whole batch.
-            pending.append((inp, target, load_image(inp.path, max_pixels=max_pixels)))
+            # Decoded here, not by the Detector (as it would: large JPEGs at a reduced scale for
+            # its input size): one bad file must not sink its whole batch.
+            pending.append((inp, target, load_for_model(inp.path, detector.decode_size, max_pixels=max_pixels)))
         except ImageError as exc:
             warn(f"skipped {too_large_message(exc, max_pixels) or exc}")
             failed += 1

@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 
 from ..ops.boxes import clip_boxes
 from efficientdet.data.common import warn_issue
-from .images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from .images import DEFAULT_MAX_PIXELS, ImageError, load_for_model
+from .reduced import full_size, image_pixels
 from .records import DatasetIndex
 
 __all__ = ["DetectionDataset", "Transform", "collate_detections"]
@@ -22,7 +23,9 @@ Sample = dict[str, Any]
 class DetectionDataset(Dataset):
     """Images and boxes of a :class:`DatasetIndex`.
 
-    ``dataset[i]`` is a dict ``{"image": uint8 [3, H, W], "boxes": float32 [M, 4] xyxy,
+    ``dataset[i]`` is a dict ``{"image": uint8 [3, H, W] (with ``decode_size``, a detector's
+    input size: a :class:`~efficientdet.data.reduced.ReducedImage` for a large JPEG, as
+    detectors decode them), "boxes": float32 [M, 4] xyxy,
     "labels": int64 [M], "image_id": int, "orig_size": (h, w) before the transform,
     "path": str}``, or None when the image cannot be decoded (missing, corrupt, truncated):
     that warns (:class:`DataIssue`) and adds 1 to ``num_bad``. Use
@@ -37,11 +40,18 @@ class DetectionDataset(Dataset):
     """
 
     def __init__(
-        self, index: DatasetIndex, transform: Optional[Transform] = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+        self,
+        index: DatasetIndex,
+        transform: Optional[Transform] = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        decode_size: tuple[int, int] | None = None,
     ) -> None:
+        if decode_size is not None and transform is not None:
+            raise ValueError("decode_size (reduced JPEG decodes, for a detector) applies without a transform only")
         self.index = index
         self.transform = transform
         self.max_pixels = max_pixels
+        self.decode_size = decode_size
         self.num_bad = 0
         self.bad_paths: list[str] = []
         self._size_warned: set[int] = set()
@@ -57,13 +67,13 @@ class DetectionDataset(Dataset):
         rec = self.index.records[i]
         path = str(rec.image_path)
         try:
-            image = load_image(rec.image_path, max_pixels=self.max_pixels)
+            image = load_for_model(rec.image_path, self.decode_size, max_pixels=self.max_pixels)
         except ImageError as exc:
             self.num_bad += 1
             self.bad_paths.append(path)
             warn_issue(f"{path}: record image_id={rec.image_id}: cannot load image ({exc.problem}); sample skipped")
             return None
-        h, w = int(image.shape[1]), int(image.shape[2])
+        h, w = full_size(image)
         if rec.width is not None and rec.height is not None and (rec.width, rec.height) != (w, h):
             if i not in self._size_warned:  # once per record, not once per epoch
                 self._size_warned.add(i)
@@ -74,7 +84,7 @@ class DetectionDataset(Dataset):
         boxes, labels = rec.boxes.clone(), rec.labels.clone()
         extra: dict[str, Any] = {}
         if self.transform is not None:
-            out = self.transform(image, boxes, labels)
+            out = self.transform(image_pixels(image), boxes, labels)  # in full: no decode_size here
             image, boxes, labels = out[:3]
             if len(out) == 4:  # the content's (h, w) on a padded canvas
                 extra["content_size"] = (int(out[3][0]), int(out[3][1]))

@@ -182,7 +182,8 @@ def detection_batches(
 ) -> Iterator[Batch]:
     """Decoded images (own sizes) in batches through ``detector.detect``. Images over the
     detector's ``max_input_pixels`` are skipped from their header, before any decoding."""
-    dataset = DetectionDataset(index, None, detector.preprocess_config.max_input_pixels)
+    # Decoded as the detector's own call decodes (large JPEGs at a reduced scale): eval scores what predict does.
+    dataset = DetectionDataset(index, None, detector.preprocess_config.max_input_pixels, detector.decode_size)
     loader = iter(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_list))
     while True:
         with torch_threads(detector.host_threads):  # decoding: as the detector's own call

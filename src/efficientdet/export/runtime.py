@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.reduced import DecodedImage
 from ..config import PostprocessConfig, PreprocessConfig
 from ..ops.anchors import anchors_for_config
 from ..ops.boxes import clip_boxes
@@ -206,8 +207,8 @@ class OnnxDetector(StagedDetector):
             pieces.append(self.infer(part))
         return [np.concatenate([p[i] for p in pieces])[:n] for i in range(len(pieces[0]))]
 
-    def prepare(self, decoded: Sequence[torch.Tensor]) -> Prepared:
-        """uint8 [3, H_i, W_i] images -> the graph's input (on the CPU), scales, sizes."""
+    def prepare(self, decoded: Sequence[DecodedImage]) -> Prepared:
+        """uint8 [3, H_i, W_i] images (or reduced ones) -> the graph's input (on the CPU), scales, full sizes."""
         with torch_threads(self.host_threads):
             batch, scales, sizes = preprocess_batch([d.cpu() for d in decoded], self.preprocess_config)
         return Prepared(batch, scales, sizes)

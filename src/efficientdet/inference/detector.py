@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..data.reduced import DecodedImage
 from ..config import PostprocessConfig, PreprocessConfig
 from ..models.efficientdet import EfficientDet
 from ..models.fuse import optimize_for_inference
@@ -79,7 +80,7 @@ class Detector(StagedDetector):
 
         return cls(create_model(name, weights=weights), device=device, **kwargs)
 
-    def prepare(self, decoded: Sequence[torch.Tensor]) -> Prepared:
+    def prepare(self, decoded: Sequence[DecodedImage]) -> Prepared:
         """uint8 ``[3, H_i, W_i]`` images -> model input [N, 3, h, w], scales [N] and original
         sizes, on the detector's device (:func:`~efficientdet.inference.preprocess.preprocess_batch`)."""
         if self.device.type == "cuda":  # (verified there; other accelerators keep the CPU path)

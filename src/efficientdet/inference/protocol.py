@@ -3,7 +3,8 @@
 A detector runs the one pipeline in three public stages, so evaluation, the benchmark, the
 server and the CLI can time, batch or interleave them without reaching into any backend:
 
-    decoded uint8 [3, H_i, W_i] images --prepare--> Prepared (model input [N, 3, h, w],
+    decoded uint8 [3, H_i, W_i] images (or ReducedImage s of large JPEGs, decoded at a fraction
+    of their size for the detector's ``decode_size``) --prepare--> Prepared (model input [N, 3, h, w],
     scales, original sizes) --forward--> raw outputs (backend-specific) --postprocess-->
     one dict per image (CPU tensors: boxes [M, 4] xyxy in the image's own pixels, scores [M],
     labels [M] int64, and names when the model has class names).
@@ -24,6 +25,7 @@ import torch
 
 from ..config import PostprocessConfig, PreprocessConfig
 from ..data.decode import iter_image_chunks
+from ..data.reduced import DecodedImage
 
 __all__ = [
     "Detections",
@@ -67,15 +69,18 @@ class ImageDetector(Protocol):
     @property
     def postprocess_config(self) -> PostprocessConfig: ...
 
-    def decode_chunks(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None) -> Iterator[list[torch.Tensor]]: ...
+    @property
+    def decode_size(self) -> tuple[int, int] | None: ...
 
-    def prepare(self, decoded: Sequence[torch.Tensor]) -> Any: ...
+    def decode_chunks(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None) -> Iterator[list[DecodedImage]]: ...
+
+    def prepare(self, decoded: Sequence[DecodedImage]) -> Any: ...
 
     def forward(self, prepared: Any) -> Any: ...
 
     def postprocess(self, outputs: Any, prepared: Any, config: PostprocessConfig | None = None) -> Detections: ...
 
-    def detect(self, decoded: Sequence[torch.Tensor], config: PostprocessConfig | None = None) -> Detections: ...
+    def detect(self, decoded: Sequence[DecodedImage], config: PostprocessConfig | None = None) -> Detections: ...
 
     def __call__(
         self, images: ImageInput | Sequence[ImageInput], score_threshold: float | None = None,
@@ -133,7 +138,14 @@ class StagedDetector:
     preprocess_config: PreprocessConfig
     postprocess_config: PostprocessConfig
 
-    def prepare(self, decoded: Sequence[torch.Tensor]) -> Any:
+    @property
+    def decode_size(self) -> tuple[int, int] | None:
+        """The input size large JPEGs may be decoded at a fraction of their size for (see
+        :func:`~efficientdet.data.images.load_for_model`): the model's; None: always in full."""
+        h, w = self.preprocess_config.image_size
+        return int(h), int(w)
+
+    def prepare(self, decoded: Sequence[DecodedImage]) -> Any:
         raise NotImplementedError
 
     def forward(self, prepared: Any) -> Any:
@@ -147,7 +159,7 @@ class StagedDetector:
         a backend that cannot honour a threshold raises here, before any work."""
         return with_score_threshold(self.postprocess_config, score_threshold)
 
-    def detect(self, decoded: Sequence[torch.Tensor], config: PostprocessConfig | None = None) -> Detections:
+    def detect(self, decoded: Sequence[DecodedImage], config: PostprocessConfig | None = None) -> Detections:
         """Decoded uint8 [3, H_i, W_i] images -> one dict per image (the three stages)."""
         with torch.inference_mode():
             prepared = self.prepare(decoded)
@@ -170,11 +182,12 @@ class StagedDetector:
 
     def decode_chunks(
         self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None
-    ) -> Iterator[list[torch.Tensor]]:
+    ) -> Iterator[list[DecodedImage]]:
         """Decode ``images`` ``batch_size`` (default the detector's) at a time -> lists of uint8
-        [3, H, W] tensors, each chunk under :func:`torch_threads` ``(host_threads)``; the
-        ``max_input_pixels`` guard applies."""
-        chunks = iter_image_chunks(images, batch_size or self.batch_size, self.preprocess_config.max_input_pixels)
+        [3, H, W] tensors (large JPEGs: reduced, for :attr:`decode_size`), each chunk under
+        :func:`torch_threads` ``(host_threads)``; the ``max_input_pixels`` guard applies."""
+        max_pixels = self.preprocess_config.max_input_pixels
+        chunks = iter_image_chunks(images, batch_size or self.batch_size, max_pixels, self.decode_size)
         while True:
             with torch_threads(self.host_threads):
                 decoded = next(chunks, None)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ..data.reduced import DecodedImage, require_full
 from ..config import PostprocessConfig, PreprocessConfig
 from ..ops.nms import batched_nms
 from .protocol import Detections, ImageDetector, StagedDetector, finish_detections
@@ -96,6 +97,11 @@ class SlicedDetector(StagedDetector):
         return self.detector.num_classes
 
     @property
+    def decode_size(self) -> None:
+        """None: sliced inference (tiles) works on the full-resolution image (no reduced JPEG decodes)."""
+        return None
+
+    @property
     def preprocess_config(self) -> PreprocessConfig:  # type: ignore[override]
         return self.detector.preprocess_config
 
@@ -106,13 +112,13 @@ class SlicedDetector(StagedDetector):
     def config_with_threshold(self, score_threshold: float | None) -> PostprocessConfig:
         return self.detector.config_with_threshold(score_threshold)  # type: ignore[attr-defined]
 
-    def views_of(self, decoded: Sequence[Tensor]) -> SlicedPrepared:
+    def views_of(self, decoded: Sequence[DecodedImage]) -> SlicedPrepared:
         """Cut every image into tiles (+ the whole image); no model work."""
         crops: list[Tensor] = []
         views: list[View] = []
         sizes: list[tuple[int, int]] = []
         t = self.tile
-        for i, image in enumerate(decoded):
+        for i, image in enumerate(require_full(decoded, "sliced inference (tiles)")):
             h, w = int(image.shape[-2]), int(image.shape[-1])
             if t > h or t > w:
                 raise ValueError(f"--tile {t}: larger than image #{i} ({h}x{w} pixels); use a smaller tile")
@@ -126,7 +132,7 @@ class SlicedDetector(StagedDetector):
                 views.append(View(i, 0, 0, True))
         return SlicedPrepared(crops, views, sizes)
 
-    def prepare(self, decoded: Sequence[Tensor]) -> SlicedPrepared:
+    def prepare(self, decoded: Sequence[DecodedImage]) -> SlicedPrepared:
         """Views of the images, prepared by the wrapped detector in chunks of its batch size."""
         prepared = self.views_of(decoded)
         step = max(1, self.detector.batch_size)
@@ -145,7 +151,7 @@ class SlicedDetector(StagedDetector):
             dets += self.detector.postprocess(out, chunk, config)
         return self._merge(dets, prepared, config)
 
-    def detect(self, decoded: Sequence[Tensor], config: PostprocessConfig | None = None) -> Detections:
+    def detect(self, decoded: Sequence[DecodedImage], config: PostprocessConfig | None = None) -> Detections:
         """As the three stages, one chunk at a time (raw outputs of all tiles are never held at once)."""
         config = config or self.postprocess_config
         prepared = self.views_of(decoded)

@@ -23,6 +23,7 @@ from torch import Tensor
 from efficientdet.ops.anchors import anchors_for_config
 from efficientdet.ops.boxes import box_iou, clip_boxes
 from efficientdet.ops.nms import batched_nms, soft_nms
+from ..data.reduced import DecodedImage, require_full
 from .detector import Detector
 from .postprocess import postprocess
 from .preprocess import preprocess_batch
@@ -148,6 +149,11 @@ class TTADetector(StagedDetector):
         return self.detector.batch_size
 
     @property
+    def decode_size(self) -> None:
+        """None: test-time augmentation (flips, sizes) works on the full-resolution image (no reduced JPEG decodes)."""
+        return None
+
+    @property
     def preprocess_config(self) -> PreprocessConfig:  # type: ignore[override]
         return self.detector.preprocess_config
 
@@ -168,9 +174,9 @@ class TTADetector(StagedDetector):
             self._anchors[size] = anchors_for_config(self.config.anchors, size).to(self.device)
         return self._anchors[size]
 
-    def prepare(self, decoded: Sequence[Tensor]) -> TTAPrepared:
+    def prepare(self, decoded: Sequence[DecodedImage]) -> TTAPrepared:
         """uint8 [3, H_i, W_i] images -> every (size, flip) view, batched per input size."""
-        images = list(decoded)
+        images = require_full(decoded, "test-time augmentation (flips, sizes)")
         views = images + [im.flip(-1) for im in images] if self.flips else images
         prepared = []
         for size in self.sizes:

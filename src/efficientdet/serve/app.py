@@ -23,6 +23,7 @@ from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from .schemas import (
     ApiError, DetectResponse, Detection, ImageSize, ModelInfo, Timing, apply_options, parse_options,
 )  # fmt: skip
+from ..data.reduced import full_size
 from .uploads import decode_upload, read_upload
 
 __all__ = ["ServeLimits", "ServedModel", "create_app"]
@@ -41,6 +42,7 @@ class ServedModel:
     class_names: list[str] | None
     backend: str
     max_input_pixels: int
+    decode_size: tuple[int, int] | None = None  # the detector's: large JPEG uploads decoded reduced for it
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ async def _detect_one(request: Request, service: _Service, model: ServedModel) -
     data, fields = await read_upload(request, service.limits.max_upload_bytes)
     options = parse_options(fields, model.class_names, model.num_classes, service.limits.score_threshold)
     loop = asyncio.get_running_loop()
-    image = await loop.run_in_executor(service.decoders, decode_upload, data, model.max_input_pixels)
+    image = await loop.run_in_executor(service.decoders, decode_upload, data, model.max_input_pixels, model.decode_size)
     decoded = time.perf_counter()
     det = apply_options(await service.batcher.submit(image, options.score_threshold), options)
     done = time.perf_counter()
@@ -191,7 +193,7 @@ async def _detect_one(request: Request, service: _Service, model: ServedModel) -
     ]
     return DetectResponse(
         model=model.name,
-        image=ImageSize(width=int(image.shape[2]), height=int(image.shape[1])),
+        image=ImageSize(width=full_size(image)[1], height=full_size(image)[0]),
         detections=detections,
         time=Timing(
             decode_ms=1000 * (decoded - start), inference_ms=1000 * (done - decoded), total_ms=1000 * (done - start)

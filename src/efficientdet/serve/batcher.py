@@ -21,10 +21,12 @@ from typing import Any
 
 import torch
 
+from ..data.reduced import DecodedImage
+
 __all__ = ["DetectFn", "DynamicBatcher", "QueueFull", "filter_detections"]
 
 # images (uint8 [3, H, W] each), score threshold -> one dict per image (boxes [M, 4], scores [M], labels [M], ...)
-DetectFn = Callable[[list[torch.Tensor], float], list[dict[str, Any]]]
+DetectFn = Callable[[list[DecodedImage], float], list[dict[str, Any]]]
 
 
 class QueueFull(RuntimeError):
@@ -33,7 +35,7 @@ class QueueFull(RuntimeError):
 
 @dataclass
 class _Item:
-    image: torch.Tensor
+    image: DecodedImage
     threshold: float
     future: asyncio.Future[dict[str, Any]] = field(repr=False)
 
@@ -98,8 +100,8 @@ class DynamicBatcher:
         finally:
             self.admitted -= 1
 
-    async def submit(self, image: torch.Tensor, threshold: float) -> dict[str, Any]:
-        """Detections for one uint8 ``[3, H, W]`` image, at ``threshold``, once its batch has run."""
+    async def submit(self, image: DecodedImage, threshold: float) -> dict[str, Any]:
+        """Detections for one uint8 ``[3, H, W]`` image (or a reduced one), at ``threshold``, once its batch has run."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Item(image, threshold, future))
         return await future

@@ -11,11 +11,11 @@ import os
 import tempfile
 from typing import Any
 
-import torch
 from starlette.requests import Request
 from starlette.types import Message
 
-from efficientdet.data.images import ImageError, load_image
+from efficientdet.data.images import ImageError, load_for_model
+from efficientdet.data.reduced import DecodedImage
 
 from .schemas import DETECT_FIELDS, ApiError
 
@@ -104,14 +104,15 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
     return data, fields
 
 
-def decode_upload(data: bytes, max_pixels: int) -> torch.Tensor:
-    """Uploaded file bytes -> uint8 ``[3, H, W]``, decoded exactly as ``Detector`` decodes a
-    file (ApiError 413 over ``max_pixels``, read from the header; 400 for anything undecodable)."""
+def decode_upload(data: bytes, max_pixels: int, decode_size: tuple[int, int] | None = None) -> DecodedImage:
+    """Uploaded file bytes -> uint8 ``[3, H, W]`` (a large JPEG: a ``ReducedImage`` for the
+    detector's ``decode_size``), decoded exactly as ``Detector`` decodes a file (ApiError 413
+    over ``max_pixels``, read from the header; 400 for anything undecodable)."""
     fd, path = tempfile.mkstemp(prefix="efficientdet-upload-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return load_image(path, name="upload", max_pixels=max_pixels)
+        return load_for_model(path, decode_size, name="upload", max_pixels=max_pixels)
     except ImageError as exc:
         if exc.too_large:
             size = f" ({exc.size}, HxW)" if exc.size else ""
