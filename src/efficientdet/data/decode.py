@@ -7,7 +7,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_file, load_file_for, load_for_model, quiet_decoders
 from .reduced import DecodedImage, ReducedImage
 

@@ -22,7 +22,7 @@ import re
 import struct
 import warnings
 from collections.abc import Iterator
-from typing import Any, BinaryIO, Union
+from typing import BinaryIO, Union
 
 import numpy as np
 import torch
@@ -97,14 +97,14 @@ def load_for_model(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> DecodedImage:
     """:func:`load_image` for a model whose input is ``image_size`` (h, w): a JPEG file at least
-    twice that size (after the aspect-preserving fit) is decoded at 1/2, 1/4 or 1/8 scale and
-    comes back as a :class:`ReducedImage` (its pixels, full size and factor); anything else
-    as :func:`load_image` returns it. ``image_size=None``: always :func:`load_image`.
+    3x the size it is resized to (a 1/2 decode is still 1.5x it) is decoded at 1/2, 1/4 or 1/8
+    scale (:func:`~efficientdet.inference.preprocess.reduction_factor`) and comes back as a
+    :class:`ReducedImage` (its pixels, full size and factor); anything else as
+    :func:`load_image` returns it. ``image_size=None``: always :func:`load_image`.
 
     Detectors accept both kinds and give boxes in the full image's pixels. The reduced
     decode gives the model slightly different pixels than a full decode and resize (libjpeg's
-    scaled inverse DCT instead of a bilinear filter; detections agree to ~1% of a box,
-    docs/usage.md), for a third to a half of the decode time of a large photo.
+    scaled inverse DCT before the bilinear filter) for much less decode time (docs/usage.md).
     """
     if isinstance(source, ReducedImage):
         return source
@@ -159,8 +159,8 @@ def load_file(path: str | os.PathLike[str], name: str, max_pixels: int | None, q
 def load_file_for(
     path: str | os.PathLike[str], image_size: tuple[int, int], name: str, max_pixels: int | None, quiet: bool = False
 ) -> DecodedImage:
-    """:func:`load_file`, or for a JPEG at least twice ``image_size``'s fit, a :class:`ReducedImage`
-    decoded at 1/2, 1/4 or 1/8 scale (:func:`~efficientdet.inference.preprocess.reduction_factor`)."""
+    """:func:`load_file`, or for a JPEG large enough for ``image_size`` (see :func:`load_for_model`),
+    a :class:`ReducedImage` decoded at 1/2, 1/4 or 1/8 scale."""
     data = _read_file(path, name)
     header = _open_header(data, name, max_pixels, quiet)
     if header.format == "JPEG":

@@ -3,8 +3,8 @@
 JPEG stores 8x8 blocks of frequencies; libjpeg can reconstruct each block at 4x4, 2x2 or 1x1
 pixels (its "DCT scaling"), skipping most of the inverse transform and the full-size buffer.
 When a detector's input is at most half a photo's size, decoding at 1/2, 1/4 or 1/8 and then
-resizing gives the model nearly the same pixels for a fraction of the decode time (a 12 MP
-photo: ~2-3x faster; docs/usage.md). :func:`efficientdet.data.images.load_for_model` makes
+resizing gives the model nearly the same pixels for a fraction of the decode time (measured
+in docs/usage.md). :func:`efficientdet.data.images.load_for_model` makes
 these; every detector's ``prepare`` accepts them next to plain tensors and maps boxes back to
 the full photo's pixels.
 """

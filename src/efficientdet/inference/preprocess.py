@@ -40,9 +40,8 @@ def fit_size(src_hw: tuple[int, int], dst_hw: tuple[float, float]) -> tuple[floa
 
 # A reduced decode must still be this much larger than the fit: the bilinear, antialiased resize
 # that follows then does the smoothing, as it does from a full decode. Used directly (an exact
-# fit), libjpeg's scaled pixels are sharper than the resize's and moved detections more:
-# raccoon photos with Lite0 at 320, top boxes' IoU with the full decode's 0.967 on average
-# (minimum 0.66) at 1.0, 0.988 (minimum 0.97) at 1.5 (docs/usage.md).
+# fit), libjpeg's scaled pixels are sharper than the resize's and moved detections several
+# times more (measured in docs/usage.md).
 REDUCED_DECODE_MARGIN = 1.5
 
 
