@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.reduced import DecodedImage
 from ..inference.protocol import ImageDetector
 from ..models.efficientdet import EfficientDet
 from . import BACKENDS, REFERENCE
@@ -87,15 +88,16 @@ class DetectorPipeline(Pipeline):
         self.network_only = network_only
         self.post = detector.postprocess_config
 
-    def decode(self, paths: Sequence[Path]) -> list[torch.Tensor]:
-        return next(self.detector.decode_chunks(list(paths), len(paths)))  # as the detector's own call decodes
+    def decode(self, paths: Sequence[Path]) -> list[DecodedImage]:
+        # As the detector's own call decodes (large JPEGs at a reduced scale for its input size).
+        return next(self.detector.decode_chunks(list(paths), len(paths)))
 
     def set_score_threshold(self, threshold: float) -> None:
         if not self.network_only:
             raise ValueError(f"{self.name}: the graph's score threshold is fixed at export")
         self.post = dataclasses.replace(self.post, score_threshold=threshold)
 
-    def preprocess(self, decoded: list[torch.Tensor]) -> tuple[Any, Any]:
+    def preprocess(self, decoded: list[DecodedImage]) -> tuple[Any, Any]:
         prepared = self.detector.prepare(decoded)
         return prepared, prepared
 
