@@ -57,3 +57,18 @@ def test_export_dispatch_and_unknown_format() -> None:
     assert EXPORT_FORMATS == ("onnx", "torchscript", "exported-program")
     with pytest.raises(ValueError, match="valid formats: onnx, torchscript, exported-program"):
         export(None, "x", "tflite")  # type: ignore[arg-type]
+
+
+def test_reading_a_graphs_metadata_does_not_import_onnx(tmp_path) -> None:
+    """``predict`` / ``eval`` / ``serve`` with an ``.onnx`` read its metadata without the ``onnx``
+    package, whose import takes ~0.5 s (ml_dtypes)."""
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"")  # an empty model: no metadata, and no import needed to say so
+    code = (
+        "import sys\n"
+        "from efficientdet.export.metadata import read_onnx_metadata\n"
+        f"try:\n    read_onnx_metadata({str(path)!r})\nexcept ValueError as err:\n    print(err)\n"
+        "print('onnx' in sys.modules)\n"
+    )
+    lines = _run(code).splitlines()
+    assert "no efficientdet metadata" in lines[0] and lines[-1] == "False"

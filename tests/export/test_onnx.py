@@ -234,6 +234,36 @@ def test_metadata_round_trip(exported):
         attach_postprocess(nms)
 
 
+def test_metadata_is_read_without_onnx_and_damage_is_named(exported, tmp_path):
+    """The wire-format reader gives onnx.load's metadata; a truncated, garbled or internally
+    damaged file is a one-line error naming it."""
+    import onnx
+
+    from efficientdet.export.metadata import metadata_props
+
+    _, raw, nms = exported("efficientdet_lite0")
+    for path in (raw, nms):
+        want = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        assert metadata_props(path) == want and "efficientdet.format_version" in want
+    data = raw.read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.onnx: not a readable ONNX graph \(ValueError: field 7 runs past the end"):
+        read_onnx_metadata(cut)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x0f" + bytes(range(200)))  # wire type 7 does not exist
+    with pytest.raises(ValueError, match=r"junk\.onnx: not a readable ONNX graph .*bad protobuf tag"):
+        read_onnx_metadata(junk)
+    # Damage inside the graph passes the metadata (which is intact) and is named when loading.
+    damaged = tmp_path / "damaged.onnx"
+    flipped = bytearray(data)
+    flipped[1000:1400] = bytes(b ^ 0xFF for b in flipped[1000:1400])
+    damaged.write_bytes(bytes(flipped))
+    assert read_onnx_metadata(damaged) == read_onnx_metadata(raw)
+    with pytest.raises(ValueError, match=r"damaged\.onnx: ONNX Runtime cannot load this graph"):
+        OnnxDetector(damaged)
+
+
 def test_onnx_detector_threads(exported):
     _, raw, _ = exported("efficientdet_lite0")
     detector = OnnxDetector(raw)

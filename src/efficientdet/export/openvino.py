@@ -79,6 +79,8 @@ class OpenVinoDetector(OnnxDetector):
             :func:`default_compile_cache`, ``False`` to compile every time.
     """
 
+    runtime_name = "OpenVINO"  # in errors
+
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -91,6 +91,8 @@ class OnnxDetector(StagedDetector):
             spinning choices).
     """
 
+    runtime_name = "ONNX Runtime"  # in errors
+
     # The network runs in the runtime's threads; torch only decodes, resizes and post-processes.
     host_threads: int | None = 1
 
@@ -106,7 +108,13 @@ class OnnxDetector(StagedDetector):
         self.path = os.fspath(path)
         self.metadata: OnnxMetadata = read_onnx_metadata(self.path)
         meta = self.metadata
-        self.fixed_batch: int | None = self.open_graph(providers, intra_op_threads, session_options)
+        try:
+            self.fixed_batch: int | None = self.open_graph(providers, intra_op_threads, session_options)
+        except (ValueError, ImportError):  # our own messages, and a missing runtime's install hint
+            raise
+        except Exception as err:  # the runtime's parser: e.g. a graph damaged past its metadata
+            first = (str(err).strip().splitlines() or [""])[-1].strip()
+            raise ValueError(f"{self.path}: {self.runtime_name} cannot load this graph ({type(err).__name__}: {first})") from None
         self.batch_size = self.fixed_batch or batch_size
         self.config = meta.config
         self.class_names = meta.class_names
