@@ -9,18 +9,7 @@ from typing import Any
 
 from ..config import ModelConfig
 
-__all__ = [
-    "CANDIDATE_LAYOUT",
-    "CANDIDATE_OUTPUTS",
-    "NMS_LAYOUT",
-    "NMS_OUTPUTS",
-    "OnnxMetadata",
-    "RAW_LAYOUT",
-    "RAW_OUTPUTS",
-    "is_graph_file",
-    "metadata_props",
-    "read_onnx_metadata",
-]
+__all__ = ["CANDIDATE_LAYOUT", "CANDIDATE_OUTPUTS", "NMS_LAYOUT", "NMS_OUTPUTS", "OnnxMetadata", "RAW_LAYOUT", "RAW_OUTPUTS", "is_graph_file", "metadata_props", "read_onnx_metadata"]
 
 FORMAT_VERSION = "1"
 RAW_OUTPUTS = ("cls_logits", "box_codes")
@@ -58,9 +47,7 @@ class OnnxMetadata:
     outputs: tuple[str, ...]
     config: ModelConfig
     postprocess: dict[str, Any] | None = None
-    int8: dict[str, Any] | None = (
-        None  # how the graph was quantized (export.quantize), None: float
-    )
+    int8: dict[str, Any] | None = None  # how the graph was quantized (export.quantize), None: float
 
     @property
     def candidates(self) -> bool:
@@ -88,9 +75,7 @@ class OnnxMetadata:
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "model") -> "OnnxMetadata":
         if "efficientdet.format_version" not in props:
-            raise ValueError(
-                f"{source}: no efficientdet metadata; was it written by efficientdet.export?"
-            )
+            raise ValueError(f"{source}: no efficientdet metadata; was it written by efficientdet.export?")
         try:
             h, w = json.loads(props["image_size"])
             return cls(
@@ -105,14 +90,10 @@ class OnnxMetadata:
                 outputs=tuple(json.loads(props["outputs"])),
                 config=ModelConfig.from_dict(json.loads(props["config"])),
                 postprocess=json.loads(props["postprocess"]),
-                int8=json.loads(
-                    props.get("int8", "null")
-                ),  # absent in files of earlier versions
+                int8=json.loads(props.get("int8", "null")),  # absent in files of earlier versions
             )
         except (KeyError, ValueError, TypeError) as err:
-            raise ValueError(
-                f"{source}: malformed efficientdet metadata ({err!r})"
-            ) from None
+            raise ValueError(f"{source}: malformed efficientdet metadata ({err!r})") from None
 
     def write_to(self, proto: Any) -> None:
         """Set these entries on an ``onnx.ModelProto`` (other keys are kept)."""
@@ -136,17 +117,10 @@ def read_onnx_metadata(model: str | os.PathLike[str] | Any) -> OnnxMetadata:
             raise FileNotFoundError(f"{source}: no such file")
         try:
             props = metadata_props(source)
-        except (
-            ValueError,
-            OSError,
-        ) as err:  # not an ONNX file (or not one we can read)
-            raise ValueError(
-                f"{source}: not a readable ONNX graph ({type(err).__name__}: {err})"
-            ) from None
+        except (ValueError, OSError) as err:  # not an ONNX file (or not one we can read)
+            raise ValueError(f"{source}: not a readable ONNX graph ({type(err).__name__}: {err})") from None
         return OnnxMetadata.from_props(props, source)
-    return OnnxMetadata.from_props(
-        {p.key: p.value for p in model.metadata_props}, "model"
-    )
+    return OnnxMetadata.from_props({p.key: p.value for p in model.metadata_props}, "model")
 
 
 # ModelProto's field number of its key/value metadata entries (onnx.proto).
@@ -168,15 +142,11 @@ def metadata_props(path: str | os.PathLike[str]) -> dict[str, str]:
         while f.tell() < size:
             field, wire = divmod(_varint(f), 8)
             if field < 1 or wire not in (0, 1, 2, 5):
-                raise ValueError(
-                    f"bad protobuf tag (field {field}, wire type {wire}) at byte {f.tell()}"
-                )
+                raise ValueError(f"bad protobuf tag (field {field}, wire type {wire}) at byte {f.tell()}")
             if wire == 2:  # length-delimited: a string, bytes or a sub-message
                 length = _varint(f)
                 if f.tell() + length > size:
-                    raise ValueError(
-                        f"field {field} runs past the end of the file ({size} bytes)"
-                    )
+                    raise ValueError(f"field {field} runs past the end of the file ({size} bytes)")
                 if field == _METADATA_FIELD:
                     key, value = _string_entry(f.read(length))
                     props[key] = value
@@ -185,9 +155,7 @@ def metadata_props(path: str | os.PathLike[str]) -> dict[str, str]:
             else:
                 _varint(f) if wire == 0 else f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
         if f.tell() != size:
-            raise ValueError(
-                f"the last field runs past the end of the file ({size} bytes)"
-            )
+            raise ValueError(f"the last field runs past the end of the file ({size} bytes)")
     return props
 
 
