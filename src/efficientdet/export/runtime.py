@@ -113,8 +113,8 @@ class OnnxDetector(StagedDetector):
         except (ValueError, ImportError):  # our own messages, and a missing runtime's install hint
             raise
         except Exception as err:  # the runtime's parser: e.g. a graph damaged past its metadata
-            first = (str(err).strip().splitlines() or [""])[-1].strip()
-            raise ValueError(f"{self.path}: {self.runtime_name} cannot load this graph ({type(err).__name__}: {first})") from None
+            detail = (str(err).strip().splitlines() or [""])[-1].strip()  # OpenVINO's reason is its last line
+            raise ValueError(f"{self.path}: {self.runtime_name} cannot load this graph ({type(err).__name__}: {detail})") from None
         self.batch_size = self.fixed_batch or batch_size
         self.config = meta.config
         self.class_names = meta.class_names
