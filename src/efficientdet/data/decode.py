@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from .images import DEFAULT_MAX_PIXELS, ImageSource, load_file, load_file_for, load_for_model, quiet_decoders
+from .images import DEFAULT_MAX_PIXELS, ImageSource, load_file_for, load_for_model, quiet_decoders
 from .reduced import DecodedImage, ReducedImage
 
 __all__ = ["iter_image_chunks", "load_images"]
@@ -41,10 +41,7 @@ def load_images(
         jobs: dict[int, Future[DecodedImage]] = {}
         for i in files:
             label = names[i] or os.fspath(sources[i])  # type: ignore[arg-type]
-            if image_size is None:
-                jobs[i] = pool.submit(load_file, sources[i], label, max_pixels, True)  # type: ignore[arg-type]
-            else:
-                jobs[i] = pool.submit(load_file_for, sources[i], image_size, label, max_pixels, True)  # type: ignore[arg-type]
+            jobs[i] = pool.submit(load_file_for, sources[i], image_size, label, max_pixels, True)  # type: ignore[arg-type]
         try:
             return [jobs[i].result() if i in jobs else load_for_model(src, image_size, names[i], max_pixels)
                     for i, src in enumerate(sources)]  # fmt: skip

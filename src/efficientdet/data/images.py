@@ -157,13 +157,13 @@ def load_file(path: str | os.PathLike[str], name: str, max_pixels: int | None, q
 
 
 def load_file_for(
-    path: str | os.PathLike[str], image_size: tuple[int, int], name: str, max_pixels: int | None, quiet: bool = False
+    path: str | os.PathLike[str], image_size: tuple[int, int] | None, name: str, max_pixels: int | None, quiet: bool = False
 ) -> DecodedImage:
-    """:func:`load_file`, or for a JPEG large enough for ``image_size`` (see :func:`load_for_model`),
-    a :class:`ReducedImage` decoded at 1/2, 1/4 or 1/8 scale."""
+    """:func:`load_file`, or for a JPEG large enough for ``image_size`` (see :func:`load_for_model`;
+    None: never), a :class:`ReducedImage` decoded at 1/2, 1/4 or 1/8 scale."""
     data = _read_file(path, name)
     header = _open_header(data, name, max_pixels, quiet)
-    if header.format == "JPEG":
+    if image_size is not None and header.format == "JPEG":
         size = _oriented_hw(header)
         factor = reduction_factor(size, image_size)
         # Pillow alone decodes the reduced scale; an application that let Pillow accept truncated

@@ -54,7 +54,8 @@ def mosaic4(samples: list[Sample], size: int, min_area_ratio: float = 0.0, min_s
     window, and kept when at least ``min_size`` px wide and high and keeping more than
     ``min_area_ratio`` of their area. The defaults (1 px, 0) keep every object that covers a
     whole pixel boxed, as ``TrainTransform`` does (a sub-pixel sliver at an edge is dropped);
-    YOLOv5's ``box_candidates`` uses 2 px and 0.1, which leaves visible slivers unlabelled. Returns uint8 [3, s, s], boxes [K, 4], labels [K].
+    YOLOv5's ``box_candidates`` uses 2 px and 0.1, which leaves visible slivers unlabelled.
+    Returns uint8 [3, s, s], boxes [K, 4], labels [K].
     """
     if len(samples) != 4:
         raise ValueError(f"mosaic needs exactly 4 samples, got {len(samples)}")

@@ -135,6 +135,8 @@ def metadata_props(path: str | os.PathLike[str]) -> dict[str, str]:
     of it in ``ml_dtypes``, on every ``predict`` / ``eval`` / ``serve`` start). ValueError where the
     bytes are not protobuf: a bad tag or wire type, a field running past the end. (As for
     ``onnx.load``, an empty file is an empty model; the runtimes reject what the graph lacks.)
+    Hand-written because ``google.protobuf`` with a one-field stub message still reads the whole
+    graph, as unknown fields: slower here than ``onnx.load`` itself.
     """
     props: dict[str, str] = {}
     size = os.path.getsize(path)
