@@ -312,3 +312,47 @@ def test_openvino_file_of_many_classes_preselects(tmp_path: Path, graphs: tuple[
     )
     assert done.returncode == 0, f"child failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert "preselect ok" in done.stdout
+
+
+def test_calibration_sees_the_pixels_the_detectors_are_fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera-sized JPEG is decoded for calibration exactly as a detector decodes it for the
+    model's input (reduced DCT scale): the quantizer gets the same input tensor ``predict``
+    gives the int8 model, not that of a full decode (which differs by a level or so)."""
+    from PIL import Image
+
+    import efficientdet.export.quantize as quantize
+    from efficientdet.data.images import load_for_model, load_image
+    from efficientdet.data.reduced import ReducedImage
+
+    y, x = np.mgrid[0:960, 0:1280].astype(np.float32)
+    pixels = np.stack([128 + 100 * np.sin(x / 37), 128 + 90 * np.cos((x + y) / 53), 60 + 150 * x / 1280], -1)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(photo, quality=90)
+    size = (SIZE, SIZE)
+    [loaded] = load_calibration_images([photo], image_size=size)
+    assert isinstance(loaded, ReducedImage) and loaded.factor == 4  # 1280 / 4 = 320 >= 1.5 * 128
+    assert isinstance(load_calibration_images([photo])[0], torch.Tensor)  # no size: decoded in full
+
+    seen: list[np.ndarray] = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(raw: Path, out: Path, batches: list[np.ndarray], options: Int8Options) -> Path:
+        seen.extend(batches)
+        raise Stop  # the inputs are all this test needs; the export must then leave nothing
+
+    monkeypatch.setattr(quantize, "quantize_network", capture)
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=SIZE, pretrained_backbone=False).eval()
+    out = tmp_path / "m.int8.onnx"
+    with pytest.raises(Stop):
+        export_int8(model, out, [loaded, photo, load_image(photo)], Int8Options(quantizer="onnxruntime"))
+    assert not out.exists() and list(tmp_path.iterdir()) == [photo]
+    export_onnx(model, tmp_path / "float.onnx", check=False)
+    detector = OnnxDetector(tmp_path / "float.onnx")
+    fed = detector.prepare([load_for_model(photo, detector.decode_size)]).inputs.numpy()
+    full = detector.prepare([load_image(photo)]).inputs.numpy()
+    np.testing.assert_array_equal(seen[0], fed)  # a decoded ReducedImage
+    np.testing.assert_array_equal(seen[1], fed)  # a path, decoded by the export
+    np.testing.assert_array_equal(seen[2], full)  # a tensor is taken as it is
+    assert np.abs(fed - full).max() > 0  # the two decodes do differ, so the check above means something

@@ -141,7 +141,7 @@ def onnx_pipeline(
 
         quantizer = "nncf" if engine == "openvino" else "onnxruntime"
         path = workdir / f"model.{quantizer}.int8.onnx"
-        images = load_calibration_images(list(int8_calibration))
+        images = load_calibration_images(list(int8_calibration), image_size=model.config.image_size)
         export_int8(model, path, images, Int8Options(quantizer=quantizer))  # the layout `export --int8` picks
         name = f"{engine}-int8"
     elif nms_inside:

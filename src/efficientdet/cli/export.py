@@ -104,8 +104,13 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
         float_groups=groups,
     )
     files = calibration_files(args.calibration, options.calibration_images)
-    images = load_calibration_images(files, warn=lambda msg: print(f"efficientdet export: warning: {msg}", file=sys.stderr))
     model = create_model(args.model, weights=args.weights).eval()
+    input_size = (args.image_size, args.image_size) if args.image_size else model.config.image_size
+
+    def warn(message: str) -> None:
+        print(f"efficientdet export: warning: {message}", file=sys.stderr)
+
+    images = load_calibration_images(files, warn=warn, image_size=input_size)
     options = resolve_method(options, model)
     path = export_int8(
         model, Path(args.out), images, options, image_size=args.image_size, batch_size=args.batch_size,

@@ -2,7 +2,10 @@
 
 ``--calibration DATA`` takes anything ``train``/``eval`` read (COCO JSON, VOC, YOLO) or a plain
 folder of images. The images are spread evenly over the (sorted) set rather than taken from its
-start, so one scene or one camera at the head of a dataset does not set every range.
+start, so one scene or one camera at the head of a dataset does not set every range. Each image is
+decoded as the detectors decode it for the model's input size (large JPEGs at a reduced DCT
+scale, :func:`~efficientdet.data.images.load_for_model`), so the ranges are observed on the
+pixels the int8 model is later fed.
 """
 
 from __future__ import annotations
@@ -12,10 +15,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from ..data.common import IMAGE_EXTENSIONS
-from ..data.images import ImageError, load_image
+from ..data.images import ImageError, load_for_model
+from ..data.reduced import DecodedImage
 
 __all__ = ["calibration_files", "load_calibration_images"]
 
@@ -52,14 +54,20 @@ def calibration_files(source: str | os.PathLike[str], count: int) -> list[Path]:
 
 
 def load_calibration_images(
-    files: list[Path], max_pixels: int | None = None, warn: Callable[[str], None] | None = None
-) -> list[torch.Tensor]:
-    """uint8 [3, H, W] images of ``files``; unreadable ones are skipped (and reported through
-    ``warn``); a ValueError if none can be read."""
-    images, bad = [], []
+    files: list[Path],
+    max_pixels: int | None = None,
+    warn: Callable[[str], None] | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> list[DecodedImage]:
+    """uint8 [3, H, W] images of ``files`` (``image_size``: the model's input (h, w); JPEGs large
+    enough for a reduced decode come back as :class:`~efficientdet.data.reduced.ReducedImage`,
+    as every detector decodes them for that size); unreadable ones are skipped (and reported
+    through ``warn``); a ValueError if none can be read."""
+    images: list[DecodedImage] = []
+    bad: list[str] = []
     for path in files:
         try:
-            images.append(load_image(path, max_pixels=max_pixels))
+            images.append(load_for_model(path, image_size, max_pixels=max_pixels))
         except (ImageError, OSError) as err:
             bad.append(str(err) if isinstance(err, ImageError) else f"{path}: {err}")
     if bad and images and warn is not None:

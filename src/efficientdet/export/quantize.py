@@ -344,8 +344,9 @@ def export_int8(
 ) -> Path:
     """Export ``model`` as an int8 ONNX graph at ``path`` (written atomically; nothing on failure).
 
-    ``calibration``: images (uint8 [3, H, W] tensors, or anything ``load_image`` takes), each
-    preprocessed exactly as ``OnnxDetector.prepare`` does at run time. The layouts are
+    ``calibration``: images (uint8 [3, H, W] tensors, ``ReducedImage`` objects or anything ``load_image``
+    takes; paths decoded as ``load_for_model`` does for the graph's input size), each preprocessed
+    exactly as ``OnnxDetector.prepare`` does at run time. The layouts are
     ``export_onnx``'s (raw, ``include_postprocess``, ``candidates``; ``candidates=None``: the
     faster one for the quantizer's runtime, :func:`int8_candidates`, unless NMS is inside);
     only the network is quantized, the post-processing parts stay float.
@@ -354,7 +355,7 @@ def export_int8(
 
     import onnx
 
-    from ..data.images import load_image
+    from ..data.images import load_for_model
     from ..fs import atomic_path
     from .metadata import read_onnx_metadata
     from .onnx import attach_candidates, attach_postprocess, check_onnx, export_onnx
@@ -372,7 +373,10 @@ def export_int8(
         # The TorchScript exporter: its node names are what the float groups match.
         export_onnx(model, raw, image_size, batch_size, dynamic_batch, dynamo=False, check=False)
         runtime = OnnxDetector(raw, intra_op_threads=1)
-        batches = [runtime.prepare([load_image(image, max_pixels=None)]).inputs.numpy() for image in calibration]
+        # Decoded as the detectors decode for this input size (large JPEGs reduced): the ranges
+        # are then observed on the very pixels the int8 model is fed at run time.
+        size = runtime.decode_size
+        batches = [runtime.prepare([load_for_model(image, size, max_pixels=None)]).inputs.numpy() for image in calibration]
         del runtime
         quantize_network(raw, quantized, batches, options)
         proto = onnx.load(os.fspath(quantized))
