@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from torch import Tensor
+
 from .config import ModelConfig
 from .models.efficientdet import EfficientDet, build_model
 from .variants import get_config
@@ -12,11 +14,52 @@ from .weights.coco import coco90_class_names
 from .weights.convert import effdet_to_native, is_effdet_state_dict
 from .weights.io import WeightsError, read_weights
 from .weights.loading import checkpoint_num_classes, load_into_model
-from .weights.registry import resolve_weights
+from .weights.registry import OfficialWeights, resolve_weights
 
 
 def _normalise(name: str) -> str:
     return get_config(name).name
+
+
+def _config_and_names(
+    name: str | None, meta: dict[str, Any] | None, official: OfficialWeights | None, source: str
+) -> tuple[ModelConfig, list[str] | None]:
+    """The config (our checkpoint's own, else ``name``'s or the official weights' variant) and the
+    checkpoint's class names; refuses a ``name`` the weights contradict."""
+    if meta is not None and "config" in meta:
+        config = ModelConfig.from_dict(meta["config"])
+        if name is not None and _normalise(name) != config.name:
+            raise WeightsError(f"{source}: the checkpoint holds {config.name!r} weights, not {name!r}")
+        return config, meta.get("class_names")
+    if name is None:
+        if official is None:
+            raise ValueError("name is required unless the weights say which model they are")
+        name = official.model_name
+    config = get_config(name)
+    if official is not None and official.model_name != config.name:
+        raise WeightsError(f"weights {official.name!r} are for {official.model_name!r}, not {config.name!r}")
+    return config, None
+
+
+def _native_state_dict(state_dict: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    """``state_dict`` with this package's key names (an effdet one's renamed)."""
+    if not is_effdet_state_dict(state_dict):
+        return state_dict
+    try:
+        return effdet_to_native(state_dict)
+    except KeyError as err:
+        raise WeightsError(f"{source}: {err.args[0]}") from None
+
+
+def _class_names(from_weights: list[str] | None, given: list[str] | None, num_classes: int) -> list[str] | None:
+    """``given`` (one per class), else the weights' names when they still describe ``num_classes`` classes."""
+    if given is not None:
+        if len(given) != num_classes:
+            raise ValueError(f"{len(given)} class names given for {num_classes} classes")
+        return list(given)
+    if from_weights is not None and len(from_weights) != num_classes:
+        return None  # the checkpoint's names describe classes this model no longer predicts
+    return from_weights
 
 
 def create_model(
@@ -49,42 +92,19 @@ def create_model(
         path, official = resolve_weights(weights)
         source = str(path)
         state_dict, meta = read_weights(path)
-
-    if meta is not None and "config" in meta:
-        config = ModelConfig.from_dict(meta["config"])
-        if name is not None and _normalise(name) != config.name:
-            raise WeightsError(f"{source}: the checkpoint holds {config.name!r} weights, not {name!r}")
-        names = meta.get("class_names")
-    else:
-        if name is None:
-            if official is None:
-                raise ValueError("name is required unless the weights say which model they are")
-            name = official.model_name
-        config = get_config(name)
-        if official is not None and official.model_name != config.name:
-            raise WeightsError(f"weights {official.name!r} are for {official.model_name!r}, not {config.name!r}")
-        names = None
+    config, names = _config_and_names(name, meta, official, source)
     if overrides:
         config = config.replace(**overrides)
 
     ckpt_classes = None
     if state_dict is not None:
-        if is_effdet_state_dict(state_dict):
-            try:
-                state_dict = effdet_to_native(state_dict)
-            except KeyError as err:
-                raise WeightsError(f"{source}: {err.args[0]}") from None
+        state_dict = _native_state_dict(state_dict, source)
         ckpt_classes = checkpoint_num_classes(state_dict, config.anchors.num_anchors)
         if names is None and ckpt_classes == 90 and (official is not None or meta is None):
             names = coco90_class_names()  # effdet / official weights are COCO-trained
     target = num_classes or ckpt_classes or config.num_classes
     config = config.replace(num_classes=target)
-    if names is not None and len(names) != target:
-        names = None  # the checkpoint's names describe classes this model no longer predicts
-    if class_names is not None:
-        if len(class_names) != target:
-            raise ValueError(f"{len(class_names)} class names given for {target} classes")
-        names = list(class_names)
+    names = _class_names(names, class_names, target)
 
     model = build_model(config, pretrained_backbone=pretrained_backbone and state_dict is None)
     if state_dict is not None:

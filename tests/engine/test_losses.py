@@ -227,3 +227,12 @@ def test_iou_loss_errors() -> None:
     box, target, labels = _one([0.0, 0.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="pass the anchors"):
         DetectionLoss(iou_loss_type="giou")(torch.zeros(1, 1, 1), box, labels, target, torch.ones(1))
+
+
+def test_mixed_flattened_and_per_level_outputs_are_refused() -> None:
+    class_out, box_out, cls_t, box_t, num_pos = _random_case(0)
+    cls_flat, box_flat = flatten_outputs(class_out, box_out, K)
+    loss = DetectionLoss(num_classes=K)
+    for cls_in, box_in in ((cls_flat, box_out), (class_out, box_flat)):
+        with pytest.raises(ValueError, match="both be flattened tensors or both per-level lists"):
+            loss(cls_in, box_in, cls_t, box_t, num_pos)

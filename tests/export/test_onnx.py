@@ -234,6 +234,19 @@ def test_metadata_round_trip(exported):
         attach_postprocess(nms)
 
 
+def test_nms_graph_without_its_threshold_in_the_metadata(exported, tmp_path):
+    """A graph with NMS inside whose metadata lacks its score threshold (written by hand or by
+    another tool) takes any score_threshold, as check_graph_options does (not a TypeError)."""
+    import onnx
+
+    _, _, nms = exported("efficientdet_lite0")
+    proto = onnx.load(str(nms))
+    dataclasses.replace(read_onnx_metadata(proto), postprocess=None).write_to(proto)
+    path = tmp_path / "no_threshold.onnx"
+    onnx.save(proto, str(path))
+    assert OnnxDetector(path).config_with_threshold(0.0001).score_threshold == 0.0001
+
+
 def test_metadata_is_read_without_onnx_and_damage_is_named(exported, tmp_path):
     """The wire-format reader gives onnx.load's metadata; a truncated, garbled or internally
     damaged file is a one-line error naming it."""

@@ -19,7 +19,8 @@ from efficientdet.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .report import render_table
-    from .runner import BenchmarkResult, BenchmarkRow, check_backends, run_benchmark
+    from .result import BenchmarkResult, BenchmarkRow
+    from .runner import check_backends, run_benchmark
 
 # Backends that ``--backends`` accepts, and the reference's name (effdet). Defined here, not in
 # pipelines.py, so that the CLI's parser lists them without importing torch.
@@ -29,8 +30,8 @@ REFERENCE = "effdet"
 
 _LAZY = {
     "render_table": ".report",
-    "BenchmarkResult": ".runner",
-    "BenchmarkRow": ".runner",
+    "BenchmarkResult": ".result",
+    "BenchmarkRow": ".result",
     "check_backends": ".runner",
     "run_benchmark": ".runner",
 }

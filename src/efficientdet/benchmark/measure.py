@@ -169,7 +169,7 @@ def synthetic_images(folder: str | os.PathLike[str], count: int, seed: int = 0) 
         h, w = sizes[i % len(sizes)]
         # Low-resolution colour noise upsampled -> smooth gradients, then objects and grain.
         small = rng.uniform(0, 255, size=(h // 32 + 1, w // 32 + 1, 3)).astype(np.uint8)
-        image = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), dtype=np.float32)
+        image = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
         for _ in range(8):
             y0, x0 = int(rng.integers(0, h - 16)), int(rng.integers(0, w - 16))
             y1, x1 = int(rng.integers(y0 + 8, h)), int(rng.integers(x0 + 8, w))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ def calibrate_batchnorm_(model: nn.Module, images: torch.Tensor, var_floor: floa
     finally:
         for m, momentum in zip(bns, saved):
             m.momentum = momentum
-            if var_floor is not None:
+            if var_floor is not None and m.running_var is not None:  # None: a BN without running statistics
                 m.running_var.clamp_(min=var_floor)
         model.eval()
 
@@ -93,10 +94,11 @@ def build_models(
     from ..variants import get_config
 
     config = get_config(name)
-    size = tuple(image_size or config.image_size)
-    if size[0] % 32 or size[1] % 32 or min(size) <= 0:
-        raise ValueError(f"image size {size[0]}x{size[1]}: sides must be positive multiples of 32")
-    overrides = {"image_size": size} if image_size is not None else {}
+    h, w = image_size or config.image_size
+    size = (h, w)
+    if h % 32 or w % 32 or min(size) <= 0:
+        raise ValueError(f"image size {h}x{w}: sides must be positive multiples of 32")
+    overrides: dict[str, Any] = {"image_size": size} if image_size is not None else {}
     torch.manual_seed(seed)
     reference = None
     if weights is None:
@@ -128,6 +130,7 @@ def build_models(
                 f"--compare-effdet with --weights {weights}: effdet can only load its own checkpoint "
                 "format (an effdet .pth); pass such a file, or no --weights for random weights"
             )
+        assert ours.config is not None  # create_model sets it
         reference = _reference_model(config.name, size, ours.config.num_classes)
         reference.load_state_dict(state_dict)
         reference.eval()

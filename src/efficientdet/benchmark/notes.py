@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from . import INT8_BACKENDS
 
 if TYPE_CHECKING:
-    from .runner import BenchmarkResult
+    from .result import BenchmarkResult
 
 __all__ = ["result_notes"]
 

@@ -141,6 +141,7 @@ def onnx_pipeline(
 
         quantizer = "nncf" if engine == "openvino" else "onnxruntime"
         path = workdir / f"model.{quantizer}.int8.onnx"
+        assert model.config is not None  # create_model sets it
         images = load_calibration_images(list(int8_calibration), image_size=model.config.image_size)
         export_int8(model, path, images, Int8Options(quantizer=quantizer))  # the layout `export --int8` picks
         name = f"{engine}-int8"
@@ -183,7 +184,7 @@ class EffdetPipeline(Pipeline):
 
         self.device = device
         self.bench = DetBenchPredict(model).eval().to(device)
-        cfg = model.config
+        cfg: Any = model.config  # effdet's config (an OmegaConf dict; effdet has no type information)
         mean = tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN))
         std = tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
         # effdet's defaults for evaluation (effdet.data.loader.create_loader, is_training=False).

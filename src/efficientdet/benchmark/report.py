@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .runner import BenchmarkResult, BenchmarkRow
+from .result import BenchmarkResult, BenchmarkRow
 
 __all__ = ["render_table"]
 

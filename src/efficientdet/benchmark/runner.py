@@ -2,102 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from efficientdet.benchmark.heap import steady_heap as apply_steady_heap
+from ..models.efficientdet import EfficientDet
 from .notes import result_notes
 from .measure import MemoryProbe, Timing, float_matmul_gflops, stopwatch, synthetic_images, time_calls
 from . import INT8_BACKENDS
 from .pipelines import BACKENDS, REFERENCE, Pipeline, image_files, make_pipeline
+from .result import BenchmarkResult, BenchmarkRow
 
-__all__ = ["BenchmarkResult", "BenchmarkRow", "check_backends", "run_benchmark"]
+__all__ = ["check_backends", "run_benchmark"]
 
 STAGES = ("decode", "preprocess", "network", "postprocess")
 _PACKAGES = {
     "onnxruntime": "onnxruntime", "onnxruntime-nms": "onnxruntime", "onnxruntime-int8": "onnxruntime",
     "openvino": "openvino", "openvino-int8": "nncf", REFERENCE: "effdet",
 }  # fmt: skip
-
-
-@dataclass
-class BenchmarkRow:
-    """One backend x mode x batch size. Times are per batch (median over the iterations).
-
-    ``mode``: ``network`` (preprocessed tensors in, raw head outputs out) or ``end-to-end``
-    (JPEG files in, detections out). Stage times are set for end-to-end rows; their sum is
-    the latency up to the medians' rounding. ``peak_memory_mb``: peak resident memory (GPU:
-    allocated memory) above what was in use before this backend's first inference call, up
-    to and including this row. ``faults_per_image``: minor page faults (first touches of
-    fresh memory) per image during the timed calls. ``ratio_vs_effdet``: images/s divided by
-    effdet's in the same mode and batch size (> 1: faster than the reference).
-    """
-
-    backend: str
-    mode: str
-    batch_size: int
-    latency_ms: float
-    p90_ms: float
-    images_per_s: float
-    gflops_per_s: float
-    decode_ms: float | None = None
-    preprocess_ms: float | None = None
-    network_ms: float | None = None
-    postprocess_ms: float | None = None
-    postprocess_share: float | None = None
-    peak_memory_mb: float | None = None
-    faults_per_image: float | None = None
-    ratio_vs_effdet: float | None = None
-    vs_float_floor: float | None = None
-
-
-@dataclass
-class BenchmarkResult:
-    """Everything one benchmark run measured; ``to_dict`` is the ``--json`` document.
-
-    ``macs``: multiply-adds of one image's forward pass, which is what the paper and
-    ``efficientdet info`` call "FLOPs" (D0 at 512: 2.5B). ``flops_per_image`` = 2 x macs, the
-    hardware convention (a multiply-add is two floating-point operations), which achieved
-    ``gflops_per_s`` uses: ``flops_per_image * images_per_s / 1e9``.
-    """
-
-    model: str
-    image_size: tuple[int, int]
-    parameters: int
-    macs: int
-    flops_per_image: int
-    device: str
-    threads: int
-    batch_sizes: list[int]
-    iterations: int
-    warmup: int
-    weights: str
-    images: str
-    versions: dict[str, str]
-    rows: list[BenchmarkRow] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    rounds: int = 1
-    heap: str = "default"  # "steady": heap.steady_heap() was applied before measuring
-    matmul_gflops: float | None = None  # float32 2048x2048 matmul rate here, ``threads`` threads
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def row(self, backend: str, mode: str, batch_size: int) -> BenchmarkRow:
-        for r in self.rows:
-            if (r.backend, r.mode, r.batch_size) == (backend, mode, batch_size):
-                return r
-        raise KeyError(f"no row for {backend} / {mode} / batch {batch_size}")
 
 
 def check_backends(backends: Sequence[str], compare_effdet: bool) -> None:
@@ -213,11 +147,42 @@ def run_benchmark(
     See :class:`BenchmarkRow` and :class:`BenchmarkResult` for the definitions.
     """
     from ..export.runtime import physical_cores
-    from efficientdet.models.flops import count_macs
     from .models import build_models
 
     say = log or (lambda _msg: None)
     backends = list(dict.fromkeys(backends))  # unique, in order
+    sizes, dev = _checked_options(backends, compare_effdet, batch_sizes, rounds, onnx_exporter, device)
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    heap = _heap(steady_heap)
+    threads = threads or physical_cores()
+    with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as tmp:
+        work = Path(tmp)
+        files, source = _benchmark_images(images, work, sizes)
+        calib = _calibration_files(backends, calibration, files)
+        say("building the model" + (" and the effdet reference" if compare_effdet else ""))
+        ours, reference, described = build_models(model, size, weights, compare_effdet, work, files)
+        versions = _versions(backends, compare_effdet)
+        result = _new_result(ours, dev, threads, sizes, iterations, warmup, described, source, versions, rounds, heap)
+        runs = _runs(backends, compile, reference is not None)
+        setup = functools.partial(
+            _setup_pipeline, model=ours, device=dev, threads=threads, workdir=work, compile=compile,
+            onnx_exporter=onnx_exporter, reference=reference, calibration=calib, score_threshold=score_threshold,
+        )  # fmt: skip
+        measured = _measure_rounds(runs, rounds, setup, files, sizes, iterations, warmup, dev, say)
+        result.rows.extend(_rows(runs, measured, result.flops_per_image))
+    _finish(result, dev, compare_effdet, onnx_exporter, score_threshold)
+    return result
+
+
+def _checked_options(
+    backends: list[str],
+    compare_effdet: bool,
+    batch_sizes: Sequence[int],
+    rounds: int,
+    onnx_exporter: str,
+    device: str | torch.device,
+) -> tuple[list[int], torch.device]:
+    """``run_benchmark``'s options checked before any work is done -> (sorted batch sizes, device)."""
     check_backends(backends, compare_effdet)
     sizes = sorted({int(n) for n in batch_sizes})
     if not sizes or sizes[0] < 1:
@@ -229,74 +194,159 @@ def run_benchmark(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device}: CUDA is not available on this machine; use cpu")
-    size = (image_size, image_size) if isinstance(image_size, int) else image_size
-    heap = "default"
-    if steady_heap:
-        heap = "steady" if apply_steady_heap() else "default (steady heap needs glibc)"
-    threads = threads or physical_cores()
-    saved_threads = torch.get_num_threads()
+    return sizes, dev
+
+
+def _heap(steady_heap: bool) -> str:
+    """The result's ``heap``, after applying :func:`~efficientdet.benchmark.heap.steady_heap` if asked."""
+    if not steady_heap:
+        return "default"
+    return "steady" if apply_steady_heap() else "default (steady heap needs glibc)"
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` inside the block, restored after."""
+    saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as tmp:
-            work = Path(tmp)
-            if images is not None:
-                files, source = image_files(images), os.fspath(images)
-            else:
-                files = synthetic_images(work / "images", max(max(sizes), 2))
-                source = f"{len(files)} synthetic COCO-sized JPEGs (quality 90)"
-            calib = _calibration_files(backends, calibration, files)
-            say("building the model" + (" and the effdet reference" if compare_effdet else ""))
-            ours, reference, described = build_models(model, size, weights, compare_effdet, work, files)
-            config = ours.config
-            assert config is not None
-            macs = count_macs(config, config.image_size)
-            result = BenchmarkResult(
-                model=config.name,
-                image_size=tuple(config.image_size),
-                parameters=sum(p.numel() for p in ours.parameters()),
-                macs=macs,
-                flops_per_image=2 * macs,
-                device=str(dev),
-                threads=threads,
-                batch_sizes=sizes,
-                iterations=iterations,
-                warmup=warmup,
-                weights=described,
-                images=source,
-                versions=_versions(backends, compare_effdet),
-                rounds=rounds,
-                heap=heap,
-                matmul_gflops=float_matmul_gflops(threads),
-            )
-            names = [("torch-compile" if b == "torch" and compile else b) for b in backends]
-            runs = list(zip(names, backends)) + ([(REFERENCE, REFERENCE)] if reference is not None else [])
-            kept: dict[str, Pipeline] = {}  # across rounds
-            measured: dict[str, dict[tuple[str, int], tuple[Timing, float | None]]] = {}
-            for r in range(rounds):
-                for label, backend in runs[r % len(runs) :] + runs[: r % len(runs)]:
-                    pipeline = kept.get(label)
-                    if pipeline is None:
-                        say(f"setting up {label}")
-                        pipeline = make_pipeline(
-                            backend, ours, dev, threads, work, compile, onnx_exporter, reference, calib
-                        )
-                        if score_threshold is not None and backend != REFERENCE:
-                            pipeline.set_score_threshold(score_threshold)
-                    timings = _measure(pipeline, files, sizes, iterations, warmup, dev, say, memory=r == 0)
-                    for key, (timing, memory) in timings.items():
-                        before = measured.setdefault(label, {}).get(key)
-                        measured[label][key] = (timing, memory) if before is None else (before[0] + timing, before[1])
-                    if rounds > 1:
-                        kept[label] = pipeline
-                    del pipeline
-            kept.clear()
-            for label, _ in runs:
-                for (mode, n), (timing, memory) in measured[label].items():
-                    result.rows.append(_row(label, mode, n, timing, 2 * macs, memory))
+        yield
     finally:
-        torch.set_num_threads(saved_threads)
+        torch.set_num_threads(saved)
+
+
+def _benchmark_images(
+    images: str | os.PathLike[str] | None, work: Path, sizes: list[int]
+) -> tuple[list[Path], str]:
+    """(image files, their description): the files in ``images``, or synthetic JPEGs written to ``work``."""
+    if images is not None:
+        return image_files(images), os.fspath(images)
+    files = synthetic_images(work / "images", max(max(sizes), 2))
+    return files, f"{len(files)} synthetic COCO-sized JPEGs (quality 90)"
+
+
+def _new_result(
+    ours: EfficientDet,
+    device: torch.device,
+    threads: int,
+    sizes: list[int],
+    iterations: int,
+    warmup: int,
+    described: str,
+    source: str,
+    versions: dict[str, str],
+    rounds: int,
+    heap: str,
+) -> BenchmarkResult:
+    """The description of the run, before any row is measured."""
+    from efficientdet.models.flops import count_macs
+
+    config = ours.config
+    assert config is not None  # build_models gives a model of create_model, which sets it
+    macs = count_macs(config, config.image_size)
+    h, w = config.image_size
+    return BenchmarkResult(
+        model=config.name,
+        image_size=(h, w),
+        parameters=sum(p.numel() for p in ours.parameters()),
+        macs=macs,
+        flops_per_image=2 * macs,
+        device=str(device),
+        threads=threads,
+        batch_sizes=sizes,
+        iterations=iterations,
+        warmup=warmup,
+        weights=described,
+        images=source,
+        versions=versions,
+        rounds=rounds,
+        heap=heap,
+        matmul_gflops=float_matmul_gflops(threads),
+    )
+
+
+def _runs(backends: list[str], compile: bool, with_reference: bool) -> list[tuple[str, str]]:
+    """(row label, backend) of every pipeline to measure, effdet's last."""
+    names = [("torch-compile" if b == "torch" and compile else b) for b in backends]
+    return list(zip(names, backends)) + ([(REFERENCE, REFERENCE)] if with_reference else [])
+
+
+def _setup_pipeline(
+    backend: str,
+    *,
+    model: EfficientDet,
+    device: torch.device,
+    threads: int,
+    workdir: Path,
+    compile: bool,
+    onnx_exporter: str,
+    reference: nn.Module | None,
+    calibration: list[Path],
+    score_threshold: float | None,
+) -> Pipeline:
+    """``make_pipeline`` for ``backend``, with our backends' ``score_threshold`` applied."""
+    pipeline = make_pipeline(backend, model, device, threads, workdir, compile, onnx_exporter, reference, calibration)
+    if score_threshold is not None and backend != REFERENCE:
+        pipeline.set_score_threshold(score_threshold)
+    return pipeline
+
+
+def _measure_rounds(
+    runs: list[tuple[str, str]],
+    rounds: int,
+    setup: Callable[[str], Pipeline],
+    files: list[Path],
+    sizes: list[int],
+    iterations: int,
+    warmup: int,
+    device: torch.device,
+    say: Callable[[str], None],
+) -> dict[str, dict[tuple[str, int], tuple[Timing, float | None]]]:
+    """Row label -> (mode, batch size) -> (timing joined over the rounds, peak memory of the first).
+
+    Each round measures every run, in an order rotated by one per round; a pipeline set up in
+    the first round is kept for the others.
+    """
+    kept: dict[str, Pipeline] = {}  # across rounds
+    measured: dict[str, dict[tuple[str, int], tuple[Timing, float | None]]] = {}
+    for r in range(rounds):
+        for label, backend in runs[r % len(runs) :] + runs[: r % len(runs)]:
+            pipeline = kept.get(label)
+            if pipeline is None:
+                say(f"setting up {label}")
+                pipeline = setup(backend)
+            timings = _measure(pipeline, files, sizes, iterations, warmup, device, say, memory=r == 0)
+            for key, (timing, memory) in timings.items():
+                before = measured.setdefault(label, {}).get(key)
+                measured[label][key] = (timing, memory) if before is None else (before[0] + timing, before[1])
+            if rounds > 1:
+                kept[label] = pipeline
+            del pipeline
+    kept.clear()
+    return measured
+
+
+def _rows(
+    runs: list[tuple[str, str]], measured: dict[str, dict[tuple[str, int], tuple[Timing, float | None]]], flops: int
+) -> list[BenchmarkRow]:
+    """The result's rows of the runs' measurements, in the order of ``runs``."""
+    return [
+        _row(label, mode, n, timing, flops, memory)
+        for label, _ in runs
+        for (mode, n), (timing, memory) in measured[label].items()
+    ]
+
+
+def _finish(
+    result: BenchmarkResult,
+    device: torch.device,
+    compare_effdet: bool,
+    onnx_exporter: str,
+    score_threshold: float | None,
+) -> None:
+    """Fill in what compares the measured rows: ratios to effdet, float floors, notes."""
     _set_ratios(result)
-    if dev.type == "cpu" and result.matmul_gflops:
+    if device.type == "cpu" and result.matmul_gflops:
         for row in result.rows:
             floor_ms = result.flops_per_image * row.batch_size / (result.matmul_gflops * 1e9) * 1000
             row.vs_float_floor = row.latency_ms / floor_ms
@@ -306,7 +356,6 @@ def run_benchmark(
             f"our backends drop scores below {score_threshold} before NMS (as `efficientdet predict "
             f"--score-threshold {score_threshold}` does); effdet's predict path has no such option."
         )
-    return result
 
 
 def _calibration_files(

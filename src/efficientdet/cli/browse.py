@@ -13,6 +13,14 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: ``efficientdet browse --help`` must not wait for torch
+    from PIL import Image
+
+    from ..data.dataset import DetectionDataset
+    from ..data.records import DatasetIndex
+    from ..engine.config import TrainConfig
 
 __all__ = ["add_parser", "run"]
 
@@ -76,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _augmented(cfg, index):  # type: ignore[no-untyped-def]
+def _augmented(cfg: TrainConfig, index: DatasetIndex) -> DetectionDataset:
     from ..data.transforms import TrainTransform
     from ..engine.setup import build_train_dataset
     from ..variants import get_config
@@ -86,7 +94,7 @@ def _augmented(cfg, index):  # type: ignore[no-untyped-def]
     return build_train_dataset(cfg, index, transform, None)
 
 
-def _tile(sample: dict, class_names: list[str]):  # type: ignore[no-untyped-def]
+def _tile(sample: dict[str, Any], class_names: list[str]) -> Image.Image:
     """The sample drawn, scaled to fit CELL x CELL, with its file name and box count underneath."""
     import torch
     from PIL import ImageDraw
@@ -107,7 +115,7 @@ def _tile(sample: dict, class_names: list[str]):  # type: ignore[no-untyped-def]
     return tile
 
 
-def _write_grid(tiles: list, out: Path) -> None:
+def _write_grid(tiles: list[Image.Image], out: Path) -> None:
     from PIL import Image
 
     from ..fs import atomic_path

@@ -191,6 +191,7 @@ def _build_runner(args: argparse.Namespace, out: Path, device: torch.device | No
     device = device or resolve_device(args.device)
     model = load_model(args.weights, args.model, args.image_size, args.max_input_pixels)
     detector = make_detector(model, args, device)
+    assert model.config is not None  # create_model sets it
     return Runner(detector, model.config, model.class_names, "torch", model=model)
 
 
@@ -205,13 +206,13 @@ def _onnx_runner(args: argparse.Namespace, out: Path, backend: str) -> Runner:
     require_onnxruntime()
     from ..export.runtime import OnnxDetector
 
-    detector_class = OnnxDetector
+    from_weights = OnnxDetector.from_weights
     if backend == "openvino":
         from ..export.openvino import OpenVinoDetector, require_openvino
 
         require_openvino()
-        detector_class = OpenVinoDetector
-    detector = detector_class.from_weights(
+        from_weights = OpenVinoDetector.from_weights
+    detector = from_weights(
         args.weights, Path(args.onnx_cache) if args.onnx_cache else out / "onnx-cache", model_name=args.model,
         image_size=args.image_size, device=args.device, batch_size=args.batch_size,
         max_input_pixels=args.max_input_pixels, score_threshold=getattr(args, "score_threshold", None),

@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import add_model_args, too_large_message
+from .common import Runner, add_model_args, too_large_message
 from .ranks import add_dist_args, build_runner_on_ranks, join_ranks
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet eval --help`` must not wait for torch
     from ..data.records import DatasetIndex
     from ..engine.distributed import DistInfo
+    from ..evaluation.run import EvaluationRun
 
 __all__ = ["add_parser", "load_index", "run_eval"]
 
@@ -88,17 +89,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
     from ..engine.sharding import check_shardable
-    from ..evaluation.run import coco_summary, evaluate
-    from ..fs import atomic_write
+    from ..evaluation.run import evaluate
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.max_images is not None and args.max_images < 1:
-        raise ValueError(f"--max-images {args.max_images}: must be at least 1")
-    if not 0.0 < args.confusion_iou <= 1.0:
-        raise ValueError(f"--confusion-iou {args.confusion_iou}: must be in (0, 1]")
-    if not 0.0 <= args.confusion_score <= 1.0:
-        raise ValueError(f"--confusion-score {args.confusion_score}: must be in [0, 1]")
+    _check_options(args)
     index, fmt = load_index(args.dataset, args.split)
     if args.max_images is not None:
         index = dataclasses.replace(index, records=index.records[: args.max_images])
@@ -120,8 +113,31 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
     )  # fmt: skip
     if not info.is_main:
         return 0  # rank 0 wrote the files and reports
+    metrics_path = _add_run_to_metrics(args, out, fmt, runner)
+    _print_report(args, runner, run)
+    if args.compare:
+        _compare(args, index, fmt, out, runner, run)
+    written = [metrics_path, out / "detections_coco.json", out / "pr_curve.png", out / "confusion_matrix.png"]
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
 
-    # metrics.json gets what was evaluated, next to the numbers.
+
+def _check_options(args: argparse.Namespace) -> None:
+    """The numeric options, checked before the dataset is read."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images {args.max_images}: must be at least 1")
+    if not 0.0 < args.confusion_iou <= 1.0:
+        raise ValueError(f"--confusion-iou {args.confusion_iou}: must be in (0, 1]")
+    if not 0.0 <= args.confusion_score <= 1.0:
+        raise ValueError(f"--confusion-score {args.confusion_score}: must be in [0, 1]")
+
+
+def _add_run_to_metrics(args: argparse.Namespace, out: Path, fmt: str, runner: Runner) -> Path:
+    """Put what was evaluated into ``out/metrics.json``, next to the numbers; returns its path."""
+    from ..fs import atomic_write
+
     metrics_path = out / "metrics.json"
     doc = json.loads(metrics_path.read_text(encoding="utf-8"))
     doc = {
@@ -130,6 +146,12 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
         "tile": args.tile, "tile_overlap": args.tile_overlap if args.tile else None, **doc,
     }  # fmt: skip
     atomic_write(metrics_path, json.dumps(doc, indent=2) + "\n")
+    return metrics_path
+
+
+def _print_report(args: argparse.Namespace, runner: Runner, run: EvaluationRun) -> None:
+    """The COCO stats, the per-class table and VOC AP50 on stdout; skipped images on stderr."""
+    from ..evaluation.run import coco_summary
 
     print(
         f"{runner.config.name} ({_backend_label(runner)}) on {args.dataset}: {run.num_images} images, "
@@ -150,11 +172,6 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
         print(f"{len(run.skipped_images)} unreadable image(s) skipped and left out of the metrics", file=sys.stderr)
         for line in _too_large(run.skipped_images, runner.max_input_pixels):
             print(f"efficientdet eval: {line}", file=sys.stderr)
-    if args.compare:
-        _compare(args, index, fmt, out, runner, run)
-    written = [metrics_path, out / "detections_coco.json", out / "pr_curve.png", out / "confusion_matrix.png"]
-    print("wrote " + ", ".join(str(p) for p in written))
-    return 0
 
 
 def _backend_label(runner: Any) -> str:

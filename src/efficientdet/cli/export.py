@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs["dynamic_batch"] = not args.static_batch
     path = export(model, Path(args.out), fmt, **kwargs)
     size = path.stat().st_size / 1e6
+    assert model.config is not None  # create_model sets it
     print(f"exported {model.config.name} ({fmt}) -> {path} ({size:.1f} MB); checked and run once")
     return 0
 
@@ -105,6 +106,7 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
     )
     files = calibration_files(args.calibration, options.calibration_images)
     model = create_model(args.model, weights=args.weights).eval()
+    assert model.config is not None  # create_model sets it
     input_size = (args.image_size, args.image_size) if args.image_size else model.config.image_size
 
     def warn(message: str) -> None:

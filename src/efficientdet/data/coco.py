@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from efficientdet.data.common import MAX_SIDE, Issues, check_box, is_file, resolve_under, short_repr, to_float
 from .records import DatasetIndex, DetectionRecord
@@ -20,11 +20,11 @@ from .records import DatasetIndex, DetectionRecord
 __all__ = ["read_coco", "write_coco"]
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
+def _is_num(v: object) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -67,19 +67,7 @@ def read_coco(
     """
     path = Path(os.path.normpath(annotation_file))  # messages show it without ".." parts
     data = load_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        what = f"a JSON {type(data).__name__}" if not isinstance(data, dict) else "no top-level 'images' list"
-        raise ValueError(f"{path}: not a COCO annotation file ({what}; want an object with an 'images' list)")
-    images: list[Any] = data["images"]
-    annotations = data.get("annotations", [])
-    categories = data.get("categories")
-    if not isinstance(annotations, list):
-        raise ValueError(f"{path}: 'annotations' must be a list, got {type(annotations).__name__}")
-    if categories is None and annotations:
-        raise ValueError(f"{path}: has annotations but no 'categories' list")
-    if not isinstance(categories, (list, type(None))):
-        raise ValueError(f"{path}: 'categories' must be a list, got {type(categories).__name__}")
-
+    images, annotations, categories = _top_level_lists(path, data)
     root = Path(image_root) if image_root is not None else _guess_root(path, images)
     root = Path(os.path.abspath(root))  # absolute and without ".." parts, as messages show it
     issues = Issues()
@@ -88,21 +76,7 @@ def read_coco(
         issues.report(path, "file", "no 'annotations' list", "every image read as background (no objects)", "no_annotations")
 
     # Categories: sorted by id -> contiguous labels.
-    cats: dict[int, str] = {}
-    for i, cat in enumerate(categories or []):
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
-            issues.report(path, f"category #{i}", "missing or non-integer 'id'", "category skipped", "bad_category")
-            continue
-        if cat["id"] in cats:
-            issues.report(path, f"category id={cat['id']}", "duplicate category id", "second one skipped", "duplicate_category")
-            continue
-        name = cat.get("name")
-        if name is not None and not isinstance(name, (str, int, float)):
-            issues.report(
-                path, f"category id={cat['id']}", f"name {short_repr(name)} is not text", "id used as its name", "bad_category"
-            )
-            name = None
-        cats[cat["id"]] = str(name) if name is not None else str(cat["id"])
+    cats = _read_categories(categories or [], path, issues)
     category_ids = sorted(cats)
     label_of = {cid: label for label, cid in enumerate(category_ids)}
 
@@ -118,43 +92,13 @@ def read_coco(
             info[image_id] = (image_path, w, h)
     boxes: dict[int, list[tuple[float, float, float, float]]] = {k: [] for k in order}
     labels: dict[int, list[int]] = {k: [] for k in order}
-
     ann_ids: dict[Any, tuple[Any, ...]] = {}  # id -> (image_id, category_id, bbox) of its first use
     for i, ann in enumerate(annotations):
-        if not isinstance(ann, dict):
-            issues.report(path, f"annotation #{i}", f"not an object ({type(ann).__name__})", "annotation skipped", "malformed")
-            continue
-        ann_id = ann.get("id")
-        rec = f"annotation id={short_repr(ann_id)}" if _is_int(ann_id) or isinstance(ann_id, str) else f"annotation #{i}"
-        image_id = ann.get("image_id")
-        if ann.get("iscrowd", 0) in (1, True):
-            issues.count("crowd")
-            continue
-        if not _is_int(image_id) or image_id not in seen_ids:
-            issues.report(path, rec, f"unknown image_id {short_repr(image_id)}", "annotation skipped", "unknown_image")
-            continue
-        if image_id not in info:
-            continue  # its image was skipped (already reported)
-        rec = f"{rec} (image id={image_id})"
-        if (_is_int(ann_id) or isinstance(ann_id, str)) and _duplicate_id(ann, ann_id, ann_ids, issues, path, rec):
-            continue
-        cid = ann.get("category_id")
-        if not _is_int(cid) or cid not in label_of:
-            issues.report(path, rec, f"unknown category_id {short_repr(cid)}", "object dropped", "unknown_class")
-            continue
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_num(v) for v in bbox):
-            issues.report(
-                path, rec, f"malformed bbox {short_repr(bbox)} (want [x, y, w, h] numbers)", "object dropped", "malformed"
-            )
-            continue
-        x, y, bw, bh = (to_float(v) for v in bbox)
-        _, w, h = info[image_id]
-        size = (w, h) if w is not None and h is not None else None
-        box = check_box((x, y, x + bw, y + bh), size, issues, path, rec)
-        if box is not None:
+        obj = _read_annotation(ann, i, path, info, seen_ids, label_of, ann_ids, issues)
+        if obj is not None:
+            image_id, box, label = obj
             boxes[image_id].append(box)
-            labels[image_id].append(label_of[cid])
+            labels[image_id].append(label)
 
     records = [
         DetectionRecord(info[k][0], boxes[k], labels[k], image_id=k, width=info[k][1], height=info[k][2])
@@ -164,6 +108,88 @@ def read_coco(
     return DatasetIndex(
         records, [cats[c] for c in category_ids], issues.lines, root, category_ids, dict(issues.counts)
     )
+
+
+def _top_level_lists(path: Path, data: Any) -> tuple[list[Any], list[Any], list[Any] | None]:
+    """``(images, annotations, categories)`` of a parsed COCO file; ValueError if malformed."""
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        what = f"a JSON {type(data).__name__}" if not isinstance(data, dict) else "no top-level 'images' list"
+        raise ValueError(f"{path}: not a COCO annotation file ({what}; want an object with an 'images' list)")
+    annotations = data.get("annotations", [])
+    categories = data.get("categories")
+    if not isinstance(annotations, list):
+        raise ValueError(f"{path}: 'annotations' must be a list, got {type(annotations).__name__}")
+    if categories is None and annotations:
+        raise ValueError(f"{path}: has annotations but no 'categories' list")
+    if not isinstance(categories, (list, type(None))):
+        raise ValueError(f"{path}: 'categories' must be a list, got {type(categories).__name__}")
+    return data["images"], annotations, categories
+
+
+def _read_categories(categories: list[Any], path: Path, issues: Issues) -> dict[int, str]:
+    """Category id -> name (the id as text when it has none), bad entries reported and skipped."""
+    cats: dict[int, str] = {}
+    for i, cat in enumerate(categories):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+            issues.report(path, f"category #{i}", "missing or non-integer 'id'", "category skipped", "bad_category")
+            continue
+        if cat["id"] in cats:
+            issues.report(path, f"category id={cat['id']}", "duplicate category id", "second one skipped", "duplicate_category")
+            continue
+        name = cat.get("name")
+        if name is not None and not isinstance(name, (str, int, float)):
+            issues.report(
+                path, f"category id={cat['id']}", f"name {short_repr(name)} is not text", "id used as its name", "bad_category"
+            )
+            name = None
+        cats[cat["id"]] = str(name) if name is not None else str(cat["id"])
+    return cats
+
+
+def _read_annotation(
+    ann: Any,
+    i: int,
+    path: Path,
+    info: dict[int, tuple[Path, int | None, int | None]],
+    seen_ids: set[int],
+    label_of: dict[int, int],
+    ann_ids: dict[Any, tuple[Any, ...]],
+    issues: Issues,
+) -> tuple[int, tuple[float, float, float, float], int] | None:
+    """``annotations[i]`` as ``(image id, checked xyxy box, label)``; None (after reporting or
+    counting) if it is skipped."""
+    if not isinstance(ann, dict):
+        issues.report(path, f"annotation #{i}", f"not an object ({type(ann).__name__})", "annotation skipped", "malformed")
+        return None
+    ann_id = ann.get("id")
+    rec = f"annotation id={short_repr(ann_id)}" if _is_int(ann_id) or isinstance(ann_id, str) else f"annotation #{i}"
+    image_id = ann.get("image_id")
+    if ann.get("iscrowd", 0) in (1, True):
+        issues.count("crowd")
+        return None
+    if not _is_int(image_id) or image_id not in seen_ids:
+        issues.report(path, rec, f"unknown image_id {short_repr(image_id)}", "annotation skipped", "unknown_image")
+        return None
+    if image_id not in info:
+        return None  # its image was skipped (already reported)
+    rec = f"{rec} (image id={image_id})"
+    if (_is_int(ann_id) or isinstance(ann_id, str)) and _duplicate_id(ann, ann_id, ann_ids, issues, path, rec):
+        return None
+    cid = ann.get("category_id")
+    if not _is_int(cid) or cid not in label_of:
+        issues.report(path, rec, f"unknown category_id {short_repr(cid)}", "object dropped", "unknown_class")
+        return None
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_num(v) for v in bbox):
+        issues.report(
+            path, rec, f"malformed bbox {short_repr(bbox)} (want [x, y, w, h] numbers)", "object dropped", "malformed"
+        )
+        return None
+    x, y, bw, bh = (to_float(v) for v in bbox)
+    _, w, h = info[image_id]
+    size = (w, h) if w is not None and h is not None else None
+    box = check_box((x, y, x + bw, y + bh), size, issues, path, rec)
+    return (image_id, box, label_of[cid]) if box is not None else None
 
 
 def _duplicate_id(
@@ -216,13 +242,13 @@ def _read_image_entry(
     if w is None and h is None:
         return image_id, image_path, None, None
     # Some exporters write 640.0: accept whole numbers of either type (inf // 1 is NaN: refused).
-    if not (_is_num(w) and _is_num(h) and 0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE and w == w // 1 and h == h // 1):
-        issues.report(
-            path, rec, f"invalid width/height {short_repr(w, 30)}x{short_repr(h, 30)} (want whole numbers 1..{MAX_SIDE})",
-            "size ignored (boxes not clipped)", "bad_size",
-        )
-        return image_id, image_path, None, None
-    return image_id, image_path, int(w), int(h)
+    if _is_num(w) and _is_num(h) and 0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE and w == w // 1 and h == h // 1:
+        return image_id, image_path, int(w), int(h)
+    issues.report(
+        path, rec, f"invalid width/height {short_repr(w, 30)}x{short_repr(h, 30)} (want whole numbers 1..{MAX_SIDE})",
+        "size ignored (boxes not clipped)", "bad_size",
+    )
+    return image_id, image_path, None, None
 
 
 def _guess_root(path: Path, images: list[Any]) -> Path:
@@ -261,7 +287,8 @@ def write_coco(
     out = Path(annotation_file)
     root = Path(image_root) if image_root is not None else out.parent
     cat_ids = index.category_ids or list(range(1, index.num_classes + 1))
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for rec in index.records:
         w, h = rec.width, rec.height
         if w is None or h is None:

@@ -233,6 +233,7 @@ def _read_file(path: str | os.PathLike[str], name: str) -> bytes:
 def _open_header(data: bytes | BinaryIO, name: str, max_pixels: int | None, quiet: bool = False) -> Image.Image:
     """Lazily open ``data`` (file bytes or an open file) with Pillow: parses the header only."""
     fp = io.BytesIO(data) if isinstance(data, bytes) else data
+    header: Image.Image
     try:
         with quiet_decoders(quiet):
             header = Image.open(fp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -81,7 +82,7 @@ class ResumableSampler(DistributedSampler):
         """Skip this many of this rank's samples at the start of the current epoch."""
         self.start = num_samples
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())[self.start :]
         self.start = 0  # only the first (resumed) epoch is shortened
         return iter(indices)

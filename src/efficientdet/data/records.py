@@ -6,9 +6,12 @@ Boxes are always xyxy float32 pixels (continuous coordinates: a box covering pix
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 __all__ = ["DataIssue", "DatasetIndex", "DetectionRecord"]
@@ -18,7 +21,7 @@ class DataIssue(UserWarning):
     """A problem in a dataset (bad record, box, image) that was skipped or repaired."""
 
 
-@dataclass
+@dataclass(init=False)
 class DetectionRecord:
     """One image and its objects.
 
@@ -37,11 +40,24 @@ class DetectionRecord:
     width: int | None = None
     height: int | None = None
 
-    def __post_init__(self) -> None:
-        # Normalise once here so every consumer can rely on dtype and shape.
-        self.image_path = Path(self.image_path)
-        self.boxes = torch.as_tensor(self.boxes, dtype=torch.float32).reshape(-1, 4)
-        self.labels = torch.as_tensor(self.labels, dtype=torch.int64).reshape(-1)
+    def __init__(
+        self,
+        image_path: str | os.PathLike[str],
+        boxes: torch.Tensor | np.ndarray | Sequence[Sequence[float]],
+        labels: torch.Tensor | np.ndarray | Sequence[int],
+        image_id: int,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None:
+        # Written out (not generated) because it takes what the fields are made from (a str
+        # path, lists, arrays) and normalises it once here, so every consumer can rely on
+        # dtype and shape.
+        self.image_path = Path(image_path)
+        self.boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+        self.image_id = image_id
+        self.width = width
+        self.height = height
         if self.boxes.shape[0] != self.labels.shape[0]:
             raise ValueError(
                 f"{self.image_path}: {self.boxes.shape[0]} boxes but {self.labels.shape[0]} labels"

@@ -62,17 +62,9 @@ def make_synthetic_dataset(
     """
     out = Path(out_dir)
     (h_lo, h_hi), (w_lo, w_hi) = _size_range(image_size)
-    unknown = [c for c in classes if c not in SHAPES]
-    if not classes or unknown:
-        raise ValueError(f"classes must be shape names from {SHAPES}; unknown: {unknown or 'none given'}")
-    if num_images < 1 or not 0 <= min_objects <= max_objects:
-        raise ValueError("need num_images >= 1 and 0 <= min_objects <= max_objects")
-    if not 0.0 < object_scale[0] <= object_scale[1] <= 1.0:
-        raise ValueError(f"object_scale must satisfy 0 < lo <= hi <= 1, got {object_scale}")
-    if object_size is not None and not 4 <= object_size[0] <= object_size[1] <= min(h_lo, w_lo):
-        raise ValueError(f"object_size must satisfy 4 <= lo <= hi <= the smallest image side, got {object_size}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    _check_options(
+        classes, num_images, min_objects, max_objects, object_scale, object_size, min(h_lo, w_lo), val_fraction
+    )
     train_json = out / "train.json"
     if train_json.exists() and not overwrite:
         raise FileExistsError(f"{train_json} exists; pass overwrite=True to replace it")
@@ -89,14 +81,7 @@ def make_synthetic_dataset(
         image, objects = _render(rng, h, w, classes, min_objects, max_objects, scale)
         file_name = f"images/{i:06d}.jpg"
         Image.fromarray(image).save(out / file_name, quality=jpeg_quality)
-        split = splits["val" if i >= num_images - num_val else "train"]
-        image_id = i + 1
-        split["images"].append({"id": image_id, "file_name": file_name, "width": w, "height": h})
-        for label, (x0, y0, x1, y1), area in objects:
-            split["annotations"].append({
-                "id": len(split["annotations"]) + 1, "image_id": image_id, "category_id": label + 1,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area, "iscrowd": 0,
-            })
+        _add_image(splits["val" if i >= num_images - num_val else "train"], i + 1, file_name, w, h, objects)
     categories = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(classes)]
     for name, split in splits.items():
         if name == "train" or num_val > 0:
@@ -104,14 +89,57 @@ def make_synthetic_dataset(
     return train_json
 
 
+def _check_options(
+    classes: Sequence[str],
+    num_images: int,
+    min_objects: int,
+    max_objects: int,
+    object_scale: tuple[float, float],
+    object_size: tuple[int, int] | None,
+    min_side: int,
+    val_fraction: float,
+) -> None:
+    """ValueError for the first option of :func:`make_synthetic_dataset` out of its range."""
+    unknown = [c for c in classes if c not in SHAPES]
+    if not classes or unknown:
+        raise ValueError(f"classes must be shape names from {SHAPES}; unknown: {unknown or 'none given'}")
+    if num_images < 1 or not 0 <= min_objects <= max_objects:
+        raise ValueError("need num_images >= 1 and 0 <= min_objects <= max_objects")
+    if not 0.0 < object_scale[0] <= object_scale[1] <= 1.0:
+        raise ValueError(f"object_scale must satisfy 0 < lo <= hi <= 1, got {object_scale}")
+    if object_size is not None and not 4 <= object_size[0] <= object_size[1] <= min_side:
+        raise ValueError(f"object_size must satisfy 4 <= lo <= hi <= the smallest image side, got {object_size}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
+def _add_image(
+    split: dict[str, list[dict[str, object]]],
+    image_id: int,
+    file_name: str,
+    w: int,
+    h: int,
+    objects: list[tuple[int, _Box, int]],
+) -> None:
+    """Append one image and its objects (xywh bbox, category id = label + 1) to a COCO ``split``."""
+    split["images"].append({"id": image_id, "file_name": file_name, "width": w, "height": h})
+    for label, (x0, y0, x1, y1), area in objects:
+        split["annotations"].append({
+            "id": len(split["annotations"]) + 1, "image_id": image_id, "category_id": label + 1,
+            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area, "iscrowd": 0,
+        })
+
+
 def _size_range(spec: SizeSpec) -> tuple[tuple[int, int], tuple[int, int]]:
+    # Variable length: the unpacking below is what rejects (lo, hi) ranges of another length.
+    ranges: tuple[tuple[int, ...], tuple[int, ...]]
     if isinstance(spec, int):
         ranges = ((spec, spec), (spec, spec))
     elif isinstance(spec[0], int) and isinstance(spec[1], int):
         ranges = ((spec[0], spec[0]), (spec[1], spec[1]))
     else:
-        ranges = (tuple(spec[0]), tuple(spec[1]))  # type: ignore[arg-type]
-    (h_lo, h_hi), (w_lo, w_hi) = ranges  # type: ignore[misc]
+        ranges = (tuple(spec[0]), tuple(spec[1]))
+    (h_lo, h_hi), (w_lo, w_hi) = ranges
     if not (16 <= h_lo <= h_hi and 16 <= w_lo <= w_hi):
         raise ValueError(f"image_size must be >= 16 pixels with lo <= hi, got {spec}")
     return (int(h_lo), int(h_hi)), (int(w_lo), int(w_hi))

@@ -20,7 +20,7 @@ import os
 import shutil
 import xml.etree.ElementTree as ET  # only for *writing* our own files; parsing uses defusedxml
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import defusedxml
 import defusedxml.ElementTree as SafeET
@@ -32,6 +32,9 @@ from .records import DatasetIndex, DetectionRecord
 __all__ = ["read_voc", "write_voc"]
 
 _AUTO_IMAGE_DIRS = ("JPEGImages", "images", "Images", "")
+
+_Object = tuple[str, tuple[float, float, float, float], str]  # (class name, checked xyxy box, record text)
+_Parsed = tuple[Path, Path, int, int, list[_Object]]  # (annotation file, image file, width, height, objects)
 
 
 def read_voc(
@@ -61,32 +64,14 @@ def read_voc(
     root = Path(os.path.abspath(images_dir)) if images_dir is not None else ann_dir.parent
     issues = Issues()
     ids = _read_ids(ann_dir, Path(split_file) if split_file is not None else None, issues)
-
-    parsed: list[tuple[Path, Path, int | None, int | None, list[tuple[str, tuple[float, ...], str]]]] = []
-    used_by: dict[Path, Path] = {}  # image file -> the annotation that claimed it first
-    for stem in ids:
-        xml = resolve_under(ann_dir, stem + ".xml", allow_outside_root)
-        if xml is None or not is_file(xml):
-            problem = "escapes the annotations folder" if xml is None else "not found"
-            issues.report(ann_dir, f"image id {stem!r}", f"annotation file {stem}.xml {problem}", "image skipped", "missing_annotation")
-            continue
-        item = _parse_xml(xml, root, images_dir is not None, ann_dir.name, allow_outside_root, one_based, issues)
-        if item is None:
-            continue
-        if item[1] in used_by:  # two annotation files for one image: training on it twice
-            issues.report(
-                xml, f"image {item[1].name!r}", f"image already annotated by {used_by[item[1]].name}",
-                "second annotation skipped", "duplicate_image",
-            )
-            continue
-        used_by[item[1]] = xml
-        parsed.append(item)
+    parsed = _parse_all(ids, ann_dir, root, images_dir is not None, allow_outside_root, one_based, issues)
 
     names = list(class_names) if class_names is not None else sorted({n for p in parsed for n, _, _ in p[4]})
     label_of = {n: i for i, n in enumerate(names)}
-    records = []
+    records: list[DetectionRecord] = []
     for xml, image_path, w, h, objects in parsed:
-        boxes, labels = [], []
+        boxes: list[tuple[float, float, float, float]] = []
+        labels: list[int] = []
         for name, box, rec in objects:
             if name not in label_of:
                 issues.report(xml, rec, f"unknown class name {short_repr(name)}", "object dropped", "unknown_class")
@@ -120,10 +105,55 @@ def _read_ids(ann_dir: Path, split_file: Path | None, issues: Issues) -> list[st
     return ids
 
 
+def _parse_all(
+    ids: list[str], ann_dir: Path, root: Path, explicit_dir: bool, allow: bool, one_based: bool, issues: Issues
+) -> list[_Parsed]:
+    """The usable annotations of ``ids``, in order; missing files and second claims on an image reported."""
+    parsed: list[_Parsed] = []
+    used_by: dict[Path, Path] = {}  # image file -> the annotation that claimed it first
+    for stem in ids:
+        xml = resolve_under(ann_dir, stem + ".xml", allow)
+        if xml is None or not is_file(xml):
+            problem = "escapes the annotations folder" if xml is None else "not found"
+            issues.report(ann_dir, f"image id {stem!r}", f"annotation file {stem}.xml {problem}", "image skipped", "missing_annotation")
+            continue
+        item = _parse_xml(xml, root, explicit_dir, ann_dir.name, allow, one_based, issues)
+        if item is None:
+            continue
+        if item[1] in used_by:  # two annotation files for one image: training on it twice
+            issues.report(
+                xml, f"image {item[1].name!r}", f"image already annotated by {used_by[item[1]].name}",
+                "second annotation skipped", "duplicate_image",
+            )
+            continue
+        used_by[item[1]] = xml
+        parsed.append(item)
+    return parsed
+
+
 def _parse_xml(
     xml: Path, root: Path, explicit_dir: bool, ann_dir_name: str, allow: bool, one_based: bool, issues: Issues
-) -> tuple[Path, Path, int | None, int | None, list[tuple[str, tuple[float, ...], str]]] | None:
+) -> _Parsed | None:
     """Parse one annotation; None (after reporting) if the image cannot be used."""
+    ann = _load_xml(xml, issues)
+    if ann is None:
+        return None
+    filename = (ann.findtext("filename") or "").strip() or xml.stem
+    rec = f"image {short_repr(filename)}"
+    folder = (ann.findtext("folder") or "").strip()
+    dirs: list[str] = [""] if explicit_dir else list(dict.fromkeys([folder, *_AUTO_IMAGE_DIRS, ann_dir_name]))
+    image_path = _find_image(xml, rec, filename, dirs, root, allow, issues)
+    if image_path is None:
+        return None
+    size = _image_size(xml, rec, ann, image_path, issues)
+    if size is None:
+        return None
+    w, h = size
+    return xml, image_path, w, h, _read_objects(xml, ann, w, h, one_based, issues)
+
+
+def _load_xml(xml: Path, issues: Issues) -> ET.Element | None:
+    """The ``<annotation>`` root element of ``xml``; None (after reporting) if unparsable or unsafe."""
     try:
         tree = SafeET.parse(xml)
     except SafeET.ParseError as exc:
@@ -140,14 +170,18 @@ def _parse_xml(
         issues.report(xml, "annotation", f"malformed XML ({type(exc).__name__}: {exc})", "image skipped", "malformed")
         return None
     ann = tree.getroot()
+    assert ann is not None  # parse() either reads a root element or raises
     if ann.tag != "annotation":
         issues.report(xml, "annotation", f"root element is <{ann.tag}>, not <annotation>", "image skipped", "malformed")
         return None
+    return ann
 
-    filename = (ann.findtext("filename") or "").strip() or xml.stem
-    rec = f"image {short_repr(filename)}"
-    folder = (ann.findtext("folder") or "").strip()
-    dirs: list[str] = [""] if explicit_dir else list(dict.fromkeys([folder, *_AUTO_IMAGE_DIRS, ann_dir_name]))
+
+def _find_image(
+    xml: Path, rec: str, filename: str, dirs: list[str], root: Path, allow: bool, issues: Issues
+) -> Path | None:
+    """The image file ``filename`` under the first of ``dirs`` (relative to ``root``) that holds it
+    (also trying image extensions when it has none); None (after reporting) if there is none."""
     has_ext = os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS
     names = [filename] if has_ext else [filename, *(filename + e for e in IMAGE_EXTENSIONS)]
     if resolve_under(root, filename, allow_outside_root=False) is None and not allow:
@@ -155,39 +189,44 @@ def _parse_xml(
     elif os.path.isabs(filename.replace("\\", "/")):
         dirs = [""]
     tried: list[Path] = []
-    image_path = None
     for d in dirs:
         for name in names:
             p = resolve_under(root, f"{d}/{name}" if d else name, allow)
             if p is not None and p not in tried:
                 tried.append(p)
                 if is_file(p):
-                    image_path = p
-                    break
-        if image_path is not None:
-            break
-    if image_path is None:
-        if not tried:
-            issues.report(
-                xml, rec, f"image path is absolute or escapes the dataset root {root}",
-                "image skipped (pass allow_outside_root=True to allow it)", "outside_root",
-            )
-        else:
-            shown = ", ".join(str(p) for p in tried[:4]) + (", ..." if len(tried) > 4 else "")
-            issues.report(xml, rec, f"image file not found (tried {shown})", "image skipped", "missing_image")
-        return None
+                    return p
+    if not tried:
+        issues.report(
+            xml, rec, f"image path is absolute or escapes the dataset root {root}",
+            "image skipped (pass allow_outside_root=True to allow it)", "outside_root",
+        )
+    else:
+        shown = ", ".join(str(p) for p in tried[:4]) + (", ..." if len(tried) > 4 else "")
+        issues.report(xml, rec, f"image file not found (tried {shown})", "image skipped", "missing_image")
+    return None
 
+
+def _image_size(xml: Path, rec: str, ann: ET.Element, image_path: Path, issues: Issues) -> tuple[int, int] | None:
+    """``(width, height)`` from ``<size>``, else from the image header; None (after reporting) if neither is usable."""
     w, h = _size(ann)
-    if w is None or h is None:
-        try:
-            h, w = image_size_of(image_path)
-        except ImageError as exc:
-            issues.report(xml, rec, f"no usable <size> and unreadable image header ({exc.problem})", "image skipped", "bad_image")
-            return None
-        if w > MAX_SIDE or h > MAX_SIDE:
-            issues.report(xml, rec, f"image header says {w}x{h} pixels (sides over {MAX_SIDE})", "image skipped", "bad_image")
-            return None
-    objects = []
+    if w is not None and h is not None:
+        return w, h
+    try:
+        height, width = image_size_of(image_path)
+    except ImageError as exc:
+        issues.report(xml, rec, f"no usable <size> and unreadable image header ({exc.problem})", "image skipped", "bad_image")
+        return None
+    if width > MAX_SIDE or height > MAX_SIDE:
+        problem = f"image header says {width}x{height} pixels (sides over {MAX_SIDE})"
+        issues.report(xml, rec, problem, "image skipped", "bad_image")
+        return None
+    return width, height
+
+
+def _read_objects(xml: Path, ann: ET.Element, w: int, h: int, one_based: bool, issues: Issues) -> list[_Object]:
+    """The ``<object>`` s with a name and a valid box (clipped to the image), in file order."""
+    objects: list[_Object] = []
     for k, obj in enumerate(ann.findall("object"), 1):
         name = (obj.findtext("name") or "").strip()
         orec = f"object #{k} ({short_repr(name)})" if name else f"object #{k}"
@@ -204,10 +243,10 @@ def _parse_xml(
         if (obj.findtext("difficult") or "0").strip() == "1":
             issues.count("difficult")
         objects.append((name, checked, orec))
-    return xml, image_path, w, h, objects
+    return objects
 
 
-def _size(ann: Any) -> tuple[int | None, int | None]:
+def _size(ann: ET.Element) -> tuple[int | None, int | None]:
     """``<size>`` width and height if present, positive and at most MAX_SIDE."""
     try:
         w = int(float(ann.findtext("size/width") or "0"))
@@ -231,7 +270,7 @@ def _forbidden(exc: Exception) -> str:
     return f"forbidden XML construct ({what}): entity expansion and external entities are refused for safety"
 
 
-def _bndbox(obj: Any) -> tuple[float, float, float, float] | None:
+def _bndbox(obj: ET.Element) -> tuple[float, float, float, float] | None:
     try:
         values = [float(obj.findtext(f"bndbox/{k}") or "") for k in ("xmin", "ymin", "xmax", "ymax")]
     except ValueError:

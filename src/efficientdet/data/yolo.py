@@ -29,7 +29,8 @@ _NAMES_FILES = ("classes.txt", "obj.names", "classes.names")
 # one becomes a class, so one corrupt line ("1e300 ...") must not create a billion classes.
 MAX_CLASS_ID = 100_000
 
-_Obj = tuple[int, tuple[float, float, float, float], Path, str]
+_Obj = tuple[int, tuple[float, float, float, float], Path, str]  # (class id, xyxy box, label file, record text)
+_Parsed = tuple[Path, int, int, list[_Obj]]  # (image file, width, height, objects)
 
 
 def read_yolo(
@@ -65,11 +66,33 @@ def read_yolo(
     issues = Issues()
     class_names = list(names) if names is not None else _class_names(cfg, root_path)
     images, whole_folder = _list_images(root_path, split, cfg, allow_outside_root, issues)
+    parsed, used_labels = _parse_images(root_path, images, issues)
+    if whole_folder:
+        _report_orphan_labels(images, used_labels, issues)
+    if names is None and not class_names:
+        top = max((o[0] for p in parsed for o in p[3]), default=-1)
+        class_names = [str(i) for i in range(top + 1)]
+    records: list[DetectionRecord] = []
+    for image, w, h, objects in parsed:
+        boxes: list[tuple[float, float, float, float]] = []
+        labels: list[int] = []
+        for cls, box, label_file, rec in objects:
+            if cls >= len(class_names):
+                issues.report(label_file, rec, f"class id {cls} not in the {len(class_names)} class names", "object dropped", "unknown_class")
+                continue
+            boxes.append(box)
+            labels.append(cls)
+        records.append(DetectionRecord(image, boxes, labels, image_id=len(records), width=w, height=h))
+    issues.finish(root_path)
+    return DatasetIndex(records, class_names, issues.lines, root_path, None, dict(issues.counts))
 
-    parsed: list[tuple[Path, int, int, list[_Obj]]] = []
+
+def _parse_images(root: Path, images: list[Path], issues: Issues) -> tuple[list[_Parsed], dict[Path, Path]]:
+    """The usable images with their objects, and label file -> the image that used it."""
+    parsed: list[_Parsed] = []
     used_labels: dict[Path, Path] = {}
     for image in images:
-        label_file = _label_path(root_path, image)
+        label_file = _label_path(root, image)
         if label_file in used_labels:
             issues.report(
                 image, "image", f"shares label file {label_file.name} with {used_labels[label_file].name}",
@@ -90,24 +113,7 @@ def read_yolo(
         objects = _read_labels(label_file, image, w, h, issues)
         if objects is not None:
             parsed.append((image, w, h, objects))
-
-    if whole_folder:
-        _report_orphan_labels(images, used_labels, issues)
-    if names is None and not class_names:
-        top = max((o[0] for p in parsed for o in p[3]), default=-1)
-        class_names = [str(i) for i in range(top + 1)]
-    records = []
-    for image, w, h, objects in parsed:
-        boxes, labels = [], []
-        for cls, box, label_file, rec in objects:
-            if cls >= len(class_names):
-                issues.report(label_file, rec, f"class id {cls} not in the {len(class_names)} class names", "object dropped", "unknown_class")
-                continue
-            boxes.append(box)
-            labels.append(cls)
-        records.append(DetectionRecord(image, boxes, labels, image_id=len(records), width=w, height=h))
-    issues.finish(root_path)
-    return DatasetIndex(records, class_names, issues.lines, root_path, None, dict(issues.counts))
+    return parsed, used_labels
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:

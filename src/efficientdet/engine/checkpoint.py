@@ -11,7 +11,7 @@ import pickle
 import random
 import re
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -28,7 +28,9 @@ class CheckpointError(RuntimeError):
 
 def rng_state() -> dict[str, Any]:
     """All RNG states as tensors / plain Python values (loadable with ``weights_only``)."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)  # the default, spelt out: numpy's stubs type a plain call as a dict
+    if isinstance(np_state, dict):  # legacy=True gives a dict only for a bit generator other than MT19937
+        raise CheckpointError(f"cannot record numpy's global RNG: it uses {np_state.get('bit_generator')}, not MT19937")
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {
@@ -64,7 +66,7 @@ class _RecordingWriter:
     ``RuntimeError`` ("unexpected pos ..."); this wrapper lets us report the real cause.
     """
 
-    def __init__(self, handle: BinaryIO) -> None:
+    def __init__(self, handle: IO[bytes]) -> None:
         self.handle = handle
         self.error: OSError | None = None
 

@@ -195,6 +195,8 @@ class DetectionLoss(nn.Module):
         """
         if isinstance(class_outputs, Tensor) and isinstance(box_outputs, Tensor):
             cls, box = class_outputs, box_outputs
+        elif isinstance(class_outputs, Tensor) or isinstance(box_outputs, Tensor):
+            raise ValueError("class_outputs and box_outputs must both be flattened tensors or both per-level lists")
         else:
             num_classes = self.num_classes
             if num_classes is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -15,7 +16,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
     Decided by the owning module's type, not by parameter names.
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     seen: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -100,7 +102,8 @@ class WarmupCosineLR(torch.optim.lr_scheduler.LambdaLR):
 
     @property
     def schedule(self) -> WarmupCosine:
-        return self.lr_lambdas[0]
+        # LambdaLR types its lambdas as plain callables; __init__ gave it this one WarmupCosine
+        return cast(WarmupCosine, self.lr_lambdas[0])
 
     def load_state_dict(self, state_dict: dict) -> None:
         state = dict(state_dict)

@@ -11,7 +11,7 @@ timeout (``init_distributed(timeout=...)``) bounds every wait, so a rank that di
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -23,6 +23,15 @@ __all__ = ["ShardingError", "check_shardable", "shard_positions", "gather_to_mai
            "broadcast_module", "merge_in_order"]  # fmt: skip
 
 T = TypeVar("T")
+
+
+class _Ordered(Protocol):
+    """A sortable position: an int, or a tuple of them (``predict`` orders by (kind, input, frame))."""
+
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+K = TypeVar("K", bound=_Ordered)
 
 
 class ShardingError(RuntimeError):
@@ -87,7 +96,7 @@ def broadcast_module(module: nn.Module, info: DistInfo) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
-def merge_in_order(shards: Sequence[Sequence[tuple[int, T]]]) -> list[T]:
+def merge_in_order(shards: Sequence[Sequence[tuple[K, T]]]) -> list[T]:
     """``(position, item)`` pairs from every rank -> the items in position order."""
     pairs = sorted((p for shard in shards for p in shard), key=lambda pair: pair[0])
     return [item for _, item in pairs]

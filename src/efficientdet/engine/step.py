@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ModelConfig
 from ..inference.preprocess import normalize_batch
@@ -90,7 +91,10 @@ class TrainStep:
         gradients gathered so far are dropped, the BN statistics restored and the skip counted.
         """
         accum = self.cfg.grad_accum
-        no_sync = self.net.no_sync() if self.dist.enabled and not sync else contextlib.nullcontext()
+        no_sync: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if self.dist.enabled and not sync:
+            assert isinstance(self.net, DistributedDataParallel)  # the Trainer wraps the model when distributed
+            no_sync = self.net.no_sync()
         with no_sync:
             inputs = self.inputs(batch)
             # a forward that ends in NaN has already written NaN into the BN running

@@ -120,7 +120,7 @@ class ThreadDataParallel:
             return total  # type: ignore[return-value]
         with torch.no_grad():
             for j, p in enumerate(params):
-                parts = [g[j] for _, g in results if g is not None and g[j] is not None]  # type: ignore[index]
+                parts = [part for _, g in results if g is not None and (part := g[j]) is not None]
                 if not parts:
                     continue
                 grad = parts[0].clone() if p.grad is None else p.grad.add_(parts[0])

@@ -95,8 +95,8 @@ class Trainer:
         self.class_names = self.train_index.class_names
         self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
         model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype)
+        assert model.config is not None  # set by build_model
         self.model_config = model.config
-        assert self.model_config is not None
         warning = anchor_warning(cfg, self.train_index, self.model_config) if self.dist.is_main else None
         if warning:  # once, before training; the config is left as the user set it
             self.log(f"warning: {warning}")

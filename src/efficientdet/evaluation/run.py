@@ -247,6 +247,30 @@ def evaluate(
     )
 
     info = dist or DistInfo()
+    detected = _detect_sharded(detector, index, post, batch_size, num_workers, progress, info)
+    run: EvaluationRun | Exception | None = None
+    if detected is not None:  # rank 0 (or alone): score everything, write the files
+        merged, seen = detected
+        try:
+            run = _score(merged, seen, index, category_ids, to_dataset, gt, voc, nms, start, out_dir, confusion)
+        except (RuntimeError, ValueError, OSError) as err:
+            if not info.enabled:
+                raise
+            run = err  # the other ranks wait for the result: they raise the same error
+    return _shared_result(run, info)
+
+
+def _detect_sharded(
+    detector: ImageDetector,
+    index: DatasetIndex,
+    post: PostprocessConfig,
+    batch_size: int,
+    num_workers: int | None,
+    progress: bool,
+    info: DistInfo,
+) -> tuple[list[tuple[int, dict[str, torch.Tensor]]], set[str]] | None:
+    """Every rank detects its share of ``index``; on rank 0 (or alone) all ``(image id, dets)``
+    in index order and the paths read, None on the other ranks."""
     check_shardable(len(index), info)
     positions = shard_positions(len(index), info)
     share = dataclasses.replace(index, records=[index.records[p] for p in positions])
@@ -254,21 +278,19 @@ def evaluate(
         num_workers = 0 if len(share) < 64 else min(4, os.cpu_count() or 1)
     local, seen = _detect_share(detector, share, positions, post, batch_size, num_workers, progress and info.is_main)
     gathered = gather_to_main((local, sorted(seen)), info)
-    run: EvaluationRun | Exception | None = None
-    if gathered is not None:  # rank 0 (or alone): score everything, write the files
-        merged = merge_in_order([shard for shard, _ in gathered])
-        seen = {p for _, paths in gathered for p in paths}
-        try:
-            run = _score(merged, seen, index, category_ids, to_dataset, gt, voc, nms, start, out_dir, confusion)
-        except (RuntimeError, ValueError, OSError) as err:
-            if not info.enabled:
-                raise
-            run = err  # the other ranks wait for the result: they raise the same error
-    run = broadcast_from_main(run, info)
-    if isinstance(run, Exception):
-        raise run
-    assert run is not None
-    return run
+    if gathered is None:
+        return None
+    return merge_in_order([shard for shard, _ in gathered]), {p for _, paths in gathered for p in paths}
+
+
+def _shared_result(run: EvaluationRun | Exception | None, info: DistInfo) -> EvaluationRun:
+    """Rank 0's result (or error, raised) on every rank."""
+    # mypy infers object here (it joins EvaluationRun | Exception): the isinstance checks narrow it back.
+    shared = broadcast_from_main(run, info)
+    if isinstance(shared, Exception):
+        raise shared
+    assert isinstance(shared, EvaluationRun)  # rank 0 always has a result or an error
+    return shared
 
 
 def ground_truth(index: DatasetIndex, gt: CocoGroundTruth | None = None) -> CocoGroundTruth:
@@ -299,9 +321,12 @@ def _detect_share(
     local: list[tuple[int, tuple[int, dict[str, torch.Tensor]]]] = []
     seen: set[str] = set()
     where = {r.image_id: p for r, p in zip(share.records, positions)}
-    bar = dict(desc="eval", unit="batch", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     batches = detection_batches(detector, share, post, batch_size, num_workers)
-    for paths, image_ids, dets in tqdm(batches, total=math.ceil(len(share) / batch_size), **bar):
+    bar = tqdm(
+        batches, total=math.ceil(len(share) / batch_size), desc="eval", unit="batch", file=sys.stderr,
+        disable=not progress, dynamic_ncols=True,
+    )
+    for paths, image_ids, dets in bar:
         seen.update(paths)
         for i, d in zip(image_ids, dets):
             kept = {k: v.detach().cpu() for k, v in d.items() if k in ("boxes", "scores", "labels")}

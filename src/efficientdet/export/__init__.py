@@ -49,7 +49,7 @@ def export(model: nn.Module, path: str | os.PathLike[str], format: str, **kwargs
     if key not in _EXPORTERS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
     exporter = getattr(sys.modules[__name__], _EXPORTERS[key])  # imports its module on first use
-    return exporter(model, path, **kwargs)  # type: ignore[no-any-return]
+    return exporter(model, path, **kwargs)
 
 
 # Imported on first use (PEP 562): the CLI's parser needs EXPORT_FORMATS without torch, and

@@ -14,13 +14,16 @@ class, so the wrapper also runs in PyTorch) and a translation to the ONNX op for
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..ops.box_coder import decode
 from ..ops.outputs import flatten_outputs
+
+if TYPE_CHECKING:  # onnxscript is imported only while exporting
+    from onnxscript import FLOAT, INT64
 
 __all__ = ["DetectionGraph", "FlatOutputs", "PostprocessGraph", "batched_class_nms"]
 
@@ -59,16 +62,19 @@ def _(boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float, s
     return boxes.new_empty((num_selected, 3), dtype=torch.int64)
 
 
-def _dynamo_nms(boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):  # type: ignore[no-untyped-def]
+# ``boxes`` and ``scores`` stay unannotated: the exporter reads this function's annotations at
+# run time (typing.get_type_hints) to infer the op's ONNX signature.
+def _dynamo_nms(boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):
     """ONNX Script translation for the torch.export-based exporter."""
     from onnxscript.onnx_opset import opset18 as op
 
+    # Constant is typed as returning any tensor type; its value_* attribute fixes which one.
     return op.NonMaxSuppression(
         boxes,
         scores,
-        op.Constant(value_ints=[max_per_class]),
-        op.Constant(value_floats=[iou_threshold]),
-        op.Constant(value_floats=[score_threshold]),
+        cast("INT64", op.Constant(value_ints=[max_per_class])),
+        cast("FLOAT", op.Constant(value_floats=[iou_threshold])),
+        cast("FLOAT", op.Constant(value_floats=[score_threshold])),
         center_point_box=0,
     )
 
@@ -88,7 +94,7 @@ def register_torchscript_symbolic(opset: int) -> None:
     from torch.onnx import symbolic_helper
 
     @symbolic_helper.parse_args("v", "v", "i", "f", "f")
-    def symbolic(g, boxes, scores, max_per_class, iou_threshold, score_threshold):  # type: ignore[no-untyped-def]
+    def symbolic(g, boxes, scores, max_per_class, iou_threshold, score_threshold):
         return g.op(
             "NonMaxSuppression",
             boxes,
@@ -158,6 +164,9 @@ class PostprocessGraph(nn.Module):
     not know where a letterboxed image ends inside the input, so boxes are clipped to the whole
     input before NMS (``postprocess`` with ``image_sizes`` clips to the image's region).
     """
+
+    anchors: Tensor  # buffers (register_buffer), declared for the type checker
+    upper: Tensor
 
     def __init__(
         self,

@@ -98,6 +98,27 @@ def export_onnx(
         check: run ``onnx.checker`` and one ONNX Runtime inference; :class:`ExportError` if
             either fails.
     """
+    config = _checked_config(model, opset, batch_size)
+    size = image_size_for(model, config, image_size)
+    # Rewritten for ONNX Runtime's blocked CPU layout (ort_graph.py): same outputs up to rounding.
+    net = export_network(inference_copy(model, fuse), config.num_classes)
+    example = torch.zeros(batch_size, 3, *size)
+    proto = to_proto(net, (example,), ["images"], list(RAW_OUTPUTS), opset, dynamic_batch, dynamo)
+    _apply_passes(proto)
+    _set_raw_output_shapes(proto, config, size, "batch" if dynamic_batch else batch_size)
+    meta = _raw_metadata(model, config, size)
+    meta.write_to(proto)
+    if include_postprocess and candidates:
+        raise ValueError("include_postprocess and candidates are exclusive: NMS inside needs no pre-selection")
+    if include_postprocess:
+        proto = _with_postprocess(proto, meta, score_threshold, iou_threshold, max_detections, max_candidates, dynamo)
+    elif candidates:
+        proto = _with_candidates(proto, meta, max_candidates, dynamo)
+    return _save(proto, Path(path), batch_size, check)
+
+
+def _checked_config(model: nn.Module, opset: int, batch_size: int) -> ModelConfig:
+    """``model``'s config, once the export options are checked."""
     config: ModelConfig | None = getattr(model, "config", None)
     if config is None:
         raise ValueError("the model has no config; build it with efficientdet.create_model")
@@ -105,15 +126,18 @@ def export_onnx(
         raise ValueError(f"opset must be >= 17, got {opset}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    size = image_size_for(model, config, image_size)
-    # Rewritten for ONNX Runtime's blocked CPU layout (ort_graph.py): same outputs up to rounding.
-    net = export_network(inference_copy(model, fuse), config.num_classes)
-    example = torch.zeros(batch_size, 3, *size)
-    proto = to_proto(net, (example,), ["images"], list(RAW_OUTPUTS), opset, dynamic_batch, dynamo)
+    return config
+
+
+def _apply_passes(proto: Any) -> None:
+    """The ``onnx_passes`` rewrites of an exported network graph (in place)."""
     fold_pads(proto)  # the TorchScript exporter's explicit "same" padding
     reduce_means_to_pools(proto)  # squeeze-excite means: a quantized kernel, ORT's blocked layout
     ceil_pools_to_pads(proto)  # overhanging pool windows as pads: OpenVINO reads them
-    batch: int | str = "batch" if dynamic_batch else batch_size
+
+
+def _set_raw_output_shapes(proto: Any, config: ModelConfig, size: tuple[int, int], batch: int | str) -> None:
+    """Declare the raw outputs' shapes: ``cls_logits`` [batch, T, K], ``box_codes`` [batch, T, 4]."""
     num_anchors = config.anchors.num_anchors * sum(
         feature_size(size[0], level) * feature_size(size[1], level)
         for level in range(config.anchors.min_level, config.anchors.max_level + 1)
@@ -121,8 +145,12 @@ def export_onnx(
     set_output_shapes(
         proto, {"cls_logits": (batch, num_anchors, config.num_classes), "box_codes": (batch, num_anchors, 4)}
     )
+
+
+def _raw_metadata(model: nn.Module, config: ModelConfig, size: tuple[int, int]) -> OnnxMetadata:
+    """The metadata of ``model``'s network graph (raw outputs) at input ``size``."""
     class_names = getattr(model, "class_names", None)
-    meta = OnnxMetadata(
+    return OnnxMetadata(
         model_name=config.name,
         image_size=size,
         mean=tuple(config.preprocess.mean),  # type: ignore[arg-type]
@@ -134,14 +162,6 @@ def export_onnx(
         outputs=RAW_OUTPUTS,
         config=config.replace(image_size=size),
     )
-    meta.write_to(proto)
-    if include_postprocess and candidates:
-        raise ValueError("include_postprocess and candidates are exclusive: NMS inside needs no pre-selection")
-    if include_postprocess:
-        proto = _with_postprocess(proto, meta, score_threshold, iou_threshold, max_detections, max_candidates, dynamo)
-    elif candidates:
-        proto = _with_candidates(proto, meta, max_candidates, dynamo)
-    return _save(proto, Path(path), batch_size, check)
 
 
 def attach_postprocess(

@@ -28,7 +28,7 @@ the same windows, the same output size.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -54,7 +54,8 @@ def _constant_value(name: str, producers: dict[str, Any], inits: dict[str, Any],
         args = [_constant_value(i, producers, inits, cache) if i else None for i in node.input]
         if all(a is not None for a, i in zip(args, node.input) if i):
             feeds = {i: a for i, a in zip(node.input, args) if i}
-            outputs = ReferenceEvaluator(node).run(None, feeds)
+            # run() gives a dict only with intermediate=True; here the outputs, in order.
+            outputs = cast(list[Any], ReferenceEvaluator(node).run(None, feeds))
             value = outputs[list(node.output).index(name)]
     cache[name] = value
     return value

@@ -30,6 +30,8 @@ gains is measured in docs/benchmarks.md.
 
 from __future__ import annotations
 
+from typing import TypeGuard, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,7 +39,7 @@ from torch import Tensor, nn
 from ..models.bifpn import FusionNode
 from ..models.efficientdet import EfficientDet
 from ..models.heads import Head
-from ..models.layers import SeparableConv2d, max_pool_same
+from ..models.layers import ConvBN, SeparableConv2d, max_pool_same
 from .graph import FlatOutputs
 
 __all__ = [
@@ -50,19 +52,32 @@ __all__ = [
 ]
 
 
-def flat_head_supported(head: nn.Module) -> bool:
+def flat_head_supported(head: nn.Module | None) -> bool:
     """Whether :class:`FlatHead` can take ``head``: a :class:`Head` of separable convs (the
     EfficientDet heads; ``separable=False`` variants are flattened the plain way)."""
+    return _flat_head_parts(head) is not None
+
+
+def _flat_head_parts(
+    head: nn.Module | None,
+) -> tuple[list[SeparableConv2d], SeparableConv2d, list[list[nn.BatchNorm2d]]] | None:
+    """(convs, last conv, BNs per repeat and level) of a head :class:`FlatHead` can take, else None."""
     if not isinstance(head, Head) or not isinstance(head.predict, SeparableConv2d) or head.predict.bn is not None:
-        return False
-    if not all(isinstance(c, SeparableConv2d) and c.bn is None for c in head.convs):
-        return False
-    # BNs that normalise with running statistics (the ones that can be folded).
-    return all(
-        type(bn) is nn.BatchNorm2d and bn.running_mean is not None and bn.running_var is not None
-        for norms in head.norms
-        for bn in norms
-    )
+        return None
+    convs = [c for c in head.convs if isinstance(c, SeparableConv2d) and c.bn is None]
+    if len(convs) != len(head.convs):
+        return None
+    # Head.norms holds one ModuleList of per-level BNs per repeat (a Module's items are untyped).
+    norms = [list(cast(nn.ModuleList, level_norms)) for level_norms in head.norms]
+    bns = [[bn for bn in level_norms if _foldable_bn(bn)] for level_norms in norms]
+    if any(len(b) != len(n) for b, n in zip(bns, norms)):
+        return None
+    return convs, head.predict, bns
+
+
+def _foldable_bn(module: nn.Module) -> TypeGuard[nn.BatchNorm2d]:
+    """A BatchNorm2d that normalises with running statistics (the kind that can be folded)."""
+    return type(module) is nn.BatchNorm2d and module.running_mean is not None and module.running_var is not None
 
 
 def _folded_pointwise(pw: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -85,20 +100,22 @@ class FlatHead(nn.Module):
 
     def __init__(self, head: Head, outputs_per_anchor: int) -> None:
         super().__init__()
-        if not flat_head_supported(head):
+        parts = _flat_head_parts(head)
+        if parts is None:
             raise ValueError("FlatHead needs a Head of separable convs without BN in its convs")
+        convs, predict, norms = parts
         self.outputs_per_anchor = outputs_per_anchor
-        self.dws = nn.ModuleList([conv.dw for conv in head.convs])  # shared by all levels
+        self.dws = nn.ModuleList([conv.dw for conv in convs])  # shared by all levels
         self.act = head.act
-        self.predict_dw = head.predict.dw
+        self.predict_dw = predict.dw
         # Per repeat and level: the shared pointwise conv with that level's BN folded in.
         with torch.no_grad():
-            folded = [[_folded_pointwise(conv.pw, bn) for bn in norms] for conv, norms in zip(head.convs, head.norms)]
+            folded = [[_folded_pointwise(conv.pw, bn) for bn in bns] for conv, bns in zip(convs, norms)]
         # Flat lists indexed repeat * num_levels + level.
         self.pw_weights = nn.ParameterList([nn.Parameter(w, requires_grad=False) for ws in folded for w, _ in ws])
         self.pw_biases = nn.ParameterList([nn.Parameter(b, requires_grad=False) for ws in folded for _, b in ws])
-        self.num_levels = len(head.norms[0]) if len(head.norms) else 0
-        pw = head.predict.pw
+        self.num_levels = len(norms[0]) if norms else 0
+        pw = predict.pw
         self.predict_weight = nn.Parameter(
             pw.weight.detach().reshape(pw.out_channels, pw.in_channels).clone(), requires_grad=False
         )  # [A*outputs, C]
@@ -177,7 +194,8 @@ def bake_fusion_weights(model: nn.Module) -> int:
         for name, child in list(parent.named_children()):
             if type(child) is FusionNode:
                 conv = child.conv
-                first = conv.dw if isinstance(conv, SeparableConv2d) else conv.conv
+                # FusionNode.conv is declared nn.Module: a SeparableConv2d or a ConvBN.
+                first = conv.dw if isinstance(conv, SeparableConv2d) else cast(ConvBN, conv).conv
                 setattr(parent, name, ConstantFusionNode(child, int(first.in_channels)))
                 replaced += 1
     return replaced

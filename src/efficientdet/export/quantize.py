@@ -351,23 +351,17 @@ def export_int8(
     faster one for the quantizer's runtime, :func:`int8_candidates`, unless NMS is inside);
     only the network is quantized, the post-processing parts stay float.
     """
-    import dataclasses
-
     import onnx
 
     from ..data.images import load_for_model
     from ..fs import atomic_path
-    from .metadata import read_onnx_metadata
     from .onnx import attach_candidates, attach_postprocess, check_onnx, export_onnx
     from .runtime import OnnxDetector
 
     options = resolve_method(options or Int8Options(), model)
     if not calibration:
         raise ValueError("--calibration: no calibration images")
-    if candidates is None:
-        candidates = not include_postprocess and int8_candidates(model.config.num_classes, options.quantizer)
-    if include_postprocess and candidates:
-        raise ValueError("include_postprocess and candidates are exclusive: NMS inside needs no pre-selection")
+    candidates = _int8_layout(model, options, include_postprocess, candidates)
     with tempfile.TemporaryDirectory(prefix="efficientdet-int8-") as tmp:
         raw, quantized = Path(tmp) / "network.onnx", Path(tmp) / "network.int8.onnx"
         # The TorchScript exporter: its node names are what the float groups match.
@@ -379,10 +373,7 @@ def export_int8(
         batches = [runtime.prepare([load_for_model(image, size, max_pixels=None)]).inputs.numpy() for image in calibration]
         del runtime
         quantize_network(raw, quantized, batches, options)
-        proto = onnx.load(os.fspath(quantized))
-        meta = dataclasses.replace(read_onnx_metadata(proto), int8=int8_description(options, len(batches)))
-        meta.write_to(proto)
-        onnx.save(proto, os.fspath(quantized))
+        proto = _add_int8_metadata(quantized, options, len(batches))
         out = Path(path)
         if include_postprocess:
             return attach_postprocess(
@@ -395,3 +386,28 @@ def export_int8(
             if check:
                 check_onnx(dst, batch_size, label=out)
         return out
+
+
+def _int8_layout(model: Any, options: Int8Options, include_postprocess: bool, candidates: bool | None) -> bool:
+    """Whether the int8 file gets the candidates layout (``candidates=None``: :func:`int8_candidates`
+    decides, unless NMS is inside)."""
+    if candidates is None:
+        candidates = not include_postprocess and int8_candidates(model.config.num_classes, options.quantizer)
+    if include_postprocess and candidates:
+        raise ValueError("include_postprocess and candidates are exclusive: NMS inside needs no pre-selection")
+    return candidates
+
+
+def _add_int8_metadata(quantized: Path, options: Int8Options, used_images: int) -> Any:
+    """Record how the graph at ``quantized`` was quantized in its metadata (in place); returns the graph."""
+    import dataclasses
+
+    import onnx
+
+    from .metadata import read_onnx_metadata
+
+    proto = onnx.load(os.fspath(quantized))
+    meta = dataclasses.replace(read_onnx_metadata(proto), int8=int8_description(options, used_images))
+    meta.write_to(proto)
+    onnx.save(proto, os.fspath(quantized))
+    return proto

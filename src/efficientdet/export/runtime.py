@@ -191,7 +191,7 @@ class OnnxDetector(StagedDetector):
             from ..factory import create_model
             from ..weights.registry import resolve_weights
 
-            overrides = {} if image_size is None else {"image_size": image_size}
+            overrides: dict[str, Any] = {} if image_size is None else {"image_size": image_size}
             model = create_model(model_name, weights=weights, **overrides)
             path = cached_onnx(model, cache_dir, source=resolve_weights(weights)[0])
         detector = cls(path, providers=providers, batch_size=batch_size)
@@ -236,15 +236,18 @@ class OnnxDetector(StagedDetector):
         scales, sizes = prepared.scales, prepared.image_sizes
         if self.metadata.nms_inside:
             dets = self._from_nms_outputs(outputs, scales, sizes, post.score_threshold)
-        elif self.metadata.candidates:
+            return finish_detections(dets, self.class_names)
+        anchors = self.anchors
+        assert anchors is not None  # __init__ builds them for every graph without NMS inside
+        if self.metadata.candidates:
             logits, codes, rows = (torch.from_numpy(o) for o in outputs[:3])  # [N, C, K], [N, C, 4], [N, C]
-            dets = postprocess_candidates(logits, codes, rows, self.anchors, post, scales=scales, image_sizes=sizes)
+            dets = postprocess_candidates(logits, codes, rows, anchors, post, scales=scales, image_sizes=sizes)
         else:
             cls, box = (torch.from_numpy(o) for o in outputs[:2])  # [N, T, K], [N, T, 4]
             # postprocess takes per-level [N, A*C, H, W] maps; the flat rows are one "level" of
             # height T, width 1 and A = 1 (its flattening gives back exactly [N, T, C]).
             dets = postprocess(
-                [cls.transpose(1, 2).unsqueeze(-1)], [box.transpose(1, 2).unsqueeze(-1)], self.anchors, post,
+                [cls.transpose(1, 2).unsqueeze(-1)], [box.transpose(1, 2).unsqueeze(-1)], anchors, post,
                 num_classes=self.num_classes, scales=scales, image_sizes=sizes,
             )  # fmt: skip
         return finish_detections(dets, self.class_names)
@@ -252,7 +255,9 @@ class OnnxDetector(StagedDetector):
     def config_with_threshold(self, score_threshold: float | None) -> PostprocessConfig:
         """As every detector's; a graph with NMS inside cannot go below its own threshold."""
         graph_threshold = (self.metadata.postprocess or {}).get("score_threshold")
-        if self.metadata.nms_inside and score_threshold is not None and score_threshold < graph_threshold:
+        # A graph whose metadata lacks its threshold (written by hand or another tool) is not checked.
+        below = score_threshold is not None and graph_threshold is not None and score_threshold < graph_threshold
+        if self.metadata.nms_inside and below:
             raise ValueError(
                 f"this graph drops scores below {graph_threshold} itself; a lower score_threshold "
                 f"({score_threshold}) needs a graph exported with it (or without NMS inside)"

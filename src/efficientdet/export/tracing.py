@@ -123,7 +123,8 @@ def to_proto(
             torch.onnx.export(
                 module,
                 args,
-                buffer,
+                # The TorchScript exporter writes to file objects too; torch annotates ``f`` as a path.
+                buffer,  # type: ignore[arg-type]
                 dynamo=False,
                 input_names=input_names,
                 output_names=output_names,

@@ -49,7 +49,7 @@ class LevelOutputs:
                 order = sorted(range(4), key=lambda d: -array.strides[d])
                 dense = array.transpose(order)
                 hits = np.flatnonzero(dense >= bound)
-                coords = [np.empty(0)] * 4
+                coords: list[np.ndarray] = [np.empty(0)] * 4  # every axis is filled in below
                 for axis, index in zip(order, np.unravel_index(hits, dense.shape)):
                     coords[axis] = index
                 a, c, y, x = (torch.from_numpy(t) for t in coords)

@@ -115,12 +115,12 @@ def with_score_threshold(config: PostprocessConfig, score_threshold: float | Non
 
 def finish_detections(dets: Sequence[dict[str, torch.Tensor]], class_names: Sequence[str] | None) -> Detections:
     """Detections as detectors return them: tensors on the CPU, class names attached."""
-    out = []
+    out: Detections = []
     for det in dets:
-        det = {k: v.cpu() for k, v in det.items()}
+        cpu: dict[str, Any] = {k: v.cpu() for k, v in det.items()}
         if class_names is not None:
-            det["names"] = [class_names[i] for i in det["labels"].tolist()]
-        out.append(det)
+            cpu["names"] = [class_names[i] for i in cpu["labels"].tolist()]
+        out.append(cpu)
     return out
 
 

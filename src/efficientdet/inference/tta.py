@@ -23,6 +23,7 @@ from torch import Tensor
 from efficientdet.ops.anchors import anchors_for_config
 from efficientdet.ops.boxes import box_iou, clip_boxes
 from efficientdet.ops.nms import batched_nms, soft_nms
+from ..config import PostprocessConfig, PreprocessConfig
 from ..data.reduced import DecodedImage, require_full
 from .detector import Detector
 from .postprocess import postprocess
@@ -203,8 +204,8 @@ class TTADetector(StagedDetector):
             for v, det in enumerate(dets):
                 i = v % n
                 if v >= n:  # mirrored view: x -> W - x (and x0/x1 swap roles)
-                    b, w = det["boxes"], prepared.widths[i]
-                    det = dict(det, boxes=torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1))
+                    b, width = det["boxes"], prepared.widths[i]
+                    det = dict(det, boxes=torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], 1))
                 per_image[i].append(det)
         merged: list[dict[str, Tensor]] = []
         for (h, w), dets in zip(prepared.image_sizes, per_image):

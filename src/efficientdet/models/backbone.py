@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import timm
+from timm.models import FeatureInfo
 from torch import nn
 
 from .layers import make_same_padding_static
@@ -10,10 +13,16 @@ from .layers import make_same_padding_static
 BACKBONE_STRIDES = (8, 16, 32)
 
 
-def _feature_indices(name: str, **kwargs: object) -> tuple[int, ...]:
+def feature_info(body: nn.Module) -> FeatureInfo:
+    """The strides and channels of a timm ``features_only`` model's outputs."""
+    # timm.create_model is typed as returning nn.Module; its features_only models carry a FeatureInfo
+    return cast(FeatureInfo, body.feature_info)
+
+
+def _feature_indices(name: str, **kwargs: Any) -> tuple[int, ...]:
     """Indices of timm's feature maps at strides 8/16/32, found from the model's feature_info."""
     probe = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
-    reductions = list(probe.feature_info.reduction())
+    reductions = list(feature_info(probe).reduction())
     indices = []
     for stride in BACKBONE_STRIDES:
         matches = [i for i, r in enumerate(reductions) if r == stride]
@@ -38,7 +47,7 @@ def create_backbone(
     is probed for the indices of its stride 8/16/32 features. ``pretrained=True`` uses timm's
     download (needs internet); for offline Lite0 weights see ``weights.pretrained_backbone``.
     """
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     if "efficientnet" in name:
@@ -61,7 +70,7 @@ def create_backbone(
         raise
     if static_same_padding:
         make_same_padding_static(body)
-    reductions = tuple(body.feature_info.reduction())
+    reductions = tuple(feature_info(body).reduction())
     if reductions != BACKBONE_STRIDES:
         raise ValueError(f"backbone {name!r} gives strides {reductions}, expected {BACKBONE_STRIDES}")
     return body

@@ -12,13 +12,21 @@ from __future__ import annotations
 import contextlib
 import types
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["checkpointed_call", "set_grad_checkpointing"]
+
+
+@runtime_checkable
+class _CellCheckpointing(Protocol):
+    """A feature network that checkpoints its own cells when told to (``bifpn.FeatureNetwork``,
+    not imported here: bifpn imports this module)."""
+
+    grad_checkpointing: bool
 
 
 @contextlib.contextmanager
@@ -34,7 +42,7 @@ def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
     finally:
         for m, (momentum, count) in zip(norms, saved):
             m.momentum = momentum
-            if count is not None:
+            if count is not None and m.num_batches_tracked is not None:
                 m.num_batches_tracked.copy_(count)
 
 
@@ -59,9 +67,12 @@ def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
     blocks = getattr(model.backbone, "blocks", None)
     if blocks is None:
         raise ValueError(f"grad_checkpointing: backbone {type(model.backbone).__name__} has no 'blocks' stages")
+    feature_net = model.feature_net
+    if not isinstance(feature_net, _CellCheckpointing):
+        raise TypeError(f"grad_checkpointing: feature_net {type(feature_net).__name__} has no 'grad_checkpointing'")
     for stage in blocks:
         if enable:
             stage.forward = types.MethodType(_checkpointed_forward, stage)
         elif "forward" in vars(stage):
             del stage.forward
-    model.feature_net.grad_checkpointing = enable
+    feature_net.grad_checkpointing = enable

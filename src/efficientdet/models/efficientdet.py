@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .backbone import create_backbone
+from .backbone import create_backbone, feature_info
 from .bifpn import FeatureNetwork
 from .heads import Head, class_head_bias
 
@@ -72,7 +74,7 @@ def build_model(config: ModelConfig, pretrained_backbone: bool = False) -> Effic
 
         load_pretrained_backbone(backbone, config.backbone.name)
     feature_net = FeatureNetwork(
-        backbone_channels=list(backbone.feature_info.channels()),
+        backbone_channels=list(feature_info(backbone).channels()),
         min_level=fn.min_level,
         max_level=fn.max_level,
         channels=fn.channels,
@@ -84,7 +86,8 @@ def build_model(config: ModelConfig, pretrained_backbone: bool = False) -> Effic
         bn_eps=fn.bn_eps,
         bn_momentum=fn.bn_momentum,
     )
-    head_args = dict(
+    head = functools.partial(
+        Head,
         channels=fn.channels,
         num_anchors=config.anchors.num_anchors,
         num_levels=fn.num_levels,
@@ -94,10 +97,8 @@ def build_model(config: ModelConfig, pretrained_backbone: bool = False) -> Effic
         bn_eps=fn.bn_eps,
         bn_momentum=fn.bn_momentum,
     )
-    class_head = Head(
-        outputs_per_anchor=config.head.num_classes, bias_init=class_head_bias(config.head.prior_prob), **head_args
-    )
-    box_head = Head(outputs_per_anchor=4, bias_init=0.0, **head_args)
+    class_head = head(outputs_per_anchor=config.head.num_classes, bias_init=class_head_bias(config.head.prior_prob))
+    box_head = head(outputs_per_anchor=4, bias_init=0.0)
     model = EfficientDet(backbone, feature_net, class_head, box_head, size_divisor=32)
     model.config = config
     return model

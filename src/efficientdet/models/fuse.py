@@ -31,12 +31,16 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx
 from torch import nn
 
 from efficientdet.models.layers import StaticSameConv2d
+
+if TYPE_CHECKING:
+    from timm.layers import BatchNormAct2d
 
 __all__ = ["count_batchnorms", "fuse_batchnorm", "optimize_for_inference"]
 
@@ -55,7 +59,7 @@ def _foldable_conv_types() -> tuple[type[nn.Module], ...]:
     return tuple(types)
 
 
-def _batchnorm_act_type() -> type[nn.Module] | None:
+def _batchnorm_act_type() -> type[BatchNormAct2d] | None:
     try:
         from timm.layers import BatchNormAct2d
 
@@ -140,7 +144,7 @@ def _replacement(bn: nn.Module) -> nn.Module:
     """What is left of a BN after folding: nothing, or a BatchNormAct2d's drop + activation."""
     bn_act = _batchnorm_act_type()
     if bn_act is not None and type(bn) is bn_act:
-        drop, act = bn.drop, bn.act  # type: ignore[attr-defined]
+        drop, act = bn.drop, bn.act
         if isinstance(drop, nn.Identity):
             return act
         return nn.Sequential(drop, act)
@@ -211,7 +215,7 @@ def optimize_for_inference(
     if fuse:
         model = fuse_batchnorm(model, inplace=True)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model = model.to(memory_format=torch.channels_last)
     if compile:
         return torch.compile(model)  # type: ignore[return-value]
     return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ class Head(nn.Module):
     ) -> None:
         super().__init__()
 
-        def conv(out_channels: int) -> nn.Module:
+        def conv(out_channels: int) -> SeparableConv2d | ConvBN:
             if separable:
                 return SeparableConv2d(channels, out_channels, 3, bias=True, norm=False)
             return ConvBN(channels, out_channels, 3, norm=False)
@@ -71,7 +72,8 @@ class Head(nn.Module):
         outputs = []
         for level, x in enumerate(feats):
             for conv, norms in zip(self.convs, self.norms):
-                x = self.act(norms[level](conv(x)))
+                # a ModuleList iterates as plain Modules; each of self.norms is a ModuleList (one BN per level)
+                x = self.act(cast(nn.ModuleList, norms)[level](conv(x)))
             outputs.append(self.predict(x))
         return outputs
 

@@ -139,10 +139,11 @@ def replace_modules(module: nn.Module, make: Callable[[nn.Module], nn.Module | N
 
 def _conv_like(child: nn.Conv2d, cls: type[nn.Conv2d], **kwargs: Any) -> nn.Conv2d:
     """A ``cls`` conv with ``child``'s shape and its own weight and bias tensors."""
+    kh, kw = child.kernel_size  # typed tuple[int, ...]; a 2-d conv's has two
     new = cls(
         child.in_channels,
         child.out_channels,
-        child.kernel_size,
+        (kh, kw),
         bias=child.bias is not None,
         device=child.weight.device,
         dtype=child.weight.dtype,
@@ -195,6 +196,8 @@ def make_pointwise_convs_matmul(module: nn.Module) -> int:
     replaced."""
 
     def make(child: nn.Module) -> nn.Module | None:
+        if not isinstance(child, nn.Conv2d):
+            return None
         unpadded = type(child) is nn.Conv2d or (type(child) is StaticSameConv2d and not any(child.static_pad))
         if not (
             unpadded

@@ -26,7 +26,7 @@ class _BatchNormSiLU(torch.autograd.Function):
     """silu(batch_norm(x)) in training mode; saves x and the batch statistics only."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         weight: Tensor,
@@ -44,7 +44,7 @@ class _BatchNormSiLU(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, bias, mean, invstd = ctx.saved_tensors
         scale = weight * invstd  # [C]: BN's output again, as x * scale + shift
         shift = bias - mean * scale
@@ -67,8 +67,10 @@ class LeanBatchNormSiLU2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and self.track_running_stats and self.affine and torch.is_grad_enabled()):
             return F.silu(super().forward(x))
-        self.num_batches_tracked.add_(1)
-        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        count = self.num_batches_tracked
+        assert count is not None  # BN registers it whenever track_running_stats is set
+        count.add_(1)
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(count)
         return _BatchNormSiLU.apply(x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
 
 

@@ -43,17 +43,31 @@ def soft_nms(
     """
     if sigma <= 0:
         raise ValueError(f"soft-NMS sigma must be positive, got {sigma}")
-    device = boxes.device
     n = boxes.shape[0]
-    empty = (torch.empty(0, dtype=torch.int64, device=device), scores.new_empty(0))
+    empty = (torch.empty(0, dtype=torch.int64, device=boxes.device), scores.new_empty(0))
     if n == 0 or max_detections <= 0:
         return empty
 
     # Contiguous class ids 0..C-1 so per-class maxima are a scatter over C slots.
     _, cls = torch.unique(labels, return_inverse=True)
+    sel_idx, sel_score = _soft_nms_rounds(boxes, scores.clone(), cls, sigma, score_threshold, max_detections)
+    if not sel_idx:
+        return empty
+    keep = torch.cat(sel_idx)
+    new_scores = torch.cat(sel_score)
+    order = torch.sort(new_scores, descending=True, stable=True).indices[:max_detections]
+    return keep[order], new_scores[order]
+
+
+def _soft_nms_rounds(
+    boxes: Tensor, cur: Tensor, cls: Tensor, sigma: float, score_threshold: float, max_detections: int
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The rounds of :func:`soft_nms` over boxes [N, 4], scores ``cur`` [N] (decayed in place) and
+    class ids ``cls`` [N] in 0..C-1: the indices [B] and scores [B] each round selected."""
+    device = boxes.device
+    n = boxes.shape[0]
     num_cls = int(cls.max()) + 1
     idx = torch.arange(n, device=device)
-    cur = scores.clone()
     active = cur >= score_threshold
     sel_idx: list[Tensor] = []
     sel_score: list[Tensor] = []
@@ -84,13 +98,7 @@ def soft_nms(
         if num_selected >= max_detections:
             kth = torch.cat(sel_score).topk(max_detections).values[-1]
             active &= cur > kth
-
-    if not sel_idx:
-        return empty
-    keep = torch.cat(sel_idx)
-    new_scores = torch.cat(sel_score)
-    order = torch.sort(new_scores, descending=True, stable=True).indices[:max_detections]
-    return keep[order], new_scores[order]
+    return sel_idx, sel_score
 
 
 def hard_nms_top(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float, max_detections: int) -> Tensor:

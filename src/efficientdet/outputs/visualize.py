@@ -82,15 +82,7 @@ def draw_detections(
     """
     canvas = _to_pil(image)
     w, h = canvas.size
-    boxes = _as_numpy(detections.get("boxes"), np.float64, (4,))
-    scores = _as_numpy(detections.get("scores"), np.float64)
-    labels = _as_numpy(detections.get("labels"), np.int64)
-    if not len(boxes) == len(scores) == len(labels):
-        raise ValueError(f"boxes, scores, labels lengths differ: {len(boxes)}, {len(scores)}, {len(labels)}")
-    names = detections.get("names")
-    if names is not None and len(names) != len(labels):
-        raise ValueError(f"{len(names)} names for {len(labels)} detections")
-
+    boxes, scores, labels, names = _detection_arrays(detections)
     keep = np.flatnonzero(scores >= score_threshold)
     keep = keep[np.argsort(scores[keep], kind="stable")]  # ascending: best drawn last, on top
     if keep.size == 0:
@@ -100,23 +92,13 @@ def draw_detections(
     fs = int(font_size) if font_size is not None else max(10, round(0.03 * min(w, h)))
     font = _font(fs)
     pad = max(1, lw // 2 + 1)
-    # Continuous xyxy -> the first and last covered pixel (a box 20..60 covers columns 20..59),
-    # clipped to the canvas; vectorised. PIL draws outlines inward from these pixels.
-    xyxy = np.round(np.clip(boxes[keep], 0, [w, h, w, h])).astype(np.int64)
-    xyxy[:, 2:] = np.maximum(xyxy[:, 2:] - 1, xyxy[:, :2])
-    xyxy = np.minimum(xyxy, [w - 1, h - 1, w - 1, h - 1])
 
     draw = ImageDraw.Draw(canvas)
-    for (x0, y0, x1, y1), i in zip(xyxy.tolist(), keep.tolist()):
+    for (x0, y0, x1, y1), i in zip(_pixel_boxes(boxes[keep], w, h).tolist(), keep.tolist()):
         label = int(labels[i])
         colour = class_colour(label)
         draw.rectangle((x0, y0, x1, y1), outline=colour, width=lw)
-        if names is not None:
-            name = str(names[i])
-        elif class_names is not None and 0 <= label < len(class_names):
-            name = str(class_names[label])
-        else:
-            name = str(label)
+        name = _label_name(i, label, names, class_names)
         text = f"{name} {scores[i]:.2f}" if show_scores else name
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left + 2 * pad, bottom - top + 2 * pad
@@ -125,3 +107,34 @@ def draw_detections(
         draw.rectangle((tx, ty, tx + tw - 1, ty + th - 1), fill=colour)
         draw.text((tx + pad - left, ty + pad - top), text, fill=_text_colour(colour), font=font)
     return canvas
+
+
+def _detection_arrays(detections: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[Any] | None]:
+    """``(boxes [M, 4] float64, scores [M] float64, labels [M] int64, names or None)``; ValueError
+    if their lengths differ."""
+    boxes = _as_numpy(detections.get("boxes"), np.float64, (4,))
+    scores = _as_numpy(detections.get("scores"), np.float64)
+    labels = _as_numpy(detections.get("labels"), np.int64)
+    if not len(boxes) == len(scores) == len(labels):
+        raise ValueError(f"boxes, scores, labels lengths differ: {len(boxes)}, {len(scores)}, {len(labels)}")
+    names = detections.get("names")
+    if names is not None and len(names) != len(labels):
+        raise ValueError(f"{len(names)} names for {len(labels)} detections")
+    return boxes, scores, labels, names
+
+
+def _pixel_boxes(boxes: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Continuous xyxy [K, 4] -> the first and last covered pixel (a box 20..60 covers columns
+    20..59), clipped to the ``w`` x ``h`` canvas: int64 [K, 4]. PIL draws outlines inward from these."""
+    xyxy = np.round(np.clip(boxes, 0, [w, h, w, h])).astype(np.int64)
+    xyxy[:, 2:] = np.maximum(xyxy[:, 2:] - 1, xyxy[:, :2])
+    return np.minimum(xyxy, [w - 1, h - 1, w - 1, h - 1])
+
+
+def _label_name(i: int, label: int, names: Sequence[Any] | None, class_names: Sequence[str] | None) -> str:
+    """Detection ``i``'s name from ``names`` if given, else its class name, else the label number."""
+    if names is not None:
+        return str(names[i])
+    if class_names is not None and 0 <= label < len(class_names):
+        return str(class_names[label])
+    return str(label)

@@ -43,7 +43,7 @@ class _Item:
 def filter_detections(det: dict[str, Any], threshold: float) -> dict[str, Any]:
     """Keep the detections scoring at least ``threshold`` (tensors and the ``names`` list)."""
     keep = det["scores"] >= threshold
-    out = {k: v[keep] for k, v in det.items() if isinstance(v, torch.Tensor)}
+    out: dict[str, Any] = {k: v[keep] for k, v in det.items() if isinstance(v, torch.Tensor)}
     if "names" in det:
         out["names"] = [n for n, k in zip(det["names"], keep.tolist()) if k]
     return out

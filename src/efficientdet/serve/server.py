@@ -36,6 +36,7 @@ def make_server(app: FastAPI, host: str, port: int, graceful_timeout_s: float = 
     """A server for ``app`` on ``host:port``; ``server.run()`` blocks until shut down."""
     config = uvicorn.Config(
         app, host=host, port=port, lifespan="on", log_level="info", access_log=False,
-        timeout_graceful_shutdown=graceful_timeout_s, server_header=False,
+        # uvicorn annotates it int, but only passes it to asyncio.timeout(), which takes float seconds.
+        timeout_graceful_shutdown=graceful_timeout_s, server_header=False,  # type: ignore[arg-type]
     )  # fmt: skip
     return GracefulServer(config)

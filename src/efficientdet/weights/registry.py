@@ -187,9 +187,9 @@ def resolve_weights(
         entry = OFFICIAL_WEIGHTS[text]
         return _cached_download(entry.url, entry.sha256, progress), entry
     if _is_url(text):
-        entry = next((e for e in OFFICIAL_WEIGHTS.values() if e.url == text), None)
-        expected = entry.sha256 if entry else hash_prefix_from_filename(_url_file_name(text))
-        return _cached_download(text, expected, progress), entry
+        known = next((e for e in OFFICIAL_WEIGHTS.values() if e.url == text), None)
+        expected = known.sha256 if known else hash_prefix_from_filename(_url_file_name(text))
+        return _cached_download(text, expected, progress), known
     names = ", ".join(OFFICIAL_WEIGHTS)
     raise WeightsError(
         f"{text!r} is neither an existing file nor a registered weights name nor an http(s) URL. "
