@@ -10,6 +10,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "efficientdet"
 MAX_LINES = 430  # "files under ~400 lines"
+MAX_FUNCTION_LINES = 70  # "functions under ~60", docstring and signature included
 
 
 def _module_name(path: Path) -> str:
@@ -114,3 +115,14 @@ def test_no_import_cycles_between_modules() -> None:
 def test_source_files_stay_small(path: Path) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(SRC.parent)} has {lines} lines (keep modules under ~400)"
+
+
+def test_functions_stay_short() -> None:
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(SRC.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "functions over ~60 lines:\n" + "\n".join(long)
