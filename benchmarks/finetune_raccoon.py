@@ -33,8 +33,8 @@ def main() -> None:
 
     import torch
 
-    from efficientdet.data.formats import read_dataset
     from efficientdet.data.coco import write_coco
+    from efficientdet.data.formats import read_dataset
     from efficientdet.engine.config import load_train_config
     from efficientdet.engine.trainer import Trainer
     from efficientdet.evaluation.run import evaluate

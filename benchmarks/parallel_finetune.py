@@ -43,7 +43,7 @@ def launch(args: argparse.Namespace, name: str, sets: list[str], seed: int) -> t
     for s in fixed + sets:
         cmd += ["--set", s]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
-    log = open(out / "log.txt", "w")
+    log = open(out / "log.txt", "w")  # noqa: SIM115 - the child writes to it for its whole life; the OS closes it
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), out
 
 

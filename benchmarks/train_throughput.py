@@ -73,9 +73,9 @@ def run_ours(
     import torch
 
     from efficientdet import create_model
+    from efficientdet.engine.losses import DetectionLoss
     from efficientdet.engine.setup import prepare_for_training
     from efficientdet.engine.threads import ThreadDataParallel
-    from efficientdet.engine.losses import DetectionLoss
     from efficientdet.ops.anchors import anchors_for_config
     from efficientdet.ops.matcher import AnchorLabeler
 

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from efficientdet import Detector, create_model
+from efficientdet.inference.postprocess import postprocess
 from efficientdet.models.fuse import optimize_for_inference
 from efficientdet.ops.anchors import anchors_for_config
-from efficientdet.inference.postprocess import postprocess
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

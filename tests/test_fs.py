@@ -41,12 +41,11 @@ def test_open_readers_keep_the_old_content(tmp_path: Path) -> None:
 def test_failure_mid_write_keeps_previous_file_and_removes_temp(tmp_path: Path) -> None:
     target = tmp_path / "metrics.csv"
     atomic_write(target, "header\nrow1\n")
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_open(target, "w", newline="") as f:
-            f.write("header\n")
-            f.flush()
-            assert len(entries(tmp_path)) == 2  # the temp file really exists mid-write
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), atomic_open(target, "w", newline="") as f:
+        f.write("header\n")
+        f.flush()
+        assert len(entries(tmp_path)) == 2  # the temp file really exists mid-write
+        raise RuntimeError("boom")
     assert target.read_text() == "header\nrow1\n"
     assert entries(tmp_path) == ["metrics.csv"]
 
@@ -54,11 +53,10 @@ def test_failure_mid_write_keeps_previous_file_and_removes_temp(tmp_path: Path) 
 def test_atomic_path_failure_and_success(tmp_path: Path) -> None:
     target = tmp_path / "model.onnx"
     target.write_bytes(b"previous")
-    with pytest.raises(OSError):
-        with atomic_path(str(target)) as tmp:
-            assert tmp.parent == tmp_path and tmp.name.startswith(".model.onnx.") and tmp.suffix == ".tmp"
-            tmp.write_bytes(b"half")
-            raise OSError(28, "No space left on device")
+    with pytest.raises(OSError), atomic_path(str(target)) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".model.onnx.") and tmp.suffix == ".tmp"
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
     assert target.read_bytes() == b"previous" and entries(tmp_path) == ["model.onnx"]
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"new")
@@ -98,9 +96,8 @@ def _via_path(target: Path) -> None:
 
 def test_atomic_open_refuses_read_modes(tmp_path: Path) -> None:
     for mode in ("r", "rb", "a", "w+"):
-        with pytest.raises(ValueError, match="mode"):
-            with atomic_open(tmp_path / "x", mode):
-                pass
+        with pytest.raises(ValueError, match="mode"), atomic_open(tmp_path / "x", mode):
+            pass
     assert entries(tmp_path) == []
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from efficientdet import compound_scaling, get_config, list_models
-from efficientdet.models.flops import count_macs
 from efficientdet.models.efficientdet import build_model
+from efficientdet.models.flops import count_macs
 
 # Reference table (../shared/reference/efficientdet.md): params (M, printed precision), FLOPs (B).
 REFERENCE = {

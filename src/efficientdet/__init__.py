@@ -12,6 +12,7 @@ Quick use::
 from typing import TYPE_CHECKING
 
 from efficientdet.lazy import lazy_attributes
+
 from .config import (
     AnchorConfig,
     BackboneConfig,
@@ -25,6 +26,7 @@ from .variants import compound_scaling, get_config, list_models
 
 if TYPE_CHECKING:
     from efficientdet.inference.detector import Detector
+
     from .factory import create_model, save_model
     from .models.efficientdet import EfficientDet, build_model
 

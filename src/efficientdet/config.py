@@ -119,7 +119,7 @@ class ModelConfig:
         """Input sides must be multiples of this (the coarsest pyramid level's stride)."""
         return 2**self.feature_net.max_level
 
-    def replace(self, **overrides: Any) -> "ModelConfig":
+    def replace(self, **overrides: Any) -> ModelConfig:
         """Return a copy with overrides; dotted keys reach sub-configs (``feature_net.channels``).
 
         ``num_classes`` and ``image_size`` are accepted as shortcuts.
@@ -159,7 +159,7 @@ class ModelConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of ``to_dict`` (lists from JSON become tuples again)."""
 
         def tuplify(value: Any) -> Any:

@@ -116,7 +116,7 @@ def compound_scaling(phi: int, backbone_prefix: str = "tf_efficientnet_b") -> Mo
     """
     if phi < 0:
         raise ValueError(f"phi must be >= 0, got {phi}")
-    width = int(round(64 * 1.35**phi / 8.0)) * 8
+    width = round(64 * 1.35**phi / 8.0) * 8
     size = 512 + 128 * phi
     return _variant(
         f"efficientdet_phi{phi}",

@@ -11,14 +11,14 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from efficientdet import Detector, create_model  # noqa: E402
-from efficientdet.benchmark import BACKENDS, render_table, run_benchmark  # noqa: E402
-from efficientdet.benchmark.measure import MemoryProbe, synthetic_images  # noqa: E402
-from efficientdet.benchmark.models import build_models  # noqa: E402
-from efficientdet.benchmark.pipelines import torch_pipeline  # noqa: E402
-from efficientdet.cli import main  # noqa: E402
-from efficientdet.data.images import load_image  # noqa: E402
-from efficientdet.models.flops import count_macs  # noqa: E402
+from efficientdet import Detector, create_model
+from efficientdet.benchmark import BACKENDS, render_table, run_benchmark
+from efficientdet.benchmark.measure import MemoryProbe, synthetic_images
+from efficientdet.benchmark.models import build_models
+from efficientdet.benchmark.pipelines import torch_pipeline
+from efficientdet.cli import main
+from efficientdet.data.images import load_image
+from efficientdet.models.flops import count_macs
 
 MODEL, SIZE = "efficientdet_lite0", 128
 # glibc's own heap policy: the steady one (the CLI's default) is process-wide and permanent, so

@@ -13,8 +13,8 @@ from PIL import Image, ImageOps
 
 from efficientdet.cli import main
 from efficientdet.models.efficientdet import EfficientDet
-from efficientdet.variants import get_config
 from efficientdet.outputs.visualize import PALETTE
+from efficientdet.variants import get_config
 
 DOG = PALETTE[1]  # the fake detector reports class 1 ("dog")
 
@@ -175,7 +175,7 @@ def test_video_frames_pipeline(
     class FakeReader:
         fps = 10.0
 
-        def frames(self):  # noqa: ANN202
+        def frames(self):
             for i in range(3):
                 yield _canvas(48, 64, (4 + 8 * i, 8, 24 + 8 * i, 30))
 

@@ -88,7 +88,7 @@ def test_unknown_policy_is_refused() -> None:
 def test_gridmask_zeroes_squares_keeps_boxes() -> None:
     torch.manual_seed(0)
     image, boxes = _scene(120, 160, (10, 10, 150, 110))
-    out, b, labels = GridMask(prob=1.0)(image, boxes, torch.tensor([0]))
+    out, b, _ = GridMask(prob=1.0)(image, boxes, torch.tensor([0]))
     dropped = (out == 0).all(0)[10:110, 10:150].float().mean()
     assert 0.05 < dropped < 0.5 and torch.equal(b, boxes)
 
@@ -113,7 +113,7 @@ def test_mosaic_boxes_in_window_follow_pixels_and_keep_classes(seed: int) -> Non
     # object covers the whole pixel and its clipped box is >= 1 px wide.
     assert _covered(image, boxes, white=254)
     for box in boxes:  # each kept box is filled by its (resized) object
-        x0, y0, x1, y1 = [int(round(v)) for v in box.tolist()]
+        x0, y0, x1, y1 = [round(v) for v in box.tolist()]
         inner = (image[:, y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] > 200).all(0).float()
         assert inner.numel() == 0 or inner.mean() > 0.9
 

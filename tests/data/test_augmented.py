@@ -1,5 +1,7 @@
 """AugmentedDataset (mosaic / mixup / AutoAugment / GridMask in training) and the augment.* config keys."""
 
+import re
+
 import pytest
 import torch
 
@@ -45,7 +47,7 @@ def test_mosaic_needs_four_images(index) -> None:
     import dataclasses
 
     small = dataclasses.replace(index, records=index.records[:3])
-    with pytest.raises(ValueError, match="augment.mosaic: a mosaic needs at least 4 training images"):
+    with pytest.raises(ValueError, match=re.escape("augment.mosaic: a mosaic needs at least 4 training images")):
         AugmentedDataset(small, TrainTransform(64), None, [], mosaic=0.5)
 
 

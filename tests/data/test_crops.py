@@ -31,6 +31,6 @@ def test_crop_transform_keeps_full_resolution_and_box_pixels() -> None:
     for _ in range(20):
         canvas, out, lab, content = transform(image, boxes, labels)
         assert canvas.shape == (3, 128, 128) and content == (128, 128)
-        for (x0, y0, x1, y1), l in zip(out.tolist(), lab.tolist()):
-            assert l == 1 and x1 - x0 <= 24 and y1 - y0 <= 16  # scale 1: never enlarged
+        for (x0, y0, x1, y1), label in zip(out.tolist(), lab.tolist()):
+            assert label == 1 and x1 - x0 <= 24 and y1 - y0 <= 16  # scale 1: never enlarged
             assert canvas[:, int(y0) : int(y1), int(x0) : int(x1)].float().mean() == 255

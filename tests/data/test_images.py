@@ -240,7 +240,7 @@ def test_numpy_arrays() -> None:
     array = _pattern()
     np.testing.assert_array_equal(_hwc(load_image(array)), array)
     np.testing.assert_array_equal(_hwc(load_image(array[::-1])), array[::-1])  # negative strides
-    rgba = np.concatenate([array, np.full(array.shape[:2] + (1,), 7, np.uint8)], -1)
+    rgba = np.concatenate([array, np.full((*array.shape[:2], 1), 7, np.uint8)], -1)
     np.testing.assert_array_equal(_hwc(load_image(rgba)), array)
     gray = array[..., 0]
     for g in (gray, gray[..., None]):

@@ -250,4 +250,4 @@ def test_evaluation_dataset_decodes_as_the_detector(big_jpeg: Path) -> None:
     assert sample["orig_size"] == (1200, 1600)
     assert sample["boxes"].tolist() == [[100.0, 50.0, 1600.0, 900.0]]
     with pytest.raises(ValueError, match="without a transform"):
-        DetectionDataset(index, lambda i, b, l: (i, b, l), decode_size=(320, 320))
+        DetectionDataset(index, lambda i, b, lab: (i, b, lab), decode_size=(320, 320))

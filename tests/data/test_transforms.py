@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from efficientdet.config import PreprocessConfig
 from efficientdet.data.transforms import TrainTransform
 from efficientdet.inference.preprocess import fit_size, normalize_batch, preprocess_batch
 from efficientdet.variants import get_config

@@ -6,8 +6,12 @@ import pytest
 
 from efficientdet.engine.distributed import DistInfo
 from efficientdet.engine.sharding import (
-    broadcast_from_main, check_shardable, gather_to_main, merge_in_order, shard_positions,
-)  # fmt: skip
+    broadcast_from_main,
+    check_shardable,
+    gather_to_main,
+    merge_in_order,
+    shard_positions,
+)
 
 
 @pytest.mark.parametrize("count,world", [(5, 2), (7, 3), (4, 4), (1000, 7)])

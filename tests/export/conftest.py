@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -11,9 +11,9 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from efficientdet import EfficientDet, create_model  # noqa: E402
-from efficientdet.benchmark.models import calibrate_batchnorm_  # noqa: E402
-from efficientdet.ops.boxes import box_iou  # noqa: E402
+from efficientdet import EfficientDet, create_model
+from efficientdet.benchmark.models import calibrate_batchnorm_
+from efficientdet.ops.boxes import box_iou
 
 Detections = dict[str, torch.Tensor]
 

@@ -32,8 +32,8 @@ from efficientdet.export import (  # noqa: E402
 )
 from efficientdet.export.graph import DetectionGraph, PostprocessGraph  # noqa: E402
 from efficientdet.export.runtime import physical_cores  # noqa: E402
-from efficientdet.ops.anchors import anchors_for_config  # noqa: E402
 from efficientdet.inference.postprocess import postprocess, postprocess_candidates  # noqa: E402
+from efficientdet.ops.anchors import anchors_for_config  # noqa: E402
 from efficientdet.ops.outputs import flatten_outputs  # noqa: E402
 
 TOL = 1e-4
@@ -65,7 +65,7 @@ def exported(make_model, tmp_path_factory):
     return get
 
 
-def _session(path) -> "ort.InferenceSession":
+def _session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -343,8 +343,8 @@ def test_torchscript_exporter_fixed_batch_custom_thresholds(make_model, tmp_path
 def test_torchscript_exporter_odd_level_sizes():
     """Odd pyramid sides take max_pool_same's explicit-padding branch, whose shape arithmetic the
     TorchScript exporter records (and, unpatched, exports with truncating division)."""
-    from efficientdet.models.layers import max_pool_same
     from efficientdet.export.tracing import to_proto
+    from efficientdet.models.layers import max_pool_same
 
     class Pool(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

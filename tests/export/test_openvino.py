@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -15,8 +15,8 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
-from efficientdet.export import OnnxDetector, export_onnx  # noqa: E402
-from efficientdet.export.openvino import OpenVinoDetector  # noqa: E402
+from efficientdet.export import OnnxDetector, export_onnx
+from efficientdet.export.openvino import OpenVinoDetector
 
 SIZE = (128, 192)
 

@@ -16,13 +16,18 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("onnxruntime")
 
-from efficientdet import create_model  # noqa: E402
-from efficientdet.export import OnnxDetector, export_onnx, read_onnx_metadata  # noqa: E402
-from efficientdet.export.calibration import calibration_files, load_calibration_images  # noqa: E402
-from efficientdet.export.quantize import (  # noqa: E402
-    FLOAT_GROUPS, Int8Options, export_int8, float_nodes, has_unbounded_activations, resolve_method,
-)  # fmt: skip
-from efficientdet.ops.boxes import box_iou  # noqa: E402
+from efficientdet import create_model
+from efficientdet.export import OnnxDetector, export_onnx, read_onnx_metadata
+from efficientdet.export.calibration import calibration_files, load_calibration_images
+from efficientdet.export.quantize import (
+    FLOAT_GROUPS,
+    Int8Options,
+    export_int8,
+    float_nodes,
+    has_unbounded_activations,
+    resolve_method,
+)
+from efficientdet.ops.boxes import box_iou
 
 SIZE = 128
 QUANTIZERS = ["nncf", "onnxruntime"]

@@ -9,8 +9,9 @@ import math
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -69,7 +70,7 @@ def _check_index(index: DatasetIndex) -> None:
             assert all(math.isfinite(v) for v in (x0, y0, x1, y1)), rec
             assert x0 < x1 and y0 < y1, (rec.image_path, x0, y0, x1, y1)
             if rec.width is not None and rec.height is not None:
-                assert 0 <= x0 and 0 <= y0 and x1 <= rec.width and y1 <= rec.height, (rec, x0, y0, x1, y1)
+                assert x0 >= 0 and y0 >= 0 and x1 <= rec.width and y1 <= rec.height, (rec, x0, y0, x1, y1)
             assert 0 <= label < index.num_classes, (label, index.class_names[:5])
         if rec.width is not None:
             assert rec.width > 0 and rec.height is not None and rec.height > 0

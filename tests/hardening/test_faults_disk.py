@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,7 @@ class _FullFile:
     """A binary file on a disk with ``disk.free`` bytes left: a write past that writes what
     fits and raises ENOSPC, as ``write(2)`` does on a full filesystem."""
 
-    def __init__(self, handle: Any, disk: "FullDisk") -> None:
+    def __init__(self, handle: Any, disk: FullDisk) -> None:
         self.handle, self.disk = handle, disk
 
     def write(self, data: bytes) -> int:
@@ -67,7 +68,7 @@ class _FullFile:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.handle, name)
 
-    def __enter__(self) -> "_FullFile":
+    def __enter__(self) -> _FullFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -146,7 +147,7 @@ def test_full_disk_at_fsync_mkstemp_and_ema_write(
 
     # 1. the data fit, fsync reports ENOSPC (delayed allocation, NFS, quotas)
     monkeypatch.setattr(fs_mod, "os", FullDisk(fail_from=1, at="fsync"))
-    with pytest.raises(CheckpointError, match=f"last.ckpt: could not write the checkpoint: the disk is full"):
+    with pytest.raises(CheckpointError, match=re.escape("last.ckpt: could not write the checkpoint: the disk is full")):
         trainer.save("last")
     monkeypatch.undo()
 

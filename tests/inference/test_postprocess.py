@@ -5,8 +5,8 @@ import torch
 from torch import Tensor
 
 from efficientdet.config import AnchorConfig, PostprocessConfig
-from efficientdet.ops.anchors import anchors_for_config, generate_anchors
 from efficientdet.inference.postprocess import postprocess
+from efficientdet.ops.anchors import anchors_for_config, generate_anchors
 from efficientdet.ops.outputs import flatten_outputs
 
 TINY = AnchorConfig(min_level=3, max_level=5)

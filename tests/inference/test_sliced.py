@@ -12,13 +12,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from efficientdet import create_model, save_model  # noqa: E402
-from efficientdet.config import PostprocessConfig, PreprocessConfig  # noqa: E402
-from efficientdet.inference.detector import Detector  # noqa: E402
-from efficientdet.inference.preprocess import preprocess_batch  # noqa: E402
-from efficientdet.inference.protocol import Prepared, StagedDetector, finish_detections  # noqa: E402
-from efficientdet.inference.sliced import SlicedDetector, tile_origins  # noqa: E402
-from efficientdet.ops.boxes import box_iou  # noqa: E402
+from efficientdet import create_model, save_model
+from efficientdet.config import PostprocessConfig, PreprocessConfig
+from efficientdet.inference.detector import Detector
+from efficientdet.inference.preprocess import preprocess_batch
+from efficientdet.inference.protocol import Prepared, StagedDetector, finish_detections
+from efficientdet.inference.sliced import SlicedDetector, tile_origins
+from efficientdet.ops.boxes import box_iou
 
 COLOURS = torch.tensor(
     [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255], [0, 255, 255], [255, 255, 255]],
@@ -96,7 +96,7 @@ def test_objects_in_corners_and_on_seams_are_found_once_with_exact_boxes() -> No
 
 
 def test_whole_image_pass_adds_large_objects_without_duplicates() -> None:
-    objects = OBJECTS + [LARGE]
+    objects = [*OBJECTS, LARGE]
     sliced = SlicedDetector(ColourOracle(128), tile=128, overlap=0.25)
     det = sliced(_image(objects))[0]  # __call__ path (decode, chunks) as predict uses it
     assert sorted(det["labels"].tolist()) == list(range(len(objects)))
@@ -150,12 +150,12 @@ def test_sliced_torch_equals_the_tiles_run_by_hand(tiny_model: torch.nn.Module) 
             boxes.append(d["boxes"] + torch.tensor([x, y, x, y]))
             scores.append(d["scores"])
             labels.append(d["labels"])
-    b, s, l = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+    b, s, lab = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
     from torchvision.ops import batched_nms
 
-    keep = batched_nms(b, s, l, post.iou_threshold)[:50]
+    keep = batched_nms(b, s, lab, post.iou_threshold)[:50]
     torch.testing.assert_close(got["boxes"], b[keep])
-    assert torch.equal(got["labels"], l[keep]) and got["names"][0] in ("a", "b", "c")
+    assert torch.equal(got["labels"], lab[keep]) and got["names"][0] in ("a", "b", "c")
 
 
 def test_sliced_runs_with_onnxruntime(tiny_model: torch.nn.Module, tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 
 from efficientdet import Detector, create_model
+from efficientdet.inference.tta import TTADetector, weighted_box_fusion
 from efficientdet.ops.anchors import anchors_for_config, feature_size
 from efficientdet.ops.box_coder import encode
 from efficientdet.ops.boxes import box_iou
-from efficientdet.inference.tta import TTADetector, weighted_box_fusion
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def detector() -> Detector:
     return Detector(create_model("efficientdet_lite0", num_classes=3, class_names=["cat", "dog", "cup"]))
 
 
-def _bright_forward(config, left_half_only: bool = False):  # noqa: ANN001, ANN202
+def _bright_forward(config, left_half_only: bool = False):
     """Fake forward: the bounding box of each input's white pixels, class 1, logit 6 (0.9975),
     encoded on the best-overlapping anchor. ``left_half_only``: blind in the right half."""
 

@@ -4,6 +4,7 @@ BatchNormAct2d + SiLU, with fewer saved activations."""
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from timm.layers import BatchNormAct2d
@@ -71,5 +72,5 @@ def test_efficientdet_backbone_rewrite() -> None:
     assert make_batchnorm_silu_lean(lean) > 30  # the backbone's BN + SiLU layers
     x = torch.randn(2, 3, 128, 128)
     out_ref, out = model(x), lean(x)
-    for a, b in zip(sum(out_ref, []), sum(out, [])):
+    for a, b in zip(itertools.chain(*out_ref), itertools.chain(*out)):
         assert torch.allclose(a, b, atol=1e-4)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from efficientdet import create_model
-from efficientdet.ops.anchors import anchors_for_config
 from efficientdet.inference.postprocess import postprocess
+from efficientdet.ops.anchors import anchors_for_config
 
 pytest.importorskip("effdet")
 

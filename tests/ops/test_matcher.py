@@ -7,8 +7,8 @@ import torch
 from efficientdet.config import AnchorConfig
 from efficientdet.ops.anchors import anchors_for_config
 from efficientdet.ops.box_coder import encode
-from efficientdet.ops.matcher import BACKGROUND, IGNORE, AnchorLabeler, assign_anchors, batched_anchor_iou
 from efficientdet.ops.boxes import box_iou
+from efficientdet.ops.matcher import BACKGROUND, IGNORE, AnchorLabeler, assign_anchors, batched_anchor_iou
 
 RATIOS = [(1.0, 1.0), (1.4, 0.7), (0.7, 1.4)]
 
@@ -39,7 +39,7 @@ def _yxyx(b: torch.Tensor) -> torch.Tensor:
 
 def _effdet_targets(labeler, boxes: list[torch.Tensor], labels: list[torch.Tensor]):
     """effdet's per-level targets flattened to ours: labels +1 in (effdet's are 1-based), yxyx boxes."""
-    cls, box, num = labeler.batch_label_anchors([_yxyx(b) for b in boxes], [l + 1 for l in labels])
+    cls, box, num = labeler.batch_label_anchors([_yxyx(b) for b in boxes], [lab + 1 for lab in labels])
     n = len(boxes)
     return torch.cat([c.reshape(n, -1) for c in cls], 1), torch.cat([b.reshape(n, -1, 4) for b in box], 1), num
 

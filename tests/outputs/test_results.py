@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,5 +56,5 @@ def test_write_json_and_csv(tmp_path: Path) -> None:
         rows = list(csv.reader(f))
     assert tuple(rows[0]) == CSV_HEADER and len(rows) == 3 and rows[1][0] == "a.jpg"
     assert not list(tmp_path.glob("**/*.tmp"))
-    with pytest.raises(ValueError, match="use .json or .csv"):
+    with pytest.raises(ValueError, match=re.escape("use .json or .csv")):
         write_detections(tmp_path / "d.txt", items)

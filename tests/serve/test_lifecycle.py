@@ -32,7 +32,7 @@ def test_full_queue_gives_503_then_recovers(weights: Path, image_files: list[Pat
         assert statuses.count(200) >= 2
         assert all(answer["error"]["code"] == "queue_full" for answer in busy)
         # Retry-After on the refusal, and nothing piles up: the next requests are served
-        status, headers = 0, {}
+        headers = {}
         for _ in range(50):  # bounded: a 503 needs several concurrent requests, so this ends fast
             with ThreadPoolExecutor(6) as pool:
                 answers = list(pool.map(lambda _: request(srv.port, "POST", "/v1/detect", data,

@@ -46,7 +46,7 @@ class Timing:
     def p90_ms(self) -> float:
         return percentile(self.total, 90) * 1000
 
-    def __add__(self, other: "Timing") -> "Timing":
+    def __add__(self, other: Timing) -> Timing:
         """Both runs' samples (the same stages), e.g. of two rounds."""
         if self.stages.keys() != other.stages.keys():
             raise ValueError(f"cannot join timings of stages {list(self.stages)} and {list(other.stages)}")

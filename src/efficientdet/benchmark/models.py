@@ -51,8 +51,9 @@ def calibrate_batchnorm_(model: nn.Module, images: torch.Tensor, var_floor: floa
 
 def _calibration_batch(files: Sequence[Path], preprocess: PreprocessConfig) -> torch.Tensor:
     """Up to two of ``files``, preprocessed for the model -> [B, 3, H, W]."""
-    from ..data.images import load_image
     from efficientdet.inference.preprocess import preprocess_batch
+
+    from ..data.images import load_image
 
     if not files:
         raise ValueError("random weights need at least one image to calibrate BatchNorm statistics on")

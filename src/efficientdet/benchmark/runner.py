@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from efficientdet.benchmark.heap import steady_heap as apply_steady_heap
+
 from ..models.efficientdet import EfficientDet
-from .notes import result_notes
-from .measure import MemoryProbe, Timing, float_matmul_gflops, stopwatch, synthetic_images, time_calls
 from . import INT8_BACKENDS
+from .measure import MemoryProbe, Timing, float_matmul_gflops, stopwatch, synthetic_images, time_calls
+from .notes import result_notes
 from .pipelines import BACKENDS, REFERENCE, Pipeline, image_files, make_pipeline
 from .result import BenchmarkResult, BenchmarkRow
 

@@ -75,9 +75,8 @@ def load_index(dataset: str, split: str | None) -> tuple[DatasetIndex, str]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .notices import print_data_warnings
-
     from ..engine.distributed import cleanup
+    from .notices import print_data_warnings
 
     info = join_ranks(args)  # under torchrun: one share of the images per process
     try:
@@ -185,9 +184,8 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
     ``out/compare``), a side-by-side table with the AP difference's bootstrap interval, and
     both in ``metrics.json``."""
     from ..evaluation.run import evaluate
-    from ..fs import atomic_write
-
     from ..export.metadata import is_graph_file
+    from ..fs import atomic_write
     from .common import GRAPH_BACKENDS, build_runner
 
     backend = args.backend

@@ -25,6 +25,7 @@ def describe(model: str, image_size: tuple[int, int] | None = None, num_classes:
     import torch
 
     from efficientdet.models.flops import count_macs
+
     from ..models.efficientdet import build_model
 
     config = get_config(model)

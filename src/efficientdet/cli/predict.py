@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from efficientdet.outputs.video import VIDEO_EXTENSIONS, VideoError, open_video, open_video_writer
+
 from .common import (
     Runner,
     add_model_args,
@@ -32,9 +33,10 @@ from .common import (
 from .ranks import add_dist_args, build_runner_on_ranks, join_ranks
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet predict --help`` must not wait for torch
-    from ..engine.distributed import DistInfo
     import numpy as np
     import torch
+
+    from ..engine.distributed import DistInfo
 
 __all__ = ["add_parser", "collect_inputs", "load_model", "make_detector", "resolve_device", "run_predict"]
 
@@ -225,8 +227,9 @@ def _run(
     """Detect in this rank's share of the inputs (all of them alone) and write the annotated
     copies; rank 0 gathers every share's detections and writes the one detections file in
     input order (the body of :func:`run_predict`)."""
-    from ..engine.sharding import gather_to_main, merge_in_order, shard_positions
     from efficientdet.outputs.results import write_detections
+
+    from ..engine.sharding import gather_to_main, merge_in_order, shard_positions
 
     mine = [(inputs[p], targets[p]) for p in shard_positions(len(inputs), info)]
     images = [(inp, t) for inp, t in mine if inp.kind == "image"]
@@ -275,9 +278,10 @@ def _predict_images(
     returns ``(path, detections)`` per readable image and the count of unreadable ones."""
     from tqdm import tqdm
 
+    from efficientdet.outputs.visualize import draw_detections
+
     from ..data.images import ImageError, load_for_model, load_image
     from ..data.reduced import ReducedImage, full_size
-    from efficientdet.outputs.visualize import draw_detections
 
     detector, class_names, thr = runner.detector, runner.class_names, args.score_threshold
     max_pixels = runner.max_input_pixels

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # imported where used: ``--help`` must not wait for torch
     from ..engine.distributed import DistInfo
     from .common import Runner
 
-__all__ = ["add_dist_args", "join_ranks", "build_runner_on_ranks"]
+__all__ = ["add_dist_args", "build_runner_on_ranks", "join_ranks"]
 
 
 def add_dist_args(p: argparse.ArgumentParser) -> None:

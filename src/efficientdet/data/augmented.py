@@ -9,7 +9,8 @@ dataset rather than a transform; ``close_mosaic`` turns both off for the last ep
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -13,14 +13,14 @@ Randomness comes from torch's global generator.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torchvision import tv_tensors
 
-__all__ = ["AutoAugment", "POLICIES", "drop_degenerate"]
+__all__ = ["POLICIES", "AutoAugment", "drop_degenerate"]
 
 FILL = [128.0, 128.0, 128.0]  # official fill of empty pixels
 MAX_LEVEL = 10.0

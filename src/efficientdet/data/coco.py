@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from efficientdet.data.common import MAX_SIDE, Issues, check_box, is_file, resolve_under, short_repr, to_float
+
 from .records import DatasetIndex, DetectionRecord
 
 __all__ = ["read_coco", "write_coco"]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..ops.boxes import clip_boxes
 from efficientdet.data.common import warn_issue
+
+from ..ops.boxes import clip_boxes
 from .images import DEFAULT_MAX_PIXELS, ImageError, load_for_model
-from .reduced import full_size, image_pixels
 from .records import DatasetIndex
+from .reduced import full_size, image_pixels
 
 __all__ = ["DetectionDataset", "Transform", "collate_detections"]
 
@@ -42,7 +44,7 @@ class DetectionDataset(Dataset):
     def __init__(
         self,
         index: DatasetIndex,
-        transform: Optional[Transform] = None,
+        transform: Transform | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         decode_size: tuple[int, int] | None = None,
     ) -> None:
@@ -74,13 +76,13 @@ class DetectionDataset(Dataset):
             warn_issue(f"{path}: record image_id={rec.image_id}: cannot load image ({exc.problem}); sample skipped")
             return None
         h, w = full_size(image)
-        if rec.width is not None and rec.height is not None and (rec.width, rec.height) != (w, h):
-            if i not in self._size_warned:  # once per record, not once per epoch
-                self._size_warned.add(i)
-                warn_issue(
-                    f"{path}: record image_id={rec.image_id}: annotated size {rec.width}x{rec.height} "
-                    f"differs from the decoded {w}x{h} (WxH); boxes kept as annotated"
-                )
+        sized = rec.width is not None and rec.height is not None
+        if sized and (rec.width, rec.height) != (w, h) and i not in self._size_warned:
+            self._size_warned.add(i)  # once per record, not once per epoch
+            warn_issue(
+                f"{path}: record image_id={rec.image_id}: annotated size {rec.width}x{rec.height} "
+                f"differs from the decoded {w}x{h} (WxH); boxes kept as annotated"
+            )
         boxes, labels = rec.boxes.clone(), rec.labels.clone()
         extra: dict[str, Any] = {}
         if self.transform is not None:

@@ -27,7 +27,7 @@ class GridMask:
 
     def mask(self, h: int, w: int) -> Tensor:
         """A float32 [h, w] mask: 1 where the image is kept."""
-        side = int(math.ceil(1.5 * max(h, w)))
+        side = math.ceil(1.5 * max(h, w))
         lo, hi = int(min(0.5 * h, 0.3 * w)), int(max(0.5 * h, 0.3 * w))
         d = max(2, int(torch.randint(max(lo, 2), max(hi, 2) + 1, ())))
         length = min(max(int(d * self.ratio + 0.5), 1), d - 1)

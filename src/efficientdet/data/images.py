@@ -30,10 +30,16 @@ from PIL import Image, ImageFile, ImageOps
 from torchvision.io import ImageReadMode, decode_image
 
 from ..inference.preprocess import reduction_factor
-from .reduced import DecodedImage, ReducedImage
 from .image_arrays import (
-    ImageError, check_array_layout, check_size, dense_layout, from_numpy, from_tensor, is_dense,
-)  # fmt: skip
+    ImageError,
+    check_array_layout,
+    check_size,
+    dense_layout,
+    from_numpy,
+    from_tensor,
+    is_dense,
+)
+from .reduced import DecodedImage, ReducedImage
 
 __all__ = ["ImageError", "ImageSource", "image_size_of", "is_dense", "load_for_model", "load_image"]
 
@@ -347,9 +353,7 @@ def _from_pil(
             array: np.ndarray = np.asarray(image).astype(np.uint16)
         elif mode == "I":  # 32-bit int: Pillow's representation of 16-bit data
             array = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
-        elif mode == "F":  # float: same 0..1 convention as float arrays
-            array = np.asarray(image)
-        elif mode in ("RGB", "L"):
+        elif mode in ("F", "RGB", "L"):  # F (float): same 0..1 convention as float arrays
             array = np.asarray(image)
         else:
             if mode == "P" or "A" in mode or "a" in mode:

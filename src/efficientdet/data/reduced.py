@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
@@ -41,15 +40,15 @@ class ReducedImage:
                 f"by {self.factor} (expected {expected}, factor 2, 4 or 8)"
             )
 
-    def to(self, device: str | torch.device) -> "ReducedImage":
+    def to(self, device: str | torch.device) -> ReducedImage:
         """The same image with its pixels on ``device``."""
         return dataclasses.replace(self, pixels=self.pixels.to(device))
 
-    def cpu(self) -> "ReducedImage":
+    def cpu(self) -> ReducedImage:
         return self.to("cpu")
 
 
-DecodedImage = Union[torch.Tensor, ReducedImage]
+DecodedImage = torch.Tensor | ReducedImage
 
 
 def image_pixels(image: DecodedImage) -> torch.Tensor:

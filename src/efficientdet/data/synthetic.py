@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,7 +25,7 @@ _PALETTE = (
     (220, 40, 40), (40, 170, 60), (50, 80, 225), (235, 200, 30), (175, 50, 200),
     (30, 200, 205), (245, 130, 30), (240, 240, 240), (20, 20, 20),
 )
-SizeSpec = Union[int, tuple[int, int], tuple[tuple[int, int], tuple[int, int]]]
+SizeSpec = int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]]
 _Box = tuple[int, int, int, int]
 
 

@@ -18,8 +18,8 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from efficientdet.ops.boxes import clip_boxes
 from efficientdet.inference.preprocess import check_image, check_size, fit_size
+from efficientdet.ops.boxes import clip_boxes
 
 __all__ = ["TrainTransform"]
 

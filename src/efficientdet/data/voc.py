@@ -19,13 +19,23 @@ from __future__ import annotations
 import os
 import shutil
 import xml.etree.ElementTree as ET  # only for *writing* our own files; parsing uses defusedxml
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import defusedxml
 import defusedxml.ElementTree as SafeET
 
-from efficientdet.data.common import IMAGE_EXTENSIONS, MAX_SIDE, Issues, check_box, fmt_num, is_file, resolve_under, short_repr
+from efficientdet.data.common import (
+    IMAGE_EXTENSIONS,
+    MAX_SIDE,
+    Issues,
+    check_box,
+    fmt_num,
+    is_file,
+    resolve_under,
+    short_repr,
+)
+
 from .images import ImageError, image_size_of
 from .records import DatasetIndex, DetectionRecord
 

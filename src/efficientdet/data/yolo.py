@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
 from efficientdet.data.common import IMAGE_EXTENSIONS, MAX_SIDE, Issues, check_box, clip_text, resolve_under, short_repr
+
 from .images import ImageError, image_size_of
 from .records import DatasetIndex, DetectionRecord
 

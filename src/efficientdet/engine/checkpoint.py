@@ -168,7 +168,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{culprit}. Nothing in it was executed. Training checkpoints of this library hold "
             "tensors and plain values only: use a checkpoint from a source you trust."
         ) from err
-    except Exception as err:  # noqa: BLE001 - any failure means the same to the user
+    except Exception as err:  # deliberately broad: any failure means the same to the user
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"{path}: not a readable training checkpoint, the file is truncated or of another "

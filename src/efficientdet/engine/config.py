@@ -151,7 +151,7 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 5
     log_every: int = 10
 
-    def replace(self, **overrides: Any) -> "TrainConfig":
+    def replace(self, **overrides: Any) -> TrainConfig:
         """Copy with overrides; dotted keys reach sections (``optim.lr``, ``data.train``)."""
         return _replace(self, overrides)
 

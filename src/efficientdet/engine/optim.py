@@ -118,5 +118,5 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, total_steps: int
 ) -> WarmupCosineLR:
     """Warmup over ``cfg.warmup_epochs`` epochs, then cosine to the end (see :class:`WarmupCosine`)."""
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
     return WarmupCosineLR(optimizer, WarmupCosine(warmup, total_steps, cfg.warmup_start_factor, cfg.min_lr_factor))

@@ -6,20 +6,21 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ModelConfig
+from ..data.augmented import AugmentedDataset, build_pre_ops
+from ..data.crops import CropTransform
 from ..data.dataset import DetectionDataset
 from ..data.loaders import ResumableSampler, SeededDataset, build_train_loader
 from ..data.records import DatasetIndex
-from ..data.crops import CropTransform
 from ..data.transforms import TrainTransform
-from ..data.augmented import AugmentedDataset, build_pre_ops
 from ..factory import create_model
 from ..models.checkpointing import set_grad_checkpointing
 from ..models.efficientdet import EfficientDet
@@ -33,13 +34,13 @@ from .optim import build_optimizer, build_scheduler, default_lr
 from .state import TrainState
 
 __all__ = [
-    "resolve_device",
-    "resolve_amp_dtype",
-    "prepare_for_training",
-    "build_train_model",
     "build_train_loader_for",
-    "count_steps",
+    "build_train_model",
     "build_train_state",
+    "count_steps",
+    "prepare_for_training",
+    "resolve_amp_dtype",
+    "resolve_device",
     "resume_path",
 ]
 

@@ -19,8 +19,15 @@ from torch import nn
 
 from .distributed import DistInfo
 
-__all__ = ["ShardingError", "check_shardable", "shard_positions", "gather_to_main", "broadcast_from_main",
-           "broadcast_module", "merge_in_order"]  # fmt: skip
+__all__ = [
+    "ShardingError",
+    "broadcast_from_main",
+    "broadcast_module",
+    "check_shardable",
+    "gather_to_main",
+    "merge_in_order",
+    "shard_positions",
+]
 
 T = TypeVar("T")
 

@@ -6,9 +6,10 @@ resumed run continues bitwise where it stopped (engine/checkpoint.py does the fi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn

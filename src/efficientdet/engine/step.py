@@ -7,7 +7,8 @@ gradients are dropped and the BN running statistics its forward wrote are put ba
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -17,8 +17,8 @@ fixed order of reduction, so training stays deterministic.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
 
 import torch
 from torch import nn

@@ -16,8 +16,8 @@ from .plots import plot_precision_recall
 from .voc import VocResult, voc_ap50
 
 __all__ = [
-    "ApInterval",
     "STAT_NAMES",
+    "ApInterval",
     "CocoEvaluator",
     "CocoGroundTruth",
     "EvalResult",

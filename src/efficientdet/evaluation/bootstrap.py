@@ -18,7 +18,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-__all__ = ["ApInterval", "MAX_BOOTSTRAP_IMAGES", "paired_ap_interval", "per_image_evaluation", "resampled_ap"]
+__all__ = ["MAX_BOOTSTRAP_IMAGES", "ApInterval", "paired_ap_interval", "per_image_evaluation", "resampled_ap"]
 
 # Above this many images the accumulations get slow (seconds per draw on COCO val) and the
 # difference is measured more precisely anyway.

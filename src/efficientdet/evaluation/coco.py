@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -45,8 +45,8 @@ STAT_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 
 # A COCO annotation file, its loaded dict, or a ready pycocotools COCO object.
-CocoGroundTruth = Union[str, os.PathLike, Mapping[str, Any], COCO]
-ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
+CocoGroundTruth: TypeAlias = str | os.PathLike | Mapping[str, Any] | COCO  # explicit: COCO is untyped (Any) to mypy
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 
 def _np(x: ArrayLike | None, dtype: type, shape_tail: tuple[int, ...] = ()) -> np.ndarray:

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.dataset import DetectionDataset
 from ..config import PostprocessConfig
-from ..fs import atomic_write
+from ..data.dataset import DetectionDataset
 from ..data.records import DatasetIndex
 from ..engine.distributed import DistInfo
 from ..engine.sharding import broadcast_from_main, check_shardable, gather_to_main, merge_in_order, shard_positions
+from ..fs import atomic_write
 from ..inference.detector import Detector
 from ..inference.protocol import ImageDetector, torch_threads
 from ..models.efficientdet import EfficientDet

@@ -21,10 +21,11 @@ if TYPE_CHECKING:
     from torch import nn
 
     from efficientdet.models.fuse import count_batchnorms, fuse_batchnorm, optimize_for_inference
+
     from .metadata import OnnxMetadata, read_onnx_metadata
     from .onnx import ExportError, attach_candidates, attach_postprocess, check_onnx, export_onnx
-    from .program import export_program, export_torchscript
     from .openvino import OpenVinoDetector
+    from .program import export_program, export_torchscript
     from .runtime import OnnxDetector
 
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")

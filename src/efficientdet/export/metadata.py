@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import ModelConfig
 
-__all__ = ["CANDIDATE_LAYOUT", "CANDIDATE_OUTPUTS", "NMS_LAYOUT", "NMS_OUTPUTS", "OnnxMetadata", "RAW_LAYOUT", "RAW_OUTPUTS", "is_graph_file", "metadata_props", "read_onnx_metadata"]
+__all__ = ["CANDIDATE_LAYOUT", "CANDIDATE_OUTPUTS", "NMS_LAYOUT", "NMS_OUTPUTS", "RAW_LAYOUT", "RAW_OUTPUTS", "OnnxMetadata", "is_graph_file", "metadata_props", "read_onnx_metadata"]
 
 FORMAT_VERSION = "1"
 RAW_OUTPUTS = ("cls_logits", "box_codes")
@@ -73,7 +73,7 @@ class OnnxMetadata:
         }
 
     @classmethod
-    def from_props(cls, props: dict[str, str], source: str = "model") -> "OnnxMetadata":
+    def from_props(cls, props: dict[str, str], source: str = "model") -> OnnxMetadata:
         if "efficientdet.format_version" not in props:
             raise ValueError(f"{source}: no efficientdet metadata; was it written by efficientdet.export?")
         try:

@@ -88,7 +88,7 @@ def fold_pads(proto: Any) -> int:
         if conv.op_type not in _FOLD_FILL or conv.input[0] != pad.output[0]:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
-        if attrs.get("mode", b"constant") not in (b"constant", "constant") or len(pad.input) > 3 and pad.input[3]:
+        if attrs.get("mode", b"constant") not in (b"constant", "constant") or (len(pad.input) > 3 and pad.input[3]):
             continue  # other modes, or an ``axes`` input
         pads = _constant_value(pad.input[1], producers, inits, cache) if len(pad.input) > 1 else None
         fill = _constant_value(pad.input[2], producers, inits, cache) if len(pad.input) > 2 and pad.input[2] else 0

@@ -31,7 +31,7 @@ import numpy as np
 from ..config import PostprocessConfig
 from .runtime import OnnxDetector, physical_cores
 
-__all__ = ["OpenVinoDetector", "PRECISIONS", "default_compile_cache", "require_openvino", "usable_folder"]
+__all__ = ["PRECISIONS", "OpenVinoDetector", "default_compile_cache", "require_openvino", "usable_folder"]
 
 PRECISIONS: tuple[str, ...] = ("auto", "f32", "bf16")
 

@@ -37,10 +37,22 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "CANDIDATES_ABOVE_CLASSES", "FLOAT_GROUPS", "QUANTIZERS", "Int8Options", "cpu_has_vnni", "export_int8",
-    "float_nodes", "has_unbounded_activations", "int8_candidates", "int8_description",
-    "quantize_network", "resolve_method", "quantize_with_nncf", "quantize_with_onnxruntime", "require_nncf",
-]  # fmt: skip
+    "CANDIDATES_ABOVE_CLASSES",
+    "FLOAT_GROUPS",
+    "QUANTIZERS",
+    "Int8Options",
+    "cpu_has_vnni",
+    "export_int8",
+    "float_nodes",
+    "has_unbounded_activations",
+    "int8_candidates",
+    "int8_description",
+    "quantize_network",
+    "quantize_with_nncf",
+    "quantize_with_onnxruntime",
+    "require_nncf",
+    "resolve_method",
+]
 
 # Parts of the network that can be kept in float, by name:
 #   stem:     the first convolution (sees raw normalised pixels: the widest activation range);
@@ -286,8 +298,8 @@ def quantize_with_onnxruntime(
         nodes_to_exclude=excluded,
         calibration_providers=["CPUExecutionProvider"],
         extra_options={"CalibTensorRangeSymmetric": False, "CalibPercentile": 99.999,
-                       "CalibStridedMinMax": calibration_stride(len(batches))},  # fmt: skip
-    )
+                       "CalibStridedMinMax": calibration_stride(len(batches))},
+    )  # fmt: skip
     return out
 
 

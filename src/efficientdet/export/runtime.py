@@ -15,15 +15,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.reduced import DecodedImage
 from ..config import PostprocessConfig, PreprocessConfig
-from ..ops.anchors import anchors_for_config
-from ..ops.boxes import clip_boxes
+from ..data.reduced import DecodedImage
 from ..inference.postprocess import postprocess, postprocess_candidates
 from ..inference.preprocess import preprocess_batch
 from ..inference.protocol import (
-    Detections, Prepared, StagedDetector, finish_detections, torch_threads, with_score_threshold,
-)  # fmt: skip
+    Detections,
+    Prepared,
+    StagedDetector,
+    finish_detections,
+    torch_threads,
+    with_score_threshold,
+)
+from ..ops.anchors import anchors_for_config
+from ..ops.boxes import clip_boxes
 from .metadata import OnnxMetadata, is_graph_file, read_onnx_metadata
 
 __all__ = ["OnnxDetector", "check_graph_options", "physical_cores"]
@@ -172,7 +177,7 @@ class OnnxDetector(StagedDetector):
         batch_size: int = 8,
         max_input_pixels: int | None = None,
         score_threshold: float | None = None,
-    ) -> "OnnxDetector":
+    ) -> OnnxDetector:
         """An ``.onnx`` file as it is (options that contradict its metadata are ValueErrors),
         or any other weights (checkpoint, registered name, URL) exported once into
         ``cache_dir`` (:func:`~efficientdet.export.cache.cached_onnx`). ``max_input_pixels``

@@ -7,13 +7,15 @@ import copy
 import io
 import logging
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
 from efficientdet.models.fuse import fuse_batchnorm
+
+from ..config import ModelConfig
 from .graph import dynamo_translations, register_torchscript_symbolic
 
 __all__ = ["ExportError", "image_size_for", "inference_copy", "set_output_shapes", "to_proto"]
@@ -94,7 +96,7 @@ def to_proto(
     """Export ``module`` called on ``args`` to an in-memory ``onnx.ModelProto``."""
     import onnx
 
-    with warnings.catch_warnings(), _quiet_onnx_ir(), contextlib.ExitStack() as stack:
+    with warnings.catch_warnings(), _quiet_onnx_ir():
         # Tracer warnings about Python bools on shapes are expected (the sizes are fixed), and
         # the TorchScript exporter's deprecation is a documented choice of the caller.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)

@@ -22,4 +22,13 @@ _LAZY = {
 }
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "Detector",
+    "ImageDetector",
+    "Prepared",
+    "SlicedDetector",
+    "StagedDetector",
+    "TTADetector",
+    "inference_model",
+    "weighted_box_fusion",
+]

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ..data.reduced import DecodedImage
 from ..config import PostprocessConfig, PreprocessConfig
+from ..data.reduced import DecodedImage
 from ..models.efficientdet import EfficientDet
 from ..models.fuse import optimize_for_inference
 from ..ops.anchors import anchors_for_config
@@ -74,7 +74,7 @@ class Detector(StagedDetector):
     @classmethod
     def from_pretrained(
         cls, weights: str | os.PathLike[str], name: str | None = None, device: str | None = None, **kwargs: Any
-    ) -> "Detector":
+    ) -> Detector:
         """A detector from a checkpoint, a registered weights name or a URL."""
         from ..factory import create_model
 

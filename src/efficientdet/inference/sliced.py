@@ -23,8 +23,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..data.reduced import DecodedImage, require_full
 from ..config import PostprocessConfig, PreprocessConfig
+from ..data.reduced import DecodedImage, require_full
 from ..ops.nms import batched_nms
 from .protocol import Detections, ImageDetector, StagedDetector, finish_detections
 from .tta import weighted_box_fusion
@@ -37,7 +37,7 @@ TILE_MULTIPLE = 32  # the backbone's output stride, as --image-size
 def tile_origins(size: int, tile: int, overlap: float) -> list[int]:
     """Start offsets of tiles of side ``tile`` covering ``size`` pixels with ``overlap`` (a
     fraction of ``tile``); the last tile ends at ``size``. ``tile <= size``."""
-    step = max(1, tile - int(round(tile * overlap)))
+    step = max(1, tile - round(tile * overlap))
     count = max(1, math.ceil((size - tile) / step) + 1)
     return sorted({min(i * step, size - tile) for i in range(count)})
 

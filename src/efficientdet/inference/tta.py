@@ -23,6 +23,7 @@ from torch import Tensor
 from efficientdet.ops.anchors import anchors_for_config
 from efficientdet.ops.boxes import box_iou, clip_boxes
 from efficientdet.ops.nms import batched_nms, soft_nms
+
 from ..config import PostprocessConfig, PreprocessConfig
 from ..data.reduced import DecodedImage, require_full
 from .detector import Detector

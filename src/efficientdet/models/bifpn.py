@@ -170,7 +170,7 @@ class FusionNode(nn.Module):
                 else:
                     x = F.interpolate(x, scale_factor=float(2**-step), mode="nearest")
             if weights is not None:
-                if denom is not None:
+                if denom is not None:  # noqa: SIM108 - the comment below belongs to this branch only
                     # (x * w) / sum, in the reference's order: a*(w/sum) rounds differently and
                     # the difference grows past 1e-4 through D5's seven cells
                     x = x * weights[i].to(x.dtype) / denom.to(x.dtype)

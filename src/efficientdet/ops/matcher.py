@@ -172,7 +172,7 @@ class AnchorLabeler:
         self.unmatched_threshold = float(unmatched_threshold)
         self.force_match = bool(force_match)
 
-    def to(self, device: torch.device | str) -> "AnchorLabeler":
+    def to(self, device: torch.device | str) -> AnchorLabeler:
         """Move the anchors (and hence the outputs) to ``device``; returns self."""
         self.anchors = self.anchors.to(device)
         return self
@@ -212,16 +212,16 @@ class AnchorLabeler:
             return boxes, labels, labels >= 0
         if len(gt_boxes) != len(gt_labels):
             raise ValueError(f"got {len(gt_boxes)} box tensors but {len(gt_labels)} label tensors")
-        for i, (b, l) in enumerate(zip(gt_boxes, gt_labels)):
-            if b.ndim != 2 or b.shape[-1] != 4 or l.shape != b.shape[:1]:
+        for i, (b, lab) in enumerate(zip(gt_boxes, gt_labels)):
+            if b.ndim != 2 or b.shape[-1] != 4 or lab.shape != b.shape[:1]:
                 raise ValueError(
-                    f"image #{i}: need boxes [M, 4] and labels [M], got {tuple(b.shape)}, {tuple(l.shape)}"
+                    f"image #{i}: need boxes [M, 4] and labels [M], got {tuple(b.shape)}, {tuple(lab.shape)}"
                 )
         batch = len(gt_boxes)
         max_gt = max((b.shape[0] for b in gt_boxes), default=0)
         boxes = torch.zeros((batch, max_gt, 4), dtype=torch.float32, device=device)
         labels = torch.full((batch, max_gt), -1, dtype=torch.int64, device=device)
-        for i, (b, l) in enumerate(zip(gt_boxes, gt_labels)):  # one copy per image, not per box
+        for i, (b, lab) in enumerate(zip(gt_boxes, gt_labels)):  # one copy per image, not per box
             boxes[i, : b.shape[0]] = b
-            labels[i, : l.shape[0]] = l
+            labels[i, : lab.shape[0]] = lab
         return boxes, labels, labels >= 0

@@ -18,12 +18,19 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from ..data.reduced import full_size
 from .batcher import DetectFn, DynamicBatcher, QueueFull
 from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from .schemas import (
-    ApiError, DetectResponse, Detection, ImageSize, ModelInfo, Timing, apply_options, parse_options,
-)  # fmt: skip
-from ..data.reduced import full_size
+    ApiError,
+    Detection,
+    DetectResponse,
+    ImageSize,
+    ModelInfo,
+    Timing,
+    apply_options,
+    parse_options,
+)
 from .uploads import decode_upload, read_upload
 
 __all__ = ["ServeLimits", "ServedModel", "create_app"]
@@ -84,7 +91,7 @@ class _Service:
     async def load_model(self) -> None:
         try:
             self.model = await asyncio.to_thread(self.load)
-        except Exception as exc:  # noqa: BLE001 - reported by /healthz and the callback
+        except Exception as exc:  # deliberately broad: reported by /healthz and the callback
             self.load_error = f"{type(exc).__name__}: {exc}"
             if self.on_load_error is not None:
                 self.on_load_error(exc)

@@ -144,7 +144,7 @@ class DynamicBatcher:
         start = loop.time()
         try:
             dets = await loop.run_in_executor(self._executor, self.detect, [i.image for i in items], threshold)
-        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
+        except Exception as exc:  # deliberately broad: every waiting request gets the error
             for item in items:
                 if not item.future.done():
                     item.future.set_exception(exc)

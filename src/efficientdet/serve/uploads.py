@@ -95,7 +95,7 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
         else:
             raise ApiError(422, "unknown_field", f"file field {key!r}: send the image in the field 'image'")
     if image is None:
-        got = ", ".join(repr(k) for k in form.keys()) or "none"
+        got = ", ".join(repr(k) for k in form) or "none"
         raise ApiError(422, "missing_image", f"no file field 'image' in the multipart body (fields: {got})")
     data = await image.read()
     await form.close()

@@ -86,7 +86,7 @@ def _config_signature(name: str) -> tuple[int, int, int, int, bool]:
     return fn.channels, fn.repeats, 2 * (levels - 1), cfg.head.repeats, fn.fusion != "sum"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _variant_shapes(name: str) -> dict[str, tuple[int, ...]]:
     """Every tensor shape of variant ``name`` (built on the meta device: no memory, ~0.5 s)."""
     from ..models.efficientdet import build_model

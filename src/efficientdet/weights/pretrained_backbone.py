@@ -75,11 +75,11 @@ from torch import Tensor, nn
 
 __all__ = [
     "LITE0_MEAN",
-    "LITE0_STD",
     "LITE0_STAGE_DEPTHS",
+    "LITE0_STD",
     "SUPPORTED_BACKBONES",
-    "lite0_weights_path",
     "lite0_timm_state_dict",
+    "lite0_weights_path",
     "load_pretrained_backbone",
 ]
 
