@@ -203,7 +203,8 @@ def _coerce(value: Any, current: Any, annotation: str = "") -> Any:
     return value
 
 
-def _replace(obj: Any, overrides: dict[str, Any]) -> Any:
+def _replace(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
+    """``obj`` (a dataclass) with ``overrides`` (dotted keys) applied; ``prefix``: the keys' section, for errors."""
     nested: dict[str, dict[str, Any]] = {}
     direct: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -215,16 +216,16 @@ def _replace(obj: Any, overrides: dict[str, Any]) -> Any:
     valid = {f.name: f for f in fields(obj)}
     for key in list(direct) + list(nested):
         if key not in valid:
-            raise ValueError(f"unknown training config field {key!r}; valid: {', '.join(sorted(valid))}")
+            raise ValueError(f"unknown training config field {prefix + key!r}; valid: {', '.join(sorted(valid))}")
     for key, sub in nested.items():
         current = getattr(obj, key)
         if not dataclasses.is_dataclass(current):
-            raise ValueError(f"{key!r} has no sub-fields")
-        direct[key] = _replace(current, sub)
+            raise ValueError(f"{prefix + key!r} has no sub-fields")
+        direct[key] = _replace(current, sub, f"{prefix}{key}.")
     for key, value in list(direct.items()):
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            direct[key] = _replace(current, value)
+            direct[key] = _replace(current, value, f"{prefix}{key}.")
         else:
             direct[key] = _coerce(value, current, str(valid[key].type))
     return dataclasses.replace(obj, **direct)
