@@ -77,7 +77,11 @@ def test_same_num_classes_loads_silently(lite0, tmp_path: Path) -> None:
     save_model(lite0, path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        create_model(weights=path, num_classes=4)
+        model = create_model(weights=path, num_classes=4)
+    # nothing re-initialised: every tensor, the class head included, and the class names kept
+    assert model.config == lite0.config and model.class_names == ["a", "b", "c", "d"]
+    old, new = lite0.state_dict(), model.state_dict()
+    assert old.keys() == new.keys() and all(torch.equal(new[k], old[k]) for k in old)
 
 
 class _Payload:

@@ -119,8 +119,10 @@ def test_unknown_backend_and_bad_options(capsys: pytest.CaptureFixture[str]) -> 
     for option in ("--iterations", "--rounds"):
         assert main(["benchmark", MODEL, option, "0"]) == 2
         assert "--iterations and --rounds must be >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as usage:
         main(["benchmark", MODEL, "--batch-sizes", "0,2"])
+    assert usage.value.code == 2  # argparse's usage error, before any model is built
+    assert "argument --batch-sizes: expected positive integers, got '0,2'" in capsys.readouterr().err
 
 
 def test_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,14 +29,17 @@ def test_help_has_no_double_backticks(command: str | None, capsys: pytest.Captur
 
 def test_markup_is_removed_not_the_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert plain_text("run ``efficientdet predict SOURCE...`` first") == "run efficientdet predict SOURCE... first"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as done:
         main(["predict", "--help"])
+    assert done.value.code == 0
     assert "efficientdet predict SOURCE...: detect objects" in capsys.readouterr().out
 
 
 def test_usage_errors_are_plain_too(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as done:
         parser.parse_args(["predict"])  # SOURCE missing: usage + error on stderr
+    assert done.value.code == 2
     err = capsys.readouterr().err
     assert "usage: efficientdet predict" in err and "``" not in err
+    assert "efficientdet predict: error: the following arguments are required: SOURCE" in err

@@ -23,6 +23,8 @@ def test_all_augmentations_give_valid_training_samples(index) -> None:
         index, TrainTransform(64), None, build_pre_ops("v3", True), mosaic=1.0, mixup=1.0, close_mosaic=2, epochs=5
     )
     num_classes = len(index.class_names)
+    assert len(ds) == 6
+    num_boxes = 0
     for i in range(len(ds)):
         torch.manual_seed(i)
         s = ds[i]
@@ -32,6 +34,8 @@ def test_all_augmentations_give_valid_training_samples(index) -> None:
         assert ((b[:, 2] - b[:, 0]) >= 1).all() and ((b[:, 3] - b[:, 1]) >= 1).all()
         assert (b >= 0).all() and (b[:, [0, 2]] <= cw).all() and (b[:, [1, 3]] <= ch).all()
         assert ((s["labels"] >= 0) & (s["labels"] < num_classes)).all()
+        num_boxes += len(b)
+    assert num_boxes >= 2 * len(ds)  # the box checks ran on real boxes (35 here), not on empty tensors
 
 
 def test_close_mosaic_turns_mixing_off_for_the_last_epochs(index) -> None:

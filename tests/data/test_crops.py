@@ -28,9 +28,14 @@ def test_crop_transform_keeps_full_resolution_and_box_pixels() -> None:
     image[:, 200:216, 300:324] = 255  # one 24x16 object
     boxes, labels = torch.tensor([[300.0, 200.0, 324.0, 216.0]]), torch.tensor([1])
     transform = CropTransform(128, crop_size=128, scale_range=(1.0, 1.0), hflip=0.0)
+    seen = whole = 0
     for _ in range(20):
         canvas, out, lab, content = transform(image, boxes, labels)
         assert canvas.shape == (3, 128, 128) and content == (128, 128)
         for (x0, y0, x1, y1), label in zip(out.tolist(), lab.tolist()):
             assert label == 1 and x1 - x0 <= 24 and y1 - y0 <= 16  # scale 1: never enlarged
             assert canvas[:, int(y0) : int(y1), int(x0) : int(x1)].float().mean() == 255
+            seen += 1
+            whole += (x1 - x0, y1 - y0) == (24, 16)
+    # the object was in some of the crops (9 of 20 here), whole in some: the checks above ran
+    assert seen > 0 and whole > 0

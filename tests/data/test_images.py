@@ -169,7 +169,8 @@ def test_truncated_jpeg_raises_even_if_pillow_allows_truncation(
     path = tmp_path / "trunc.jpg"
     Image.fromarray(_pattern(64, 64)).save(tmp_path / "full.jpg")
     path.write_bytes((tmp_path / "full.jpg").read_bytes()[:-200])
-    _error(path)
+    # the decoder's own reason in brackets varies with its version: the wording before it does not
+    assert _error(path).problem.startswith("corrupt or truncated JPEG file (")
 
 
 def test_truncated_png_raises(tmp_path: Path) -> None:
@@ -177,7 +178,8 @@ def test_truncated_png_raises(tmp_path: Path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(full)
     path = tmp_path / "trunc.png"
     path.write_bytes(full.read_bytes()[:3000])
-    _error(path)
+    problem = _error(path).problem
+    assert problem.startswith("corrupt, truncated or unsupported PNG image (") and "truncated" in problem.split("(", 1)[1]
 
 
 def test_text_file_named_jpg(tmp_path: Path) -> None:
@@ -292,7 +294,7 @@ def test_in_memory_errors_name_the_image(source: object, fragment: str) -> None:
 def test_in_memory_max_pixels() -> None:
     with pytest.raises(ImageError, match="max_pixels=99"):
         load_image(np.zeros((10, 10, 3), np.uint8), max_pixels=99)
-    with pytest.raises(ImageError, match="max_pixels"):
+    with pytest.raises(ImageError, match=r"image has 100 pixels \(10x10\), more than max_pixels=99;"):
         load_image(Image.new("RGB", (10, 10)), max_pixels=99)
 
 

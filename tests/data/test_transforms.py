@@ -31,7 +31,9 @@ def _colour_mask(image: torch.Tensor, colour: tuple[int, int, int], tol: int) ->
     return (diff <= tol).all(0)
 
 
-def _check_boxes_follow_pixels(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> None:
+def _check_boxes_follow_pixels(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> int:
+    """Check every kept box against its colour's pixels -> how many boxes were compared."""
+    compared = 0
     for i, colour in enumerate(COLOURS):
         kept = (labels == i).nonzero().flatten()
         if len(kept) == 0:
@@ -46,23 +48,26 @@ def _check_boxes_follow_pixels(image: torch.Tensor, boxes: torch.Tensor, labels:
         assert len(xs) > 0, f"box {i} kept but no pixel of its colour"
         pixel_box = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
         assert torch.allclose(pixel_box, torch.tensor([x0, y0, x1, y1]), atol=2.0), (i, pixel_box, (x0, y0, x1, y1))
+        compared += 1
+    return compared
 
 
 @pytest.mark.parametrize("scale_range", [(0.5, 2.0), (0.1, 2.0)])
 def test_boxes_follow_the_pixels(scale_range: tuple[float, float]) -> None:
     transform = TrainTransform((128, 160), scale_range=scale_range, hflip=0.5)
-    flips = drops = 0
+    flips = drops = compared = 0
     for seed in range(12):
         image, boxes, labels = _scene(seed)
         torch.manual_seed(seed)
         out, out_boxes, out_labels, _ = transform(image, boxes, labels)
         assert out.shape == (3, 128, 160) and out.dtype == torch.uint8
         assert out_boxes.shape == (len(out_labels), 4) and out_boxes.dtype == torch.float32
-        _check_boxes_follow_pixels(out, out_boxes, out_labels)
+        compared += _check_boxes_follow_pixels(out, out_boxes, out_labels)
         drops += len(labels) - len(out_labels)
         # Flipped outputs show the red box (top-left in the source) to the right of the green one.
         if {0, 1} <= set(out_labels.tolist()):
             flips += bool(out_boxes[out_labels == 0, 0] > out_boxes[out_labels == 1, 0])
+    assert compared >= 12 * len(COLOURS) // 2  # most kept boxes were checked against their pixels (56 of 72 here)
     assert flips > 0  # the flip branch was exercised
     if scale_range[0] == 0.1:
         assert drops > 0  # and so was dropping (tiny scales, crops)
@@ -152,11 +157,11 @@ def test_training_input_equals_inference_input(name: str, src: tuple[int, int]) 
 
 
 def test_invalid_arguments() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^scale_range must satisfy 0 < min <= max, got \(0\.0, 1\.0\)$"):
         TrainTransform((128, 128), scale_range=(0.0, 1.0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^hflip must be a probability, got 1\.5$"):
         TrainTransform((128, 128), hflip=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^image: expected a uint8 \[3, H, W\] tensor, got torch\.float32 \(3, 10, 10\)"):
         TrainTransform((128, 128))(torch.zeros(3, 10, 10), torch.zeros(0, 4), torch.zeros(0))  # float image
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^got 2 boxes but 3 labels$"):
         TrainTransform((128, 128))(torch.zeros(3, 10, 10, dtype=torch.uint8), torch.zeros(2, 4), torch.zeros(3))

@@ -145,7 +145,7 @@ def test_flattened_inputs_and_class_inference() -> None:
     b = DetectionLoss(num_classes=K)(cls, box, cls_t, box_t, num_pos)
     for key in ("loss", "class_loss", "box_loss"):
         assert torch.allclose(a[key], b[key])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(f"head outputs give ({N}, {T}) (images, anchors), targets ({N}, {T - 1})")):
         DetectionLoss()(class_out, box_out, cls_t[:, :-1], box_t[:, :-1], num_pos)
 
 

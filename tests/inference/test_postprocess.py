@@ -38,7 +38,7 @@ def test_flatten_outputs_channel_order() -> None:
     assert torch.equal(flat_box[n, row], box[0][n, anchor * 4 : anchor * 4 + 4, y, x])
     # First row of level 4 follows all of level 3.
     assert flat_cls[0, 8 * 12 * a, 1] == cls[1][0, 1, 0, 0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^need the same non-zero number of class and box levels, got 3 and 2$"):
         flatten_outputs(cls, box[:2], K)
 
 
@@ -95,7 +95,7 @@ def test_soft_nms_mode() -> None:
         assert (out["scores"][:-1] >= out["scores"][1:]).all()
         assert ((out["labels"] >= 0) & (out["labels"] < K)).all()
     assert not torch.equal(hard["scores"], soft["scores"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^unknown nms mode 'bogus'; expected 'hard' or 'soft'$"):
         postprocess(cls, box, anchors, dataclasses.replace(PostprocessConfig(), nms="bogus"), K)  # type: ignore[arg-type]
 
 

@@ -50,7 +50,7 @@ def test_non_square_and_level_order() -> None:
 
 
 def test_bad_level_range_raises() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^need 0 <= min_level <= max_level, got 5\.\.3$"):
         generate_anchors((512, 512), 5, 3, 3, D0_RATIOS, 4.0)
 
 

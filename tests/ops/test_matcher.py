@@ -148,11 +148,11 @@ def test_padded_tensor_input(d0_anchors: torch.Tensor) -> None:
 
 
 def test_invalid_arguments(d0_anchors: torch.Tensor) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^unmatched_threshold \(0\.5\) must not exceed match_threshold \(0\.4\)$"):
         AnchorLabeler(d0_anchors, match_threshold=0.4, unmatched_threshold=0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^match_threshold must be in \(0, 1\], got 0\.0$"):
         AnchorLabeler(d0_anchors, match_threshold=0.0, unmatched_threshold=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^image #0: need boxes \[M, 4\] and labels \[M\], got \(2, 4\), \(3,\)$"):
         AnchorLabeler(d0_anchors)([torch.zeros(2, 4)], [torch.zeros(3, dtype=torch.int64)])
 
 

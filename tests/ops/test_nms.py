@@ -59,7 +59,7 @@ def test_soft_nms_edge_cases() -> None:
     # Below the threshold from the start: nothing.
     keep, _ = soft_nms(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([0.0001]), torch.tensor([0]))
     assert keep.numel() == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^soft-NMS sigma must be positive, got 0\.0$"):
         soft_nms(torch.zeros(1, 4), torch.ones(1), torch.zeros(1, dtype=torch.int64), sigma=0.0)
 
 

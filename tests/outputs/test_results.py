@@ -32,7 +32,7 @@ def test_to_coco_json_xywh_and_category_ids() -> None:
     assert [r["category_id"] for r in mapped] == [42, 5]
     with pytest.raises(ValueError, match="labels must be in"):
         to_coco_json([_det()], [1], category_ids=[5, 9])
-    with pytest.raises(ValueError, match="image ids"):
+    with pytest.raises(ValueError, match=r"^2 image ids for 1 detection dicts$"):
         to_coco_json([_det()], [1, 2])
 
 

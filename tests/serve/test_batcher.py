@@ -87,7 +87,7 @@ def test_admission_is_bounded_and_released() -> None:
         with pytest.raises(QueueFull, match="--max-queue 2"), batcher.slot():
             pass
     assert batcher.admitted == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^max_batch and max_queue must be >= 1 and max_wait_s >= 0$"):
         DynamicBatcher(FakeDetect(), max_batch=0)
 
 

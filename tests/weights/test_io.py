@@ -183,7 +183,7 @@ def test_non_tensor_dict_is_refused(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="not a dict of tensors"):
         read_weights(path)
     torch.save([torch.ones(1)], path)
-    with pytest.raises(WeightsError, match="list"):
+    with pytest.raises(WeightsError, match=re.escape(f"{path}: expected a dict of tensors (a state dict), got list")):
         read_weights(path)
 
 

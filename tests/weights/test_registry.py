@@ -83,7 +83,7 @@ def test_verify_sha256_prefix_and_full(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="mismatch") as info:
         verify_sha256(path, wrong)
     assert wrong in str(info.value) and PAYLOAD_SHA in str(info.value) and str(path) in str(info.value)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^expected SHA256 must be 1-64 hex digits, got 'not-hex'$"):
         verify_sha256(path, "not-hex")
 
 
@@ -139,7 +139,7 @@ def test_url_uses_hash_from_file_name(cache: Path, fake_download: list[str]) -> 
     path, entry = resolve_weights(good)
     assert entry is None and path == cache / f"my_model-{PAYLOAD_SHA[:10]}.pth"
     bad = "https://example.com/weights/other-deadbeef.pth"
-    with pytest.raises(WeightsError, match="deadbeef"):
+    with pytest.raises(WeightsError, match=rf"SHA256 prefix \(8 hex digits\) mismatch: expected deadbeef, actual {PAYLOAD_SHA[:8]} "):
         resolve_weights(bad)
     assert not (cache / "other-deadbeef.pth").exists()
     # No hash in the name: nothing to verify against.
