@@ -60,3 +60,17 @@ def test_eval_with_tiles_records_them(tmp_path: Path, tiny_weights: Path) -> Non
     assert rc == 0
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["tile"] == 128 and doc["tile_overlap"] == 0.25 and doc["num_images"] == 2
+
+
+def test_anchors_reads_images_outside_the_json_folder_with_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_synthetic_dataset(tmp_path / "d", num_images=2, image_size=64, min_objects=1, max_objects=2)
+    moved = json.loads(data.read_text())
+    for img in moved["images"]:
+        img["file_name"] = str(Path("..") / data.parent.name / img["file_name"])
+    split = tmp_path / "splits" / "train.json"
+    split.parent.mkdir()
+    split.write_text(json.dumps(moved))
+    assert main(["anchors", str(split)]) == 2  # every image skipped: no boxes to measure
+    assert "--allow-outside-root for eval and anchors" in capsys.readouterr().err
+    assert main(["anchors", str(split), "--allow-outside-root"]) == 0
+    assert "anchor recall @ IoU 0.5" in capsys.readouterr().out

@@ -27,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="efficientdet_d0", help="model name (default efficientdet_d0)")
     p.add_argument("--image-size", type=int, default=None, help="model input side (default: the model's)")
     p.add_argument("--split", default=None, help="VOC/YOLO split (default: the reader's)")
+    p.add_argument(
+        "--allow-outside-root", action="store_true",
+        help="read images whose paths in DATA are absolute or lead outside its folder (skipped by default)",
+    )  # fmt: skip
     p.add_argument("--tile", type=int, default=None, help="measure at the scale of T x T full-resolution crops")
     p.add_argument("--fit", action="store_true", help="search anchor shapes and print the overrides")
     p.add_argument("--threshold", type=float, default=0.5, help="IoU that counts as a match (0.5, the labeller's)")
@@ -39,6 +43,7 @@ def run_anchors(args: argparse.Namespace) -> int:
     from ..ops.anchor_fit import fit_anchors, overrides_for
     from ..ops.anchor_stats import anchor_recall
     from ..variants import get_config
+    from .notices import print_data_warnings
 
     config = get_config(args.model)
     if args.image_size is not None:
@@ -49,7 +54,11 @@ def run_anchors(args: argparse.Namespace) -> int:
         raise ValueError(f"--tile {args.tile}: must be positive")
     if not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold {args.threshold}: must be in (0, 1]")
-    index = read_dataset(args.data, **({"split": args.split} if args.split else {}))
+    kw: dict[str, object] = {"allow_outside_root": args.allow_outside_root}
+    if args.split:
+        kw["split"] = args.split
+    with print_data_warnings("anchors"):  # one plain line per skipped image, as eval prints them
+        index = read_dataset(args.data, **kw)
     boxes, refs = model_input_boxes(index, config.image_size, tile=args.tile)
     if boxes.shape[0] == 0:
         raise ValueError(f"{args.data}: the dataset has no boxes ({len(index)} images); nothing to measure or fit")

@@ -42,6 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--split", default=None, help="VOC/YOLO split (default val; VOC: all XMLs when there is no ImageSets/Main/val.txt or splits/val.txt)"
     )
+    p.add_argument(
+        "--allow-outside-root", action="store_true",
+        help="read images whose paths in DATASET are absolute or lead outside its folder (skipped by default)",
+    )  # fmt: skip
     p.add_argument("--nms", choices=("hard", "soft"), default="hard", help="hard NMS or Gaussian soft-NMS (official eval)")
     p.add_argument("--voc", action="store_true", help="also report Pascal VOC AP50")
     p.add_argument("--out", default="eval", help="output folder (default ./eval)")
@@ -62,16 +66,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_eval)
 
 
-def load_index(dataset: str, split: str | None) -> tuple[DatasetIndex, str]:
-    """Read DATASET with ``split`` applied where the format has splits; return (index, format)."""
+def load_index(dataset: str, split: str | None, allow_outside_root: bool = False) -> tuple[DatasetIndex, str]:
+    """Read DATASET with ``split`` applied where the format has splits; return (index, format).
+
+    ``allow_outside_root``: read images whose paths are absolute or escape the dataset's folder."""
     from ..data.formats import detect_format, read_dataset, read_split
 
     fmt = detect_format(dataset)
     if fmt == "coco" and split is not None:
         print(f"efficientdet eval: note: --split is ignored for COCO; {dataset} is the split", file=sys.stderr)
     if split is not None and fmt != "coco":
-        return read_dataset(dataset, split=split), fmt
-    return read_split(dataset, "val"), fmt
+        return read_dataset(dataset, split=split, allow_outside_root=allow_outside_root), fmt
+    return read_split(dataset, "val", allow_outside_root=allow_outside_root), fmt
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -91,7 +97,7 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
     from ..evaluation.run import evaluate
 
     _check_options(args)
-    index, fmt = load_index(args.dataset, args.split)
+    index, fmt = load_index(args.dataset, args.split, args.allow_outside_root)
     if args.max_images is not None:
         index = dataclasses.replace(index, records=index.records[: args.max_images])
     if len(index) == 0:

@@ -233,7 +233,7 @@ def _read_image_entry(
     if image_path is None:
         issues.report(
             path, rec, f"file_name {short_repr(name)} is absolute or escapes the image root {root}",
-            "image skipped (pass allow_outside_root=True to allow it)", "outside_root",
+            "image skipped (allow_outside_root=True reads it: --allow-outside-root for eval and anchors, data.allow_outside_root=true for train and browse)", "outside_root",
         )
         return None
     if not is_file(image_path):

@@ -209,7 +209,7 @@ def _find_image(
     if not tried:
         issues.report(
             xml, rec, f"image path is absolute or escapes the dataset root {root}",
-            "image skipped (pass allow_outside_root=True to allow it)", "outside_root",
+            "image skipped (allow_outside_root=True reads it: --allow-outside-root for eval and anchors, data.allow_outside_root=true for train and browse)", "outside_root",
         )
     else:
         shown = ", ".join(str(p) for p in tried[:4]) + (", ..." if len(tried) > 4 else "")

@@ -220,7 +220,7 @@ def _read_list(list_file: Path, root: Path, allow: bool, issues: Issues) -> list
         if p is None:
             issues.report(
                 list_file, f"line {n}", f"image path {short_repr(entry)} is absolute or escapes the dataset root {root}",
-                "image skipped (pass allow_outside_root=True to allow it)", "outside_root",
+                "image skipped (allow_outside_root=True reads it: --allow-outside-root for eval and anchors, data.allow_outside_root=true for train and browse)", "outside_root",
             )
         elif p in seen:
             issues.report(list_file, f"line {n}", f"duplicate image {short_repr(entry)}", "second one skipped", "duplicate_image")
