@@ -14,7 +14,16 @@ import os
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from efficientdet.data.common import MAX_SIDE, Issues, check_box, is_file, resolve_under, short_repr, to_float
+from efficientdet.data.common import (
+    MAX_SIDE,
+    OUTSIDE_ROOT_SKIPPED,
+    Issues,
+    check_box,
+    is_file,
+    resolve_under,
+    short_repr,
+    to_float,
+)
 
 from .records import DatasetIndex, DetectionRecord
 
@@ -233,7 +242,7 @@ def _read_image_entry(
     if image_path is None:
         issues.report(
             path, rec, f"file_name {short_repr(name)} is absolute or escapes the image root {root}",
-            "image skipped (allow_outside_root=True reads it: --allow-outside-root for eval and anchors, data.allow_outside_root=true for train and browse)", "outside_root",
+            OUTSIDE_ROOT_SKIPPED, "outside_root",
         )
         return None
     if not is_file(image_path):

@@ -26,6 +26,11 @@ CLIP_TOLERANCE = 1.0
 # Image sides above this are refused as implausible (JPEG stops at 65535, WebP at 16383): it
 # also keeps every clipped coordinate exactly representable in the float32 boxes.
 MAX_SIDE = 2**24
+# What the readers say when they skip an image path that is absolute or leaves the dataset's root.
+OUTSIDE_ROOT_SKIPPED = (
+    "image skipped (allow_outside_root=True reads it: --allow-outside-root for eval and anchors, "
+    "data.allow_outside_root=true for train and browse)"
+)
 
 # Record and problem texts are cut to this many characters: a 5000-character file name or
 # bbox from a broken file must not turn into a 5000-character warning.

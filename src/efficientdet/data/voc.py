@@ -28,6 +28,7 @@ import defusedxml.ElementTree as SafeET
 from efficientdet.data.common import (
     IMAGE_EXTENSIONS,
     MAX_SIDE,
+    OUTSIDE_ROOT_SKIPPED,
     Issues,
     check_box,
     fmt_num,
@@ -209,7 +210,7 @@ def _find_image(
     if not tried:
         issues.report(
             xml, rec, f"image path is absolute or escapes the dataset root {root}",
-            "image skipped (allow_outside_root=True reads it: --allow-outside-root for eval and anchors, data.allow_outside_root=true for train and browse)", "outside_root",
+            OUTSIDE_ROOT_SKIPPED, "outside_root",
         )
     else:
         shown = ", ".join(str(p) for p in tried[:4]) + (", ..." if len(tried) > 4 else "")

@@ -18,7 +18,16 @@ from typing import Any
 
 import yaml
 
-from efficientdet.data.common import IMAGE_EXTENSIONS, MAX_SIDE, Issues, check_box, clip_text, resolve_under, short_repr
+from efficientdet.data.common import (
+    IMAGE_EXTENSIONS,
+    MAX_SIDE,
+    OUTSIDE_ROOT_SKIPPED,
+    Issues,
+    check_box,
+    clip_text,
+    resolve_under,
+    short_repr,
+)
 
 from .images import ImageError, image_size_of
 from .records import DatasetIndex, DetectionRecord
@@ -220,7 +229,7 @@ def _read_list(list_file: Path, root: Path, allow: bool, issues: Issues) -> list
         if p is None:
             issues.report(
                 list_file, f"line {n}", f"image path {short_repr(entry)} is absolute or escapes the dataset root {root}",
-                "image skipped (allow_outside_root=True reads it: --allow-outside-root for eval and anchors, data.allow_outside_root=true for train and browse)", "outside_root",
+                OUTSIDE_ROOT_SKIPPED, "outside_root",
             )
         elif p in seen:
             issues.report(list_file, f"line {n}", f"duplicate image {short_repr(entry)}", "second one skipped", "duplicate_image")
