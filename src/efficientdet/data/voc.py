@@ -58,8 +58,9 @@ def read_voc(
 ) -> DatasetIndex:
     """Read a folder of VOC XML files into a :class:`DatasetIndex`.
 
-    ``split_file`` lists image ids (XML stems), one per line (the first token of a line,
-    so ``ImageSets/Main/<class>_train.txt`` works too); default: every ``*.xml``.
+    ``split_file`` lists image ids (XML stems), one per line (the whole line when it names an
+    XML, else its first token, so ``ImageSets/Main/<class>_train.txt`` works too); default:
+    every ``*.xml``.
     Image files are ``images_dir / <filename>``; if ``images_dir`` is None they are looked
     up under the annotations' parent (the root) in ``<folder>/``, ``JPEGImages/``, ``images/``,
     ``Images/``, the root itself and the annotations folder. Class names: ``class_names``
@@ -108,11 +109,14 @@ def _read_ids(ann_dir: Path, split_file: Path | None, issues: Issues) -> list[st
         tokens = line.split()
         if not tokens or tokens[0].startswith("#"):
             continue
-        if tokens[0] in seen:
-            issues.report(split_file, f"line {n}", f"duplicate image id {tokens[0]!r}", "second one skipped", "duplicate_image")
+        # A stem may hold spaces ("IMG 0001"): the whole line when it names an XML, else its
+        # first token (ImageSets/Main/<class>_train.txt lines are "000005 -1").
+        stem = line.strip() if len(tokens) > 1 and is_file(ann_dir / f"{line.strip()}.xml") else tokens[0]
+        if stem in seen:
+            issues.report(split_file, f"line {n}", f"duplicate image id {stem!r}", "second one skipped", "duplicate_image")
             continue
-        seen.add(tokens[0])
-        ids.append(tokens[0])
+        seen.add(stem)
+        ids.append(stem)
     return ids
 
 

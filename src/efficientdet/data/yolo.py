@@ -35,7 +35,8 @@ from .records import DatasetIndex, DetectionRecord
 __all__ = ["read_yolo", "write_yolo"]
 
 _YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml")
-_NAMES_FILES = ("classes.txt", "obj.names", "classes.names")
+# Class-name lists that darknet and labelImg (YOLO mode) write beside the labels.
+NAMES_FILES = ("classes.txt", "obj.names", "classes.names")
 # Class ids at or above this are refused: without a names list every id up to the largest
 # one becomes a class, so one corrupt line ("1e300 ...") must not create a billion classes.
 MAX_CLASS_ID = 100_000
@@ -150,7 +151,7 @@ def _class_names(cfg: dict[str, Any], root: Path) -> list[str]:
         ids = {int(k): str(v) for k, v in raw.items() if _is_class_id(k)}
         return [ids.get(i, str(i)) for i in range(max(ids, default=-1) + 1)]
     for folder in (root, root / "labels"):
-        for n in _NAMES_FILES:
+        for n in NAMES_FILES:
             if (folder / n).is_file():
                 text = (folder / n).read_text(encoding="utf-8-sig", errors="replace")
                 return [line.strip() for line in text.splitlines() if line.strip()]
@@ -187,6 +188,11 @@ def _list_images(
     tried: list[Path] = []
     for entry in entries if isinstance(entries, list) else [entries] if isinstance(entries, str) else []:
         p = resolve_under(root, entry, allow) if isinstance(entry, str) else None
+        if isinstance(entry, str) and entry.startswith("../") and (p is None or not p.exists()):
+            # Roboflow writes "train: ../train/images" beside train/; Ultralytics then reads
+            # "train/images" under the yaml's folder when the first does not exist, and so do we.
+            stripped = resolve_under(root, entry[3:], allow)
+            p = stripped if stripped is not None and stripped.exists() else p
         if p is None:
             problem = "escapes the dataset root" if isinstance(entry, str) else "is not a path"
             issues.report(root, f"data.yaml {split_str}: {short_repr(entry)}", problem, "entry ignored", "outside_root")
@@ -215,7 +221,7 @@ def _report_orphan_labels(images: list[Path], used: dict[Path, Path], issues: Is
     folders = {lf.parent for lf, img in used.items() if lf.parent != img.parent}
     for folder in sorted(folders):
         for lf in sorted(folder.glob("*.txt")):
-            if lf not in used and lf.name not in _NAMES_FILES:
+            if lf not in used and lf.name not in NAMES_FILES:
                 issues.report(lf, "label file", "no image with this name", "ignored", "orphan_label")
 
 

@@ -1,0 +1,111 @@
+"""Dataset layouts that common tools write (Roboflow, Ultralytics, Colab, labelImg) read as the
+tool meant them: every image and box, no warning."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from PIL import Image
+
+from efficientdet.data.formats import (
+    DataIssue,
+    DatasetIndex,
+    detect_format,
+    read_dataset,
+    read_split,
+    read_voc,
+    write_voc,
+)
+
+W, H = 64, 48
+
+
+def _image(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (W, H), (30, 120, 200)).save(path)
+    return path
+
+
+def _read(fn: object, *args: object, **kw: object) -> tuple[DatasetIndex, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = fn(*args, **kw)  # type: ignore[operator]
+    return index, [str(w.message) for w in caught if issubclass(w.category, DataIssue)]
+
+
+def _yolo_split(folder: Path, names: list[str]) -> None:
+    """``folder/images/<name>.jpg`` with one box each in ``folder/labels/<name>.txt``."""
+    for n in names:
+        _image(folder / "images" / f"{n}.jpg")
+        (folder / "labels").mkdir(exist_ok=True)
+        (folder / "labels" / f"{n}.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+
+
+def test_roboflow_yolo_export_reads_train_and_valid(tmp_path: Path) -> None:
+    """Roboflow: ``train: ../train/images``, ``val: ../valid/images`` beside ``train/`` and
+    ``valid/`` (Ultralytics reads them under the yaml's folder). ``val`` found nothing before."""
+    _yolo_split(tmp_path / "train", ["a", "b", "c"])
+    _yolo_split(tmp_path / "valid", ["d", "e"])
+    (tmp_path / "data.yaml").write_text(
+        "train: ../train/images\nval: ../valid/images\ntest: ../test/images\n\nnc: 1\nnames: ['raccoon']\n"
+    )
+    train, train_msgs = _read(read_split, tmp_path, "train")
+    val, val_msgs = _read(read_split, tmp_path / "data.yaml", "val")
+    assert [r.image_path.name for r in train.records] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [r.image_path.name for r in val.records] == ["d.jpg", "e.jpg"]
+    assert val.records[0].boxes.tolist() == [[24.0, 12.0, 40.0, 36.0]] and val.class_names == ["raccoon"]
+    assert train_msgs == [] and val_msgs == []
+
+
+def test_yolo_absolute_split_entries_inside_the_root_are_read(tmp_path: Path) -> None:
+    """``train: /content/data/images/train`` (Colab, older Ultralytics) names a folder inside the
+    dataset: read without the "escapes the dataset root" warning; one outside still warns."""
+    root = tmp_path / "data"
+    _yolo_split(root / "sets" / "one", ["a", "b"])
+    _yolo_split(tmp_path / "elsewhere", ["x"])
+    (root / "data.yaml").write_text(
+        f"train: {root / 'sets' / 'one' / 'images'}\nval: {tmp_path / 'elsewhere' / 'images'}\nnames: [raccoon]\n"
+    )
+    index, messages = _read(read_split, root, "train")
+    assert [r.image_path for r in index.records] == [root / "sets/one/images/a.jpg", root / "sets/one/images/b.jpg"]
+    assert [r.num_objects for r in index.records] == [1, 1] and messages == []
+    (root / "images" / "val").mkdir(parents=True)
+    _, messages = _read(read_split, root, "val")
+    assert len(messages) == 1 and "escapes the dataset root" in messages[0]
+
+
+def test_voc_split_file_with_spaces_in_image_ids(tmp_path: Path) -> None:
+    """labelImg keeps a photo's name ("IMG 0001.jpg") as the XML stem; write_voc's split list
+    then holds "IMG 0001", which read back as "IMG" (not found) before."""
+    src = tmp_path / "src"
+    for n in ("IMG 0001", "plain", "raton laveur é"):
+        _image(src / "JPEGImages" / f"{n}.jpg")
+        (src / "Annotations").mkdir(exist_ok=True)
+        (src / "Annotations" / f"{n}.xml").write_text(
+            f"<annotation><filename>{n}.jpg</filename><size><width>{W}</width><height>{H}</height></size>"
+            "<object><name>Stop Sign</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>20</xmax><ymax>30</ymax>"
+            "</bndbox></object></annotation>"
+        )
+    out = tmp_path / "out"
+    write_voc(read_voc(src / "Annotations"), out, split="train")
+    index, messages = _read(read_dataset, out, split="train")
+    assert [r.image_path.name for r in index.records] == ["IMG 0001.jpg", "plain.jpg", "raton laveur é.jpg"]
+    assert [r.boxes.tolist() for r in index.records] == [[[1.0, 2.0, 20.0, 30.0]]] * 3 and messages == []
+    (out / "ImageSets" / "Main" / "dog_train.txt").write_text("plain  1\nIMG 0001 -1\n")  # class lists still work
+    index, messages = _read(read_dataset, out, split="dog_train")
+    assert [r.image_path.name for r in index.records] == ["plain.jpg"] and messages[0].endswith(
+        "annotation file IMG.xml not found; image skipped"
+    )
+
+
+def test_darknet_folder_with_classes_txt_is_yolo(tmp_path: Path) -> None:
+    """labelImg's YOLO mode and darknet: images, ``<name>.txt`` and ``classes.txt`` side by side."""
+    for n in ("a", "b"):
+        _image(tmp_path / f"{n}.jpg")
+        (tmp_path / f"{n}.txt").write_text("1 0.5 0.5 0.25 0.5\n")
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    assert detect_format(tmp_path) == "yolo"
+    index, messages = _read(read_split, tmp_path, "train")
+    assert [r.labels.tolist() for r in index.records] == [[1], [1]] and index.class_names == ["cat", "dog"]
+    assert messages == []
