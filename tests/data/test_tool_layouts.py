@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from efficientdet.data.formats import (
@@ -109,3 +110,36 @@ def test_darknet_folder_with_classes_txt_is_yolo(tmp_path: Path) -> None:
     index, messages = _read(read_split, tmp_path, "train")
     assert [r.labels.tolist() for r in index.records] == [[1], [1]] and index.class_names == ["cat", "dog"]
     assert messages == []
+
+
+def test_ultralytics_yaml_path_key(tmp_path: Path) -> None:
+    """``path:`` is Ultralytics' dataset root: followed inside the yaml's folder (or anywhere with
+    allow_outside_root); outside it, the error says so. Before, it was ignored and the reader fell
+    back to the yaml's folder: "no images" for a yaml kept apart from its data."""
+    data = tmp_path / "datasets" / "mine"
+    _yolo_split(data / "train", ["a", "b"])
+    yaml_text = "path: {}\ntrain: train/images\nval: val/images\nnames: [raccoon]\n"
+    (tmp_path / "inside.yaml").write_text(yaml_text.format("datasets/mine"))
+    index, messages = _read(read_split, tmp_path / "inside.yaml", "train")
+    assert [r.image_path for r in index.records] == [data / "train/images/a.jpg", data / "train/images/b.jpg"]
+    assert messages == []
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mine.yaml").write_text(yaml_text.format(data))
+    with pytest.raises(FileNotFoundError, match=r"no images for split 'train' .*path: .*mine lies outside .*allow_outside_root"):
+        read_split(project / "mine.yaml", "train")
+    allowed, _ = _read(read_split, project / "mine.yaml", "train", allow_outside_root=True)
+    assert len(allowed) == 2 and sum(r.num_objects for r in allowed.records) == 2
+    (project / "stale.yaml").write_text(yaml_text.format("/content/gone"))  # another machine's path: ignored
+    _yolo_split(project / "train", ["c"])
+    assert [r.image_path.name for r in read_split(project / "stale.yaml", "train").records] == ["c.jpg"]
+
+
+def test_yolo_split_named_in_yaml_but_missing_is_an_error(tmp_path: Path) -> None:
+    """``val: images/val`` that is not there must not read every image of the folder instead."""
+    _image(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "data.yaml").write_text("train: images\nval: images/val\nnames: [raccoon]\n")
+    assert len(read_split(tmp_path, "train")) == 1
+    with pytest.raises(FileNotFoundError, match=r"no images for split 'val' \(tried [^,]*images/val, "):
+        read_split(tmp_path, "val")

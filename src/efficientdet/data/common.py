@@ -27,10 +27,11 @@ CLIP_TOLERANCE = 1.0
 # also keeps every clipped coordinate exactly representable in the float32 boxes.
 MAX_SIDE = 2**24
 # What the readers say when they skip an image path that is absolute or leaves the dataset's root.
-OUTSIDE_ROOT_SKIPPED = (
-    "image skipped (allow_outside_root=True reads it: --allow-outside-root for eval and anchors, "
-    "data.allow_outside_root=true for train and browse)"
+OUTSIDE_ROOT_FLAGS = (
+    "allow_outside_root=True reads it: --allow-outside-root for eval and anchors, "
+    "data.allow_outside_root=true for train and browse"
 )
+OUTSIDE_ROOT_SKIPPED = f"image skipped ({OUTSIDE_ROOT_FLAGS})"
 
 # Record and problem texts are cut to this many characters: a 5000-character file name or
 # bbox from a broken file must not turn into a 5000-character warning.

@@ -21,6 +21,7 @@ import yaml
 from efficientdet.data.common import (
     IMAGE_EXTENSIONS,
     MAX_SIDE,
+    OUTSIDE_ROOT_FLAGS,
     OUTSIDE_ROOT_SKIPPED,
     Issues,
     check_box,
@@ -54,8 +55,9 @@ def read_yolo(
     """Read a YOLO dataset into a :class:`DatasetIndex`.
 
     ``root`` is the dataset folder (or its ``data.yaml``). ``split`` is a split name, looked
-    up as ``data.yaml[split]`` (a folder or list file relative to the root; the yaml's
-    ``path`` key is ignored), ``images/<split>/``, ``<split>/images/`` or ``<split>/``; or a
+    up as ``data.yaml[split]`` (a folder or list file relative to the yaml's ``path:`` when that
+    folder exists inside the root, or anywhere with ``allow_outside_root``, else relative to the
+    root), ``images/<split>/``, ``<split>/images/`` or ``<split>/``; or a
     ``.txt`` list of image paths (relative to the root); None (or a name with none of these
     when ``images/`` holds only files) reads every image under ``images/``. Class names:
     ``names``, else ``data.yaml``'s ``names`` (list or {id: name}), else ``classes.txt`` /
@@ -77,7 +79,8 @@ def read_yolo(
     cfg = _load_yaml(yaml_file) if yaml_file is not None else {}
     issues = Issues()
     class_names = list(names) if names is not None else _class_names(cfg, root_path)
-    images, whole_folder = _list_images(root_path, split, cfg, allow_outside_root, issues)
+    root_path, hint = _yaml_path(cfg, root_path, allow_outside_root)
+    images, whole_folder = _list_images(root_path, split, cfg, allow_outside_root, issues, hint)
     parsed, used_labels = _parse_images(root_path, images, issues)
     if whole_folder:
         _report_orphan_labels(images, used_labels, issues)
@@ -158,6 +161,24 @@ def _class_names(cfg: dict[str, Any], root: Path) -> list[str]:
     return []
 
 
+def _yaml_path(cfg: dict[str, Any], yaml_dir: Path, allow: bool) -> tuple[Path, str]:
+    """The folder split entries are relative to, and a hint for "no images" errors.
+
+    data.yaml's ``path:`` (Ultralytics' dataset root; relative to the yaml's folder) when it is
+    an existing folder inside the yaml's folder, or anywhere with ``allow``; else the yaml's
+    folder (a stale ``path:`` from another machine, as Colab exports carry, is ignored).
+    """
+    raw = cfg.get("path")
+    if not isinstance(raw, str) or not raw.strip():
+        return yaml_dir, ""
+    target = resolve_under(yaml_dir, raw.strip(), allow_outside_root=True)
+    if target is None or target == yaml_dir or not target.is_dir():
+        return yaml_dir, ""
+    if allow or resolve_under(yaml_dir, raw.strip(), allow_outside_root=False) is not None:
+        return target, ""
+    return yaml_dir, f"; data.yaml's path: {target} lies outside {yaml_dir} and is not followed ({OUTSIDE_ROOT_FLAGS})"
+
+
 def _is_class_id(key: Any) -> bool:
     if isinstance(key, bool):
         return False
@@ -174,7 +195,7 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _list_images(
-    root: Path, split: str | os.PathLike[str] | None, cfg: dict[str, Any], allow: bool, issues: Issues
+    root: Path, split: str | os.PathLike[str] | None, cfg: dict[str, Any], allow: bool, issues: Issues, hint: str = ""
 ) -> tuple[list[Path], bool]:
     """Image files of the split, in order, and whether they are a whole folder (not a list)."""
     flat = root / "images" if (root / "images").is_dir() else root
@@ -206,9 +227,11 @@ def _list_images(
             return _images_in(folder), True
     if split_str.endswith(".txt"):
         raise FileNotFoundError(f"{as_file}: YOLO image list not found")
-    if flat.is_dir() and not any(p.is_dir() for p in flat.iterdir()):
+    if entries is None and flat.is_dir() and not any(p.is_dir() for p in flat.iterdir()):
         return _images_in(flat), True  # flat images/ + labels/ layout: there are no splits
-    raise FileNotFoundError(f"{root}: no images for split {split_str!r} (tried {', '.join(map(str, tried))})")
+    # A split data.yaml names but that is not there is an error, never every image of the folder.
+    shown = ', '.join(map(str, dict.fromkeys(tried)))
+    raise FileNotFoundError(f"{root}: no images for split {split_str!r} (tried {shown}){hint}")
 
 
 def _report_orphan_labels(images: list[Path], used: dict[Path, Path], issues: Issues) -> None:
