@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from torch import Tensor
 from efficientdet import Detector, create_model
 from efficientdet.cli import main
 from efficientdet.data.formats import read_dataset
-from efficientdet.data.records import DatasetIndex
+from efficientdet.data.records import DatasetIndex, DetectionRecord
 from efficientdet.data.synthetic import make_synthetic_dataset
 from efficientdet.evaluation import STAT_NAMES
 from efficientdet.evaluation.run import evaluate, label_mapping
@@ -238,3 +239,22 @@ def test_cli_images_outside_the_json_folder_need_the_flag(
     args = ["eval", str(split), "--weights", str(tiny_weights), "--out", str(out), "--quiet", "--allow-outside-root"]
     assert main(args) == 0
     assert json.loads((out / "metrics.json").read_text())["num_images"] == len(moved["images"]) == 6
+
+
+def test_voc_ap50_leaves_difficult_objects_out(
+    index: DatasetIndex, model: EfficientDet, fake_heads: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pascal VOC's difficult objects are neither hits nor misses in VOC AP50 (the devkit's rule):
+    a model that finds every other object scores 1.0. They counted as missed before."""
+    hard = [
+        DetectionRecord(r.image_path, r.boxes, r.labels, r.image_id, r.width, r.height, torch.arange(r.num_objects) == 0)
+        for r in index.records
+    ]
+    easy = [
+        DetectionRecord(r.image_path, r.boxes[1:], r.labels[1:], r.image_id, r.width, r.height) for r in index.records
+    ]
+    assert sum(r.num_objects for r in easy) == index.num_objects - len(index) > 0
+    monkeypatch.setattr(model, "forward", _perfect_forward(easy, model, fake_heads))
+    run = evaluate(model, dataclasses.replace(index, records=hard), voc=True, progress=False, num_workers=0)
+    assert run.voc is not None and run.voc["mAP"] == pytest.approx(1.0)
+    assert run.stats["AR100"] < 1.0  # COCO metrics keep them as ordinary objects, as the official tools do

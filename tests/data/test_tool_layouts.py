@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from efficientdet.data.formats import (
@@ -143,3 +144,20 @@ def test_yolo_split_named_in_yaml_but_missing_is_an_error(tmp_path: Path) -> Non
     assert len(read_split(tmp_path, "train")) == 1
     with pytest.raises(FileNotFoundError, match=r"no images for split 'val' \(tried [^,]*images/val, "):
         read_split(tmp_path, "val")
+
+
+def test_voc_difficult_flags_are_read_and_written_back(tmp_path: Path) -> None:
+    """VOC2007's ``<difficult>1</difficult>``: kept for training, flagged for the VOC metric."""
+    _image(tmp_path / "JPEGImages" / "a.jpg")
+    obj = "<object><name>dog</name><difficult>{}</difficult><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>{}</xmax><ymax>30</ymax></bndbox></object>"
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "a.xml").write_text(
+        f"<annotation><filename>a.jpg</filename>{obj.format(0, 20)}{obj.format(1, 40)}{obj.format(0, 50)}</annotation>"
+    )
+    index, messages = _read(read_dataset, tmp_path)
+    assert index.records[0].difficult.tolist() == [False, True, False] and index.records[0].num_objects == 3
+    assert messages == [] and index.counts["difficult"] == 1
+    write_voc(index, tmp_path / "out")
+    again, _ = _read(read_dataset, tmp_path / "out")
+    assert again.records[0].difficult.tolist() == [False, True, False]
+    assert torch.equal(again.records[0].boxes, index.records[0].boxes)

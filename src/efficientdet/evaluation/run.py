@@ -358,7 +358,8 @@ def _score(
             lab = torch.from_numpy(to_dataset)[d["labels"]]
             ok = lab >= 0  # classes the dataset lacks cannot be right or wrong in VOC terms
             # GT from the records: original pixels, like the detections.
-            voc_gts.append({"boxes": records[i].boxes, "labels": records[i].labels})
+            # VOC's difficult objects: neither hits nor misses in VOC AP50 (the devkit's rule).
+            voc_gts.append({"boxes": records[i].boxes, "labels": records[i].labels, "difficult": records[i].difficult})
             voc_dets.append({"boxes": d["boxes"][ok], "scores": d["scores"][ok], "labels": lab[ok]})
 
     skipped = [str(r.image_path) for r in index.records if str(r.image_path) not in seen]
