@@ -196,8 +196,39 @@ def test_label_mapping_coco90_layout() -> None:
     assert cats == list(range(1, 91))
     assert to_dataset[[0, 2, 17]].tolist() == [0, 1, 2] and (np.delete(to_dataset, [0, 2, 17]) == -1).all()
     assert label_mapping(3, None, idx)[0] == [1, 3, 18]
-    with pytest.raises(ValueError, match="90 classes but the dataset has 3"):
+    with pytest.raises(ValueError, match=r"90 classes \(x, x, x, x, x, ...\) but the dataset has 3"):
         label_mapping(90, ["x"] * 90, idx)
+
+
+def test_label_mapping_by_class_name() -> None:
+    """The same classes in another order (another format's export) or a split without one of
+    them (VOC names the classes its split holds) map by name; before, the first scored with
+    swapped labels (AP ~0, silently) and the second was refused."""
+    swapped = DatasetIndex([], ["sign", "raccoon"])
+    cats, to_dataset = label_mapping(2, ["raccoon", "sign"], swapped)
+    assert to_dataset.tolist() == [1, 0] and cats == [2, 1]
+    voc_val = DatasetIndex([], ["cat", "person"])  # the train split also had "dog"
+    cats, to_dataset = label_mapping(3, ["cat", "dog", "person"], voc_val)
+    assert to_dataset.tolist() == [0, -1, 1] and cats[0] == 1 and cats[2] == 2 and cats[1] not in (1, 2)
+    coco = DatasetIndex([], ["person", "dog"], category_ids=[1, 18])
+    assert label_mapping(3, ["dog", "kite", "person"], coco) == ([18, 19, 1], pytest.approx([1, -1, 0]))
+    assert label_mapping(2, ["a", "b"], swapped)[1].tolist() == [0, 1]  # other names: label to label, as before
+    with pytest.raises(ValueError, match=r"3 classes \(cat, dog, bird\) but the dataset has 2 \(cat, person\)"):
+        label_mapping(3, ["cat", "dog", "bird"], voc_val)
+
+
+def test_permuted_classes_score_as_the_same_dataset(
+    index: DatasetIndex, model: EfficientDet, fake_heads: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Perfect detections still score 1.0 on the same dataset with its classes listed in reverse."""
+    k = index.num_classes
+    reverse = [
+        DetectionRecord(r.image_path, r.boxes, k - 1 - r.labels, r.image_id, r.width, r.height) for r in index.records
+    ]
+    permuted = dataclasses.replace(index, records=reverse, class_names=index.class_names[::-1], category_ids=None)
+    monkeypatch.setattr(model, "forward", _perfect_forward(index.records, model, fake_heads))
+    run = evaluate(model, permuted, voc=True, progress=False, num_workers=0)
+    assert run.stats["AP"] == pytest.approx(1.0) and run.voc is not None and run.voc["mAP"] == pytest.approx(1.0)
 
 
 def test_cli_image_over_max_input_pixels_is_skipped_with_a_hint(
