@@ -138,8 +138,7 @@ def test_ultralytics_yaml_path_key(tmp_path: Path) -> None:
 
 def test_yolo_split_named_in_yaml_but_missing_is_an_error(tmp_path: Path) -> None:
     """``val: images/val`` that is not there must not read every image of the folder instead."""
-    _image(tmp_path / "images" / "a.jpg")
-    (tmp_path / "labels").mkdir()
+    _yolo_split(tmp_path, ["a"])
     (tmp_path / "data.yaml").write_text("train: images\nval: images/val\nnames: [raccoon]\n")
     assert len(read_split(tmp_path, "train")) == 1
     with pytest.raises(FileNotFoundError, match=r"no images for split 'val' \(tried [^,]*images/val, "):
@@ -161,3 +160,21 @@ def test_voc_difficult_flags_are_read_and_written_back(tmp_path: Path) -> None:
     again, _ = _read(read_dataset, tmp_path / "out")
     assert again.records[0].difficult.tolist() == [False, True, False]
     assert torch.equal(again.records[0].boxes, index.records[0].boxes)
+
+
+def test_yolo_split_where_no_image_has_a_label_file_warns_once(tmp_path: Path) -> None:
+    """``Labels/`` instead of ``labels/`` (or labels left elsewhere): every image would be read as
+    background, silently (only counted). One warning names where labels were looked for."""
+    _yolo_split(tmp_path, ["a", "b"])
+    (tmp_path / "data.yaml").write_text("train: images\nnames: [raccoon]\n")
+    (tmp_path / "labels").rename(tmp_path / "Labels")
+    index, messages = _read(read_split, tmp_path, "train")
+    assert len(index) == 2 and index.num_objects == 0
+    assert messages == [
+        f"{tmp_path}: split 'train': none of the 2 images has a label file (looked for "
+        f"{tmp_path / 'labels' / 'a.txt'}, ...); every image read as background (no objects)"
+    ]
+    (tmp_path / "Labels").rename(tmp_path / "labels")
+    (tmp_path / "labels" / "a.txt").write_text("")  # negatives with (empty) label files: legal, quiet
+    (tmp_path / "labels" / "b.txt").write_text("")
+    assert _read(read_split, tmp_path, "train")[1] == []

@@ -82,6 +82,12 @@ def read_yolo(
     root_path, hint = _yaml_path(cfg, root_path, allow_outside_root)
     images, whole_folder = _list_images(root_path, split, cfg, allow_outside_root, issues, hint)
     parsed, used_labels = _parse_images(root_path, images, issues)
+    if parsed and issues.counts["no_label_file"] >= len(parsed):  # labels/ misnamed or moved: nothing to learn
+        issues.report(
+            root_path, f"split {split!r}" if split is not None else "images",
+            f"none of the {len(parsed)} images has a label file (looked for {_label_path(root_path, parsed[0][0])}, ...)",
+            "every image read as background (no objects)", "no_labels",
+        )
     if whole_folder:
         _report_orphan_labels(images, used_labels, issues)
     if names is None and not class_names:
