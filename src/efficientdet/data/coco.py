@@ -94,10 +94,17 @@ def read_coco(
     order: list[int] = []
     info: dict[int, tuple[Path, int | None, int | None]] = {}
     seen_ids: set[int] = set()  # includes images skipped for a missing file
+    first_id: dict[Path, int] = {}  # image file -> the first image id that names it
     for i, img in enumerate(images):
         entry = _read_image_entry(img, i, path, root, allow_outside_root, seen_ids, issues)
         if entry is not None:
             image_id, image_path, w, h = entry
+            if first_id.setdefault(image_path, image_id) != image_id:  # e.g. two merged exports
+                issues.report(
+                    path, f"image id={image_id}", f"same file {image_path.name!r} as image id={first_id[image_path]}",
+                    "kept, but its objects are not merged: the image is trained with each id's boxes alone",
+                    "duplicate_file",
+                )
             order.append(image_id)
             info[image_id] = (image_path, w, h)
     boxes: dict[int, list[tuple[float, float, float, float]]] = {k: [] for k in order}
