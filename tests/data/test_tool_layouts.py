@@ -178,3 +178,23 @@ def test_yolo_split_where_no_image_has_a_label_file_warns_once(tmp_path: Path) -
     (tmp_path / "labels" / "a.txt").write_text("")  # negatives with (empty) label files: legal, quiet
     (tmp_path / "labels" / "b.txt").write_text("")
     assert _read(read_split, tmp_path, "train")[1] == []
+
+
+def test_voc_class_names_differing_only_in_case_are_reported(tmp_path: Path) -> None:
+    """labelImg users type the class: "Raccoon" and "raccoon" become two classes; say so once."""
+    (tmp_path / "Annotations").mkdir()
+    for stem, name in (("a", "raccoon"), ("b", "Raccoon"), ("c", "Stop Sign"), ("d", "stop  sign")):
+        _image(tmp_path / "JPEGImages" / f"{stem}.jpg")
+        (tmp_path / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><object><name>{name}</name><bndbox><xmin>2</xmin>"
+            "<ymin>3</ymin><xmax>20</xmax><ymax>30</ymax></bndbox></object></annotation>"
+        )
+    index, messages = _read(read_dataset, tmp_path)
+    assert index.class_names == ["Raccoon", "Stop Sign", "raccoon", "stop  sign"] and index.num_objects == 4
+    ann = tmp_path / "Annotations"
+    assert messages == [
+        f"{ann}: class names: 'Raccoon', 'raccoon' differ only in case or spacing; read as 2 separate classes "
+        "(edit the XML files to merge them)",
+        f"{ann}: class names: 'Stop Sign', 'stop  sign' differ only in case or spacing; read as 2 separate classes "
+        "(edit the XML files to merge them)",
+    ]

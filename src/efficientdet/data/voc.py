@@ -80,6 +80,8 @@ def read_voc(
     parsed = _parse_all(ids, ann_dir, root, images_dir is not None, allow_outside_root, one_based, issues)
 
     names = list(class_names) if class_names is not None else sorted({o[0] for p in parsed for o in p[4]})
+    if class_names is None:
+        _report_case_variants(names, ann_dir, issues)
     label_of = {n: i for i, n in enumerate(names)}
     records: list[DetectionRecord] = []
     for xml, image_path, w, h, objects in parsed:
@@ -96,6 +98,20 @@ def read_voc(
         records.append(DetectionRecord(image_path, boxes, labels, len(records), w, h, difficult))
     issues.finish(ann_dir)
     return DatasetIndex(records, names, issues.lines, root, None, dict(issues.counts))
+
+
+def _report_case_variants(names: list[str], ann_dir: Path, issues: Issues) -> None:
+    """Warn about class names that differ only in case or spacing ("Raccoon", "raccoon"): hand-typed
+    labels that become separate classes."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(" ".join(n.casefold().split()), []).append(n)
+    for variants in (g for g in groups.values() if len(g) > 1):
+        shown = ", ".join(repr(v) for v in variants)
+        issues.report(
+            ann_dir, "class names", f"{shown} differ only in case or spacing",
+            f"read as {len(variants)} separate classes (edit the XML files to merge them)", "class_variants",
+        )
 
 
 def _read_ids(ann_dir: Path, split_file: Path | None, issues: Issues) -> list[str]:
