@@ -198,3 +198,20 @@ def test_voc_class_names_differing_only_in_case_are_reported(tmp_path: Path) -> 
         f"{ann}: class names: 'Stop Sign', 'stop  sign' differ only in case or spacing; read as 2 separate classes "
         "(edit the XML files to merge them)",
     ]
+
+
+def test_yolo_split_listing_several_folders_reads_them_all(tmp_path: Path) -> None:
+    """Ultralytics' ``train: [images/a, images/b]`` (several sources): only the first was read,
+    silently; a listed folder that is missing is reported."""
+    _yolo_split(tmp_path / "one", ["a", "b"])
+    _yolo_split(tmp_path / "two", ["c"])
+    (tmp_path / "list.txt").write_text("two/images/c.jpg\none/images/a.jpg\n")
+    (tmp_path / "data.yaml").write_text(
+        "train: [one/images, two/images]\nval: [one/images, list.txt, gone/images]\nnames: [raccoon]\n"
+    )
+    index, messages = _read(read_split, tmp_path, "train")
+    assert [r.image_path.name for r in index.records] == ["a.jpg", "b.jpg", "c.jpg"] and index.num_objects == 3
+    assert messages == []
+    index, messages = _read(read_split, tmp_path, "val")
+    assert [r.image_path.name for r in index.records] == ["a.jpg", "b.jpg", "c.jpg"]  # a.jpg once
+    assert messages == [f"{tmp_path}: data.yaml val: {tmp_path / 'gone' / 'images'}: not found; entry ignored"]

@@ -212,22 +212,15 @@ def _list_images(
     if split_str.endswith(".txt") and as_file.is_file():
         return _read_list(as_file, root, allow, issues), False
     entries = cfg.get(split_str)
-    tried: list[Path] = []
-    for entry in entries if isinstance(entries, list) else [entries] if isinstance(entries, str) else []:
-        p = resolve_under(root, entry, allow) if isinstance(entry, str) else None
-        if isinstance(entry, str) and entry.startswith("../") and (p is None or not p.exists()):
-            # Roboflow writes "train: ../train/images" beside train/; Ultralytics then reads
-            # "train/images" under the yaml's folder when the first does not exist, and so do we.
-            stripped = resolve_under(root, entry[3:], allow)
-            p = stripped if stripped is not None and stripped.exists() else p
-        if p is None:
-            problem = "escapes the dataset root" if isinstance(entry, str) else "is not a path"
-            issues.report(root, f"data.yaml {split_str}: {short_repr(entry)}", problem, "entry ignored", "outside_root")
-            continue
-        tried.append(p)
-        if p.is_file():
-            return _read_list(p, root, allow, issues), False
-    tried += [root / "images" / split_str, root / split_str / "images", root / split_str]
+    named = _yaml_entries(root, split_str, entries, allow, issues)
+    found = [p for p in named if p.exists()]
+    if found:  # every listed folder and list file, as Ultralytics reads "train: [a, b]"
+        for p in named:
+            if p not in found:
+                issues.report(root, f"data.yaml {split_str}: {p}", "not found", "entry ignored", "missing_split")
+        images = [img for p in found for img in (_read_list(p, root, allow, issues) if p.is_file() else _images_in(p))]
+        return list(dict.fromkeys(images)), all(p.is_dir() for p in found)
+    tried = [*named, root / "images" / split_str, root / split_str / "images", root / split_str]
     for folder in tried:
         if folder.is_dir():
             return _images_in(folder), True
@@ -238,6 +231,25 @@ def _list_images(
     # A split data.yaml names but that is not there is an error, never every image of the folder.
     shown = ', '.join(map(str, dict.fromkeys(tried)))
     raise FileNotFoundError(f"{root}: no images for split {split_str!r} (tried {shown}){hint}")
+
+
+def _yaml_entries(root: Path, split: str, entries: Any, allow: bool, issues: Issues) -> list[Path]:
+    """The paths data.yaml gives for ``split`` (one or a list), those that are not paths or
+    escape the root reported and left out."""
+    paths: list[Path] = []
+    for entry in entries if isinstance(entries, list) else [entries] if isinstance(entries, str) else []:
+        p = resolve_under(root, entry, allow) if isinstance(entry, str) else None
+        if isinstance(entry, str) and entry.startswith("../") and (p is None or not p.exists()):
+            # Roboflow writes "train: ../train/images" beside train/; Ultralytics then reads
+            # "train/images" under the yaml's folder when the first does not exist, and so do we.
+            stripped = resolve_under(root, entry[3:], allow)
+            p = stripped if stripped is not None and stripped.exists() else p
+        if p is None:
+            problem = "escapes the dataset root" if isinstance(entry, str) else "is not a path"
+            issues.report(root, f"data.yaml {split}: {short_repr(entry)}", problem, "entry ignored", "outside_root")
+            continue
+        paths.append(p)
+    return paths
 
 
 def _report_orphan_labels(images: list[Path], used: dict[Path, Path], issues: Issues) -> None:
