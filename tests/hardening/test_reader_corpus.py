@@ -98,6 +98,17 @@ def test_coco_broken_record_is_reported_and_rest_kept(
     check_index(index)
 
 
+def test_coco_with_only_crowd_annotations_warns(tmp_path: Path, write_image: Any, read_logged: Any, one_line: Any) -> None:
+    """Every object iscrowd=1 (as some mask exporters write): nothing to train on, said once."""
+    crowd = [dict(a, iscrowd=1) for a in GOOD_ANNS]
+    path = _coco(tmp_path, write_image, annotations=crowd)
+    index, messages = read_logged(read_coco, path)
+    one_line(messages, str(path), "annotations", f"no objects but {len(crowd)} iscrowd=1 annotations", "every image read as background")
+    assert index.num_objects == 0 and len(index) == 3
+    mixed, messages = read_logged(read_coco, _coco(tmp_path / "m", write_image, annotations=[*GOOD_ANNS, crowd[0]]))
+    assert messages == [] and mixed.counts["crowd"] == 1  # a few crowd regions: normal, no warning
+
+
 def test_coco_without_annotations_field_warns(tmp_path: Path, write_image: Any, read_logged: Any, one_line: Any) -> None:
     path = _coco(tmp_path, write_image, annotations=None)
     index, messages = read_logged(read_coco, path)

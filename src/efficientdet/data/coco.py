@@ -121,6 +121,11 @@ def read_coco(
         DetectionRecord(info[k][0], boxes[k], labels[k], image_id=k, width=info[k][1], height=info[k][2])
         for k in order
     ]
+    if issues.counts["crowd"] and not any(r.num_objects for r in records):  # a few are normal (COCO: ~1%)
+        issues.report(
+            path, "annotations", f"no objects but {issues.counts['crowd']} iscrowd=1 annotations (crowd regions, not trained on)",
+            "every image read as background (set iscrowd to 0 for single objects)", "all_crowd",
+        )
     issues.finish(path)
     return DatasetIndex(
         records, [cats[c] for c in category_ids], issues.lines, root, category_ids, dict(issues.counts)
