@@ -55,9 +55,9 @@ def read_yolo(
     """Read a YOLO dataset into a :class:`DatasetIndex`.
 
     ``root`` is the dataset folder (or its ``data.yaml``). ``split`` is a split name, looked
-    up as ``data.yaml[split]`` (a folder or list file, or a list of them, relative to the yaml's ``path:`` when that
-    folder exists inside the root, or anywhere with ``allow_outside_root``, else relative to the
-    root), ``images/<split>/``, ``<split>/images/`` or ``<split>/``; or a
+    up as ``data.yaml[split]`` (a folder or list file, or a list of them, relative to the yaml's
+    ``path:`` when that folder exists inside the root, or anywhere with ``allow_outside_root``,
+    else relative to the root), ``images/<split>/``, ``<split>/images/`` or ``<split>/``; or a
     ``.txt`` list of image paths (relative to the root); None (or a name with none of these
     when ``images/`` holds only files) reads every image under ``images/``. Class names:
     ``names``, else ``data.yaml``'s ``names`` (list or {id: name}), else ``classes.txt`` /
