@@ -1,5 +1,6 @@
 """``efficientdet browse`` on COCO, VOC and YOLO datasets, raw and augmented."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,16 @@ def test_browse_bad_input_is_one_clear_error(datasets, tmp_path: Path, capsys) -
     err = capsys.readouterr().err
     assert err.startswith("efficientdet browse: error: augment.policy: unknown policy 'v9'")
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_caption_sits_under_its_own_image(tmp_path: Path) -> None:
+    """A wide image's caption is drawn right under it, not at the foot of its cell (where it
+    touched the next row's image and read as that image's title)."""
+    Image.new("RGB", (2000, 100), (40, 90, 160)).save(tmp_path / "wide.jpg")
+    ann = {"images": [{"id": 1, "file_name": "wide.jpg", "width": 2000, "height": 100}], "annotations": [],
+           "categories": [{"id": 1, "name": "x"}]}  # fmt: skip
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    assert main(["browse", str(tmp_path / "ann.json"), "--out", str(tmp_path / "b")]) == 0
+    grid = Image.open(tmp_path / "b" / "browse.png").convert("L")
+    dark_rows = [y for y in range(grid.height) if min(grid.crop((0, y, 300, y + 1)).getdata()) < 100]
+    assert dark_rows[0] == 0 and 16 <= max(dark_rows) <= 32  # image rows 0-15, then its caption

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from torch import Tensor
 from efficientdet import Detector, create_model
 from efficientdet.cli import main
 from efficientdet.data.formats import read_dataset
-from efficientdet.data.records import DatasetIndex
+from efficientdet.data.records import DatasetIndex, DetectionRecord
 from efficientdet.data.synthetic import make_synthetic_dataset
 from efficientdet.evaluation import STAT_NAMES
 from efficientdet.evaluation.run import evaluate, label_mapping
@@ -195,8 +196,39 @@ def test_label_mapping_coco90_layout() -> None:
     assert cats == list(range(1, 91))
     assert to_dataset[[0, 2, 17]].tolist() == [0, 1, 2] and (np.delete(to_dataset, [0, 2, 17]) == -1).all()
     assert label_mapping(3, None, idx)[0] == [1, 3, 18]
-    with pytest.raises(ValueError, match="90 classes but the dataset has 3"):
+    with pytest.raises(ValueError, match=r"90 classes \(x, x, x, x, x, ...\) but the dataset has 3"):
         label_mapping(90, ["x"] * 90, idx)
+
+
+def test_label_mapping_by_class_name() -> None:
+    """The same classes in another order (another format's export) or a split without one of
+    them (VOC names the classes its split holds) map by name; before, the first scored with
+    swapped labels (AP ~0, silently) and the second was refused."""
+    swapped = DatasetIndex([], ["sign", "raccoon"])
+    cats, to_dataset = label_mapping(2, ["raccoon", "sign"], swapped)
+    assert to_dataset.tolist() == [1, 0] and cats == [2, 1]
+    voc_val = DatasetIndex([], ["cat", "person"])  # the train split also had "dog"
+    cats, to_dataset = label_mapping(3, ["cat", "dog", "person"], voc_val)
+    assert to_dataset.tolist() == [0, -1, 1] and cats[0] == 1 and cats[2] == 2 and cats[1] not in (1, 2)
+    coco = DatasetIndex([], ["person", "dog"], category_ids=[1, 18])
+    assert label_mapping(3, ["dog", "kite", "person"], coco) == ([18, 19, 1], pytest.approx([1, -1, 0]))
+    assert label_mapping(2, ["a", "b"], swapped)[1].tolist() == [0, 1]  # other names: label to label, as before
+    with pytest.raises(ValueError, match=r"3 classes \(cat, dog, bird\) but the dataset has 2 \(cat, person\)"):
+        label_mapping(3, ["cat", "dog", "bird"], voc_val)
+
+
+def test_permuted_classes_score_as_the_same_dataset(
+    index: DatasetIndex, model: EfficientDet, fake_heads: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Perfect detections still score 1.0 on the same dataset with its classes listed in reverse."""
+    k = index.num_classes
+    reverse = [
+        DetectionRecord(r.image_path, r.boxes, k - 1 - r.labels, r.image_id, r.width, r.height) for r in index.records
+    ]
+    permuted = dataclasses.replace(index, records=reverse, class_names=index.class_names[::-1], category_ids=None)
+    monkeypatch.setattr(model, "forward", _perfect_forward(index.records, model, fake_heads))
+    run = evaluate(model, permuted, voc=True, progress=False, num_workers=0)
+    assert run.stats["AP"] == pytest.approx(1.0) and run.voc is not None and run.voc["mAP"] == pytest.approx(1.0)
 
 
 def test_cli_image_over_max_input_pixels_is_skipped_with_a_hint(
@@ -238,3 +270,22 @@ def test_cli_images_outside_the_json_folder_need_the_flag(
     args = ["eval", str(split), "--weights", str(tiny_weights), "--out", str(out), "--quiet", "--allow-outside-root"]
     assert main(args) == 0
     assert json.loads((out / "metrics.json").read_text())["num_images"] == len(moved["images"]) == 6
+
+
+def test_voc_ap50_leaves_difficult_objects_out(
+    index: DatasetIndex, model: EfficientDet, fake_heads: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pascal VOC's difficult objects are neither hits nor misses in VOC AP50 (the devkit's rule):
+    a model that finds every other object scores 1.0. They counted as missed before."""
+    hard = [
+        DetectionRecord(r.image_path, r.boxes, r.labels, r.image_id, r.width, r.height, torch.arange(r.num_objects) == 0)
+        for r in index.records
+    ]
+    easy = [
+        DetectionRecord(r.image_path, r.boxes[1:], r.labels[1:], r.image_id, r.width, r.height) for r in index.records
+    ]
+    assert sum(r.num_objects for r in easy) == index.num_objects - len(index) > 0
+    monkeypatch.setattr(model, "forward", _perfect_forward(easy, model, fake_heads))
+    run = evaluate(model, dataclasses.replace(index, records=hard), voc=True, progress=False, num_workers=0)
+    assert run.voc is not None and run.voc["mAP"] == pytest.approx(1.0)
+    assert run.stats["AR100"] < 1.0  # COCO metrics keep them as ordinary objects, as the official tools do

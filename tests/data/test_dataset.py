@@ -131,3 +131,17 @@ def test_size_mismatch_warns_once(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataIssue)
         ds[0]
+
+
+def test_size_mismatch_from_exif_rotation_says_so(tmp_path: Path) -> None:
+    """A tool that recorded the stored (unrotated) size of an EXIF-rotated photo: the warning
+    names the cause instead of only the two sizes."""
+    from PIL import Image
+
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display
+    Image.new("RGB", (40, 30), (10, 200, 90)).save(path, exif=exif.tobytes())
+    rec = DetectionRecord(path, [[1, 1, 5, 5]], [0], image_id=1, width=40, height=30)
+    with pytest.warns(DataIssue, match=r"annotated size 40x30 differs from the decoded 30x40 \(WxH\) \(sides swapped: the file's EXIF"):
+        DetectionDataset(_index(rec))[0]

@@ -78,3 +78,19 @@ def test_time_budget_progress_shows_the_budget_not_the_epoch_count(
     err = capsys.readouterr().err
     assert "min of the time budget" in err and "/5 min" in err, err
     assert "/1000" not in err, err
+
+
+def test_training_data_without_objects_is_warned_about(
+    tiny_dataset: Path, tmp_path: Path, make_config: Any
+) -> None:
+    """Every label empty (or lost): training would run for hours on background only; say so first."""
+    data = json.loads(tiny_dataset.read_text())
+    data["annotations"] = []
+    empty = tiny_dataset.parent / "no_objects.json"
+    empty.write_text(json.dumps(data))
+    lines: list[str] = []
+    Trainer(make_config(empty, tmp_path, max_steps=1), log=lines.append, progress=False)
+    assert f"warning: {empty}: no objects in its 8 training images; nothing to learn" in lines
+    lines.clear()
+    Trainer(make_config(tiny_dataset, tmp_path / "ok", max_steps=1), log=lines.append, progress=False)
+    assert not any("no objects" in line for line in lines)

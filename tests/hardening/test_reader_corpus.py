@@ -71,6 +71,7 @@ COCO_RECORD_CASES = [  # id, extra images, extra annotations, extra categories, 
     ("duplicate-annotation-copy", [], [dict(GOOD_ANNS[0])], [], ("annotation id=1", "same id, image, category and bbox"), (3, 3)),
     ("duplicate-annotation-id", [], [_ann([20, 20, 5, 5], id=1)], [], ("annotation id=1", "duplicate annotation id"), (3, 4)),
     ("duplicate-category-id", [], [], [{"id": 1, "name": "other"}], ("category id=1", "duplicate category id"), (3, 3)),
+    ("duplicate-file-name", [{"id": 4, "file_name": "imgs/./a.jpg"}], [], [], ("image id=4", "same file 'a.jpg' as image id=1"), (4, 3)),
     ("category-without-id", [], [], [{"name": "x"}], ("category #2", "non-integer 'id'"), (3, 3)),
     ("category-name-not-text", [], [], [{"id": 3, "name": {"x": 1}}], ("category id=3", "is not text"), (3, 3)),
     ("image-without-id", [{"file_name": "imgs/d.jpg"}], [], [], ("image #3", "non-integer 'id'"), (3, 3)),
@@ -95,6 +96,17 @@ def test_coco_broken_record_is_reported_and_rest_kept(
     assert len(index) == n_records and index.num_objects == n_objects
     assert [r.num_objects for r in index.records[:3]] == [2, 1 + (n_objects == 4), 0]  # the good ones
     check_index(index)
+
+
+def test_coco_with_only_crowd_annotations_warns(tmp_path: Path, write_image: Any, read_logged: Any, one_line: Any) -> None:
+    """Every object iscrowd=1 (as some mask exporters write): nothing to train on, said once."""
+    crowd = [dict(a, iscrowd=1) for a in GOOD_ANNS]
+    path = _coco(tmp_path, write_image, annotations=crowd)
+    index, messages = read_logged(read_coco, path)
+    one_line(messages, str(path), "annotations", f"no objects but {len(crowd)} iscrowd=1 annotations", "every image read as background")
+    assert index.num_objects == 0 and len(index) == 3
+    mixed, messages = read_logged(read_coco, _coco(tmp_path / "m", write_image, annotations=[*GOOD_ANNS, crowd[0]]))
+    assert messages == [] and mixed.counts["crowd"] == 1  # a few crowd regions: normal, no warning
 
 
 def test_coco_without_annotations_field_warns(tmp_path: Path, write_image: Any, read_logged: Any, one_line: Any) -> None:

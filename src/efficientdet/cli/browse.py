@@ -111,7 +111,8 @@ def _tile(sample: dict[str, Any], class_names: list[str]) -> Image.Image:
 
     tile = Image.new("RGB", (CELL, CELL + 16), (255, 255, 255))
     tile.paste(img, (0, 0))
-    ImageDraw.Draw(tile).text((2, CELL + 2), caption[:52], fill=(0, 0, 0))
+    # Right under its image: at the cell's foot, a wide image's caption sat nearer the next row's.
+    ImageDraw.Draw(tile).text((2, img.height + 2), caption[:52], fill=(0, 0, 0))
     return tile
 
 

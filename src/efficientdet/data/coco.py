@@ -91,15 +91,9 @@ def read_coco(
     label_of = {cid: label for label, cid in enumerate(category_ids)}
 
     # Images: id -> (path, width, height); boxes appended in annotation order.
-    order: list[int] = []
-    info: dict[int, tuple[Path, int | None, int | None]] = {}
     seen_ids: set[int] = set()  # includes images skipped for a missing file
-    for i, img in enumerate(images):
-        entry = _read_image_entry(img, i, path, root, allow_outside_root, seen_ids, issues)
-        if entry is not None:
-            image_id, image_path, w, h = entry
-            order.append(image_id)
-            info[image_id] = (image_path, w, h)
+    info = _read_images(images, path, root, allow_outside_root, seen_ids, issues)
+    order = list(info)
     boxes: dict[int, list[tuple[float, float, float, float]]] = {k: [] for k in order}
     labels: dict[int, list[int]] = {k: [] for k in order}
     ann_ids: dict[Any, tuple[Any, ...]] = {}  # id -> (image_id, category_id, bbox) of its first use
@@ -114,10 +108,35 @@ def read_coco(
         DetectionRecord(info[k][0], boxes[k], labels[k], image_id=k, width=info[k][1], height=info[k][2])
         for k in order
     ]
+    if issues.counts["crowd"] and not any(r.num_objects for r in records):  # a few are normal (COCO: ~1%)
+        issues.report(
+            path, "annotations", f"no objects but {issues.counts['crowd']} iscrowd=1 annotations (crowd regions, not trained on)",
+            "every image read as background (set iscrowd to 0 for single objects)", "all_crowd",
+        )
     issues.finish(path)
     return DatasetIndex(
         records, [cats[c] for c in category_ids], issues.lines, root, category_ids, dict(issues.counts)
     )
+
+
+def _read_images(
+    images: list[Any], path: Path, root: Path, allow_outside_root: bool, seen_ids: set[int], issues: Issues
+) -> dict[int, tuple[Path, int | None, int | None]]:
+    """Image id -> (file, width, height) of the usable ``images`` entries, in file order."""
+    info: dict[int, tuple[Path, int | None, int | None]] = {}
+    first_id: dict[Path, int] = {}  # image file -> the first image id that names it
+    for i, img in enumerate(images):
+        entry = _read_image_entry(img, i, path, root, allow_outside_root, seen_ids, issues)
+        if entry is not None:
+            image_id, image_path, w, h = entry
+            if first_id.setdefault(image_path, image_id) != image_id:  # e.g. two merged exports
+                issues.report(
+                    path, f"image id={image_id}", f"same file {image_path.name!r} as image id={first_id[image_path]}",
+                    "kept, but its objects are not merged: the image is trained with each id's boxes alone",
+                    "duplicate_file",
+                )
+            info[image_id] = (image_path, w, h)
+    return info
 
 
 def _top_level_lists(path: Path, data: Any) -> tuple[list[Any], list[Any], list[Any] | None]:

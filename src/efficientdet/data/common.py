@@ -27,10 +27,11 @@ CLIP_TOLERANCE = 1.0
 # also keeps every clipped coordinate exactly representable in the float32 boxes.
 MAX_SIDE = 2**24
 # What the readers say when they skip an image path that is absolute or leaves the dataset's root.
-OUTSIDE_ROOT_SKIPPED = (
-    "image skipped (allow_outside_root=True reads it: --allow-outside-root for eval and anchors, "
-    "data.allow_outside_root=true for train and browse)"
+OUTSIDE_ROOT_FLAGS = (
+    "allow_outside_root=True reads it: --allow-outside-root for eval and anchors, "
+    "data.allow_outside_root=true for train and browse"
 )
+OUTSIDE_ROOT_SKIPPED = f"image skipped ({OUTSIDE_ROOT_FLAGS})"
 
 # Record and problem texts are cut to this many characters: a 5000-character file name or
 # bbox from a broken file must not turn into a 5000-character warning.
@@ -179,15 +180,26 @@ def resolve_under(root: Path, name: str, allow_outside_root: bool) -> Path | Non
     The check is lexical (``..`` and absolute paths), so symlinks placed inside the root
     by the dataset's owner keep working. Backslashes are read as separators: annotation
     files written on Windows use them. The result is normalised (no ``..`` or ``.`` parts):
-    messages show ``data/images/a.jpg``, not ``runs/x/../../data/images/a.jpg``.
+    messages show ``data/images/a.jpg``, not ``runs/x/../../data/images/a.jpg``. An absolute
+    path that lies inside ``root`` is accepted (Ultralytics and Colab exports write
+    ``train: /content/data/images/train``): it reads nothing outside the root.
     """
     name = name.replace("\\", "/")
     if PureWindowsPath(name).drive or os.path.isabs(name):
-        return Path(os.path.normpath(name)) if allow_outside_root else None
+        norm = os.path.normpath(name)
+        return Path(norm) if allow_outside_root or _is_inside(norm, os.path.abspath(root)) else None
     norm = os.path.normpath(name)
     if (norm == ".." or norm.startswith("../")) and not allow_outside_root:
         return None
     return Path(os.path.normpath(os.path.join(root, norm)))
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    """Whether the absolute, normalised ``path`` is ``folder`` or lies under it (lexically)."""
+    try:
+        return os.path.isabs(path) and os.path.commonpath([folder, path]) == folder
+    except ValueError:  # different drives (Windows)
+        return False
 
 
 def is_file(path: Path) -> bool:

@@ -79,9 +79,11 @@ class DetectionDataset(Dataset):
         sized = rec.width is not None and rec.height is not None
         if sized and (rec.width, rec.height) != (w, h) and i not in self._size_warned:
             self._size_warned.add(i)  # once per record, not once per epoch
+            # Swapped sides: a 90-degree EXIF orientation, which decoding applies and some tools ignore.
+            why = " (sides swapped: the file's EXIF orientation turns it when decoded)" if (rec.width, rec.height) == (h, w) else ""
             warn_issue(
                 f"{path}: record image_id={rec.image_id}: annotated size {rec.width}x{rec.height} "
-                f"differs from the decoded {w}x{h} (WxH); boxes kept as annotated"
+                f"differs from the decoded {w}x{h} (WxH){why}; boxes kept as annotated"
             )
         boxes, labels = rec.boxes.clone(), rec.labels.clone()
         extra: dict[str, Any] = {}

@@ -17,7 +17,7 @@ from typing import Any
 from .coco import read_coco, write_coco
 from .records import DataIssue, DatasetIndex, DetectionRecord
 from .voc import read_voc, write_voc
-from .yolo import read_yolo, write_yolo
+from .yolo import NAMES_FILES, read_yolo, write_yolo
 
 __all__ = [
     "DataIssue",
@@ -44,7 +44,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
     A ``.json`` file is COCO; a ``.yaml`` file or a folder with ``data.yaml`` or ``labels/``
     is YOLO; a folder with ``Annotations/`` (or ``annotations/`` holding XMLs) or ``*.xml``
-    files is VOC.
+    files is VOC; else a folder with ``classes.txt`` / ``obj.names`` (darknet, labelImg) is YOLO.
     """
     p = Path(path)
     if p.is_file():
@@ -59,8 +59,10 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "yolo"
     if voc_annotations_dir(p) != p or next(p.glob("*.xml"), None) is not None:
         return "voc"
+    if any((p / n).is_file() for n in NAMES_FILES):  # darknet / labelImg: images, labels, classes.txt side by side
+        return "yolo"
     raise ValueError(
-        f"{p}: cannot tell the dataset format (no data.yaml or labels/ for YOLO, "
+        f"{p}: cannot tell the dataset format (no data.yaml, labels/ or classes.txt for YOLO, "
         "no Annotations/ or *.xml for VOC); pass a COCO .json file or use read_coco/read_voc/read_yolo"
     )
 

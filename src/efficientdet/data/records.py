@@ -31,6 +31,9 @@ class DetectionRecord:
         labels: ``[M]`` int64 0-based class indices.
         image_id: integer id (COCO's id; the position in the index for VOC and YOLO).
         width, height: image size in pixels if known (from the annotation or the header).
+        difficult: ``[M]`` bool, Pascal VOC's ``<difficult>`` flags (all False for other
+            formats). Training uses these objects like any other; the VOC AP50 of
+            evaluation leaves them out, as the VOC devkit does.
     """
 
     image_path: Path
@@ -39,6 +42,7 @@ class DetectionRecord:
     image_id: int
     width: int | None = None
     height: int | None = None
+    difficult: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
 
     def __init__(
         self,
@@ -48,6 +52,7 @@ class DetectionRecord:
         image_id: int,
         width: int | None = None,
         height: int | None = None,
+        difficult: torch.Tensor | np.ndarray | Sequence[bool] | None = None,
     ) -> None:
         # Written out (not generated) because it takes what the fields are made from (a str
         # path, lists, arrays) and normalises it once here, so every consumer can rely on
@@ -58,6 +63,12 @@ class DetectionRecord:
         self.image_id = image_id
         self.width = width
         self.height = height
+        m = self.boxes.shape[0]
+        self.difficult = (
+            torch.zeros(m, dtype=torch.bool) if difficult is None else torch.as_tensor(difficult, dtype=torch.bool).reshape(-1)
+        )
+        if self.difficult.shape[0] != m:
+            raise ValueError(f"{self.image_path}: {m} boxes but {self.difficult.shape[0]} difficult flags")
         if self.boxes.shape[0] != self.labels.shape[0]:
             raise ValueError(
                 f"{self.image_path}: {self.boxes.shape[0]} boxes but {self.labels.shape[0]} labels"

@@ -7,8 +7,9 @@ and the writer does the exact inverse, so read(write(x)) == x. Files written 0-b
 some tools then read 1 px too far up-left at most, which is clipped silently at the image
 border. Pass ``one_based=False`` to take the four numbers as xyxy as written.
 
-``difficult`` objects are kept as ordinary objects (counted under ``counts["difficult"]``);
-evaluation that should ignore them has to re-read the XML.
+``difficult`` objects are kept as ordinary objects for training (counted under
+``counts["difficult"]``) and flagged in ``DetectionRecord.difficult``: evaluation's VOC AP50
+leaves them out, as the VOC devkit does; the writer writes the flags back.
 
 XML is parsed with defusedxml: entity declarations (billion laughs) and external entities
 (XXE) make that file's image skipped with a warning, never expanded or fetched.
@@ -44,7 +45,7 @@ __all__ = ["read_voc", "write_voc"]
 
 _AUTO_IMAGE_DIRS = ("JPEGImages", "images", "Images", "")
 
-_Object = tuple[str, tuple[float, float, float, float], str]  # (class name, checked xyxy box, record text)
+_Object = tuple[str, tuple[float, float, float, float], str, bool]  # (class name, checked xyxy box, record text, difficult)
 _Parsed = tuple[Path, Path, int, int, list[_Object]]  # (annotation file, image file, width, height, objects)
 
 
@@ -58,8 +59,9 @@ def read_voc(
 ) -> DatasetIndex:
     """Read a folder of VOC XML files into a :class:`DatasetIndex`.
 
-    ``split_file`` lists image ids (XML stems), one per line (the first token of a line,
-    so ``ImageSets/Main/<class>_train.txt`` works too); default: every ``*.xml``.
+    ``split_file`` lists image ids (XML stems), one per line (the whole line when it names an
+    XML, else its first token, so ``ImageSets/Main/<class>_train.txt`` works too); default:
+    every ``*.xml``.
     Image files are ``images_dir / <filename>``; if ``images_dir`` is None they are looked
     up under the annotations' parent (the root) in ``<folder>/``, ``JPEGImages/``, ``images/``,
     ``Images/``, the root itself and the annotations folder. Class names: ``class_names``
@@ -77,21 +79,39 @@ def read_voc(
     ids = _read_ids(ann_dir, Path(split_file) if split_file is not None else None, issues)
     parsed = _parse_all(ids, ann_dir, root, images_dir is not None, allow_outside_root, one_based, issues)
 
-    names = list(class_names) if class_names is not None else sorted({n for p in parsed for n, _, _ in p[4]})
+    names = list(class_names) if class_names is not None else sorted({o[0] for p in parsed for o in p[4]})
+    if class_names is None:
+        _report_case_variants(names, ann_dir, issues)
     label_of = {n: i for i, n in enumerate(names)}
     records: list[DetectionRecord] = []
     for xml, image_path, w, h, objects in parsed:
         boxes: list[tuple[float, float, float, float]] = []
         labels: list[int] = []
-        for name, box, rec in objects:
+        difficult: list[bool] = []
+        for name, box, rec, hard in objects:
             if name not in label_of:
                 issues.report(xml, rec, f"unknown class name {short_repr(name)}", "object dropped", "unknown_class")
                 continue
             boxes.append(box)
             labels.append(label_of[name])
-        records.append(DetectionRecord(image_path, boxes, labels, image_id=len(records), width=w, height=h))
+            difficult.append(hard)
+        records.append(DetectionRecord(image_path, boxes, labels, len(records), w, h, difficult))
     issues.finish(ann_dir)
     return DatasetIndex(records, names, issues.lines, root, None, dict(issues.counts))
+
+
+def _report_case_variants(names: list[str], ann_dir: Path, issues: Issues) -> None:
+    """Warn about class names that differ only in case or spacing ("Raccoon", "raccoon"): hand-typed
+    labels that become separate classes."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(" ".join(n.casefold().split()), []).append(n)
+    for variants in (g for g in groups.values() if len(g) > 1):
+        shown = ", ".join(repr(v) for v in variants)
+        issues.report(
+            ann_dir, "class names", f"{shown} differ only in case or spacing",
+            f"read as {len(variants)} separate classes (edit the XML files to merge them)", "class_variants",
+        )
 
 
 def _read_ids(ann_dir: Path, split_file: Path | None, issues: Issues) -> list[str]:
@@ -108,11 +128,14 @@ def _read_ids(ann_dir: Path, split_file: Path | None, issues: Issues) -> list[st
         tokens = line.split()
         if not tokens or tokens[0].startswith("#"):
             continue
-        if tokens[0] in seen:
-            issues.report(split_file, f"line {n}", f"duplicate image id {tokens[0]!r}", "second one skipped", "duplicate_image")
+        # A stem may hold spaces ("IMG 0001"): the whole line when it names an XML, else its
+        # first token (ImageSets/Main/<class>_train.txt lines are "000005 -1").
+        stem = line.strip() if len(tokens) > 1 and is_file(ann_dir / f"{line.strip()}.xml") else tokens[0]
+        if stem in seen:
+            issues.report(split_file, f"line {n}", f"duplicate image id {stem!r}", "second one skipped", "duplicate_image")
             continue
-        seen.add(tokens[0])
-        ids.append(tokens[0])
+        seen.add(stem)
+        ids.append(stem)
     return ids
 
 
@@ -251,9 +274,10 @@ def _read_objects(xml: Path, ann: ET.Element, w: int, h: int, one_based: bool, i
         checked = check_box(box, (w, h), issues, xml, orec)
         if checked is None:
             continue
-        if (obj.findtext("difficult") or "0").strip() == "1":
+        hard = (obj.findtext("difficult") or "0").strip() == "1"
+        if hard:
             issues.count("difficult")
-        objects.append((name, checked, orec))
+        objects.append((name, checked, orec, hard))
     return objects
 
 
@@ -346,10 +370,10 @@ def _voc_xml(
     for key, value in (("width", w), ("height", h), ("depth", 3)):
         ET.SubElement(size, key).text = str(value)
     shift = 1.0 if one_based else 0.0
-    for box, label in zip(rec.boxes.tolist(), rec.labels.tolist()):
+    for box, label, hard in zip(rec.boxes.tolist(), rec.labels.tolist(), rec.difficult.tolist()):
         obj = ET.SubElement(ann, "object")
         ET.SubElement(obj, "name").text = class_names[label]
-        ET.SubElement(obj, "difficult").text = "0"
+        ET.SubElement(obj, "difficult").text = "1" if hard else "0"
         bnd = ET.SubElement(obj, "bndbox")
         for key, value in zip(("xmin", "ymin", "xmax", "ymax"), (box[0] + shift, box[1] + shift, box[2], box[3])):
             ET.SubElement(bnd, key).text = fmt_num(value)

@@ -21,6 +21,7 @@ import yaml
 from efficientdet.data.common import (
     IMAGE_EXTENSIONS,
     MAX_SIDE,
+    OUTSIDE_ROOT_FLAGS,
     OUTSIDE_ROOT_SKIPPED,
     Issues,
     check_box,
@@ -35,7 +36,8 @@ from .records import DatasetIndex, DetectionRecord
 __all__ = ["read_yolo", "write_yolo"]
 
 _YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml")
-_NAMES_FILES = ("classes.txt", "obj.names", "classes.names")
+# Class-name lists that darknet and labelImg (YOLO mode) write beside the labels.
+NAMES_FILES = ("classes.txt", "obj.names", "classes.names")
 # Class ids at or above this are refused: without a names list every id up to the largest
 # one becomes a class, so one corrupt line ("1e300 ...") must not create a billion classes.
 MAX_CLASS_ID = 100_000
@@ -53,8 +55,9 @@ def read_yolo(
     """Read a YOLO dataset into a :class:`DatasetIndex`.
 
     ``root`` is the dataset folder (or its ``data.yaml``). ``split`` is a split name, looked
-    up as ``data.yaml[split]`` (a folder or list file relative to the root; the yaml's
-    ``path`` key is ignored), ``images/<split>/``, ``<split>/images/`` or ``<split>/``; or a
+    up as ``data.yaml[split]`` (a folder or list file, or a list of them, relative to the yaml's
+    ``path:`` when that folder exists inside the root, or anywhere with ``allow_outside_root``,
+    else relative to the root), ``images/<split>/``, ``<split>/images/`` or ``<split>/``; or a
     ``.txt`` list of image paths (relative to the root); None (or a name with none of these
     when ``images/`` holds only files) reads every image under ``images/``. Class names:
     ``names``, else ``data.yaml``'s ``names`` (list or {id: name}), else ``classes.txt`` /
@@ -76,8 +79,15 @@ def read_yolo(
     cfg = _load_yaml(yaml_file) if yaml_file is not None else {}
     issues = Issues()
     class_names = list(names) if names is not None else _class_names(cfg, root_path)
-    images, whole_folder = _list_images(root_path, split, cfg, allow_outside_root, issues)
+    root_path, hint = _yaml_path(cfg, root_path, allow_outside_root)
+    images, whole_folder = _list_images(root_path, split, cfg, allow_outside_root, issues, hint)
     parsed, used_labels = _parse_images(root_path, images, issues)
+    if parsed and issues.counts["no_label_file"] >= len(parsed):  # labels/ misnamed or moved: nothing to learn
+        issues.report(
+            root_path, f"split {split!r}" if split is not None else "images",
+            f"none of the {len(parsed)} images has a label file (looked for {_label_path(root_path, parsed[0][0])}, ...)",
+            "every image read as background (no objects)", "no_labels",
+        )
     if whole_folder:
         _report_orphan_labels(images, used_labels, issues)
     if names is None and not class_names:
@@ -150,11 +160,29 @@ def _class_names(cfg: dict[str, Any], root: Path) -> list[str]:
         ids = {int(k): str(v) for k, v in raw.items() if _is_class_id(k)}
         return [ids.get(i, str(i)) for i in range(max(ids, default=-1) + 1)]
     for folder in (root, root / "labels"):
-        for n in _NAMES_FILES:
+        for n in NAMES_FILES:
             if (folder / n).is_file():
                 text = (folder / n).read_text(encoding="utf-8-sig", errors="replace")
                 return [line.strip() for line in text.splitlines() if line.strip()]
     return []
+
+
+def _yaml_path(cfg: dict[str, Any], yaml_dir: Path, allow: bool) -> tuple[Path, str]:
+    """The folder split entries are relative to, and a hint for "no images" errors.
+
+    data.yaml's ``path:`` (Ultralytics' dataset root; relative to the yaml's folder) when it is
+    an existing folder inside the yaml's folder, or anywhere with ``allow``; else the yaml's
+    folder (a stale ``path:`` from another machine, as Colab exports carry, is ignored).
+    """
+    raw = cfg.get("path")
+    if not isinstance(raw, str) or not raw.strip():
+        return yaml_dir, ""
+    target = resolve_under(yaml_dir, raw.strip(), allow_outside_root=True)
+    if target is None or target == yaml_dir or not target.is_dir():
+        return yaml_dir, ""
+    if allow or resolve_under(yaml_dir, raw.strip(), allow_outside_root=False) is not None:
+        return target, ""
+    return yaml_dir, f"; data.yaml's path: {target} lies outside {yaml_dir} and is not followed ({OUTSIDE_ROOT_FLAGS})"
 
 
 def _is_class_id(key: Any) -> bool:
@@ -173,7 +201,7 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _list_images(
-    root: Path, split: str | os.PathLike[str] | None, cfg: dict[str, Any], allow: bool, issues: Issues
+    root: Path, split: str | os.PathLike[str] | None, cfg: dict[str, Any], allow: bool, issues: Issues, hint: str = ""
 ) -> tuple[list[Path], bool]:
     """Image files of the split, in order, and whether they are a whole folder (not a list)."""
     flat = root / "images" if (root / "images").is_dir() else root
@@ -184,25 +212,44 @@ def _list_images(
     if split_str.endswith(".txt") and as_file.is_file():
         return _read_list(as_file, root, allow, issues), False
     entries = cfg.get(split_str)
-    tried: list[Path] = []
-    for entry in entries if isinstance(entries, list) else [entries] if isinstance(entries, str) else []:
-        p = resolve_under(root, entry, allow) if isinstance(entry, str) else None
-        if p is None:
-            problem = "escapes the dataset root" if isinstance(entry, str) else "is not a path"
-            issues.report(root, f"data.yaml {split_str}: {short_repr(entry)}", problem, "entry ignored", "outside_root")
-            continue
-        tried.append(p)
-        if p.is_file():
-            return _read_list(p, root, allow, issues), False
-    tried += [root / "images" / split_str, root / split_str / "images", root / split_str]
+    named = _yaml_entries(root, split_str, entries, allow, issues)
+    found = [p for p in named if p.exists()]
+    if found:  # every listed folder and list file, as Ultralytics reads "train: [a, b]"
+        for p in named:
+            if p not in found:
+                issues.report(root, f"data.yaml {split_str}: {p}", "not found", "entry ignored", "missing_split")
+        images = [img for p in found for img in (_read_list(p, root, allow, issues) if p.is_file() else _images_in(p))]
+        return list(dict.fromkeys(images)), all(p.is_dir() for p in found)
+    tried = [*named, root / "images" / split_str, root / split_str / "images", root / split_str]
     for folder in tried:
         if folder.is_dir():
             return _images_in(folder), True
     if split_str.endswith(".txt"):
         raise FileNotFoundError(f"{as_file}: YOLO image list not found")
-    if flat.is_dir() and not any(p.is_dir() for p in flat.iterdir()):
+    if entries is None and flat.is_dir() and not any(p.is_dir() for p in flat.iterdir()):
         return _images_in(flat), True  # flat images/ + labels/ layout: there are no splits
-    raise FileNotFoundError(f"{root}: no images for split {split_str!r} (tried {', '.join(map(str, tried))})")
+    # A split data.yaml names but that is not there is an error, never every image of the folder.
+    shown = ', '.join(map(str, dict.fromkeys(tried)))
+    raise FileNotFoundError(f"{root}: no images for split {split_str!r} (tried {shown}){hint}")
+
+
+def _yaml_entries(root: Path, split: str, entries: Any, allow: bool, issues: Issues) -> list[Path]:
+    """The paths data.yaml gives for ``split`` (one or a list), those that are not paths or
+    escape the root reported and left out."""
+    paths: list[Path] = []
+    for entry in entries if isinstance(entries, list) else [entries] if isinstance(entries, str) else []:
+        p = resolve_under(root, entry, allow) if isinstance(entry, str) else None
+        if isinstance(entry, str) and entry.startswith("../") and (p is None or not p.exists()):
+            # Roboflow writes "train: ../train/images" beside train/; Ultralytics then reads
+            # "train/images" under the yaml's folder when the first does not exist, and so do we.
+            stripped = resolve_under(root, entry[3:], allow)
+            p = stripped if stripped is not None and stripped.exists() else p
+        if p is None:
+            problem = "escapes the dataset root" if isinstance(entry, str) else "is not a path"
+            issues.report(root, f"data.yaml {split}: {short_repr(entry)}", problem, "entry ignored", "outside_root")
+            continue
+        paths.append(p)
+    return paths
 
 
 def _report_orphan_labels(images: list[Path], used: dict[Path, Path], issues: Issues) -> None:
@@ -215,7 +262,7 @@ def _report_orphan_labels(images: list[Path], used: dict[Path, Path], issues: Is
     folders = {lf.parent for lf, img in used.items() if lf.parent != img.parent}
     for folder in sorted(folders):
         for lf in sorted(folder.glob("*.txt")):
-            if lf not in used and lf.name not in _NAMES_FILES:
+            if lf not in used and lf.name not in NAMES_FILES:
                 issues.report(lf, "label file", "no image with this name", "ignored", "orphan_label")
 
 

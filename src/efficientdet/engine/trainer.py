@@ -101,6 +101,8 @@ class Trainer:
         warning = anchor_warning(cfg, self.train_index, self.model_config) if self.dist.is_main else None
         if warning:  # once, before training; the config is left as the user set it
             self.log(f"warning: {warning}")
+        if self.train_index.num_objects == 0:  # e.g. every label file empty: hours spent learning nothing
+            self.log(f"warning: {cfg.data.train}: no objects in its {len(self.train_index)} training images; nothing to learn")
         self._build_run(model)
 
         self.bad_batches = 0

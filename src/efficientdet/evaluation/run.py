@@ -135,14 +135,17 @@ def label_mapping(
     """How model labels relate to the dataset: ``(category_ids, to_dataset)``.
 
     ``category_ids[l]``: the COCO category id of model label ``l``; ``to_dataset[l]``: the
-    dataset label of model label ``l`` (-1: a class the dataset lacks). Equal class counts map
-    label to label. A model with more classes is accepted only when its names at the dataset's
+    dataset label of model label ``l`` (-1: a class the dataset lacks). When the model's class
+    names include every dataset class name, labels map by name (a VOC split without one of the
+    classes, the classes in another order in another format); else equal class counts map label
+    to label. A model with more classes is also accepted when its names at the dataset's
     category ids (label = id - 1, the 90-class COCO layout) are the dataset's class names, as
     for the official COCO weights on COCO's 80 categories; anything else is a ValueError.
     """
     k = index.num_classes
     dataset_ids = list(index.category_ids) if index.category_ids is not None else list(range(1, k + 1))
-    if num_classes == k:
+    by_name = _map_by_name(num_classes, model_names, index.class_names)
+    if num_classes == k and (by_name is None or (by_name == np.arange(k)).all()):
         return dataset_ids, np.arange(k, dtype=np.int64)
     if (
         model_names is not None
@@ -153,10 +156,27 @@ def label_mapping(
         to_dataset = np.full(num_classes, -1, dtype=np.int64)
         to_dataset[np.asarray(dataset_ids) - 1] = np.arange(k)
         return list(range(1, num_classes + 1)), to_dataset
+    if by_name is not None:
+        # Classes the dataset lacks get ids it does not use: COCOeval ignores their detections.
+        spare = iter(range(max(dataset_ids, default=0) + 1, max(dataset_ids, default=0) + 1 + num_classes))
+        return [dataset_ids[d] if d >= 0 else next(spare) for d in by_name.tolist()], by_name
+    shown = ", ".join(list(model_names)[:5]) + (", ..." if len(model_names) > 5 else "") if model_names else "unnamed"
     raise ValueError(
-        f"the model predicts {num_classes} classes but the dataset has {k} "
+        f"the model predicts {num_classes} classes ({shown}) but the dataset has {k} "
         f"({', '.join(index.class_names[:5])}{', ...' if k > 5 else ''}); evaluate a model trained on this dataset"
     )
+
+
+def _map_by_name(num_classes: int, model_names: Sequence[str] | None, names: Sequence[str]) -> np.ndarray | None:
+    """``[num_classes]`` dataset label of each model label by class name (-1: not in the
+    dataset), or None when names cannot decide (no model names, repeated dataset names, or a
+    dataset class the model does not name)."""
+    if model_names is None or len(model_names) != num_classes or len(set(names)) != len(names):
+        return None
+    label_of = {n: i for i, n in enumerate(names)}
+    if not set(label_of) <= set(model_names):
+        return None
+    return np.asarray([label_of.get(n, -1) for n in model_names], dtype=np.int64)
 
 
 def _collate_list(batch: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
@@ -358,7 +378,8 @@ def _score(
             lab = torch.from_numpy(to_dataset)[d["labels"]]
             ok = lab >= 0  # classes the dataset lacks cannot be right or wrong in VOC terms
             # GT from the records: original pixels, like the detections.
-            voc_gts.append({"boxes": records[i].boxes, "labels": records[i].labels})
+            # VOC's difficult objects: neither hits nor misses in VOC AP50 (the devkit's rule).
+            voc_gts.append({"boxes": records[i].boxes, "labels": records[i].labels, "difficult": records[i].difficult})
             voc_dets.append({"boxes": d["boxes"][ok], "scores": d["scores"][ok], "labels": lab[ok]})
 
     skipped = [str(r.image_path) for r in index.records if str(r.image_path) not in seen]

@@ -1,0 +1,217 @@
+"""Dataset layouts that common tools write (Roboflow, Ultralytics, Colab, labelImg) read as the
+tool meant them: every image and box, no warning."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from efficientdet.data.formats import (
+    DataIssue,
+    DatasetIndex,
+    detect_format,
+    read_dataset,
+    read_split,
+    read_voc,
+    write_voc,
+)
+
+W, H = 64, 48
+
+
+def _image(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (W, H), (30, 120, 200)).save(path)
+    return path
+
+
+def _read(fn: object, *args: object, **kw: object) -> tuple[DatasetIndex, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = fn(*args, **kw)  # type: ignore[operator]
+    return index, [str(w.message) for w in caught if issubclass(w.category, DataIssue)]
+
+
+def _yolo_split(folder: Path, names: list[str]) -> None:
+    """``folder/images/<name>.jpg`` with one box each in ``folder/labels/<name>.txt``."""
+    for n in names:
+        _image(folder / "images" / f"{n}.jpg")
+        (folder / "labels").mkdir(exist_ok=True)
+        (folder / "labels" / f"{n}.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+
+
+def test_roboflow_yolo_export_reads_train_and_valid(tmp_path: Path) -> None:
+    """Roboflow: ``train: ../train/images``, ``val: ../valid/images`` beside ``train/`` and
+    ``valid/`` (Ultralytics reads them under the yaml's folder). ``val`` found nothing before."""
+    _yolo_split(tmp_path / "train", ["a", "b", "c"])
+    _yolo_split(tmp_path / "valid", ["d", "e"])
+    (tmp_path / "data.yaml").write_text(
+        "train: ../train/images\nval: ../valid/images\ntest: ../test/images\n\nnc: 1\nnames: ['raccoon']\n"
+    )
+    train, train_msgs = _read(read_split, tmp_path, "train")
+    val, val_msgs = _read(read_split, tmp_path / "data.yaml", "val")
+    assert [r.image_path.name for r in train.records] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [r.image_path.name for r in val.records] == ["d.jpg", "e.jpg"]
+    assert val.records[0].boxes.tolist() == [[24.0, 12.0, 40.0, 36.0]] and val.class_names == ["raccoon"]
+    assert train_msgs == [] and val_msgs == []
+
+
+def test_yolo_absolute_split_entries_inside_the_root_are_read(tmp_path: Path) -> None:
+    """``train: /content/data/images/train`` (Colab, older Ultralytics) names a folder inside the
+    dataset: read without the "escapes the dataset root" warning; one outside still warns."""
+    root = tmp_path / "data"
+    _yolo_split(root / "sets" / "one", ["a", "b"])
+    _yolo_split(tmp_path / "elsewhere", ["x"])
+    (root / "data.yaml").write_text(
+        f"train: {root / 'sets' / 'one' / 'images'}\nval: {tmp_path / 'elsewhere' / 'images'}\nnames: [raccoon]\n"
+    )
+    index, messages = _read(read_split, root, "train")
+    assert [r.image_path for r in index.records] == [root / "sets/one/images/a.jpg", root / "sets/one/images/b.jpg"]
+    assert [r.num_objects for r in index.records] == [1, 1] and messages == []
+    (root / "images" / "val").mkdir(parents=True)
+    _, messages = _read(read_split, root, "val")
+    assert len(messages) == 1 and "escapes the dataset root" in messages[0]
+
+
+def test_voc_split_file_with_spaces_in_image_ids(tmp_path: Path) -> None:
+    """labelImg keeps a photo's name ("IMG 0001.jpg") as the XML stem; write_voc's split list
+    then holds "IMG 0001", which read back as "IMG" (not found) before."""
+    src = tmp_path / "src"
+    for n in ("IMG 0001", "plain", "raton laveur é"):
+        _image(src / "JPEGImages" / f"{n}.jpg")
+        (src / "Annotations").mkdir(exist_ok=True)
+        (src / "Annotations" / f"{n}.xml").write_text(
+            f"<annotation><filename>{n}.jpg</filename><size><width>{W}</width><height>{H}</height></size>"
+            "<object><name>Stop Sign</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>20</xmax><ymax>30</ymax>"
+            "</bndbox></object></annotation>"
+        )
+    out = tmp_path / "out"
+    write_voc(read_voc(src / "Annotations"), out, split="train")
+    index, messages = _read(read_dataset, out, split="train")
+    assert [r.image_path.name for r in index.records] == ["IMG 0001.jpg", "plain.jpg", "raton laveur é.jpg"]
+    assert [r.boxes.tolist() for r in index.records] == [[[1.0, 2.0, 20.0, 30.0]]] * 3 and messages == []
+    (out / "ImageSets" / "Main" / "dog_train.txt").write_text("plain  1\nIMG 0001 -1\n")  # class lists still work
+    index, messages = _read(read_dataset, out, split="dog_train")
+    assert [r.image_path.name for r in index.records] == ["plain.jpg"] and messages[0].endswith(
+        "annotation file IMG.xml not found; image skipped"
+    )
+
+
+def test_darknet_folder_with_classes_txt_is_yolo(tmp_path: Path) -> None:
+    """labelImg's YOLO mode and darknet: images, ``<name>.txt`` and ``classes.txt`` side by side."""
+    for n in ("a", "b"):
+        _image(tmp_path / f"{n}.jpg")
+        (tmp_path / f"{n}.txt").write_text("1 0.5 0.5 0.25 0.5\n")
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    assert detect_format(tmp_path) == "yolo"
+    index, messages = _read(read_split, tmp_path, "train")
+    assert [r.labels.tolist() for r in index.records] == [[1], [1]] and index.class_names == ["cat", "dog"]
+    assert messages == []
+
+
+def test_ultralytics_yaml_path_key(tmp_path: Path) -> None:
+    """``path:`` is Ultralytics' dataset root: followed inside the yaml's folder (or anywhere with
+    allow_outside_root); outside it, the error says so. Before, it was ignored and the reader fell
+    back to the yaml's folder: "no images" for a yaml kept apart from its data."""
+    data = tmp_path / "datasets" / "mine"
+    _yolo_split(data / "train", ["a", "b"])
+    yaml_text = "path: {}\ntrain: train/images\nval: val/images\nnames: [raccoon]\n"
+    (tmp_path / "inside.yaml").write_text(yaml_text.format("datasets/mine"))
+    index, messages = _read(read_split, tmp_path / "inside.yaml", "train")
+    assert [r.image_path for r in index.records] == [data / "train/images/a.jpg", data / "train/images/b.jpg"]
+    assert messages == []
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mine.yaml").write_text(yaml_text.format(data))
+    with pytest.raises(FileNotFoundError, match=r"no images for split 'train' .*path: .*mine lies outside .*allow_outside_root"):
+        read_split(project / "mine.yaml", "train")
+    allowed, _ = _read(read_split, project / "mine.yaml", "train", allow_outside_root=True)
+    assert len(allowed) == 2 and sum(r.num_objects for r in allowed.records) == 2
+    (project / "stale.yaml").write_text(yaml_text.format("/content/gone"))  # another machine's path: ignored
+    _yolo_split(project / "train", ["c"])
+    assert [r.image_path.name for r in read_split(project / "stale.yaml", "train").records] == ["c.jpg"]
+
+
+def test_yolo_split_named_in_yaml_but_missing_is_an_error(tmp_path: Path) -> None:
+    """``val: images/val`` that is not there must not read every image of the folder instead."""
+    _yolo_split(tmp_path, ["a"])
+    (tmp_path / "data.yaml").write_text("train: images\nval: images/val\nnames: [raccoon]\n")
+    assert len(read_split(tmp_path, "train")) == 1
+    with pytest.raises(FileNotFoundError, match=r"no images for split 'val' \(tried [^,]*images/val, "):
+        read_split(tmp_path, "val")
+
+
+def test_voc_difficult_flags_are_read_and_written_back(tmp_path: Path) -> None:
+    """VOC2007's ``<difficult>1</difficult>``: kept for training, flagged for the VOC metric."""
+    _image(tmp_path / "JPEGImages" / "a.jpg")
+    obj = "<object><name>dog</name><difficult>{}</difficult><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>{}</xmax><ymax>30</ymax></bndbox></object>"
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "a.xml").write_text(
+        f"<annotation><filename>a.jpg</filename>{obj.format(0, 20)}{obj.format(1, 40)}{obj.format(0, 50)}</annotation>"
+    )
+    index, messages = _read(read_dataset, tmp_path)
+    assert index.records[0].difficult.tolist() == [False, True, False] and index.records[0].num_objects == 3
+    assert messages == [] and index.counts["difficult"] == 1
+    write_voc(index, tmp_path / "out")
+    again, _ = _read(read_dataset, tmp_path / "out")
+    assert again.records[0].difficult.tolist() == [False, True, False]
+    assert torch.equal(again.records[0].boxes, index.records[0].boxes)
+
+
+def test_yolo_split_where_no_image_has_a_label_file_warns_once(tmp_path: Path) -> None:
+    """``Labels/`` instead of ``labels/`` (or labels left elsewhere): every image would be read as
+    background, silently (only counted). One warning names where labels were looked for."""
+    _yolo_split(tmp_path, ["a", "b"])
+    (tmp_path / "data.yaml").write_text("train: images\nnames: [raccoon]\n")
+    (tmp_path / "labels").rename(tmp_path / "Labels")
+    index, messages = _read(read_split, tmp_path, "train")
+    assert len(index) == 2 and index.num_objects == 0
+    assert messages == [
+        f"{tmp_path}: split 'train': none of the 2 images has a label file (looked for "
+        f"{tmp_path / 'labels' / 'a.txt'}, ...); every image read as background (no objects)"
+    ]
+    (tmp_path / "Labels").rename(tmp_path / "labels")
+    (tmp_path / "labels" / "a.txt").write_text("")  # negatives with (empty) label files: legal, quiet
+    (tmp_path / "labels" / "b.txt").write_text("")
+    assert _read(read_split, tmp_path, "train")[1] == []
+
+
+def test_voc_class_names_differing_only_in_case_are_reported(tmp_path: Path) -> None:
+    """labelImg users type the class: "Raccoon" and "raccoon" become two classes; say so once."""
+    (tmp_path / "Annotations").mkdir()
+    for stem, name in (("a", "raccoon"), ("b", "Raccoon"), ("c", "Stop Sign"), ("d", "stop  sign")):
+        _image(tmp_path / "JPEGImages" / f"{stem}.jpg")
+        (tmp_path / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><object><name>{name}</name><bndbox><xmin>2</xmin>"
+            "<ymin>3</ymin><xmax>20</xmax><ymax>30</ymax></bndbox></object></annotation>"
+        )
+    index, messages = _read(read_dataset, tmp_path)
+    assert index.class_names == ["Raccoon", "Stop Sign", "raccoon", "stop  sign"] and index.num_objects == 4
+    ann = tmp_path / "Annotations"
+    assert messages == [
+        f"{ann}: class names: 'Raccoon', 'raccoon' differ only in case or spacing; read as 2 separate classes "
+        "(edit the XML files to merge them)",
+        f"{ann}: class names: 'Stop Sign', 'stop  sign' differ only in case or spacing; read as 2 separate classes "
+        "(edit the XML files to merge them)",
+    ]
+
+
+def test_yolo_split_listing_several_folders_reads_them_all(tmp_path: Path) -> None:
+    """Ultralytics' ``train: [images/a, images/b]`` (several sources): only the first was read,
+    silently; a listed folder that is missing is reported."""
+    _yolo_split(tmp_path / "one", ["a", "b"])
+    _yolo_split(tmp_path / "two", ["c"])
+    (tmp_path / "list.txt").write_text("two/images/c.jpg\none/images/a.jpg\n")
+    (tmp_path / "data.yaml").write_text(
+        "train: [one/images, two/images]\nval: [one/images, list.txt, gone/images]\nnames: [raccoon]\n"
+    )
+    index, messages = _read(read_split, tmp_path, "train")
+    assert [r.image_path.name for r in index.records] == ["a.jpg", "b.jpg", "c.jpg"] and index.num_objects == 3
+    assert messages == []
+    index, messages = _read(read_split, tmp_path, "val")
+    assert [r.image_path.name for r in index.records] == ["a.jpg", "b.jpg", "c.jpg"]  # a.jpg once
+    assert messages == [f"{tmp_path}: data.yaml val: {tmp_path / 'gone' / 'images'}: not found; entry ignored"]
