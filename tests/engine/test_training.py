@@ -208,3 +208,41 @@ def test_override_exponent_floats_are_numbers() -> None:
 
     config = load_train_config(None, ["optim.lr=2e-3", "data.hflip=5e-1", "data.val=1e3"], preset="finetune")
     assert config.optim.lr == 0.002 and config.data.hflip == 0.5 and config.data.val == "1e3"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # a typo in a bool used to be a truthy string: the backbone silently frozen
+        ("freeze_backbone=flase", "freeze_backbone: 'flase' is not true or false"),
+        # an unknown precision used to fall through to fp16 autocast, even on a CPU
+        ("amp=bf17", "amp: 'bf17' is not one of auto, off, bf16, fp16"),
+        ("grad_accum=0", "grad_accum: 0 must be >= 1"),  # was a ZeroDivisionError traceback
+        ("batch_size=abc", "batch_size: 'abc' is not a whole number"),  # was a TypeError traceback
+        ("optim.lr=1e-3x", "optim.lr: '1e-3x' is not a number or null"),  # ditto
+        ("optim.lr=-0.1", "optim.lr: -0.1 must be > 0"),
+        ("optim.lr=.nan", "optim.lr: nan must be > 0"),
+        ("epochs=0", "epochs: 0 must be >= 1"),  # trained nothing and exited 0
+        ("max_steps=-1", "max_steps: -1 must be >= 1"),  # ditto
+        ("time_budget_minutes=-1", "time_budget_minutes: -1.0 must be > 0"),  # was ignored
+        ("optim.ema_decay=2", r"optim.ema_decay: 2.0 must be in \[0, 1\]"),
+        ("data.scale_range=[2, 1]", "data.scale_range: .* 0 < low <= high"),
+        ("data.scale_range=5", r"data.scale_range: 5 is not \[a number, a number\]"),
+        ("data=foo", "data: 'foo' is not a section"),
+        ("optim.optimizer=adam", "optim.optimizer: 'adam' is not one of sgd, adamw"),
+    ],
+)
+def test_config_values_of_the_wrong_type_or_range_name_the_field(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_train_config(None, [override])
+
+
+def test_config_values_are_converted_to_the_fields_types(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("epochs: 3.0\noutput: 2024\nimage_size: [128, 192]\noptim:\n  lr: 1\n")
+    cfg = load_train_config(path, ["resume=auto", "data.hflip=0"])
+    assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
+    assert cfg.output == "2024" and cfg.image_size == (128, 192) and cfg.resume == "auto"
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float) and cfg.data.hflip == 0.0
+    with pytest.raises(ValueError, match="epochs: 3.5 is not a whole number"):
+        load_train_config(path, ["epochs=3.5"])
