@@ -244,5 +244,5 @@ def test_config_values_are_converted_to_the_fields_types(tmp_path: Path) -> None
     assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
     assert cfg.output == "2024" and cfg.image_size == (128, 192) and cfg.resume == "auto"
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float) and cfg.data.hflip == 0.0
-    with pytest.raises(ValueError, match="epochs: 3.5 is not a whole number"):
+    with pytest.raises(ValueError, match=r"epochs: 3\.5 is not a whole number"):
         load_train_config(path, ["epochs=3.5"])

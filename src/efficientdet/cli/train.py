@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if trainer.dist.is_main:
         out = trainer.output
         print(f"stopped: {reason} after {trainer.step} steps ({trainer.epoch} epochs)")
-        print(f"weights: {out / 'best.safetensors'} (EMA), checkpoint: {out / 'last.ckpt'}")
+        weights, note = out / "best.safetensors", ""
+        if not weights.exists():  # stopped before the first validation: no best yet
+            weights, note = out / "last.safetensors", "; no best.safetensors: stopped before the first validation"
+        print(f"weights: {weights} (EMA{note}), checkpoint: {out / 'last.ckpt'}")
         if trainer.nonfinite_steps or trainer.bad_batches or trainer.skipped_images:
             print(
                 f"skipped: {trainer.skipped_images} unreadable images, {trainer.nonfinite_steps} "

@@ -82,6 +82,8 @@ class Trainer:
         self.log = log if self.dist.is_main else (lambda _msg: None)
         self.progress = progress and self.dist.is_main
         self.output = Path(cfg.output)
+        # decided before the data and model are built: a refused output folder fails fast
+        self._resume_from = resume_path(cfg, self.output, self.log)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -145,12 +147,15 @@ class Trainer:
         self.stepper = TrainStep(cfg, self.state, self.ddp, labeler, self.dist, self.device, self.amp_dtype, self.threads)
 
     def _maybe_resume(self) -> None:
-        path = resume_path(self.cfg, self.output, self.log)
+        path = self._resume_from
         if path is None:
             return
-        self.state.restore(path, self.model_config.name, self.model_config.image_size, self.class_names)
+        mc = self.model_config
+        changes = self.state.restore(path, mc.name, mc.image_size, self.class_names, self.cfg.to_dict())
         self._saved_at = self.state.position
         self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
+        if changes:
+            self.log(f"warning: settings changed since the checkpoint: {'; '.join(changes)}")
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, name: str = "last") -> Path | None:
