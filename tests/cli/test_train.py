@@ -58,3 +58,12 @@ def test_a_new_run_over_another_is_one_error_line(data: Path, tmp_path: Path, ca
         "--resume (resume=true) to continue it, or choose another --output for a new run (or delete the folder first)"
     ]
     assert (out / "last.ckpt").read_bytes() == before
+
+
+def test_an_output_that_is_a_file_is_one_error_line(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    assert main([*_args(data, out), "max_steps=1"]) == 2  # was a FileExistsError traceback
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"efficientdet train: error: {out}: cannot create the output folder (File exists)"]
+    assert out.read_text() == "mine"
