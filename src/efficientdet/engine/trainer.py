@@ -297,11 +297,21 @@ class Trainer:
             return "max_steps"
         if cfg.time_budget_minutes and self.budget_used >= 1.0:
             return "time"
-        if self.stop_requested:
+        if self._signalled():
             return "signal"
         if self._stop_at_step is not None and self.step >= self._stop_at_step:
             return "stopped"
         return None
+
+    def _signalled(self) -> bool:
+        """Whether any rank got SIGINT/SIGTERM, as all ranks agree after the same step: a
+        signal reaches ranks at different moments (another node, a scheduler), and a rank that
+        stopped alone left the others failing in the next step's all-reduce, rank 0 unsaved."""
+        if self.dist.enabled:
+            flag = torch.tensor([float(self.stop_requested is not None)], device=self.device)
+            if float(all_reduce_sum(flag, self.dist)) > 0 and self.stop_requested is None:
+                self.stop_requested = "a signal to another rank"
+        return self.stop_requested is not None
 
     # -- validation -----------------------------------------------------------------------
     def validate(self) -> dict[str, float] | None:
