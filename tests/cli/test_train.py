@@ -67,3 +67,19 @@ def test_an_output_that_is_a_file_is_one_error_line(data: Path, tmp_path: Path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"efficientdet train: error: {out}: cannot create the output folder (File exists)"]
     assert out.read_text() == "mine"
+
+
+def test_resume_with_only_the_output_folder_continues_the_run(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # usage.md: `efficientdet train --output runs/mine --resume`; it said "no training data"
+    out = tmp_path / "run"
+    assert main([*_args(data, out), "max_steps=1", "optim.lr=0.02", "epochs=7"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--output", str(out), "--resume", "--no-progress", "max_steps=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed and "settings changed" not in printed
+    config = load_checkpoint(out / "last.ckpt")["config"]
+    assert load_checkpoint(out / "last.ckpt")["step"] == 2
+    assert (config["model"], config["image_size"], config["data"]["train"]) == ("efficientdet_lite0", 128, str(data))
+    assert (config["optim"]["lr"], config["epochs"], config["max_steps"]) == (0.02, 7, 2)

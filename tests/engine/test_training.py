@@ -246,3 +246,6 @@ def test_config_values_are_converted_to_the_fields_types(tmp_path: Path) -> None
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float) and cfg.data.hflip == 0.0
     with pytest.raises(ValueError, match=r"epochs: 3\.5 is not a whole number"):
         load_train_config(path, ["epochs=3.5"])
+    # a checkpoint's saved settings (to_dict) read back as they were, None in tuple fields included
+    for original in (load_train_config(None, None, "finetune"), cfg.replace(**{"anchors.aspect_ratios": [[1, 2]]})):
+        assert load_train_config(None, original.to_dict()) == original

@@ -274,8 +274,10 @@ def _conform(value: Any, hint: Any) -> Any:
     if origin is Literal:
         return value if any(type(value) is type(a) and value == a for a in args) else _MISMATCH
     if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return _MISMATCH
         items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
-        if not isinstance(value, (list, tuple)) or len(items) != len(value):
+        if len(items) != len(value):
             return _MISMATCH
         out = tuple(_conform(v, a) for v, a in zip(value, items))
         return _MISMATCH if any(o is _MISMATCH for o in out) else out
@@ -359,10 +361,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_train_config(
-    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None, preset: str | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    preset: str | None = None,
+    base: TrainConfig | None = None,
 ) -> TrainConfig:
-    """Defaults <- preset <- YAML file <- overrides (later wins)."""
-    config = TrainConfig()
+    """Defaults (or ``base``, e.g. a resumed run's settings) <- preset <- YAML file <- overrides (later wins)."""
+    config = base if base is not None else TrainConfig()
     if preset:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
