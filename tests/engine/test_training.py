@@ -249,3 +249,16 @@ def test_config_values_are_converted_to_the_fields_types(tmp_path: Path) -> None
     # a checkpoint's saved settings (to_dict) read back as they were, None in tuple fields included
     for original in (load_train_config(None, None, "finetune"), cfg.replace(**{"anchors.aspect_ratios": [[1, 2]]})):
         assert load_train_config(None, original.to_dict()) == original
+
+
+def test_grad_accum_steps_on_the_last_micro_batches_of_an_epoch(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    # 8 images, batch 2: 4 batches an epoch; grad_accum 3 -> steps after batches 3 and 4 (the
+    # schedule's ceil(4 / 3) = 2). The last batch used to wait for the next epoch's, adding its
+    # gradients to that epoch's first step: 2 steps in 2 epochs, the cosine left at its peak.
+    cfg = make_config(tiny_dataset, tmp_path, epochs=2, grad_accum=3, **{"optim.warmup_epochs": 0.0})
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.steps_per_epoch == 2 and trainer.total_steps == 4
+    assert trainer.fit() == "done"
+    assert trainer.step == 4 and len(trainer.history) == 4
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)  # the schedule ran to its end
+    assert all(p.grad is None for p in trainer.model.parameters())  # nothing left for a next epoch

@@ -234,22 +234,27 @@ class Trainer:
         bar = self._progress_bar()
         accum, consecutive_bad, t0, seen = 0, 0, time.perf_counter(), 0
         try:
-            for batch in self.loader:
+            batches = len(self.loader)  # this pass's (a resumed epoch skips those done)
+            for i, batch in enumerate(self.loader):
                 self.batch_in_epoch += 1
+                # the epoch's last micro-batches step too, though fewer than grad_accum: the
+                # schedule counts ceil(batches / grad_accum) steps an epoch, and gradients must
+                # not leak into the next epoch (nor be lost in a checkpoint at its end)
+                due = accum + 1 == cfg.grad_accum or i + 1 == batches
                 self._note_issues(batch)
                 if bar is not None and not cfg.time_budget_minutes:
                     bar.update(1)
                 if batch["images"].shape[0] == 0:
                     self.bad_batches += 1  # every image of the batch was unreadable (warned)
                     continue
-                losses = self.stepper.backward(batch, sync=accum + 1 == cfg.grad_accum)
+                losses = self.stepper.backward(batch, sync=due)
                 if losses is None:
                     accum, consecutive_bad = 0, consecutive_bad + 1
                     self._skipped_step(consecutive_bad)
                     continue
                 accum += 1
                 seen += batch["images"].shape[0]
-                if accum < cfg.grad_accum:
+                if not due:
                     continue
                 accum, consecutive_bad = 0, 0
                 self.stepper.optimizer_step(self._time_fraction())
@@ -260,6 +265,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if accum:  # the epoch ended in unreadable batches: drop what they left unapplied
+            self.optimizer.zero_grad(set_to_none=True)
         return None
 
     def _skipped_step(self, consecutive: int) -> None:
