@@ -34,7 +34,7 @@ def test_train_names_weights_that_exist_and_takes_overrides_after_flags(
     assert main([*_args(data, out), "max_steps=1"]) == 0
     printed = capsys.readouterr().out
     assert not (out / "best.safetensors").exists()
-    assert f"weights: {out / 'last.safetensors'} (EMA; no best.safetensors: stopped before the first validation)" in printed
+    assert f"weights: {out / 'last.safetensors'} (EMA; no best.safetensors: no validation has run)" in printed
     # overrides after --resume used to be "unrecognized arguments"
     assert main([*_args(data, out), "--resume", "max_steps=2", "optim.lr=0.02"]) == 0
     printed = capsys.readouterr().out

@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
         out = trainer.output
         print(f"stopped: {reason} after {trainer.step} steps ({trainer.epoch} epochs)")
         weights, note = out / "best.safetensors", ""
-        if not weights.exists():  # stopped before the first validation: no best yet
-            weights, note = out / "last.safetensors", "; no best.safetensors: stopped before the first validation"
+        if not weights.exists():  # stopped before the first validation (or eval_every=0): no best
+            weights, note = out / "last.safetensors", "; no best.safetensors: no validation has run"
         print(f"weights: {weights} (EMA{note}), checkpoint: {out / 'last.ckpt'}")
         if trainer.nonfinite_steps or trainer.bad_batches or trainer.skipped_images:
             print(
