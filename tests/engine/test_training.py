@@ -262,3 +262,20 @@ def test_grad_accum_steps_on_the_last_micro_batches_of_an_epoch(tiny_dataset: Pa
     assert trainer.step == 4 and len(trainer.history) == 4
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)  # the schedule ran to its end
     assert all(p.grad is None for p in trainer.model.parameters())  # nothing left for a next epoch
+
+
+def test_max_steps_at_an_epoch_end_validates_and_counts_that_epoch(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    # 8 images, batch 2: 4 steps an epoch; max_steps=8 ends epoch 2 too. It used to report
+    # 1 epoch and leave epoch 2 unvalidated (best.safetensors from epoch 1)
+    cfg = make_config(tiny_dataset, tmp_path, max_steps=8, epochs=5, eval_every=1, **{"data.val": str(tiny_dataset)})
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.fit() == "max_steps"
+    assert trainer.step == 8 and trainer.epoch == 2
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[:3] for r in rows if r.startswith("val,")] == [["val", "1", "4"], ["val", "2", "8"]]
+    state = load_checkpoint(tmp_path / "last.ckpt")
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (2, 0, 8)
+    resumed = Trainer(cfg.replace(resume=True, max_steps=9), progress=False)
+    assert resumed.fit() == "max_steps" and resumed.step == 9 and resumed.epoch == 2  # goes on in epoch 3

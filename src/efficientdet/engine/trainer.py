@@ -114,6 +114,7 @@ class Trainer:
         self.budget_used = 0.0  # share of cfg.time_budget_minutes spent, as all ranks agree
         self.stop_requested: str | None = None
         self._stop_at_step: int | None = None
+        self._epoch_complete = False  # whether train_epoch's stop came with the epoch's last batch
         self._last_save = time.time()
         self._saved_at: tuple[int, int, int] | None = None  # (epoch, batch, step) of last.ckpt
         if self.dist.is_main:
@@ -261,6 +262,7 @@ class Trainer:
                 self._after_update(losses, seen / max(time.perf_counter() - t0, 1e-9), bar)
                 stop = self._stop_reason()
                 if stop is not None:
+                    self._epoch_complete = i + 1 == batches
                     return stop
         finally:
             if bar is not None:
@@ -384,6 +386,8 @@ class Trainer:
                 stop = self.train_epoch()
                 if stop is not None:
                     reason = stop
+                    if self._epoch_complete and stop in ("max_steps", "time"):
+                        self._end_epoch(skipped_before)  # the run's last step ended an epoch: count, validate it
                     break
                 self._end_epoch(skipped_before)
             if reason != "done" and self._saved_at != self.state.position:
