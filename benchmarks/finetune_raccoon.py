@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def main() -> None:
         preset="finetune",
     )
     t0 = time.time()
+    shutil.rmtree(out / "train", ignore_errors=True)  # a rerun measures anew (a run's folder is not reused)
     trainer = Trainer(cfg, progress=True)
     trainer.fit()
     train_min = (time.time() - t0) / 60

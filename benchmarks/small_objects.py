@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ def _train(name: str, train_json: Path, out: Path, args: argparse.Namespace, ext
     }  # fmt: skip
     cfg = load_train_config(None, overrides, preset="finetune")
     t0 = time.time()
+    shutil.rmtree(out / name, ignore_errors=True)  # a rerun measures anew (a run's folder is not reused)
     trainer = Trainer(cfg, progress=False)
     trainer.fit()
     print(f"{name}: {trainer.step} steps in {(time.time() - t0) / 60:.1f} min")

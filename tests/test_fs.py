@@ -130,3 +130,23 @@ def test_describe_write_error_full_disk() -> None:
     )
     rust = describe_write_error("/o/w.safetensors", RuntimeError("I/O error (os error 28)"))
     assert "the disk is full" in rust and rust.startswith("/o/w.safetensors: could not write the file")
+
+
+def test_written_files_get_the_permissions_open_would_give(tmp_path: Path) -> None:
+    # mkstemp's 0o600 used to reach every checkpoint, .safetensors and plot: unreadable to the group
+    from efficientdet.factory import create_model, save_model
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.txt", "x")
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"x")
+        save_model(create_model("efficientdet_lite0", pretrained_backbone=False), tmp_path / "w.safetensors")
+        os.umask(0o027)
+        atomic_write(tmp_path / "c.txt", "x")
+        (tmp_path / "a.txt").chmod(0o640)
+        atomic_write(tmp_path / "a.txt", "replaced")  # an existing file keeps its own
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"a.txt": 0o640, "b.bin": 0o644, "w.safetensors": 0o644, "c.txt": 0o640}

@@ -34,10 +34,37 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS tells (Linux), since setting
+    and restoring it races with other threads creating files."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions a replacement of ``path`` gets: the target's own when it exists, else
+    what ``open`` would give a new file (0o666 less the umask). ``mkstemp`` (and safetensors'
+    writer) make temp files 0o600, which the rename would give every file we write."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def _temp_file(path: Path) -> tuple[int, Path]:
-    """Create the temp file beside ``path`` (same filesystem, so the rename is atomic)."""
+    """Create the temp file beside ``path`` (same filesystem, so the rename is atomic), with
+    the permissions of :func:`_mode_for`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    if hasattr(os, "fchmod"):  # not on Windows before Python 3.13, where the mode is moot
+        os.fchmod(fd, _mode_for(path))
     return fd, Path(tmp)
 
 
@@ -76,9 +103,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     fd, tmp = _temp_file(path)
-    os.close(fd)  # created empty with the user's umask; the writer rewrites it
+    os.close(fd)  # created empty with the final permissions; the writer rewrites it
     try:
         yield tmp
+        os.chmod(tmp, _mode_for(path))  # a writer may have replaced the temp file with its own
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)  # the data on disk before the rename makes it visible

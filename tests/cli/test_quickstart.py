@@ -17,6 +17,8 @@ from efficientdet.data.formats import read_coco
 def test_quickstart_runs_every_step_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "qs"
     args = ["quickstart", "--out", str(out), "--minutes", "0.05", "--images", "10", "--image-size", "128"]
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "last.ckpt").write_bytes(b"an earlier quickstart")  # a rerun starts over
     assert main([*args, "--no-progress"]) == 0
     printed = capsys.readouterr().out
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "done in"):

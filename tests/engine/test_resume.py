@@ -69,3 +69,40 @@ def test_resume_of_a_finished_run_trains_no_further_step(tiny_dataset: Path, tmp
     for key, value in before["model"].items():
         assert torch.equal(value, after["model"][key]), key
     assert (tmp_path / "metrics.csv").read_text().count("\ntrain,") == 3
+
+
+def test_a_new_run_in_the_folder_of_another_is_refused(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    # it used to overwrite last.ckpt, drop the old metrics rows and keep the old best.*: two runs mixed
+    cfg = make_config(tiny_dataset, tmp_path, max_steps=2, epochs=5)
+    assert Trainer(cfg, progress=False).fit() == "max_steps"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert {"last.ckpt", "best.safetensors", "metrics.csv"} <= set(before)
+    with pytest.raises(ValueError, match=rf"{tmp_path} already holds a training run \(last.ckpt, .*--resume"):
+        Trainer(cfg.replace(max_steps=1), progress=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert Trainer(cfg.replace(resume="auto"), progress=False).step == 2  # resuming it is fine
+
+
+def test_resume_names_changed_settings_and_refuses_another_optimizer(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    from efficientdet.engine.checkpoint import CheckpointError
+
+    cfg = make_config(tiny_dataset, tmp_path, max_steps=1, epochs=5)
+    assert Trainer(cfg, progress=False).fit() == "max_steps"
+    before = (tmp_path / "last.ckpt").read_bytes()
+    lines: list[str] = []
+    changed = cfg.replace(resume=True, max_steps=2, **{"optim.lr": 0.5, "data.hflip": 0.0})
+    resumed = Trainer(changed, log=lines.append, progress=False)
+    # the new lr used to be dropped without a word (the optimiser's state brings the old one back)
+    assert [x for x in lines if x.startswith("warning: settings")] == [
+        "warning: settings changed since the checkpoint: data.hflip: 0.5 -> 0.0; optim.lr: 0.01 -> 0.5 (no effect: restored)"
+    ]  # max_steps: a resumed run may go longer, unremarked
+    assert resumed.optimizer.param_groups[0]["initial_lr"] == 0.01
+    # another optimiser used to fail with "does not fit this training run ('step')"
+    with pytest.raises(CheckpointError, match=r"optim.optimizer='sgd', this config 'adamw': its optimiser state cannot"):
+        Trainer(cfg.replace(resume=True, **{"optim.optimizer": "adamw"}), progress=False)
+    frozen, message = cfg.replace(resume=True, freeze_backbone=True), "freeze_backbone=False, this config True"
+    with pytest.warns(UserWarning, match="randomly initialised"), pytest.raises(CheckpointError, match=message):
+        Trainer(frozen, progress=False)
+    assert (tmp_path / "last.ckpt").read_bytes() == before

@@ -208,3 +208,74 @@ def test_override_exponent_floats_are_numbers() -> None:
 
     config = load_train_config(None, ["optim.lr=2e-3", "data.hflip=5e-1", "data.val=1e3"], preset="finetune")
     assert config.optim.lr == 0.002 and config.data.hflip == 0.5 and config.data.val == "1e3"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # a typo in a bool used to be a truthy string: the backbone silently frozen
+        ("freeze_backbone=flase", "freeze_backbone: 'flase' is not true or false"),
+        # an unknown precision used to fall through to fp16 autocast, even on a CPU
+        ("amp=bf17", "amp: 'bf17' is not one of auto, off, bf16, fp16"),
+        ("grad_accum=0", "grad_accum: 0 must be >= 1"),  # was a ZeroDivisionError traceback
+        ("batch_size=abc", "batch_size: 'abc' is not a whole number"),  # was a TypeError traceback
+        ("optim.lr=1e-3x", "optim.lr: '1e-3x' is not a number or null"),  # ditto
+        ("optim.lr=-0.1", "optim.lr: -0.1 must be > 0"),
+        ("optim.lr=.nan", "optim.lr: nan must be > 0"),
+        ("epochs=0", "epochs: 0 must be >= 1"),  # trained nothing and exited 0
+        ("max_steps=-1", "max_steps: -1 must be >= 1"),  # ditto
+        ("time_budget_minutes=-1", "time_budget_minutes: -1.0 must be > 0"),  # was ignored
+        ("optim.ema_decay=2", r"optim.ema_decay: 2.0 must be in \[0, 1\]"),
+        ("data.scale_range=[2, 1]", "data.scale_range: .* 0 < low <= high"),
+        ("data.scale_range=5", r"data.scale_range: 5 is not \[a number, a number\]"),
+        ("data=foo", "data: 'foo' is not a section"),
+        ("optim.optimizer=adam", "optim.optimizer: 'adam' is not one of sgd, adamw"),
+    ],
+)
+def test_config_values_of_the_wrong_type_or_range_name_the_field(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_train_config(None, [override])
+
+
+def test_config_values_are_converted_to_the_fields_types(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("epochs: 3.0\noutput: 2024\nimage_size: [128, 192]\noptim:\n  lr: 1\n")
+    cfg = load_train_config(path, ["resume=auto", "data.hflip=0"])
+    assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
+    assert cfg.output == "2024" and cfg.image_size == (128, 192) and cfg.resume == "auto"
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float) and cfg.data.hflip == 0.0
+    with pytest.raises(ValueError, match=r"epochs: 3\.5 is not a whole number"):
+        load_train_config(path, ["epochs=3.5"])
+    # a checkpoint's saved settings (to_dict) read back as they were, None in tuple fields included
+    for original in (load_train_config(None, None, "finetune"), cfg.replace(**{"anchors.aspect_ratios": [[1, 2]]})):
+        assert load_train_config(None, original.to_dict()) == original
+
+
+def test_grad_accum_steps_on_the_last_micro_batches_of_an_epoch(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    # 8 images, batch 2: 4 batches an epoch; grad_accum 3 -> steps after batches 3 and 4 (the
+    # schedule's ceil(4 / 3) = 2). The last batch used to wait for the next epoch's, adding its
+    # gradients to that epoch's first step: 2 steps in 2 epochs, the cosine left at its peak.
+    cfg = make_config(tiny_dataset, tmp_path, epochs=2, grad_accum=3, **{"optim.warmup_epochs": 0.0})
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.steps_per_epoch == 2 and trainer.total_steps == 4
+    assert trainer.fit() == "done"
+    assert trainer.step == 4 and len(trainer.history) == 4
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)  # the schedule ran to its end
+    assert all(p.grad is None for p in trainer.model.parameters())  # nothing left for a next epoch
+
+
+def test_max_steps_at_an_epoch_end_validates_and_counts_that_epoch(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    # 8 images, batch 2: 4 steps an epoch; max_steps=8 ends epoch 2 too. It used to report
+    # 1 epoch and leave epoch 2 unvalidated (best.safetensors from epoch 1)
+    cfg = make_config(tiny_dataset, tmp_path, max_steps=8, epochs=5, eval_every=1, **{"data.val": str(tiny_dataset)})
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.fit() == "max_steps"
+    assert trainer.step == 8 and trainer.epoch == 2
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[:3] for r in rows if r.startswith("val,")] == [["val", "1", "4"], ["val", "2", "8"]]
+    state = load_checkpoint(tmp_path / "last.ckpt")
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (2, 0, 8)
+    resumed = Trainer(cfg.replace(resume=True, max_steps=9), progress=False)
+    assert resumed.fit() == "max_steps" and resumed.step == 9 and resumed.epoch == 2  # goes on in epoch 3

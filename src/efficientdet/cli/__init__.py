@@ -41,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras and isinstance(getattr(args, "overrides", None), list) and not any(e.startswith("-") for e in extras):
+        # argparse takes a command's KEY=VALUE positionals in one run: those after a flag
+        # (`train --output runs/x --resume optim.lr=0.01`) come back here
+        args.overrides.extend(extras)
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,6 +92,7 @@ def _fine_tune(args: argparse.Namespace, train_json: Path, output: Path) -> Trai
         },
         preset="finetune",
     )
+    shutil.rmtree(output, ignore_errors=True)  # the demo starts over, as its data does (overwrite=True)
     with print_data_warnings("quickstart"):
         trainer = Trainer(cfg, progress=not args.no_progress)
         trainer.fit()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from ..engine.config import PRESETS, load_train_config
+from ..engine.config import PRESETS, TrainConfig, load_train_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +37,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _resumed_settings(cfg: TrainConfig) -> TrainConfig | None:
+    """The settings saved in the checkpoint ``cfg`` resumes from (``output/last.ckpt`` or the
+    ``resume`` file), or None when there is none (a new run)."""
+    from ..engine.checkpoint import load_checkpoint
+
+    auto = cfg.resume is True or str(cfg.resume).lower() == "auto"
+    path = Path(cfg.output) / "last.ckpt" if auto else Path(str(cfg.resume))
+    if not path.is_file():
+        return None
+    saved = load_checkpoint(path).get("config")
+    if not isinstance(saved, dict):
+        return None
+    try:
+        return load_train_config(None, saved)
+    except ValueError as err:
+        raise ValueError(f"{path}: the run's saved settings: {err}") from err
+
+
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     for flag, key in (("data", "data.train"), ("val", "data.val"), ("model", "model"), ("output", "output")):
@@ -45,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         overrides.append("resume=true")
     cfg = load_train_config(args.config, overrides, args.preset)
+    if cfg.resume and args.config is None:
+        # `train --output runs/x --resume`: what the line does not set is the run's own setting
+        saved = _resumed_settings(cfg)
+        if saved is not None:
+            cfg = load_train_config(None, overrides, args.preset, base=saved)
     if not cfg.data.train:
         raise ValueError("no training data: pass --data PATH or data.train=PATH")
 
@@ -61,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
     if trainer.dist.is_main:
         out = trainer.output
         print(f"stopped: {reason} after {trainer.step} steps ({trainer.epoch} epochs)")
-        print(f"weights: {out / 'best.safetensors'} (EMA), checkpoint: {out / 'last.ckpt'}")
+        weights, note = out / "best.safetensors", ""
+        if not weights.exists():  # stopped before the first validation (or eval_every=0): no best
+            weights, note = out / "last.safetensors", "; no best.safetensors: no validation has run"
+        print(f"weights: {weights} (EMA{note}), checkpoint: {out / 'last.ckpt'}")
         if trainer.nonfinite_steps or trainer.bad_batches or trainer.skipped_images:
             print(
                 f"skipped: {trainer.skipped_images} unreadable images, {trainer.nonfinite_steps} "

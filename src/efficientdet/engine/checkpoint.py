@@ -143,6 +143,43 @@ def check_resumable(
         )
 
 
+# Settings a resumed run may change without a word: where and how long it runs, what it logs.
+FREE_ON_RESUME = frozenset({
+    "output", "resume", "device", "epochs", "max_steps", "time_budget_minutes", "eval_every", "log_every",
+    "checkpoint_every_steps", "checkpoint_min_interval_s", "data.workers",
+})  # fmt: skip
+# Changes the optimiser state cannot follow (its parameter groups and their state differ)
+FIXED_ON_RESUME = ("optim.optimizer", "freeze_backbone")
+# Restored from the checkpoint (the optimiser's state, the weights): the new value has no effect
+RESTORED_ON_RESUME = ("optim.lr", "optim.momentum", "optim.weight_decay", "weights", "pretrained_backbone")
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_changes(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The settings in which ``current`` differs from the checkpoint's ``saved`` config, as
+    ``key: old -> new`` (those without effect marked so); refuses changes the optimiser state
+    cannot follow. Where and how long the run goes (:data:`FREE_ON_RESUME`) are left out."""
+    old, new = _flatten(saved), _flatten(current)
+    changed = [k for k in new if k in old and old[k] != new[k] and k not in FREE_ON_RESUME]
+    for key in FIXED_ON_RESUME:
+        if key in changed:
+            raise CheckpointError(
+                f"{path}: the checkpoint's run has {key}={old[key]!r}, this config {new[key]!r}: its optimiser "
+                f"state cannot carry over. Keep {key}={old[key]!r} to resume, or start a new run from its "
+                f"weights in another output folder (weights={path})."
+            )
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" + (" (no effect: restored)" if k in RESTORED_ON_RESUME else "") for k in changed]
+
+
 def _pair(size: Any) -> tuple[int, int] | None:
     """128 and (128, 128) (or a list from a config file) are the same image size."""
     if size is None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -26,6 +28,12 @@ class DataConfig:
     # model's input, instead of the whole image (data/crops.py). None: whole-image resize.
     crop_size: int | None = None
     crop_scale_range: tuple[float, float] = (0.8, 1.25)
+
+    def __post_init__(self) -> None:
+        _check_rules("data.", self, {
+            "workers": _at_least(0), "scale_range": _ORDERED_POSITIVE, "hflip": _within(0, 1),
+            "crop_size": _optional(_at_least(1)), "crop_scale_range": _ORDERED_POSITIVE,
+        })  # fmt: skip
 
 
 POLICIES = ("none", "v0", "v1", "v2", "v3")
@@ -67,6 +75,14 @@ class OptimConfig:
     ema_decay: float = 0.9998
     ema_warmup_steps: int = 2000  # decay ramps up so the EMA tracks early training
 
+    def __post_init__(self) -> None:
+        _check_rules("optim.", self, {
+            "optimizer": _one_of("sgd", "adamw"), "lr": _optional(_above(0)), "momentum": _within(0, 1),
+            "weight_decay": _at_least(0), "warmup_epochs": _at_least(0), "warmup_start_factor": _within(0, 1),
+            "min_lr_factor": _within(0, 1), "clip_grad_norm": _at_least(0), "ema_decay": _within(0, 1),
+            "ema_warmup_steps": _at_least(0),
+        })  # fmt: skip
+
 
 IOU_LOSSES = ("none", "iou", "giou", "diou", "ciou")
 
@@ -89,6 +105,10 @@ class LossConfig:
             raise ValueError(f"loss.iou_loss_type: unknown {self.iou_loss_type!r}; valid: {', '.join(IOU_LOSSES)}")
         if not self.iou_loss_weight >= 0:
             raise ValueError(f"loss.iou_loss_weight: {self.iou_loss_weight!r} must be >= 0")
+        _check_rules("loss.", self, {
+            "alpha": _within(0, 1), "gamma": _at_least(0), "delta": _above(0), "box_loss_weight": _at_least(0),
+            "label_smoothing": _within(0, 1),
+        })  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -102,13 +122,18 @@ class AnchorsConfig:
     check: bool = True
     min_recall: float = 0.95
 
+    def __post_init__(self) -> None:
+        _check_rules("anchors.", self, {
+            "anchor_scale": _optional(_above(0)), "num_scales": _optional(_at_least(1)), "min_recall": _within(0, 1),
+        })  # fmt: skip
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "efficientdet_d0"
     weights: str | None = None  # checkpoint to start from (our format, effdet .pth, registry name)
     pretrained_backbone: bool = True
-    image_size: int | None = None  # None: the variant's native size
+    image_size: int | tuple[int, int] | None = None  # None: the variant's native size; (height, width)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -151,6 +176,18 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 5
     log_every: int = 10
 
+    def __post_init__(self) -> None:
+        whole = _at_least(1)
+        _check_rules("", self, {
+            "image_size": _optional((lambda v: min(v if isinstance(v, tuple) else (v,)) >= 1, "must be >= 1")),
+            "epochs": whole, "max_steps": _optional(whole),
+            "time_budget_minutes": _optional(_above(0)), "batch_size": whole, "grad_accum": whole,
+            "amp": _one_of("auto", "off", "bf16", "fp16"), "bn_momentum": _optional(_within(0, 1)),
+            "data_parallel_threads": (lambda v: v == "auto" or v >= 1, "must be auto or a whole number >= 1"),
+            "eval_every": _at_least(0), "checkpoint_every_steps": _at_least(0),
+            "checkpoint_min_interval_s": _at_least(0), "max_consecutive_nonfinite": whole, "log_every": whole,
+        })  # fmt: skip
+
     def replace(self, **overrides: Any) -> TrainConfig:
         """Copy with overrides; dotted keys reach sections (``optim.lr``, ``data.train``)."""
         return _replace(self, overrides)
@@ -190,6 +227,86 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# -- checks: every field's type (against its annotation) and range, named in the error --------
+Rule = tuple[Callable[[Any], bool], str]  # (accepts the value?, what it must be)
+
+
+def _at_least(low: float) -> Rule:
+    return (lambda v: v >= low, f"must be >= {low:g}")
+
+
+def _above(low: float) -> Rule:
+    return (lambda v: v > low, f"must be > {low:g}")
+
+
+def _within(low: float, high: float) -> Rule:
+    return (lambda v: low <= v <= high, f"must be in [{low:g}, {high:g}]")
+
+
+def _one_of(*values: str) -> Rule:
+    return (lambda v: v in values, f"must be one of {', '.join(values)}")
+
+
+def _optional(rule: Rule) -> Rule:
+    return (lambda v: v is None or rule[0](v), rule[1] + " (or null)")
+
+
+_ORDERED_POSITIVE: Rule = (lambda v: 0 < v[0] <= v[1], "must be [low, high] with 0 < low <= high")
+
+
+def _check_rules(section: str, obj: Any, rules: dict[str, Rule]) -> None:
+    """Raise ``ValueError`` naming the first field of ``obj`` (in ``section``) outside its range."""
+    for name, (accepts, want) in rules.items():
+        value = getattr(obj, name)
+        if not accepts(value):  # written so that NaN fails too
+            raise ValueError(f"{section}{name}: {value!r} {want}")
+
+
+_MISMATCH = object()
+
+
+def _conform(value: Any, hint: Any) -> Any:
+    """``value`` as the annotation ``hint`` wants it (an int for a float field, a whole float for
+    an int, a number for a text field, a list for a tuple), or ``_MISMATCH``."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return next((out for out in (_conform(value, a) for a in args) if out is not _MISMATCH), _MISMATCH)
+    if origin is Literal:
+        return value if any(type(value) is type(a) and value == a for a in args) else _MISMATCH
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return _MISMATCH
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            return _MISMATCH
+        out = tuple(_conform(v, a) for v, a in zip(value, items))
+        return _MISMATCH if any(o is _MISMATCH for o in out) else out
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is float:
+        return float(value) if number else _MISMATCH
+    if hint is int:
+        whole = number and (isinstance(value, int) or float(value).is_integer())
+        return int(value) if whole else _MISMATCH
+    if hint is str:
+        return str(value) if number or isinstance(value, str) else _MISMATCH
+    if hint is type(None):
+        return value if value is None else _MISMATCH
+    return value if isinstance(value, hint) else _MISMATCH  # bool, the sections
+
+
+def _describe(hint: Any) -> str:
+    """What ``hint`` accepts, in the words of a YAML file."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0])}" if args[-1] is Ellipsis else f"[{', '.join(map(_describe, args))}]"
+    words = {bool: "true or false", int: "a whole number", float: "a number", str: "text", type(None): "null"}
+    return words.get(hint, "a section of KEY: VALUE fields")
+
+
 # PyYAML follows YAML 1.1, where "2e-3" (no dot) is a string, not a float.
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -227,7 +344,11 @@ def _replace(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             direct[key] = _replace(current, value, f"{prefix}{key}.")
         else:
-            direct[key] = _coerce(value, current, str(valid[key].type))
+            value = _coerce(value, current, str(valid[key].type))
+            hint = get_type_hints(type(obj))[key]
+            direct[key] = _conform(value, hint)
+            if direct[key] is _MISMATCH:
+                raise ValueError(f"{prefix + key}: {value!r} is not {_describe(hint)}")
     return dataclasses.replace(obj, **direct)
 
 
@@ -240,10 +361,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_train_config(
-    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None, preset: str | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    preset: str | None = None,
+    base: TrainConfig | None = None,
 ) -> TrainConfig:
-    """Defaults <- preset <- YAML file <- overrides (later wins)."""
-    config = TrainConfig()
+    """Defaults (or ``base``, e.g. a resumed run's settings) <- preset <- YAML file <- overrides (later wins)."""
+    config = base if base is not None else TrainConfig()
     if preset:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")

@@ -32,7 +32,10 @@ class MetricsLogger:
         self.dropped_rows = 0
         if not enabled:
             return
-        output.mkdir(parents=True, exist_ok=True)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file of that name, no permission: one line naming the folder
+            raise MetricsError(f"{output}: cannot create the output folder ({err.strerror or err})") from err
         self.dropped_rows = _rewrite_until(self.path, resume_step, resume_epoch)
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -37,6 +37,7 @@ __all__ = [
     "build_train_loader_for",
     "build_train_model",
     "build_train_state",
+    "check_no_run_in",
     "count_steps",
     "prepare_for_training",
     "resolve_amp_dtype",
@@ -182,10 +183,26 @@ def build_train_state(
     return TrainState(model, ema, optimizer, scheduler, scaler)
 
 
+RUN_FILES = ("last.ckpt", "best.ckpt", "last.safetensors", "best.safetensors")
+
+
+def check_no_run_in(output: Path) -> None:
+    """Refuse to start a new run in a folder that holds one: its checkpoints would be
+    overwritten one by one (``best.*`` only once the new run beats it, so the folder would
+    mix the two runs) and its metrics dropped, all without a word."""
+    found = [name for name in RUN_FILES if (output / name).exists()]
+    if found:
+        raise ValueError(
+            f"{output} already holds a training run ({', '.join(found)}): pass --resume (resume=true) "
+            "to continue it, or choose another --output for a new run (or delete the folder first)"
+        )
+
+
 def resume_path(cfg: TrainConfig, output: Path, log: Callable[[str], None]) -> Path | None:
     """The checkpoint to resume from, or None for a new run.
 
-    ``resume``: True / "auto": ``output/last.ckpt`` when it exists; a path: that file. A
+    ``resume``: False: a new run (refused where ``output`` holds one, :func:`check_no_run_in`);
+    True / "auto": ``output/last.ckpt`` when it exists; a path: that file. A
     worker that torchrun restarted (``--max-restarts``, TORCHELASTIC_RESTART_COUNT > 0)
     always resumes from ``output/last.ckpt`` when there is one: starting over would
     overwrite the run's checkpoints with a fresh run.
@@ -196,6 +213,7 @@ def resume_path(cfg: TrainConfig, output: Path, log: Callable[[str], None]) -> P
         log(f"torchrun restart {restarts}: resuming automatically")
         resume = "auto"
     if not resume:
+        check_no_run_in(output)
         return None
     if resume is True or str(resume).lower() == "auto":
         path = output / "last.ckpt"

@@ -18,6 +18,7 @@ from .checkpoint import (
     TRAIN_FORMAT,
     CheckpointError,
     check_resumable,
+    config_changes,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -96,8 +97,14 @@ class TrainState:
         state["config"], state["class_names"] = config, list(class_names)
         save_checkpoint(path, state)
 
-    def restore(self, path: Path, model: str, image_size: Any, class_names: Sequence[str]) -> None:
-        """Read ``path`` after checking it is a run of this ``model``, image size and classes."""
+    def restore(
+        self, path: Path, model: str, image_size: Any, class_names: Sequence[str], config: dict[str, Any]
+    ) -> list[str]:
+        """Read ``path`` after checking it is a run of this ``model``, image size and classes;
+        returns the settings in which ``config`` (this run's) differs from the checkpoint's
+        (``checkpoint.config_changes``)."""
         state = load_checkpoint(path)
         check_resumable(path, state, model, image_size, list(class_names))
+        changes = config_changes(path, state.get("config") or {}, config)
         self.load_state_dict(state, path)
+        return changes

@@ -82,6 +82,8 @@ class Trainer:
         self.log = log if self.dist.is_main else (lambda _msg: None)
         self.progress = progress and self.dist.is_main
         self.output = Path(cfg.output)
+        # decided before the data and model are built: a refused output folder fails fast
+        self._resume_from = resume_path(cfg, self.output, self.log)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -112,6 +114,7 @@ class Trainer:
         self.budget_used = 0.0  # share of cfg.time_budget_minutes spent, as all ranks agree
         self.stop_requested: str | None = None
         self._stop_at_step: int | None = None
+        self._epoch_complete = False  # whether train_epoch's stop came with the epoch's last batch
         self._last_save = time.time()
         self._saved_at: tuple[int, int, int] | None = None  # (epoch, batch, step) of last.ckpt
         if self.dist.is_main:
@@ -145,12 +148,15 @@ class Trainer:
         self.stepper = TrainStep(cfg, self.state, self.ddp, labeler, self.dist, self.device, self.amp_dtype, self.threads)
 
     def _maybe_resume(self) -> None:
-        path = resume_path(self.cfg, self.output, self.log)
+        path = self._resume_from
         if path is None:
             return
-        self.state.restore(path, self.model_config.name, self.model_config.image_size, self.class_names)
+        mc = self.model_config
+        changes = self.state.restore(path, mc.name, mc.image_size, self.class_names, self.cfg.to_dict())
         self._saved_at = self.state.position
         self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
+        if changes:
+            self.log(f"warning: settings changed since the checkpoint: {'; '.join(changes)}")
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, name: str = "last") -> Path | None:
@@ -229,32 +235,40 @@ class Trainer:
         bar = self._progress_bar()
         accum, consecutive_bad, t0, seen = 0, 0, time.perf_counter(), 0
         try:
-            for batch in self.loader:
+            batches = len(self.loader)  # this pass's (a resumed epoch skips those done)
+            for i, batch in enumerate(self.loader):
                 self.batch_in_epoch += 1
+                # the epoch's last micro-batches step too, though fewer than grad_accum: the
+                # schedule counts ceil(batches / grad_accum) steps an epoch, and gradients must
+                # not leak into the next epoch (nor be lost in a checkpoint at its end)
+                due = accum + 1 == cfg.grad_accum or i + 1 == batches
                 self._note_issues(batch)
                 if bar is not None and not cfg.time_budget_minutes:
                     bar.update(1)
                 if batch["images"].shape[0] == 0:
                     self.bad_batches += 1  # every image of the batch was unreadable (warned)
                     continue
-                losses = self.stepper.backward(batch, sync=accum + 1 == cfg.grad_accum)
+                losses = self.stepper.backward(batch, sync=due)
                 if losses is None:
                     accum, consecutive_bad = 0, consecutive_bad + 1
                     self._skipped_step(consecutive_bad)
                     continue
                 accum += 1
                 seen += batch["images"].shape[0]
-                if accum < cfg.grad_accum:
+                if not due:
                     continue
                 accum, consecutive_bad = 0, 0
                 self.stepper.optimizer_step(self._time_fraction())
                 self._after_update(losses, seen / max(time.perf_counter() - t0, 1e-9), bar)
                 stop = self._stop_reason()
                 if stop is not None:
+                    self._epoch_complete = i + 1 == batches
                     return stop
         finally:
             if bar is not None:
                 bar.close()
+        if accum:  # the epoch ended in unreadable batches: drop what they left unapplied
+            self.optimizer.zero_grad(set_to_none=True)
         return None
 
     def _skipped_step(self, consecutive: int) -> None:
@@ -292,11 +306,21 @@ class Trainer:
             return "max_steps"
         if cfg.time_budget_minutes and self.budget_used >= 1.0:
             return "time"
-        if self.stop_requested:
+        if self._signalled():
             return "signal"
         if self._stop_at_step is not None and self.step >= self._stop_at_step:
             return "stopped"
         return None
+
+    def _signalled(self) -> bool:
+        """Whether any rank got SIGINT/SIGTERM, as all ranks agree after the same step: a
+        signal reaches ranks at different moments (another node, a scheduler), and a rank that
+        stopped alone left the others failing in the next step's all-reduce, rank 0 unsaved."""
+        if self.dist.enabled:
+            flag = torch.tensor([float(self.stop_requested is not None)], device=self.device)
+            if float(all_reduce_sum(flag, self.dist)) > 0 and self.stop_requested is None:
+                self.stop_requested = "a signal to another rank"
+        return self.stop_requested is not None
 
     # -- validation -----------------------------------------------------------------------
     def validate(self) -> dict[str, float] | None:
@@ -362,6 +386,8 @@ class Trainer:
                 stop = self.train_epoch()
                 if stop is not None:
                     reason = stop
+                    if self._epoch_complete and stop in ("max_steps", "time"):
+                        self._end_epoch(skipped_before)  # the run's last step ended an epoch: count, validate it
                     break
                 self._end_epoch(skipped_before)
             if reason != "done" and self._saved_at != self.state.position:
