@@ -279,3 +279,29 @@ def test_max_steps_at_an_epoch_end_validates_and_counts_that_epoch(
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (2, 0, 8)
     resumed = Trainer(cfg.replace(resume=True, max_steps=9), progress=False)
     assert resumed.fit() == "max_steps" and resumed.step == 9 and resumed.epoch == 2  # goes on in epoch 3
+
+
+def test_a_run_ending_inside_an_epoch_validates_its_final_weights(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    # 4 steps an epoch; max_steps=6 ends inside epoch 2. The schedule has annealed the weights
+    # of step 6, which used to go unvalidated: best.safetensors could only be epoch 1's.
+    cfg = make_config(tiny_dataset, tmp_path, max_steps=6, epochs=5, eval_every=1, **{"data.val": str(tiny_dataset)})
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.fit() == "max_steps"
+    assert trainer.step == 6 and trainer.epoch == 1
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    val = [r.split(",") for r in rows if r.startswith("val,")]
+    assert [r[:3] for r in val] == [["val", "1", "4"], ["val", "1", "6"]]  # epochs complete, step
+    assert trainer.best_metric == pytest.approx(max(float(r[-3]) for r in val), rel=1e-4)  # ..., AP, AP50, AP75
+    assert (tmp_path / "best.safetensors").is_file()
+    # resumed at its end, the run trains and validates nothing more
+    resumed = Trainer(cfg.replace(resume=True), progress=False)
+    assert resumed.fit() == "max_steps" and resumed.step == 6
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == rows
+
+
+def test_a_run_without_validation_does_not_validate_at_its_end(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    cfg = make_config(tiny_dataset, tmp_path, max_steps=6, epochs=5, eval_every=0, **{"data.val": str(tiny_dataset)})
+    assert Trainer(cfg, progress=False).fit() == "max_steps"
+    assert not [r for r in (tmp_path / "metrics.csv").read_text().splitlines() if r.startswith("val,")]

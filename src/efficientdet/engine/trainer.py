@@ -350,11 +350,7 @@ class Trainer:
         metrics = self.validate() if due else None
         summary = []
         if metrics is not None:
-            self.metrics.log("val", self.epoch, self.step, metrics)
-            summary.append(f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}")
-            if metrics["AP"] > self.best_metric:
-                self.best_metric = metrics["AP"]
-                self.save("best")
+            summary.append(self._record_validation(metrics))
         skipped = self.skipped_images - skipped_before
         if skipped:
             summary.append(f"{skipped} unreadable images skipped")
@@ -362,6 +358,26 @@ class Trainer:
             self.log(f"epoch {self.epoch}: " + "  ".join(summary))
         if self.epoch == cfg.epochs or time.time() - self._last_save >= cfg.checkpoint_min_interval_s:
             self.save("last")
+        barrier(self.dist)
+
+    def _record_validation(self, metrics: dict[str, float]) -> str:
+        """Log a validation (after ``self.epoch`` complete epochs), save ``best`` when it is
+        the best so far; the summary text."""
+        self.metrics.log("val", self.epoch, self.step, metrics)
+        if metrics["AP"] > self.best_metric:
+            self.best_metric = metrics["AP"]
+            self.save("best")
+        return f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}"
+
+    def _validate_run_end(self) -> None:
+        """The run reached its planned end (``max_steps``, the time budget) inside an epoch:
+        validate the final weights too. The schedule has annealed them, and without this
+        ``best`` could only be an earlier epoch's (or, in a run shorter than an epoch, absent)."""
+        if not self.cfg.eval_every:
+            return
+        metrics = self.validate()
+        if metrics is not None:
+            self.log(f"step {self.step} (end of run): " + self._record_validation(metrics))
         barrier(self.dist)
 
     def fit(self, stop_at_step: int | None = None) -> str:
@@ -388,6 +404,8 @@ class Trainer:
                     reason = stop
                     if self._epoch_complete and stop in ("max_steps", "time"):
                         self._end_epoch(skipped_before)  # the run's last step ended an epoch: count, validate it
+                    elif stop in ("max_steps", "time"):
+                        self._validate_run_end()
                     break
                 self._end_epoch(skipped_before)
             if reason != "done" and self._saved_at != self.state.position:
