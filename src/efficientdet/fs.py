@@ -41,8 +41,22 @@ def _temp_file(path: Path) -> tuple[int, Path]:
     return fd, Path(tmp)
 
 
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the process's umask (which
+    ``os.umask`` can only read by setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def commit_file(tmp: Path, path: Path) -> None:
-    """Rename a finished temp file (beside ``path``) onto ``path``, durably."""
+    """Rename a finished temp file (beside ``path``) onto ``path``, durably.
+
+    Temp files are 0600 (``mkstemp``, and writers' own such as safetensors'); the committed
+    file gets the mode of any other file the user writes, so a model or a prediction written
+    here is as readable as one written by ``open`` (by a server running as another user, say).
+    """
+    os.chmod(tmp, new_file_mode())
     os.replace(tmp, path)
     fsync_dir(path.parent)  # the rename itself survives a power loss
 
@@ -76,7 +90,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     fd, tmp = _temp_file(path)
-    os.close(fd)  # created empty with the user's umask; the writer rewrites it
+    os.close(fd)  # created empty; the writer rewrites it (commit_file sets the mode)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
