@@ -158,6 +158,7 @@ class Runner:
     model: EfficientDet | None = None  # torch backend only
     onnx_path: Path | None = None  # onnxruntime backend only
     nms_inside: bool = False
+    min_score_threshold: float = 0.0  # a graph with NMS inside drops lower scores itself
 
     @property
     def max_input_pixels(self) -> int:
@@ -218,8 +219,9 @@ def _onnx_runner(args: argparse.Namespace, out: Path, backend: str) -> Runner:
         max_input_pixels=args.max_input_pixels, score_threshold=getattr(args, "score_threshold", None),
     )  # fmt: skip
     meta = detector.metadata
+    floor = float((meta.postprocess or {}).get("score_threshold") or 0.0) if meta.nms_inside else 0.0
     return Runner(detector, meta.config, meta.class_names, backend, onnx_path=Path(detector.path),
-                  nms_inside=meta.nms_inside)  # fmt: skip
+                  nms_inside=meta.nms_inside, min_score_threshold=floor)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- input-size limit

@@ -72,7 +72,7 @@ def _loader(args: argparse.Namespace) -> Any:
         h, w = config.image_size
         print(f"serve: {config.name} ({h}x{w}, {runner.backend}) loaded", file=sys.stderr, flush=True)
         return ServedModel(detect, config.name, (h, w), config.num_classes, runner.class_names, runner.backend,
-                           runner.max_input_pixels, detector.decode_size)  # fmt: skip
+                           runner.max_input_pixels, detector.decode_size, runner.min_score_threshold)  # fmt: skip
 
     return load
 

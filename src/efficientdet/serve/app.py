@@ -50,6 +50,7 @@ class ServedModel:
     backend: str
     max_input_pixels: int
     decode_size: tuple[int, int] | None = None  # the detector's: large JPEG uploads decoded reduced for it
+    min_score_threshold: float = 0.0  # an ONNX graph with NMS inside drops lower scores itself
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
             name=m.name, classes=classes, num_classes=m.num_classes, input_size=list(m.image_size),
             backend=m.backend, max_batch=lim.max_batch, max_input_pixels=m.max_input_pixels,
             max_upload_bytes=lim.max_upload_bytes, default_score_threshold=lim.score_threshold,
+            min_score_threshold=m.min_score_threshold,
         )  # fmt: skip
 
     @app.post("/v1/detect", response_model=DetectResponse)
@@ -187,7 +189,9 @@ async def _detect_one(request: Request, service: _Service, model: ServedModel) -
     """Read, check, decode (on a thread), batch, answer: one detect request."""
     start = time.perf_counter()
     data, fields = await read_upload(request, service.limits.max_upload_bytes)
-    options = parse_options(fields, model.class_names, model.num_classes, service.limits.score_threshold)
+    options = parse_options(
+        fields, model.class_names, model.num_classes, service.limits.score_threshold, model.min_score_threshold
+    )
     loop = asyncio.get_running_loop()
     image = await loop.run_in_executor(service.decoders, decode_upload, data, model.max_input_pixels, model.decode_size)
     decoded = time.perf_counter()
