@@ -184,6 +184,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    if not 0.0 <= args.score_threshold <= 1.0:  # also refuses nan
+        raise ValueError(f"--score-threshold {args.score_threshold}: must be in 0..1 (a score, not a percentage)")
     inputs, problems = collect_inputs(args.sources)
 
     def warn(msg: str) -> None:
