@@ -385,3 +385,15 @@ def test_export_dispatch_errors(make_model, tmp_path):
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(ExportError, match=r"bad\.onnx: onnx\.checker rejected the exported model: "):
         check_onnx(bad)
+
+
+@pytest.mark.parametrize(
+    ("score", "iou", "max_det", "message"),
+    [(2.0, 0.5, 100, "score_threshold 2.0: must be in 0..1"), (-0.1, 0.5, 100, "score_threshold -0.1"),
+     (0.3, 0.0, 100, "iou_threshold 0.0"), (0.3, 0.5, 0, "max_detections 0")],
+)  # fmt: skip
+def test_postprocess_graph_refuses_options_that_answer_nothing(score, iou, max_det, message):
+    """A threshold of 2 (or no detections) used to make a graph that never detects anything."""
+    anchors = torch.rand(10, 4)
+    with pytest.raises(ValueError, match=message):
+        PostprocessGraph(anchors, 3, (64, 64), 100, score, iou, max_det)
