@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from efficientdet import Detector  # noqa: E402
+from efficientdet import Detector, create_model  # noqa: E402
 from efficientdet.export import (  # noqa: E402
     EXPORT_FORMATS,
     ExportError,
@@ -397,3 +397,16 @@ def test_postprocess_graph_refuses_options_that_answer_nothing(score, iou, max_d
     anchors = torch.rand(10, 4)
     with pytest.raises(ValueError, match=message):
         PostprocessGraph(anchors, 3, (64, 64), 100, score, iou, max_det)
+
+
+def test_program_export_saves_without_torch_archive_warnings(tmp_path, caplog):
+    """torch.export.save/load on the ``.tmp`` name logged "Expect archive file to be a file
+    ending in .pt2" and "Unable to load package" on every export; the file loads and runs."""
+    import logging
+
+    model = create_model("efficientdet_lite0", image_size=(128, 128), pretrained_backbone=False).eval()
+    with caplog.at_level(logging.WARNING):
+        path = export(model, tmp_path / "model.pt2", "exported-program", batch_size=1, dynamic_batch=False)
+    assert not [r.getMessage() for r in caplog.records if "pt2" in r.getMessage() or "package" in r.getMessage()]
+    cls, box = torch.export.load(str(path)).module()(torch.zeros(1, 3, 128, 128))
+    assert len(cls) == len(box) == 5 and cls[0].shape == (1, 9 * 90, 16, 16)
