@@ -59,8 +59,15 @@ def resolve_backend(backend: str, weights: str | os.PathLike[str]) -> str:
     return "openvino" if int8.get("runtime") == "openvino" else "onnxruntime"
 
 
-def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = None) -> None:
-    """The model, backend, device, input and TTA options (same meaning in predict and eval)."""
+def add_model_args(
+    p: argparse.ArgumentParser,
+    weights_default: str | None = None,
+    cache_default: str = "<out>/onnx-cache",
+    batch_size: bool = True,
+) -> None:
+    """The model, backend, device, input and TTA options (same meaning in predict, eval and
+    serve); ``cache_default`` is the --onnx-cache default in the help, and ``batch_size=False``
+    leaves out --batch-size (serve batches by --max-batch)."""
     if weights_default is None:
         p.add_argument("--weights", required=True, help="checkpoint, registered name (efficientdet_d0.coco), URL or .onnx")
     else:
@@ -75,8 +82,9 @@ def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = Non
              "(see --onnx-cache) or run an exported .onnx, float or int8. auto (default): checkpoints in torch, "
              ".onnx files in the runtime they were exported for (int8 by NNCF: openvino, else onnxruntime)",
     )  # fmt: skip
-    p.add_argument("--onnx-cache", default=None, help="folder for exported ONNX graphs (default <out>/onnx-cache)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
+    p.add_argument("--onnx-cache", default=None, help=f"folder for exported ONNX graphs (default {cache_default})")
+    if batch_size:
+        p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--image-size", type=int, default=None, help="model input side, a multiple of 32 (default: the model's)")
     p.add_argument(
