@@ -379,6 +379,8 @@ def test_export_dispatch_errors(make_model, tmp_path):
     with pytest.raises(ValueError) as err:
         export(model, tmp_path / "m.tflite", "tflite")
     assert all(fmt in str(err.value) for fmt in EXPORT_FORMATS)
+    with pytest.raises(ValueError, match="is a folder; give the file to write"):
+        export(model, tmp_path, "torchscript")  # was IsADirectoryError from the final rename
     with pytest.raises(ValueError, match="multiples of 32"):
         export_onnx(model, tmp_path / "m.onnx", image_size=250)
     bad = tmp_path / "bad.onnx"

@@ -81,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_flags(args: argparse.Namespace, fmt: str) -> None:
     """Flags that would be ignored in this combination are errors (they used to be dropped
-    silently: ``--format torchscript --nms`` wrote a model without NMS)."""
+    silently: ``--format torchscript --nms`` wrote a model without NMS), and so is an --out
+    that is a folder (a traceback once the export was done)."""
+    if Path(args.out).is_dir():
+        suffix = {"onnx": ".onnx", "torchscript": ".pt"}.get(fmt, ".pt2")
+        raise ValueError(f"--out {args.out}: is a folder; give the file to write, e.g. {Path(args.out) / ('model' + suffix)}")
     if fmt != "onnx":
         given = [flag for flag, value in (("--nms", args.nms), ("--score-threshold", args.score_threshold),
                                           ("--max-detections", args.max_detections)) if value]  # fmt: skip
