@@ -141,6 +141,7 @@ def test_files_globs_class_filter_no_draw(tmp_path: Path, tiny_weights: Path, fa
         (["--score-threshold", "30"], "--score-threshold 30.0: must be in 0..1"),
         (["--score-threshold", "-1"], "--score-threshold -1.0: must be in 0..1"),
         (["--score-threshold", "nan"], "--score-threshold nan: must be in 0..1"),
+        (["--out", __file__], f"--out {__file__}: is a file; predict writes into a folder"),  # was a traceback
     ],
 )
 def test_usage_errors_exit_2(

@@ -186,6 +186,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
     if not 0.0 <= args.score_threshold <= 1.0:  # also refuses nan
         raise ValueError(f"--score-threshold {args.score_threshold}: must be in 0..1 (a score, not a percentage)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # was a FileExistsError traceback
+        raise ValueError(f"--out {args.out}: is a file; predict writes into a folder (annotated images + detections)")
     inputs, problems = collect_inputs(args.sources)
 
     def warn(msg: str) -> None:
