@@ -247,3 +247,18 @@ def test_exports_and_images_given_as_weights_say_what_they_are(tmp_path: Path) -
         message = str(info.value)
         assert message.startswith(f"{tmp_path / name}: {what}; weights are a .safetensors file"), message
         assert "Python objects" not in message and "weights_only" not in message
+
+
+def test_training_checkpoint_given_as_weights_points_to_the_safetensors(tmp_path: Path) -> None:
+    """``predict --weights last.ckpt --model ...`` used to run the raw (not EMA) weights at the
+    variant's default size with class names "0", "1", ...; without --model it said "name is
+    required unless the weights say which model they are"."""
+    path = tmp_path / "last.ckpt"
+    torch.save({"format": "efficientdet-train-1", "model": _state_dict(), "ema": {"module": _state_dict()},
+                "class_names": ["raccoon"]}, path)  # fmt: skip
+    with pytest.raises(WeightsError) as info:
+        read_weights(path)
+    assert str(info.value).startswith(f"{path}: a training checkpoint (for `efficientdet train --resume`)")
+    assert "use best.safetensors or last.safetensors" in str(info.value)
+    torch.save({"model": _state_dict(), "epoch": 3}, path)  # another tool's checkpoint still loads
+    assert set(read_weights(path)[0]) == set(_state_dict())

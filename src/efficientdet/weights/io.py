@@ -136,6 +136,14 @@ def _read_pickle(file: Path) -> dict[str, Tensor]:
             message = f"{file}: not model weights (neither a PyTorch zip archive nor a pickle); {_NOT_WEIGHTS_HINT}"
             raise WeightsError(message) from exc
         _raise_unreadable(file, exc)
+    if isinstance(obj, Mapping) and str(obj.get("format", "")).startswith("efficientdet-train"):
+        # engine.checkpoint.TRAIN_FORMAT. Unwrapped, its "model" entry loaded silently: the
+        # raw (not EMA) weights, at the variant's default size, without the class names.
+        raise WeightsError(
+            f"{file}: a training checkpoint (for `efficientdet train --resume`), not inference weights; "
+            f"use best.safetensors or last.safetensors from the same folder (EMA weights with the model's "
+            "config and class names)"
+        )
     state_dict = _unwrap(obj, file)
     _check_state_dict(state_dict, file)
     return _strip_prefix(state_dict, "module.")
