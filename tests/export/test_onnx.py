@@ -412,3 +412,22 @@ def test_program_export_saves_without_torch_archive_warnings(tmp_path, caplog):
     assert not [r.getMessage() for r in caplog.records if "pt2" in r.getMessage() or "package" in r.getMessage()]
     cls, box = torch.export.load(str(path)).module()(torch.zeros(1, 3, 128, 128))
     assert len(cls) == len(box) == 5 and cls[0].shape == (1, 9 * 90, 16, 16)
+
+
+def test_loading_a_graph_with_unused_initializers_prints_nothing(exported, tmp_path, capfd):
+    """ONNX Runtime's int8 (QDQ) graphs of Lite0 carry ~170 initializers no node uses: every
+    OnnxDetector (predict, eval, serve) and the export's own check printed a warning for each."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, raw, _ = exported("efficientdet_lite0")
+    proto = onnx.load(str(raw))
+    proto.graph.initializer.extend(numpy_helper.from_array(np.ones(2, np.float32), f"unused_{i}") for i in range(3))
+    path = tmp_path / "unused.onnx"
+    onnx.save(proto, str(path))
+    capfd.readouterr()
+    check_onnx(path)
+    detector = OnnxDetector(path)
+    assert len(detector.infer(np.zeros((1, 3, *SIZE), np.float32))) == 2
+    err = capfd.readouterr().err
+    assert "unused_" not in err, err
