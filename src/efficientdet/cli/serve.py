@@ -75,7 +75,8 @@ def _loader(args: argparse.Namespace) -> Any:
         h, w = config.image_size
         print(f"serve: {config.name} ({h}x{w}, {runner.backend}) loaded", file=sys.stderr, flush=True)
         return ServedModel(detect, config.name, (h, w), config.num_classes, runner.class_names, runner.backend,
-                           runner.max_input_pixels, detector.decode_size, runner.min_score_threshold)  # fmt: skip
+                           runner.max_input_pixels, detector.decode_size, runner.min_score_threshold,
+                           args.tile or 0)  # fmt: skip
 
     return load
 

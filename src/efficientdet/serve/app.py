@@ -51,6 +51,7 @@ class ServedModel:
     max_input_pixels: int
     decode_size: tuple[int, int] | None = None  # the detector's: large JPEG uploads decoded reduced for it
     min_score_threshold: float = 0.0  # an ONNX graph with NMS inside drops lower scores itself
+    min_image_side: int = 0  # --tile: sliced inference needs images at least one tile on each side
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,10 @@ async def _detect_one(request: Request, service: _Service, model: ServedModel) -
     )
     loop = asyncio.get_running_loop()
     image = await loop.run_in_executor(service.decoders, decode_upload, data, model.max_input_pixels, model.decode_size)
+    h, w = full_size(image)
+    if min(h, w) < model.min_image_side:  # else its batch failed: a 500 for every request in it
+        message = f"the image is {w}x{h} pixels, smaller than this server's --tile {model.min_image_side} on a side"
+        raise ApiError(422, "image_too_small", message)
     decoded = time.perf_counter()
     det = apply_options(await service.batcher.submit(image, options.score_threshold), options)
     done = time.perf_counter()
@@ -204,7 +209,7 @@ async def _detect_one(request: Request, service: _Service, model: ServedModel) -
     ]
     return DetectResponse(
         model=model.name,
-        image=ImageSize(width=full_size(image)[1], height=full_size(image)[0]),
+        image=ImageSize(width=w, height=h),
         detections=detections,
         time=Timing(
             decode_ms=1000 * (decoded - start), inference_ms=1000 * (done - decoded), total_ms=1000 * (done - start)
