@@ -35,6 +35,7 @@ __all__ = [
     "Runner",
     "add_model_args",
     "build_runner",
+    "check_tile_args",
     "load_model",
     "make_detector",
     "resolve_backend",
@@ -178,17 +179,23 @@ def build_runner(args: argparse.Namespace, out: Path, device: torch.device | Non
     default ONNX cache lives under it). ``device``: torch backend's, default from ``--device``.
     With ``--tile`` the detector is wrapped in a ``SlicedDetector``."""
     tile = getattr(args, "tile", None)
-    if tile is not None:  # checked before any weights are loaded
-        if tile <= 0 or tile % 32:
-            raise ValueError(f"--tile {tile}: must be a positive multiple of the model's stride (32)")
-        if not 0.0 <= args.tile_overlap < 1.0:
-            raise ValueError(f"--tile-overlap {args.tile_overlap}: must be in [0, 1)")
+    check_tile_args(args)  # before any weights are loaded
     runner = _build_runner(args, out, device)
     if tile is not None:
         from ..inference.sliced import SlicedDetector
 
         runner.detector = SlicedDetector(runner.detector, tile, args.tile_overlap, args.tile_merge)
     return runner
+
+
+def check_tile_args(args: argparse.Namespace) -> None:
+    """``--tile`` a positive multiple of the stride (32) and ``--tile-overlap`` in [0, 1), if given."""
+    tile = getattr(args, "tile", None)
+    if tile is not None:
+        if tile <= 0 or tile % 32:
+            raise ValueError(f"--tile {tile}: must be a positive multiple of the model's stride (32)")
+        if not 0.0 <= args.tile_overlap < 1.0:
+            raise ValueError(f"--tile-overlap {args.tile_overlap}: must be in [0, 1)")
 
 
 def _build_runner(args: argparse.Namespace, out: Path, device: torch.device | None) -> Runner:

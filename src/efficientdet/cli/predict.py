@@ -25,6 +25,7 @@ from efficientdet.outputs.video import VIDEO_EXTENSIONS, VideoError, open_video,
 from .common import (
     Runner,
     add_model_args,
+    check_tile_args,
     load_model,
     make_detector,
     resolve_device,
@@ -217,6 +218,7 @@ def run_predict(args: argparse.Namespace) -> int:
         warn(line)
     if not inputs:
         raise FileNotFoundError("no inputs: " + "; ".join(problems))
+    check_tile_args(args)
     _check_tile(args.tile, inputs)
     from ..engine.distributed import cleanup
     from ..engine.sharding import check_shardable
