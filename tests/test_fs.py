@@ -150,3 +150,24 @@ def test_written_files_get_the_permissions_open_would_give(tmp_path: Path) -> No
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes == {"a.txt": 0o640, "b.bin": 0o644, "w.safetensors": 0o644, "c.txt": 0o640}
+
+
+def test_committed_files_get_the_umask_mode_not_the_temp_files_0600(tmp_path: Path) -> None:
+    """mkstemp's 0600 used to stay on every written file: an exported model or predictions
+    could not be read by another user (a server in a container, a shared group)."""
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.json", "{}")
+        with atomic_open(tmp_path / "b.csv", "w") as f:
+            f.write("x\n")
+        with atomic_path(tmp_path / "c.onnx") as tmp:
+            tmp.unlink()  # a writer that renames its own (0600) temp file onto ours
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+        assert modes == {"a.json": 0o644, "b.csv": 0o644, "c.onnx": 0o644}
+        os.umask(0o077)
+        atomic_write(tmp_path / "d.json", "{}")
+        assert (tmp_path / "d.json").stat().st_mode & 0o777 == 0o600  # a strict umask is kept
+    finally:
+        os.umask(old)

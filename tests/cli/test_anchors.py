@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from efficientdet.cli import main
 from efficientdet.data.synthetic import make_synthetic_dataset
@@ -46,10 +47,15 @@ def test_predict_with_tiles(tmp_path: Path, tiny_weights: Path, capsys: pytest.C
     assert rc == 0
     dets = json.loads((out / "detections.json").read_text())
     assert len(dets) == 1
-    # too large a tile for the image: one clear error
+    # too large a tile for one image: one clear error naming it, before any work (it used to
+    # stop the run at that image's batch, naming "image #0", the earlier batches' results lost)
+    Image.new("RGB", (600, 600)).save(data.parent / "images" / "a_large.png")
     rc = main(["predict", str(data.parent / "images"), "--weights", str(tiny_weights), "--out", str(tmp_path / "o2"),
-               "--tile", "512"])  # fmt: skip
-    assert rc == 2 and "--tile 512: larger than image" in capsys.readouterr().err
+               "--tile", "256", "--batch-size", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    small = next(p for p in (data.parent / "images").iterdir() if p.name != "a_large.png")
+    assert rc == 2 and f"--tile 256: larger than {small} (200x300 pixels); use a tile of at most 192" in err
+    assert not (tmp_path / "o2").exists()
 
 
 def test_eval_with_tiles_records_them(tmp_path: Path, tiny_weights: Path) -> None:

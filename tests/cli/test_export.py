@@ -30,6 +30,38 @@ def test_unknown_format_lists_formats(tmp_path: Path, tiny_weights: Path, capsys
     assert "tflite" in err and "onnx" in err and "torchscript" in err and "exported-program" in err
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--format", "torchscript", "--nms"], "--nms is for --format onnx only"),
+        (["--format", "exported-program", "--max-detections", "5"], "--max-detections is for --format onnx only"),
+        (["--score-threshold", "0.5"], "--score-threshold sets the graph's own post-processing: it needs --nms"),
+        (["--nms", "--score-threshold", "2"], "--score-threshold 2.0: must be in 0..1"),
+        (["--nms", "--max-detections", "0"], "--max-detections 0: must be at least 1"),
+        (["--quantizer", "onnxruntime"], "--quantizer is an int8 option: add --int8"),
+        (["--keep-float", "stem"], "--keep-float is an int8 option"),
+        (["--out", "."], "--out .: is a folder; give the file to write, e.g. model.onnx"),
+        (["--out", ".", "--format", "torchscript"], "e.g. model.pt"),
+    ],
+)
+def test_flags_that_would_be_ignored_are_errors(
+    tmp_path: Path,
+    tiny_weights: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: list[str],
+    message: str,
+) -> None:
+    """These were silently dropped: ``--format torchscript --nms`` wrote a model without NMS,
+    ``--quantizer onnxruntime`` without ``--int8`` a float graph, ``--nms --score-threshold 2``
+    a graph that never detects anything; an --out folder was a traceback after the export."""
+    out = tmp_path / "m.out"
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--weights", str(tiny_weights), "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def _images(folder: Path, count: int) -> Path:
     import numpy as np
     from PIL import Image

@@ -45,6 +45,12 @@ def test_info_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["info", str(tmp_path / "other.onnx")]) == 2
     assert "other.onnx: no efficientdet metadata" in capsys.readouterr().err
     assert main(["info", "efficientdet_d99"]) == 2
+    capsys.readouterr()
+    # Other files (a checkpoint, a TorchScript export) were "unknown model '<file>'; valid names: ..."
+    (tmp_path / "model.pt").write_bytes(b"PK")
+    assert main(["info", str(tmp_path / "model.pt")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'model.pt'}: info reads a model name" in err and "unknown model" not in err
 
 
 def test_closed_pipe_is_not_a_traceback() -> None:

@@ -137,6 +137,11 @@ def test_files_globs_class_filter_no_draw(tmp_path: Path, tiny_weights: Path, fa
         (["--classes", "zebra"], "unknown class 'zebra'"),
         (["--image-size", "100"], "multiple of 32"),
         (["--weights", "missing.safetensors"], "missing.safetensors"),
+        # Were accepted: 30 (meant as 30 %) silently gave no detections, -1 every candidate.
+        (["--score-threshold", "30"], "--score-threshold 30.0: must be in 0..1"),
+        (["--score-threshold", "-1"], "--score-threshold -1.0: must be in 0..1"),
+        (["--score-threshold", "nan"], "--score-threshold nan: must be in 0..1"),
+        (["--out", __file__], f"--out {__file__}: is a file; predict writes into a folder"),  # was a traceback
     ],
 )
 def test_usage_errors_exit_2(

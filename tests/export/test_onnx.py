@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from efficientdet import Detector  # noqa: E402
+from efficientdet import Detector, create_model  # noqa: E402
 from efficientdet.export import (  # noqa: E402
     EXPORT_FORMATS,
     ExportError,
@@ -379,9 +379,55 @@ def test_export_dispatch_errors(make_model, tmp_path):
     with pytest.raises(ValueError) as err:
         export(model, tmp_path / "m.tflite", "tflite")
     assert all(fmt in str(err.value) for fmt in EXPORT_FORMATS)
+    with pytest.raises(ValueError, match="is a folder; give the file to write"):
+        export(model, tmp_path, "torchscript")  # was IsADirectoryError from the final rename
     with pytest.raises(ValueError, match="multiples of 32"):
         export_onnx(model, tmp_path / "m.onnx", image_size=250)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(ExportError, match=r"bad\.onnx: onnx\.checker rejected the exported model: "):
         check_onnx(bad)
+
+
+@pytest.mark.parametrize(
+    ("score", "iou", "max_det", "message"),
+    [(2.0, 0.5, 100, "score_threshold 2.0: must be in 0..1"), (-0.1, 0.5, 100, "score_threshold -0.1"),
+     (0.3, 0.0, 100, "iou_threshold 0.0"), (0.3, 0.5, 0, "max_detections 0")],
+)  # fmt: skip
+def test_postprocess_graph_refuses_options_that_answer_nothing(score, iou, max_det, message):
+    """A threshold of 2 (or no detections) used to make a graph that never detects anything."""
+    anchors = torch.rand(10, 4)
+    with pytest.raises(ValueError, match=message):
+        PostprocessGraph(anchors, 3, (64, 64), 100, score, iou, max_det)
+
+
+def test_program_export_saves_without_torch_archive_warnings(tmp_path, caplog):
+    """torch.export.save/load on the ``.tmp`` name logged "Expect archive file to be a file
+    ending in .pt2" and "Unable to load package" on every export; the file loads and runs."""
+    import logging
+
+    model = create_model("efficientdet_lite0", image_size=(128, 128), pretrained_backbone=False).eval()
+    with caplog.at_level(logging.WARNING):
+        path = export(model, tmp_path / "model.pt2", "exported-program", batch_size=1, dynamic_batch=False)
+    assert not [r.getMessage() for r in caplog.records if "pt2" in r.getMessage() or "package" in r.getMessage()]
+    cls, box = torch.export.load(str(path)).module()(torch.zeros(1, 3, 128, 128))
+    assert len(cls) == len(box) == 5 and cls[0].shape == (1, 9 * 90, 16, 16)
+
+
+def test_loading_a_graph_with_unused_initializers_prints_nothing(exported, tmp_path, capfd):
+    """ONNX Runtime's int8 (QDQ) graphs of Lite0 carry ~170 initializers no node uses: every
+    OnnxDetector (predict, eval, serve) and the export's own check printed a warning for each."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, raw, _ = exported("efficientdet_lite0")
+    proto = onnx.load(str(raw))
+    proto.graph.initializer.extend(numpy_helper.from_array(np.ones(2, np.float32), f"unused_{i}") for i in range(3))
+    path = tmp_path / "unused.onnx"
+    onnx.save(proto, str(path))
+    capfd.readouterr()
+    check_onnx(path)
+    detector = OnnxDetector(path)
+    assert len(detector.infer(np.zeros((1, 3, *SIZE), np.float32))) == 2
+    err = capfd.readouterr().err
+    assert "unused_" not in err, err

@@ -361,3 +361,31 @@ def test_calibration_sees_the_pixels_the_detectors_are_fed(tmp_path: Path, monke
     np.testing.assert_array_equal(seen[1], fed)  # a path, decoded by the export
     np.testing.assert_array_equal(seen[2], full)  # a tensor is taken as it is
     assert np.abs(fed - full).max() > 0  # the two decodes do differ, so the check above means something
+
+
+def test_onnxruntime_quantizer_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """quantize_static printed a warning per unused initializer of its calibration session
+    (137 lines for Lite0) and a root-logger "Please consider to run pre-processing"."""
+    import logging
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from efficientdet.export.quantize import quantize_network
+
+    conv = helper.make_node("Conv", ["images", "w"], ["y"], name="conv")
+    graph = helper.make_graph(
+        [conv], "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w"),
+         numpy_helper.from_array(np.ones(3, np.float32), "unused_constant")],
+    )  # fmt: skip
+    raw = tmp_path / "raw.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), raw)
+    batches = [np.random.default_rng(i).uniform(0, 1, (1, 1, 4, 4)).astype(np.float32) for i in range(2)]
+    handlers = list(logging.getLogger().handlers)
+    out = quantize_network(raw, tmp_path / "int8.onnx", batches, Int8Options(quantizer="onnxruntime", float_groups=()))
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(out).graph.node)
+    captured = capfd.readouterr()
+    assert "unused_constant" not in captured.err and "pre-processing" not in captured.err, captured.err
+    assert logging.getLogger().handlers == handlers  # no root handler left behind

@@ -218,3 +218,47 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="not found") as info:
         read_weights(path)
     assert str(path) in str(info.value)
+
+
+def test_exports_and_images_given_as_weights_say_what_they_are(tmp_path: Path) -> None:
+    """Our own exports passed back as --weights (and a photo) were "refused: the file contains
+    Python objects or code", or "corrupt", or a hint to rerun torch.load unsafely."""
+    import warnings
+
+    from PIL import Image
+
+    net = torch.nn.Linear(2, 2).eval()
+    x = torch.ones(3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+        torch.jit.save(torch.jit.trace(net, x), str(tmp_path / "model.pt"))
+    torch.export.save(torch.export.export(net, (x,)), str(tmp_path / "model.pt2"))
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x08\x12\x07pytorch")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    expected = {
+        "model.pt": "an exported TorchScript module (load it with torch.jit.load), not model weights",
+        "model.pt2": "an exported torch.export program (load it with torch.export.load), not model weights",
+        "model.onnx": "an exported ONNX graph, not model weights",
+        "photo.jpg": "not model weights (neither a PyTorch zip archive nor a pickle)",
+    }
+    for name, what in expected.items():
+        with pytest.raises(WeightsError) as info:
+            read_weights(tmp_path / name)
+        message = str(info.value)
+        assert message.startswith(f"{tmp_path / name}: {what}; weights are a .safetensors file"), message
+        assert "Python objects" not in message and "weights_only" not in message
+
+
+def test_training_checkpoint_given_as_weights_points_to_the_safetensors(tmp_path: Path) -> None:
+    """``predict --weights last.ckpt --model ...`` used to run the raw (not EMA) weights at the
+    variant's default size with class names "0", "1", ...; without --model it said "name is
+    required unless the weights say which model they are"."""
+    path = tmp_path / "last.ckpt"
+    torch.save({"format": "efficientdet-train-1", "model": _state_dict(), "ema": {"module": _state_dict()},
+                "class_names": ["raccoon"]}, path)  # fmt: skip
+    with pytest.raises(WeightsError) as info:
+        read_weights(path)
+    assert str(info.value).startswith(f"{path}: a training checkpoint (for `efficientdet train --resume`)")
+    assert "use best.safetensors or last.safetensors" in str(info.value)
+    torch.save({"model": _state_dict(), "epoch": 3}, path)  # another tool's checkpoint still loads
+    assert set(read_weights(path)[0]) == set(_state_dict())

@@ -35,6 +35,7 @@ __all__ = [
     "Runner",
     "add_model_args",
     "build_runner",
+    "check_tile_args",
     "load_model",
     "make_detector",
     "resolve_backend",
@@ -59,8 +60,15 @@ def resolve_backend(backend: str, weights: str | os.PathLike[str]) -> str:
     return "openvino" if int8.get("runtime") == "openvino" else "onnxruntime"
 
 
-def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = None) -> None:
-    """The model, backend, device, input and TTA options (same meaning in predict and eval)."""
+def add_model_args(
+    p: argparse.ArgumentParser,
+    weights_default: str | None = None,
+    cache_default: str = "<out>/onnx-cache",
+    batch_size: bool = True,
+) -> None:
+    """The model, backend, device, input and TTA options (same meaning in predict, eval and
+    serve); ``cache_default`` is the --onnx-cache default in the help, and ``batch_size=False``
+    leaves out --batch-size (serve batches by --max-batch)."""
     if weights_default is None:
         p.add_argument("--weights", required=True, help="checkpoint, registered name (efficientdet_d0.coco), URL or .onnx")
     else:
@@ -75,8 +83,9 @@ def add_model_args(p: argparse.ArgumentParser, weights_default: str | None = Non
              "(see --onnx-cache) or run an exported .onnx, float or int8. auto (default): checkpoints in torch, "
              ".onnx files in the runtime they were exported for (int8 by NNCF: openvino, else onnxruntime)",
     )  # fmt: skip
-    p.add_argument("--onnx-cache", default=None, help="folder for exported ONNX graphs (default <out>/onnx-cache)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
+    p.add_argument("--onnx-cache", default=None, help=f"folder for exported ONNX graphs (default {cache_default})")
+    if batch_size:
+        p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--image-size", type=int, default=None, help="model input side, a multiple of 32 (default: the model's)")
     p.add_argument(
@@ -158,6 +167,7 @@ class Runner:
     model: EfficientDet | None = None  # torch backend only
     onnx_path: Path | None = None  # onnxruntime backend only
     nms_inside: bool = False
+    min_score_threshold: float = 0.0  # a graph with NMS inside drops lower scores itself
 
     @property
     def max_input_pixels(self) -> int:
@@ -169,17 +179,23 @@ def build_runner(args: argparse.Namespace, out: Path, device: torch.device | Non
     default ONNX cache lives under it). ``device``: torch backend's, default from ``--device``.
     With ``--tile`` the detector is wrapped in a ``SlicedDetector``."""
     tile = getattr(args, "tile", None)
-    if tile is not None:  # checked before any weights are loaded
-        if tile <= 0 or tile % 32:
-            raise ValueError(f"--tile {tile}: must be a positive multiple of the model's stride (32)")
-        if not 0.0 <= args.tile_overlap < 1.0:
-            raise ValueError(f"--tile-overlap {args.tile_overlap}: must be in [0, 1)")
+    check_tile_args(args)  # before any weights are loaded
     runner = _build_runner(args, out, device)
     if tile is not None:
         from ..inference.sliced import SlicedDetector
 
         runner.detector = SlicedDetector(runner.detector, tile, args.tile_overlap, args.tile_merge)
     return runner
+
+
+def check_tile_args(args: argparse.Namespace) -> None:
+    """``--tile`` a positive multiple of the stride (32) and ``--tile-overlap`` in [0, 1), if given."""
+    tile = getattr(args, "tile", None)
+    if tile is not None:
+        if tile <= 0 or tile % 32:
+            raise ValueError(f"--tile {tile}: must be a positive multiple of the model's stride (32)")
+        if not 0.0 <= args.tile_overlap < 1.0:
+            raise ValueError(f"--tile-overlap {args.tile_overlap}: must be in [0, 1)")
 
 
 def _build_runner(args: argparse.Namespace, out: Path, device: torch.device | None) -> Runner:
@@ -218,8 +234,9 @@ def _onnx_runner(args: argparse.Namespace, out: Path, backend: str) -> Runner:
         max_input_pixels=args.max_input_pixels, score_threshold=getattr(args, "score_threshold", None),
     )  # fmt: skip
     meta = detector.metadata
+    floor = float((meta.postprocess or {}).get("score_threshold") or 0.0) if meta.nms_inside else 0.0
     return Runner(detector, meta.config, meta.class_names, backend, onnx_path=Path(detector.path),
-                  nms_inside=meta.nms_inside)  # fmt: skip
+                  nms_inside=meta.nms_inside, min_score_threshold=floor)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- input-size limit

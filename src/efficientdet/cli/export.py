@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.format.lower()
     if fmt not in EXPORT_FORMATS and fmt != "program":
         raise ValueError(f"unknown export format {args.format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
+    _check_flags(args, fmt)
     if args.int8 or args.calibration:
         return _run_int8(args, fmt)
     model = create_model(args.model, weights=args.weights).eval()
@@ -76,6 +77,35 @@ def run(args: argparse.Namespace) -> int:
     assert model.config is not None  # create_model sets it
     print(f"exported {model.config.name} ({fmt}) -> {path} ({size:.1f} MB); checked and run once")
     return 0
+
+
+def _check_flags(args: argparse.Namespace, fmt: str) -> None:
+    """Flags that would be ignored in this combination are errors (they used to be dropped
+    silently: ``--format torchscript --nms`` wrote a model without NMS), and so is an --out
+    that is a folder (a traceback once the export was done)."""
+    if Path(args.out).is_dir():
+        suffix = {"onnx": ".onnx", "torchscript": ".pt"}.get(fmt, ".pt2")
+        raise ValueError(f"--out {args.out}: is a folder; give the file to write, e.g. {Path(args.out) / ('model' + suffix)}")
+    if fmt != "onnx":
+        given = [flag for flag, value in (("--nms", args.nms), ("--score-threshold", args.score_threshold),
+                                          ("--max-detections", args.max_detections)) if value]  # fmt: skip
+        if given:
+            raise ValueError(f"{given[0]} is for --format onnx only; --format {args.format} has no post-processing inside")
+    elif not args.nms and (args.score_threshold is not None or args.max_detections is not None):
+        flag = "--score-threshold" if args.score_threshold is not None else "--max-detections"
+        raise ValueError(f"{flag} sets the graph's own post-processing: it needs --nms (without it, pass the "
+                         "threshold to predict, eval or serve)")  # fmt: skip
+    if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold {args.score_threshold}: must be in 0..1")
+    if args.max_detections is not None and args.max_detections < 1:
+        raise ValueError(f"--max-detections {args.max_detections}: must be at least 1")
+    if not args.int8:
+        defaults = (("--quantizer", "nncf"), ("--calibration-method", "auto"), ("--keep-float", "heads"),
+                    ("--reduce-range", "auto"), ("--calibration-images", 100))  # fmt: skip
+        for flag, default in defaults:
+            if getattr(args, flag[2:].replace("-", "_")) != default:
+                raise ValueError(f"{flag} is an int8 option: add --int8 --calibration DATA (without --int8 the "
+                                 "export is float)")  # fmt: skip
 
 
 def _run_int8(args: argparse.Namespace, fmt: str) -> int:

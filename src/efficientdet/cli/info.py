@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ..variants import get_config, list_models
 
@@ -55,6 +56,11 @@ def run_info(args: argparse.Namespace) -> int:
 
     if is_graph_file(args.model):
         return _graph_info(args.model, args.json)
+    if os.path.exists(args.model):  # was "unknown model '<file>'; valid names: ..."
+        raise ValueError(
+            f"{args.model}: info reads a model name (see `efficientdet list`) or an .onnx file from "
+            "`efficientdet export`; TorchScript/torch.export files and checkpoints are not described"
+        )
     size = None
     if args.image_size:
         size = (args.image_size[0], args.image_size[-1])

@@ -25,6 +25,7 @@ from efficientdet.outputs.video import VIDEO_EXTENSIONS, VideoError, open_video,
 from .common import (
     Runner,
     add_model_args,
+    check_tile_args,
     load_model,
     make_detector,
     resolve_device,
@@ -112,6 +113,26 @@ def collect_inputs(sources: Sequence[str]) -> tuple[list[_Input], list[str]]:
     return inputs, problems
 
 
+def _check_tile(tile: int | None, inputs: Sequence[_Input]) -> None:
+    """A --tile larger than an image is an error (sliced inference needs whole tiles), found
+    from the headers before any work: it used to stop the run at that image's batch, naming
+    only "image #0" of the batch and losing the detections of the batches before it."""
+    from ..data.images import ImageError, image_size_of
+
+    if tile is None:
+        return
+    for inp in inputs:
+        if inp.kind != "image":
+            continue
+        try:
+            h, w = image_size_of(inp.path)
+        except ImageError:
+            continue  # reported and skipped when it is read
+        if tile > min(h, w):
+            raise ValueError(f"--tile {tile}: larger than {inp.path} ({h}x{w} pixels); use a tile of at most "
+                             f"{min(h, w) // 32 * 32} or leave that image out")  # fmt: skip
+
+
 def _output_paths(inputs: Sequence[_Input], out: Path) -> list[Path]:
     """Annotated-output path per input: ``.jpg`` for JPEG, ``.mp4`` for video, else ``.png``;
     a name already taken (same stem from two folders) gets ``_2``, ``_3``..."""
@@ -184,6 +205,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    if not 0.0 <= args.score_threshold <= 1.0:  # also refuses nan
+        raise ValueError(f"--score-threshold {args.score_threshold}: must be in 0..1 (a score, not a percentage)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # was a FileExistsError traceback
+        raise ValueError(f"--out {args.out}: is a file; predict writes into a folder (annotated images + detections)")
     inputs, problems = collect_inputs(args.sources)
 
     def warn(msg: str) -> None:
@@ -193,6 +218,8 @@ def run_predict(args: argparse.Namespace) -> int:
         warn(line)
     if not inputs:
         raise FileNotFoundError("no inputs: " + "; ".join(problems))
+    check_tile_args(args)
+    _check_tile(args.tile, inputs)
     from ..engine.distributed import cleanup
     from ..engine.sharding import check_shardable
 

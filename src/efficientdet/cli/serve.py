@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "serve", help="serve a detector over HTTP (JSON API, web page, Prometheus metrics)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    add_model_args(p)
+    # --batch-size would be ignored: each batch is as large as the requests waiting (--max-batch).
+    add_model_args(p, cache_default="~/.cache/efficientdet/serve/onnx-cache", batch_size=False)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-batch", type=int, default=8, help="images per forward pass, at most (8)")
@@ -63,6 +64,8 @@ def _loader(args: argparse.Namespace) -> Any:
 
     def load() -> ServedModel:
         args.batch_size = args.max_batch  # the detector runs each batch in one pass
+        # serve has no output folder: graphs exported for --backend onnxruntime/openvino go to
+        # ~/.cache/efficientdet/serve/onnx-cache unless --onnx-cache says otherwise
         runner = build_runner(args, Path.home() / ".cache" / "efficientdet" / "serve")
         detector, config = runner.detector, runner.config
 
@@ -72,7 +75,8 @@ def _loader(args: argparse.Namespace) -> Any:
         h, w = config.image_size
         print(f"serve: {config.name} ({h}x{w}, {runner.backend}) loaded", file=sys.stderr, flush=True)
         return ServedModel(detect, config.name, (h, w), config.num_classes, runner.class_names, runner.backend,
-                           runner.max_input_pixels, detector.decode_size)  # fmt: skip
+                           runner.max_input_pixels, detector.decode_size, runner.min_score_threshold,
+                           args.tile or 0)  # fmt: skip
 
     return load
 

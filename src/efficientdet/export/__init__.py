@@ -49,6 +49,8 @@ def export(model: nn.Module, path: str | os.PathLike[str], format: str, **kwargs
     key = format.lower() if isinstance(format, str) else format
     if key not in _EXPORTERS:
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
+    if Path(path).is_dir():  # else found only by the final rename, after the whole export
+        raise ValueError(f"{path}: is a folder; give the file to write")
     exporter = getattr(sys.modules[__name__], _EXPORTERS[key])  # imports its module on first use
     return exporter(model, path, **kwargs)
 

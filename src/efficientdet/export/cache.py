@@ -9,12 +9,15 @@ less for Python to read).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +26,7 @@ import torch
 if TYPE_CHECKING:  # the model (and timm) load only when a checkpoint is exported, not to run a graph
     from ..models.efficientdet import EfficientDet
 
-__all__ = ["INSTALL_HINT", "cached_onnx", "onnx_providers", "require_onnxruntime"]
+__all__ = ["INSTALL_HINT", "cached_onnx", "onnx_providers", "quiet_onnxruntime", "require_onnxruntime"]
 
 INSTALL_HINT = "pip install 'efficientdet[export]'"
 
@@ -33,6 +36,26 @@ def require_onnxruntime() -> None:
     missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
     if missing:
         raise RuntimeError(f"--backend onnxruntime needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
+
+
+@contextlib.contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """ONNX Runtime's warnings off for a block: ``quantize_static`` printed one per unused
+    initializer of its calibration session (over a hundred lines for Lite0) and a root-logger
+    "Please consider to run pre-processing" (the root handler that implied is removed again)."""
+    import onnxruntime
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    onnxruntime.set_default_logger_severity(3)  # errors only
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        onnxruntime.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
+        root.setLevel(level)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
 
 
 def onnx_providers(device: str | torch.device | None) -> list[Any]:

@@ -179,6 +179,13 @@ class PostprocessGraph(nn.Module):
         max_detections: int,
     ) -> None:
         super().__init__()
+        # A graph built with these would answer nothing, ever (threshold above 1, no detections).
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold {score_threshold}: must be in 0..1")
+        if not 0.0 < iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold {iou_threshold}: must be in (0, 1]")
+        if max_detections < 1 or max_candidates < 1:
+            raise ValueError(f"max_detections {max_detections} and max_candidates {max_candidates}: must be at least 1")
         self.register_buffer("anchors", anchors.to(torch.float32), persistent=False)  # [T, 4]
         self.num_classes = num_classes
         self.k = min(max_candidates, anchors.shape[0] * num_classes)

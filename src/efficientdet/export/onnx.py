@@ -349,7 +349,9 @@ def check_onnx(
     import onnxruntime as ort
 
     try:
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only, as OnnxDetector's (no per-initializer warnings)
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         result = session.run(None, {session.get_inputs()[0].name: images})
     except Exception as err:
         raise ExportError(f"{name}: ONNX Runtime could not run the exported model: {err}") from err

@@ -92,9 +92,13 @@ def export_program(
     except Exception as err:
         raise ExportError(f"torch.export.export failed: {err}") from err
     with atomic_path(path) as tmp:
-        torch.export.save(program, os.fspath(tmp))
+        # File objects, not the temp name: given a path not ending in .pt2, torch warns
+        # "Expect archive file to be a file ending in .pt2" and "Unable to load package".
+        with open(tmp, "wb") as f:
+            torch.export.save(program, f)
         try:
-            loaded = torch.export.load(os.fspath(tmp)).module()
+            with open(tmp, "rb") as f:
+                loaded = torch.export.load(f).module()
             with torch.no_grad():
                 out = loaded(example[:batch_size])
         except Exception as err:

@@ -279,27 +279,30 @@ def quantize_with_onnxruntime(
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from .cache import quiet_onnxruntime
+
     raw = onnx.load(os.fspath(raw_path))
     excluded = float_nodes(raw, options.float_groups)
     method = {"auto": CalibrationMethod.MinMax, "minmax": CalibrationMethod.MinMax,
               "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[options.method]  # fmt: skip
     reduce_range = options.resolved_reduce_range()
     out = Path(out_path)
-    quantize_static(
-        os.fspath(raw_path),
-        os.fspath(out),
-        _Reader(raw.graph.input[0].name, batches),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=options.per_channel,
-        reduce_range=reduce_range,
-        calibrate_method=method,
-        nodes_to_exclude=excluded,
-        calibration_providers=["CPUExecutionProvider"],
-        extra_options={"CalibTensorRangeSymmetric": False, "CalibPercentile": 99.999,
-                       "CalibStridedMinMax": calibration_stride(len(batches))},
-    )  # fmt: skip
+    with quiet_onnxruntime():  # else 100+ lines of warnings on every export
+        quantize_static(
+            os.fspath(raw_path),
+            os.fspath(out),
+            _Reader(raw.graph.input[0].name, batches),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=options.per_channel,
+            reduce_range=reduce_range,
+            calibrate_method=method,
+            nodes_to_exclude=excluded,
+            calibration_providers=["CPUExecutionProvider"],
+            extra_options={"CalibTensorRangeSymmetric": False, "CalibPercentile": 99.999,
+                           "CalibStridedMinMax": calibration_stride(len(batches))},
+        )  # fmt: skip
     return out
 
 

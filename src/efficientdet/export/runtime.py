@@ -154,6 +154,9 @@ class OnnxDetector(StagedDetector):
             # and post-processes on the same cores, and spinning threads would compete with that
             # (end to end ~5% slower on 2 cores); the wake-up cost per run is far smaller.
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # Errors only: ONNX Runtime's int8 (QDQ) graphs made it print a warning per unused
+            # initializer (172 lines for Lite0) on every predict, eval and serve start.
+            session_options.log_severity_level = 3
         self.session = ort.InferenceSession(
             self.path, session_options, providers=list(providers or ["CPUExecutionProvider"])
         )

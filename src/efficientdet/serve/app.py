@@ -50,6 +50,8 @@ class ServedModel:
     backend: str
     max_input_pixels: int
     decode_size: tuple[int, int] | None = None  # the detector's: large JPEG uploads decoded reduced for it
+    min_score_threshold: float = 0.0  # an ONNX graph with NMS inside drops lower scores itself
+    min_image_side: int = 0  # --tile: sliced inference needs images at least one tile on each side
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
             name=m.name, classes=classes, num_classes=m.num_classes, input_size=list(m.image_size),
             backend=m.backend, max_batch=lim.max_batch, max_input_pixels=m.max_input_pixels,
             max_upload_bytes=lim.max_upload_bytes, default_score_threshold=lim.score_threshold,
+            min_score_threshold=m.min_score_threshold,
         )  # fmt: skip
 
     @app.post("/v1/detect", response_model=DetectResponse)
@@ -187,9 +190,15 @@ async def _detect_one(request: Request, service: _Service, model: ServedModel) -
     """Read, check, decode (on a thread), batch, answer: one detect request."""
     start = time.perf_counter()
     data, fields = await read_upload(request, service.limits.max_upload_bytes)
-    options = parse_options(fields, model.class_names, model.num_classes, service.limits.score_threshold)
+    options = parse_options(
+        fields, model.class_names, model.num_classes, service.limits.score_threshold, model.min_score_threshold
+    )
     loop = asyncio.get_running_loop()
     image = await loop.run_in_executor(service.decoders, decode_upload, data, model.max_input_pixels, model.decode_size)
+    h, w = full_size(image)
+    if min(h, w) < model.min_image_side:  # else its batch failed: a 500 for every request in it
+        message = f"the image is {w}x{h} pixels, smaller than this server's --tile {model.min_image_side} on a side"
+        raise ApiError(422, "image_too_small", message)
     decoded = time.perf_counter()
     det = apply_options(await service.batcher.submit(image, options.score_threshold), options)
     done = time.perf_counter()
@@ -200,7 +209,7 @@ async def _detect_one(request: Request, service: _Service, model: ServedModel) -
     ]
     return DetectResponse(
         model=model.name,
-        image=ImageSize(width=full_size(image)[1], height=full_size(image)[0]),
+        image=ImageSize(width=w, height=h),
         detections=detections,
         time=Timing(
             decode_ms=1000 * (decoded - start), inference_ms=1000 * (done - decoded), total_ms=1000 * (done - start)

@@ -45,9 +45,17 @@ class DetectOptions:
 
 
 def parse_options(
-    fields: Mapping[str, str], class_names: Sequence[str] | None, num_classes: int, default_threshold: float
+    fields: Mapping[str, str],
+    class_names: Sequence[str] | None,
+    num_classes: int,
+    default_threshold: float,
+    min_threshold: float = 0.0,
 ) -> DetectOptions:
-    """Check ``fields`` (strings from the query or the form); ApiError(422) naming the problem."""
+    """Check ``fields`` (strings from the query or the form); ApiError(422) naming the problem.
+
+    ``min_threshold``: the lowest score the model can answer at (a graph with NMS inside drops
+    lower scores itself), so a lower ``score_threshold`` is refused rather than answered short.
+    """
     unknown = sorted(set(fields) - set(DETECT_FIELDS))
     if unknown:
         raise ApiError(422, "unknown_field", f"unknown field {unknown[0]!r}; expected {', '.join(DETECT_FIELDS)}")
@@ -57,6 +65,12 @@ def parse_options(
         if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
             text = fields["score_threshold"]
             raise ApiError(422, "bad_score_threshold", f"score_threshold {text!r}: must be in 0..1")
+        if threshold < min_threshold:
+            message = (
+                f"score_threshold {fields['score_threshold']!r}: must be at least {min_threshold}: this model's graph "
+                f"has NMS inside that drops lower scores (see min_score_threshold in GET /v1/model)"
+            )
+            raise ApiError(422, "bad_score_threshold", message)
     max_det = None
     if fields.get("max_detections", "") != "":
         max_det = _number(fields["max_detections"], "max_detections", int)
@@ -144,3 +158,4 @@ class ModelInfo(BaseModel):
     max_input_pixels: int
     max_upload_bytes: int
     default_score_threshold: float
+    min_score_threshold: float  # a graph with NMS inside drops lower scores itself; else 0

@@ -18,9 +18,10 @@ import json
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import safetensors
 import safetensors.torch
@@ -96,10 +97,61 @@ def _read_safetensors(file: Path) -> tuple[dict[str, Tensor], dict[str, Any] | N
     return state_dict, document
 
 
+_NOT_WEIGHTS_HINT = (
+    "weights are a .safetensors file (from training or save_model), a registered name or an effdet "
+    ".pth; an exported .onnx runs with --backend onnxruntime or openvino"
+)
+
+
+def _exported_kind(file: Path, head: bytes) -> str | None:
+    """What ``file`` is (a phrase) when it is one of our exports rather than weights: without
+    this, an ONNX graph was "refused: contains Python objects or code", a TorchScript module
+    a hint to rerun ``torch.load`` unsafely and a ``.pt2`` program "corrupt"."""
+    if file.suffix.lower() == ".onnx":
+        return "an exported ONNX graph, not model weights"
+    if head != b"PK\x03\x04":
+        return None
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None  # torch.load names the damage
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "an exported TorchScript module (load it with torch.jit.load), not model weights"
+    if any(n.endswith("/archive_format") or "/models/" in n for n in names):
+        return "an exported torch.export program (load it with torch.export.load), not model weights"
+    return None
+
+
 def _read_pickle(file: Path) -> dict[str, Tensor]:
+    with file.open("rb") as f:
+        head = f.read(4)
+    kind = _exported_kind(file, head)
+    if kind is not None:
+        raise WeightsError(f"{file}: {kind}; {_NOT_WEIGHTS_HINT}")
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except Exception as exc:
+        if head[:1] != b"\x80" and head != b"PK\x03\x04":  # torch.save writes a zip, or a protocol 2+ pickle
+            message = f"{file}: not model weights (neither a PyTorch zip archive nor a pickle); {_NOT_WEIGHTS_HINT}"
+            raise WeightsError(message) from exc
+        _raise_unreadable(file, exc)
+    if isinstance(obj, Mapping) and str(obj.get("format", "")).startswith("efficientdet-train"):
+        # engine.checkpoint.TRAIN_FORMAT. Unwrapped, its "model" entry loaded silently: the
+        # raw (not EMA) weights, at the variant's default size, without the class names.
+        raise WeightsError(
+            f"{file}: a training checkpoint (for `efficientdet train --resume`), not inference weights; "
+            f"use best.safetensors or last.safetensors from the same folder (EMA weights with the model's "
+            "config and class names)"
+        )
+    state_dict = _unwrap(obj, file)
+    _check_state_dict(state_dict, file)
+    return _strip_prefix(state_dict, "module.")
+
+
+def _raise_unreadable(file: Path, exc: Exception) -> NoReturn:
+    """The error for a checkpoint ``torch.load`` refused or could not read."""
+    if isinstance(exc, pickle.UnpicklingError):
         match = _GLOBAL_RE.search(str(exc))
         culprit = f" (it references {match.group(1)!r})" if match else ""
         raise WeightsError(
@@ -108,14 +160,11 @@ def _read_pickle(file: Path) -> dict[str, Tensor]:
             "was executed. Only convert checkpoints from sources you trust, and preferably "
             "re-save them as plain state dicts or safetensors."
         ) from exc
-    except Exception as exc:  # corrupt zip, truncated pickle, garbage bytes: EOFError, KeyError, ...
-        raise WeightsError(
-            f"{file}: not a readable PyTorch checkpoint, the file is corrupt or of another format "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
-    state_dict = _unwrap(obj, file)
-    _check_state_dict(state_dict, file)
-    return _strip_prefix(state_dict, "module.")
+    # corrupt zip, truncated pickle, garbage bytes: EOFError, KeyError, RuntimeError, ...
+    raise WeightsError(
+        f"{file}: not a readable PyTorch checkpoint, the file is corrupt or of another format "
+        f"({type(exc).__name__}: {exc})"
+    ) from exc
 
 
 def _is_tensor_dict(obj: Any) -> bool:
