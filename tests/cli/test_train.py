@@ -30,8 +30,8 @@ def test_train_names_weights_that_exist_and_takes_overrides_after_flags(
     data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    # stopped before the first epoch's validation: there is no best.safetensors (the CLI named it)
-    assert main([*_args(data, out), "max_steps=1"]) == 0
+    # no validation (eval_every=0): there is no best.safetensors (the CLI named it)
+    assert main([*_args(data, out), "max_steps=1", "eval_every=0"]) == 0
     printed = capsys.readouterr().out
     assert not (out / "best.safetensors").exists()
     assert f"weights: {out / 'last.safetensors'} (EMA; no best.safetensors: no validation has run)" in printed
@@ -48,7 +48,7 @@ def test_train_names_weights_that_exist_and_takes_overrides_after_flags(
 
 def test_a_new_run_over_another_is_one_error_line(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    assert main([*_args(data, out), "max_steps=1"]) == 0
+    assert main([*_args(data, out), "max_steps=1", "eval_every=0"]) == 0
     before = (out / "last.ckpt").read_bytes()
     capsys.readouterr()
     assert main([*_args(data, out), "max_steps=1"]) == 2

@@ -27,6 +27,7 @@ from .checkpoint import CheckpointError, describe_write_error, remove_stale_temp
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .logger import MetricsLogger, plot_curves
+from .progress import epoch_bar, show_minutes
 from .setup import (
     build_train_loader_for,
     build_train_model,
@@ -199,20 +200,11 @@ class Trainer:
 
     # -- one epoch ------------------------------------------------------------------------
     def _progress_bar(self) -> Any:
-        """A tqdm bar over this epoch's batches, or, with a time budget (which, not the epoch
-        count, ends such a run), over the budget's minutes; None without progress output."""
+        """This epoch's tqdm bar (:func:`~.progress.epoch_bar`); None without progress output."""
         if not self.progress:
             return None
-        from tqdm import tqdm
-
         budget = self.cfg.time_budget_minutes
-        if budget:
-            return tqdm(
-                total=float(budget), initial=min(self._elapsed() / 60, budget), desc=f"epoch {self.epoch + 1}",
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} min of the time budget{postfix}",
-                dynamic_ncols=True, leave=False,
-            )  # fmt: skip
-        return tqdm(total=len(self.loader), desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", dynamic_ncols=True, leave=False)
+        return epoch_bar(self.epoch, self.cfg.epochs, len(self.loader), budget, self._elapsed() / 60)
 
     def _note_issues(self, batch: dict[str, Any]) -> None:
         """Warn each data issue of ``batch`` once per run; count the skipped images. Every
@@ -294,8 +286,7 @@ class Trainer:
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
         if bar is not None and cfg.time_budget_minutes:
-            bar.n = min(self._elapsed() / 60, float(cfg.time_budget_minutes))
-            bar.refresh()
+            show_minutes(bar, self._elapsed() / 60, cfg.time_budget_minutes)
         if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0:
             self.save("last")
 
