@@ -87,6 +87,19 @@ def test_cli_end_to_end(dataset: Path, tiny_weights: Path, tmp_path: Path, capsy
     assert "FP  missed" in printed and (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_cli_out_that_is_a_file_exits_2_before_any_work(
+    dataset: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    assert main(["eval", str(dataset), "--weights", str(tiny_weights), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"efficientdet eval: error: --out {out}: is a file; eval writes into a folder (metrics.json, detections, plots)"
+    ]
+    assert out.read_text() == "mine"
+
+
 def test_cli_class_count_mismatch_exits_2(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from efficientdet import save_model
 
