@@ -7,6 +7,7 @@ thread when the app starts, and ``/healthz`` answers 200 only once it has.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,8 @@ from .schemas import (
     parse_options,
 )
 from .uploads import decode_upload, read_upload
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["ServeLimits", "ServedModel", "create_app"]
 
@@ -184,6 +187,11 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
         except QueueFull as exc:
             headers = {"Retry-After": str(service.limits.retry_after_s)}
             raise ApiError(503, "queue_full", f"the server is busy: {exc}; retry later", headers) from None
+        except ApiError:
+            raise
+        except Exception as exc:  # deliberately broad: a JSON answer (and a logged traceback), not plain text
+            _log.exception("detect failed")
+            raise ApiError(500, "internal_error", f"the detector failed on this image: {type(exc).__name__}: {exc}") from exc
 
 
 async def _detect_one(request: Request, service: _Service, model: ServedModel) -> DetectResponse:

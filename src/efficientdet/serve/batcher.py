@@ -144,10 +144,14 @@ class DynamicBatcher:
         start = loop.time()
         try:
             dets = await loop.run_in_executor(self._executor, self.detect, [i.image for i in items], threshold)
-        except Exception as exc:  # deliberately broad: every waiting request gets the error
+        except Exception as exc:  # deliberately broad: the requests get the error, not the worker
+            if len(items) == 1:
+                if not items[0].future.done():
+                    items[0].future.set_exception(exc)
+                return
+            # one bad image must not fail the requests batched with it: each alone again
             for item in items:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+                await self._process([item])
             return
         if self.on_batch is not None:
             self.on_batch(len(items), loop.time() - start)
