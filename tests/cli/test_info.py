@@ -61,3 +61,17 @@ def test_closed_pipe_is_not_a_traceback() -> None:
     proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "141"  # 128 + SIGPIPE, as a shell reports it; not 1 with a traceback
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_ctrl_c_is_one_line_and_exit_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Ctrl-C outside training's handler (here while predict gathers its inputs) used to end in
+    a KeyboardInterrupt traceback."""
+
+    def interrupted(_sources: list[str]) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("efficientdet.cli.predict.collect_inputs", interrupted)
+    assert main(["predict", str(tmp_path), "--weights", str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "o")]) == 130
+    assert capsys.readouterr().err == "efficientdet predict: interrupted\n"

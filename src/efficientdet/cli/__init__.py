@@ -54,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Expected user errors (bad names, bad files): one clear line, no traceback.
         print(f"efficientdet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C outside training's own handler (loading, evaluating, predicting): files are
+        # written atomically, so what was written is whole; no traceback
+        print(f"efficientdet {args.command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT
     except BrokenPipeError:
         # The reader went away (`efficientdet info ... | head`): no traceback; stdout goes to
         # /dev/null so the interpreter's final flush does not fail again.
