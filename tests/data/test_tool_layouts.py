@@ -3,6 +3,7 @@ tool meant them: every image and box, no warning."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -215,3 +216,17 @@ def test_yolo_split_listing_several_folders_reads_them_all(tmp_path: Path) -> No
     index, messages = _read(read_split, tmp_path, "val")
     assert [r.image_path.name for r in index.records] == ["a.jpg", "b.jpg", "c.jpg"]  # a.jpg once
     assert messages == [f"{tmp_path}: data.yaml val: {tmp_path / 'gone' / 'images'}: not found; entry ignored"]
+
+
+@pytest.mark.parametrize("json_name", ["labels/train.json", "annotations/instances_train.json", "labels/train.json@"])
+def test_coco_json_beside_its_images_folder(tmp_path: Path, json_name: str) -> None:
+    """``labels/train.json`` beside ``images/train/`` (converters' layout) was read against
+    ``labels/``: every image missing, 'no images'. ``@``: the images in ``train/`` instead."""
+    folder = tmp_path / "train" if json_name.endswith("@") else tmp_path / "images" / "train"
+    _image(folder / "x.jpg")
+    ann = tmp_path / json_name.rstrip("@")
+    ann.parent.mkdir()
+    coco = {"images": [{"id": 5, "file_name": "x.jpg"}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    ann.write_text(json.dumps(coco))
+    index, messages = _read(read_dataset, ann)
+    assert messages == [] and index.root == folder.absolute() and len(index) == 1

@@ -66,7 +66,7 @@ def read_coco(
     """Read a COCO detection JSON into a :class:`DatasetIndex`.
 
     ``image_root`` is where ``file_name`` paths are resolved; by default the first of the
-    annotation file's folder, its ``images/``, and (for ``annotations/instances_<split>.json``)
+    annotation file's folder, its ``images/``, and (for ``<any folder>/[instances_]<split>.json``)
     ``../<split>``, ``../images/<split>``, ``../images``, ``..`` that holds the images.
     Paths that are absolute or escape the root are refused unless ``allow_outside_root``.
     Images without annotations are kept as background records (M=0).
@@ -284,10 +284,11 @@ def _guess_root(path: Path, images: list[Any]) -> Path:
     """The candidate folder holding most of the first few images (default: the json's)."""
     folder = path.parent
     candidates = [folder, folder / "images"]
-    if folder.name == "annotations":
-        split = path.stem.rsplit("_", 1)[-1]  # instances_val2017 -> val2017
-        up = folder.parent
-        candidates += [up / split, up / "images" / split, up / "images", up]
+    # COCO's annotations/instances_val2017.json beside val2017/, and the same shape under any
+    # folder name (labels/train.json beside images/train/, as many converters write)
+    split = path.stem.rsplit("_", 1)[-1]  # instances_val2017 -> val2017
+    up = folder.parent
+    candidates += [up / split, up / "images" / split, up / "images", up]
     names = [img["file_name"] for img in images[:8] if isinstance(img, dict) and isinstance(img.get("file_name"), str)]
     best, best_hits = folder, 0
     for cand in candidates:
