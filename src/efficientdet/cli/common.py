@@ -188,6 +188,19 @@ def build_runner(args: argparse.Namespace, out: Path, device: torch.device | Non
     return runner
 
 
+def check_score_threshold(value: float) -> None:
+    """A ``--score-threshold`` is a score in 0..1 (not a percentage; NaN is refused too)."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"--score-threshold {value}: must be in 0..1 (a score, not a percentage)")
+
+
+def check_out_folder(out: str | os.PathLike[str], command: str, writes: str) -> None:
+    """A command that writes into the folder ``--out`` refuses an existing file there before
+    any work (it used to end in a FileExistsError traceback once the work was done)."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out}: is a file; {command} writes into a folder ({writes})")
+
+
 def check_tile_args(args: argparse.Namespace) -> None:
     """``--tile`` a positive multiple of the stride (32) and ``--tile-overlap`` in [0, 1), if given."""
     tile = getattr(args, "tile", None)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import Runner, add_model_args, too_large_message
+from .common import Runner, add_model_args, check_out_folder, too_large_message
 from .ranks import add_dist_args, build_runner_on_ranks, join_ranks
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet eval --help`` must not wait for torch
@@ -137,8 +137,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--confusion-iou {args.confusion_iou}: must be in (0, 1]")
     if not 0.0 <= args.confusion_score <= 1.0:
         raise ValueError(f"--confusion-score {args.confusion_score}: must be in [0, 1]")
-    if Path(args.out).exists() and not Path(args.out).is_dir():  # was a FileExistsError traceback at the end
-        raise ValueError(f"--out {args.out}: is a file; eval writes into a folder (metrics.json, detections, plots)")
+    check_out_folder(args.out, "eval", "metrics.json, detections, plots")
 
 
 def _add_run_to_metrics(args: argparse.Namespace, out: Path, fmt: str, runner: Runner) -> Path:

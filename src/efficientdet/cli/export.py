@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import check_score_threshold
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..export import EXPORT_FORMATS
@@ -95,8 +97,8 @@ def _check_flags(args: argparse.Namespace, fmt: str) -> None:
         flag = "--score-threshold" if args.score_threshold is not None else "--max-detections"
         raise ValueError(f"{flag} sets the graph's own post-processing: it needs --nms (without it, pass the "
                          "threshold to predict, eval or serve)")  # fmt: skip
-    if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
-        raise ValueError(f"--score-threshold {args.score_threshold}: must be in 0..1")
+    if args.score_threshold is not None:
+        check_score_threshold(args.score_threshold)
     if args.max_detections is not None and args.max_detections < 1:
         raise ValueError(f"--max-detections {args.max_detections}: must be at least 1")
     if not args.int8:

@@ -25,6 +25,8 @@ from efficientdet.outputs.video import VIDEO_EXTENSIONS, VideoError, open_video,
 from .common import (
     Runner,
     add_model_args,
+    check_out_folder,
+    check_score_threshold,
     check_tile_args,
     load_model,
     make_detector,
@@ -205,10 +207,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
-    if not 0.0 <= args.score_threshold <= 1.0:  # also refuses nan
-        raise ValueError(f"--score-threshold {args.score_threshold}: must be in 0..1 (a score, not a percentage)")
-    if Path(args.out).exists() and not Path(args.out).is_dir():  # was a FileExistsError traceback
-        raise ValueError(f"--out {args.out}: is a file; predict writes into a folder (annotated images + detections)")
+    check_score_threshold(args.score_threshold)
+    check_out_folder(args.out, "predict", "annotated images + detections")
     inputs, problems = collect_inputs(args.sources)
 
     def warn(msg: str) -> None:

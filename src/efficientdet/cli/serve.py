@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_args
+from .common import add_model_args, check_score_threshold
 
 __all__ = ["add_parser", "run_serve"]
 
@@ -51,8 +51,7 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--max-batch, --max-queue and --decode-workers must be at least 1")
     if args.max_wait_ms < 0 or args.max_upload_mb <= 0:
         raise ValueError("--max-wait-ms must be >= 0 and --max-upload-mb > 0")
-    if not 0.0 <= args.score_threshold <= 1.0:
-        raise ValueError(f"--score-threshold {args.score_threshold}: must be in 0..1")
+    check_score_threshold(args.score_threshold)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: must be in 0..65535")
 
