@@ -7,7 +7,6 @@ optimiser step in engine/step.py; this module runs epochs, validation, saving an
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..weights.io import WeightsError
 from .anchor_check import anchor_warning
 from .checkpoint import CheckpointError, describe_write_error, remove_stale_temp_files
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .distributed import DistInfo, barrier, init_distributed
 from .logger import MetricsLogger, plot_curves
 from .progress import epoch_bar, show_minutes
 from .setup import (
@@ -40,6 +39,7 @@ from .setup import (
 from .sharding import broadcast_module, check_shardable
 from .state import TrainState
 from .step import TrainStep
+from .stopping import StopSignals
 from .threads import ThreadDataParallel, resolve_threads
 
 
@@ -112,8 +112,7 @@ class Trainer:
         self.skipped_images = 0  # unreadable images skipped, over this session's epochs
         self.issues_seen: set[str] = set()  # data warnings already shown in this run
         self._clock: tuple[float, float] | None = None  # (wall time, elapsed_s) when fit() began
-        self.budget_used = 0.0  # share of cfg.time_budget_minutes spent, as all ranks agree
-        self.stop_requested: str | None = None
+        self.stops = StopSignals(self.dist, self.device, cfg.time_budget_minutes, self.log)
         self._stop_at_step: int | None = None
         self._epoch_complete = False  # whether train_epoch's stop came with the epoch's last batch
         self._last_save = time.time()
@@ -188,16 +187,6 @@ class Trainer:
         start, base = self._clock
         return base + time.time() - start
 
-    def _time_fraction(self) -> float | None:
-        """The share of the time budget spent, the mean over ranks so that all agree on the
-        LR and the stop step; None without a budget."""
-        budget = self.cfg.time_budget_minutes
-        if not budget:
-            return None
-        used = torch.tensor([self._elapsed() / (budget * 60)], device=self.device)
-        self.budget_used = float(all_reduce_sum(used, self.dist)) / self.dist.world_size
-        return self.budget_used
-
     # -- one epoch ------------------------------------------------------------------------
     def _progress_bar(self) -> Any:
         """This epoch's tqdm bar (:func:`~.progress.epoch_bar`); None without progress output."""
@@ -250,8 +239,10 @@ class Trainer:
                 if not due:
                     continue
                 accum, consecutive_bad = 0, 0
-                self.stepper.optimizer_step(self._time_fraction())
+                # the budget share agreed after the previous step: one all-reduce a step, not two
+                self.stepper.optimizer_step(self.stops.budget_used if cfg.time_budget_minutes else None)
                 self._after_update(losses, seen / max(time.perf_counter() - t0, 1e-9), bar)
+                self.stops.agree(self._elapsed())
                 stop = self._stop_reason()
                 if stop is not None:
                     self._epoch_complete = i + 1 == batches
@@ -295,23 +286,13 @@ class Trainer:
         cfg = self.cfg
         if cfg.max_steps and self.step >= cfg.max_steps:
             return "max_steps"
-        if cfg.time_budget_minutes and self.budget_used >= 1.0:
+        if self.stops.out_of_time:
             return "time"
-        if self._signalled():
+        if self.stops.signalled:
             return "signal"
         if self._stop_at_step is not None and self.step >= self._stop_at_step:
             return "stopped"
         return None
-
-    def _signalled(self) -> bool:
-        """Whether any rank got SIGINT/SIGTERM, as all ranks agree after the same step: a
-        signal reaches ranks at different moments (another node, a scheduler), and a rank that
-        stopped alone left the others failing in the next step's all-reduce, rank 0 unsaved."""
-        if self.dist.enabled:
-            flag = torch.tensor([float(self.stop_requested is not None)], device=self.device)
-            if float(all_reduce_sum(flag, self.dist)) > 0 and self.stop_requested is None:
-                self.stop_requested = "a signal to another rank"
-        return self.stop_requested is not None
 
     # -- validation -----------------------------------------------------------------------
     def validate(self) -> dict[str, float] | None:
@@ -328,10 +309,6 @@ class Trainer:
         return {k: result.stats[k] for k in ("AP", "AP50", "AP75")}
 
     # -- the whole run --------------------------------------------------------------------
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.stop_requested = signal.Signals(signum).name
-        self.log(f"{self.stop_requested} received: finishing this step, saving a checkpoint")
-
     def _end_epoch(self, skipped_before: int) -> None:
         """After a complete epoch: summary, validation (and ``best``) when due, ``last`` when due."""
         cfg = self.cfg
@@ -378,36 +355,35 @@ class Trainer:
         self._stop_at_step = stop_at_step
         # the time budget covers the whole run: a resumed run gets what its earlier sessions left
         self._clock = (time.time(), self.elapsed_s)
-        old_handlers = {}
         try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old_handlers[sig] = signal.signal(sig, self._on_signal)
-        except ValueError:  # not the main thread: the caller handles signals
-            old_handlers = {}
-        # a run resumed from a checkpoint that already reached max_steps or its time budget
-        # (killed after its last save) trains no further step
-        reason = self._stop_reason() or "done"
-        try:
-            while reason == "done" and self.epoch < self.cfg.epochs:
-                skipped_before = self.skipped_images
-                stop = self.train_epoch()
-                if stop is not None:
-                    reason = stop
-                    if self._epoch_complete and stop in ("max_steps", "time"):
-                        self._end_epoch(skipped_before)  # the run's last step ended an epoch: count, validate it
-                    elif stop in ("max_steps", "time"):
-                        self._validate_run_end()
-                    break
-                self._end_epoch(skipped_before)
-            if reason != "done" and self._saved_at != self.state.position:
-                self.save("last")  # unless this very state was just saved
-            if self.dist.is_main and self.val_index is None:
-                self._write_ema(self.output / "best.safetensors")  # no validation: best = last
+            with self.stops.handled():
+                reason = self._train_until_stop()
         finally:
             self.elapsed_s, self._clock = self._elapsed(), None
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
             self.metrics.close()
         if self.dist.is_main and self.metrics.path.exists():
             plot_curves(self.metrics.path, self.output / "training_curves.png")
+        return reason
+
+    def _train_until_stop(self) -> str:
+        """The epochs of :meth:`fit`, then the last saves; why it stopped."""
+        # a run resumed from a checkpoint that already reached max_steps or its time budget
+        # (killed after its last save) trains no further step
+        self.stops.agree(self._elapsed())
+        reason = self._stop_reason() or "done"
+        while reason == "done" and self.epoch < self.cfg.epochs:
+            skipped_before = self.skipped_images
+            stop = self.train_epoch()
+            if stop is not None:
+                reason = stop
+                if self._epoch_complete and stop in ("max_steps", "time"):
+                    self._end_epoch(skipped_before)  # the run's last step ended an epoch: count, validate it
+                elif stop in ("max_steps", "time"):
+                    self._validate_run_end()
+                break
+            self._end_epoch(skipped_before)
+        if reason != "done" and self._saved_at != self.state.position:
+            self.save("last")  # unless this very state was just saved
+        if self.dist.is_main and self.val_index is None:
+            self._write_ema(self.output / "best.safetensors")  # no validation: best = last
         return reason
