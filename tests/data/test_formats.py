@@ -184,6 +184,27 @@ def test_coco_default_root_for_annotations_folder(tmp_path: Path) -> None:
     assert messages == [] and index.root == (tmp_path / "val2017").absolute() and len(index) == 1
 
 
+def test_coco_whose_images_are_all_elsewhere_is_one_error_naming_where_it_looked(tmp_path: Path) -> None:
+    # the json in ann/, its images in pics/: every image used to be one warning, then the
+    # commands failed with "no images", with no word on where file_name is resolved
+    _image(tmp_path / "pics" / "a.jpg")
+    ann = tmp_path / "ann" / "val.json"
+    ann.parent.mkdir()
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+                               "annotations": [], "categories": CATS}))  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FileNotFoundError) as err:
+            read_coco(ann)
+    assert _messages(caught) == []
+    text = str(err.value)
+    assert text.startswith(f"{ann}: none of its 2 images was found (file_name 'a.jpg' looked for under any of ")
+    assert f"{tmp_path / 'ann'}, {tmp_path / 'ann' / 'images'}" in text and "image_root=" in text
+    with pytest.raises(FileNotFoundError, match=rf"looked for under {re.escape(str(tmp_path / 'ann'))}\)"):
+        read_coco(ann, image_root=tmp_path / "ann")
+    assert len(read_coco(ann, image_root=tmp_path / "pics")) == 1  # the one that exists; b.jpg warned
+
+
 def test_many_issues_are_summarised(tmp_path: Path) -> None:
     bad = [{"id": 100 + i, "image_id": 1, "category_id": 42, "bbox": [1, 1, 2, 2]} for i in range(60)]
     index, messages = _read(read_coco, _coco(tmp_path, bad))

@@ -92,7 +92,11 @@ def read_coco(
 
     # Images: id -> (path, width, height); boxes appended in annotation order.
     seen_ids: set[int] = set()  # includes images skipped for a missing file
-    info = _read_images(images, path, root, allow_outside_root, seen_ids, issues)
+    held = Issues(max_warnings=0)  # no warning per missing image before the error below
+    info = _read_images(images, path, root, allow_outside_root, seen_ids, held)
+    if images and not info and held.counts["missing_image"] == len(images):
+        raise FileNotFoundError(_no_images_message(path, images, root, image_root is None))
+    issues.absorb(held)
     order = list(info)
     boxes: dict[int, list[tuple[float, float, float, float]]] = {k: [] for k in order}
     labels: dict[int, list[int]] = {k: [] for k in order}
@@ -280,8 +284,8 @@ def _read_image_entry(
     return image_id, image_path, None, None
 
 
-def _guess_root(path: Path, images: list[Any]) -> Path:
-    """The candidate folder holding most of the first few images (default: the json's)."""
+def _root_candidates(path: Path) -> list[Path]:
+    """The folders where a COCO file's ``file_name`` paths may start, the json's own first."""
     folder = path.parent
     candidates = [folder, folder / "images"]
     # COCO's annotations/instances_val2017.json beside val2017/, and the same shape under any
@@ -289,6 +293,12 @@ def _guess_root(path: Path, images: list[Any]) -> Path:
     split = path.stem.rsplit("_", 1)[-1]  # instances_val2017 -> val2017
     up = folder.parent
     candidates += [up / split, up / "images" / split, up / "images", up]
+    return candidates
+
+
+def _guess_root(path: Path, images: list[Any]) -> Path:
+    """The candidate folder holding most of the first few images (default: the json's)."""
+    folder, candidates = path.parent, _root_candidates(path)
     names = [img["file_name"] for img in images[:8] if isinstance(img, dict) and isinstance(img.get("file_name"), str)]
     best, best_hits = folder, 0
     for cand in candidates:
@@ -299,6 +309,20 @@ def _guess_root(path: Path, images: list[Any]) -> Path:
         if hits > best_hits:
             best, best_hits = cand, hits
     return best
+
+
+def _no_images_message(path: Path, images: list[Any], root: Path, guessed: bool) -> str:
+    """Why a COCO file gave no image, and what to do: where ``file_name`` was looked for."""
+    first = images[0].get("file_name") if isinstance(images[0], dict) else None
+    where = f"under {root}"
+    if guessed:
+        tried = ", ".join(str(Path(os.path.abspath(c))) for c in _root_candidates(path))
+        where = f"under any of {tried}"
+    return (
+        f"{path}: none of its {len(images)} images was found (file_name {first!r} looked for {where}); "
+        "put the JSON in the folder its file_name paths start from, or pass that folder as "
+        "read_coco(..., image_root=...)"
+    )
 
 
 def write_coco(

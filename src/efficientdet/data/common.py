@@ -68,6 +68,16 @@ class Issues:
             self._warned += 1
             warn_issue(line)
 
+    def absorb(self, held: Issues) -> None:
+        """Take over the lines and counts of ``held`` (made with ``max_warnings=0``, so that a
+        reader could first decide whether to raise instead), warning as :meth:`report` does."""
+        for line in held.lines:
+            self.lines.append(line)
+            if self._warned < self.max_warnings:
+                self._warned += 1
+                warn_issue(line)
+        self.counts.update(held.counts)
+
     def count(self, kind: str, n: int = 1) -> None:
         """Count something that is not worth a warning (crowd boxes, tiny clips)."""
         self.counts[kind] += n
