@@ -230,3 +230,47 @@ def test_coco_json_beside_its_images_folder(tmp_path: Path, json_name: str) -> N
     ann.write_text(json.dumps(coco))
     index, messages = _read(read_dataset, ann)
     assert messages == [] and index.root == folder.absolute() and len(index) == 1
+
+
+def test_cvat_yolo_1_1_export_reads_its_obj_data_lists(tmp_path: Path) -> None:
+    """CVAT's "YOLO 1.1" (darknet) export: ``obj.data`` names ``data/train.txt``, whose lines
+    are ``data/obj_train_data/a.jpg`` (darknet's working folder holds the export as ``data/``),
+    labels beside the images. No split was found before ("no images for split 'train'")."""
+    for split, names in (("train", ["a", "b"]), ("valid", ["c"])):
+        for n in names:
+            _image(tmp_path / f"obj_{split}_data" / f"{n}.jpg")
+            (tmp_path / f"obj_{split}_data" / f"{n}.txt").write_text("1 0.5 0.5 0.25 0.5\n")
+        lines = "".join(f"data/obj_{split}_data/{n}.jpg\n" for n in names)
+        (tmp_path / f"{split}.txt").write_text(lines)
+    (tmp_path / "obj.names").write_text("cat\ndog\n")
+    (tmp_path / "obj.data").write_text(
+        "classes = 2\ntrain = data/train.txt\nvalid = data/valid.txt\nnames = data/obj.names\nbackup = backup/\n"
+    )
+    assert detect_format(tmp_path) == "yolo"
+    train, train_msgs = _read(read_split, tmp_path, "train")
+    val, val_msgs = _read(read_split, tmp_path, "val")
+    assert train_msgs == val_msgs == []
+    assert [r.image_path for r in train.records] == [tmp_path / "obj_train_data" / f"{n}.jpg" for n in "ab"]
+    assert [r.image_path.name for r in val.records] == ["c.jpg"] and val.class_names == ["cat", "dog"]
+    assert val.records[0].boxes.tolist() == [[24.0, 12.0, 40.0, 36.0]] and val.records[0].labels.tolist() == [1]
+
+
+def test_darknet_split_lists_beside_the_images_without_a_data_file(tmp_path: Path) -> None:
+    # train.txt / val.txt listing images (the darknet layout without obj.data)
+    for n in ("a", "b", "c"):
+        _image(tmp_path / "imgs" / f"{n}.jpg")
+        (tmp_path / "imgs" / f"{n}.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+    (tmp_path / "classes.txt").write_text("raccoon\n")
+    (tmp_path / "train.txt").write_text("imgs/a.jpg\nimgs/b.jpg\n")
+    (tmp_path / "val.txt").write_text("imgs/c.jpg\n")
+    train, msgs = _read(read_split, tmp_path, "train")
+    val, _ = _read(read_split, tmp_path, "val")
+    assert msgs == [] and [r.image_path.name for r in train.records] == ["a.jpg", "b.jpg"]
+    assert [r.image_path.name for r in val.records] == ["c.jpg"]
+    flat = tmp_path / "flat"  # images side by side, one named train.jpg: train.txt is its label file
+    for n in ("train", "x"):
+        _image(flat / f"{n}.jpg")
+        (flat / f"{n}.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+    (flat / "classes.txt").write_text("raccoon\n")
+    index, msgs = _read(read_split, flat, "train")
+    assert msgs == [] and [r.image_path.name for r in index.records] == ["train.jpg", "x.jpg"]

@@ -19,19 +19,16 @@ from typing import Any
 import yaml
 
 from efficientdet.data.common import (
-    IMAGE_EXTENSIONS,
     MAX_SIDE,
-    OUTSIDE_ROOT_FLAGS,
-    OUTSIDE_ROOT_SKIPPED,
     Issues,
     check_box,
     clip_text,
-    resolve_under,
     short_repr,
 )
 
 from .images import ImageError, image_size_of
 from .records import DatasetIndex, DetectionRecord
+from .yolo_splits import dataset_root, split_images
 
 __all__ = ["read_yolo", "write_yolo"]
 
@@ -79,8 +76,8 @@ def read_yolo(
     cfg = _load_yaml(yaml_file) if yaml_file is not None else {}
     issues = Issues()
     class_names = list(names) if names is not None else _class_names(cfg, root_path)
-    root_path, hint = _yaml_path(cfg, root_path, allow_outside_root)
-    images, whole_folder = _list_images(root_path, split, cfg, allow_outside_root, issues, hint)
+    root_path, hint = dataset_root(cfg, root_path, allow_outside_root)
+    images, whole_folder = split_images(root_path, split, cfg, allow_outside_root, issues, hint)
     parsed, used_labels = _parse_images(root_path, images, issues)
     if parsed and issues.counts["no_label_file"] >= len(parsed):  # labels/ misnamed or moved: nothing to learn
         issues.report(
@@ -167,24 +164,6 @@ def _class_names(cfg: dict[str, Any], root: Path) -> list[str]:
     return []
 
 
-def _yaml_path(cfg: dict[str, Any], yaml_dir: Path, allow: bool) -> tuple[Path, str]:
-    """The folder split entries are relative to, and a hint for "no images" errors.
-
-    data.yaml's ``path:`` (Ultralytics' dataset root; relative to the yaml's folder) when it is
-    an existing folder inside the yaml's folder, or anywhere with ``allow``; else the yaml's
-    folder (a stale ``path:`` from another machine, as Colab exports carry, is ignored).
-    """
-    raw = cfg.get("path")
-    if not isinstance(raw, str) or not raw.strip():
-        return yaml_dir, ""
-    target = resolve_under(yaml_dir, raw.strip(), allow_outside_root=True)
-    if target is None or target == yaml_dir or not target.is_dir():
-        return yaml_dir, ""
-    if allow or resolve_under(yaml_dir, raw.strip(), allow_outside_root=False) is not None:
-        return target, ""
-    return yaml_dir, f"; data.yaml's path: {target} lies outside {yaml_dir} and is not followed ({OUTSIDE_ROOT_FLAGS})"
-
-
 def _is_class_id(key: Any) -> bool:
     if isinstance(key, bool):
         return False
@@ -194,62 +173,6 @@ def _is_class_id(key: Any) -> bool:
             return False
         key = int(key) if len(key) < 10 else MAX_CLASS_ID
     return isinstance(key, int) and 0 <= key < MAX_CLASS_ID
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
-def _list_images(
-    root: Path, split: str | os.PathLike[str] | None, cfg: dict[str, Any], allow: bool, issues: Issues, hint: str = ""
-) -> tuple[list[Path], bool]:
-    """Image files of the split, in order, and whether they are a whole folder (not a list)."""
-    flat = root / "images" if (root / "images").is_dir() else root
-    if split is None:
-        return _images_in(flat), True
-    split_str = os.fspath(split)
-    as_file = Path(split_str) if os.path.isabs(split_str) else root / split_str
-    if split_str.endswith(".txt") and as_file.is_file():
-        return _read_list(as_file, root, allow, issues), False
-    entries = cfg.get(split_str)
-    named = _yaml_entries(root, split_str, entries, allow, issues)
-    found = [p for p in named if p.exists()]
-    if found:  # every listed folder and list file, as Ultralytics reads "train: [a, b]"
-        for p in named:
-            if p not in found:
-                issues.report(root, f"data.yaml {split_str}: {p}", "not found", "entry ignored", "missing_split")
-        images = [img for p in found for img in (_read_list(p, root, allow, issues) if p.is_file() else _images_in(p))]
-        return list(dict.fromkeys(images)), all(p.is_dir() for p in found)
-    tried = [*named, root / "images" / split_str, root / split_str / "images", root / split_str]
-    for folder in tried:
-        if folder.is_dir():
-            return _images_in(folder), True
-    if split_str.endswith(".txt"):
-        raise FileNotFoundError(f"{as_file}: YOLO image list not found")
-    if entries is None and flat.is_dir() and not any(p.is_dir() for p in flat.iterdir()):
-        return _images_in(flat), True  # flat images/ + labels/ layout: there are no splits
-    # A split data.yaml names but that is not there is an error, never every image of the folder.
-    shown = ', '.join(map(str, dict.fromkeys(tried)))
-    raise FileNotFoundError(f"{root}: no images for split {split_str!r} (tried {shown}){hint}")
-
-
-def _yaml_entries(root: Path, split: str, entries: Any, allow: bool, issues: Issues) -> list[Path]:
-    """The paths data.yaml gives for ``split`` (one or a list), those that are not paths or
-    escape the root reported and left out."""
-    paths: list[Path] = []
-    for entry in entries if isinstance(entries, list) else [entries] if isinstance(entries, str) else []:
-        p = resolve_under(root, entry, allow) if isinstance(entry, str) else None
-        if isinstance(entry, str) and entry.startswith("../") and (p is None or not p.exists()):
-            # Roboflow writes "train: ../train/images" beside train/; Ultralytics then reads
-            # "train/images" under the yaml's folder when the first does not exist, and so do we.
-            stripped = resolve_under(root, entry[3:], allow)
-            p = stripped if stripped is not None and stripped.exists() else p
-        if p is None:
-            problem = "escapes the dataset root" if isinstance(entry, str) else "is not a path"
-            issues.report(root, f"data.yaml {split}: {short_repr(entry)}", problem, "entry ignored", "outside_root")
-            continue
-        paths.append(p)
-    return paths
 
 
 def _report_orphan_labels(images: list[Path], used: dict[Path, Path], issues: Issues) -> None:
@@ -264,26 +187,6 @@ def _report_orphan_labels(images: list[Path], used: dict[Path, Path], issues: Is
         for lf in sorted(folder.glob("*.txt")):
             if lf not in used and lf.name not in NAMES_FILES:
                 issues.report(lf, "label file", "no image with this name", "ignored", "orphan_label")
-
-
-def _read_list(list_file: Path, root: Path, allow: bool, issues: Issues) -> list[Path]:
-    images, seen = [], set()
-    for n, line in enumerate(list_file.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        p = resolve_under(root, entry, allow)
-        if p is None:
-            issues.report(
-                list_file, f"line {n}", f"image path {short_repr(entry)} is absolute or escapes the dataset root {root}",
-                OUTSIDE_ROOT_SKIPPED, "outside_root",
-            )
-        elif p in seen:
-            issues.report(list_file, f"line {n}", f"duplicate image {short_repr(entry)}", "second one skipped", "duplicate_image")
-        else:
-            seen.add(p)
-            images.append(p)
-    return images
 
 
 def _label_path(root: Path, image: Path) -> Path:
