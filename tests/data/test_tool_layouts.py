@@ -274,3 +274,20 @@ def test_darknet_split_lists_beside_the_images_without_a_data_file(tmp_path: Pat
     (flat / "classes.txt").write_text("raccoon\n")
     index, msgs = _read(read_split, flat, "train")
     assert msgs == [] and [r.image_path.name for r in index.records] == ["train.jpg", "x.jpg"]
+
+
+@pytest.mark.parametrize("kpt_shape", [[2, 2], [3, 3]])
+def test_ultralytics_pose_labels_give_their_boxes(tmp_path: Path, kpt_shape: list[int]) -> None:
+    """A pose dataset (``kpt_shape`` in data.yaml) trained as a detector: each line is the box,
+    then the keypoints. With 2-value keypoints the line read as a polygon (a wrong box, no
+    warning); with 3-value ones it was dropped as malformed (odd count)."""
+    _image(tmp_path / "images" / "train" / "a.jpg")
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    keypoints = " ".join(["0.9"] * (kpt_shape[0] * kpt_shape[1]))
+    (tmp_path / "labels" / "train" / "a.txt").write_text(f"0 0.5 0.5 0.25 0.5 {keypoints}\n")
+    (tmp_path / "data.yaml").write_text(f"train: images/train\nkpt_shape: {kpt_shape}\nnames: ['person']\n")
+    index, messages = _read(read_split, tmp_path, "train")
+    assert messages == [] and index.records[0].boxes.tolist() == [[24.0, 12.0, 40.0, 36.0]]
+    (tmp_path / "labels" / "train" / "a.txt").write_text(f"0 0.5 0.5 0.25 0.5 {keypoints} 0.1\n")
+    _, messages = _read(read_split, tmp_path, "train")
+    assert len(messages) == 1 and f"+ {kpt_shape[0] * kpt_shape[1]} keypoint values" in messages[0]

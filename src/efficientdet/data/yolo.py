@@ -78,7 +78,7 @@ def read_yolo(
     class_names = list(names) if names is not None else _class_names(cfg, root_path)
     root_path, hint = dataset_root(cfg, root_path, allow_outside_root)
     images, whole_folder = split_images(root_path, split, cfg, allow_outside_root, issues, hint)
-    parsed, used_labels = _parse_images(root_path, images, issues)
+    parsed, used_labels = _parse_images(root_path, images, issues, _pose_values(cfg))
     if parsed and issues.counts["no_label_file"] >= len(parsed):  # labels/ misnamed or moved: nothing to learn
         issues.report(
             root_path, f"split {split!r}" if split is not None else "images",
@@ -105,7 +105,9 @@ def read_yolo(
     return DatasetIndex(records, class_names, issues.lines, root_path, None, dict(issues.counts))
 
 
-def _parse_images(root: Path, images: list[Path], issues: Issues) -> tuple[list[_Parsed], dict[Path, Path]]:
+def _parse_images(
+    root: Path, images: list[Path], issues: Issues, pose_values: int | None = None
+) -> tuple[list[_Parsed], dict[Path, Path]]:
     """The usable images with their objects, and label file -> the image that used it."""
     parsed: list[_Parsed] = []
     used_labels: dict[Path, Path] = {}
@@ -128,7 +130,7 @@ def _parse_images(root: Path, images: list[Path], issues: Issues) -> tuple[list[
             problem = f"header says {w}x{h} pixels (sides over {MAX_SIDE})"
             issues.report(label_file, f"image {image}", problem, "image skipped", "bad_image")
             continue
-        objects = _read_labels(label_file, image, w, h, issues)
+        objects = _read_labels(label_file, image, w, h, issues, pose_values)
         if objects is not None:
             parsed.append((image, w, h, objects))
     return parsed, used_labels
@@ -146,6 +148,18 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def _pose_values(cfg: dict[str, Any]) -> int | None:
+    """The values after a label line's class id in a pose dataset (data.yaml ``kpt_shape: [K,
+    D]``: the box, then K keypoints of D values), None for a detection dataset."""
+    shape = cfg.get("kpt_shape")
+    if (
+        isinstance(shape, list) and len(shape) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+    ):  # fmt: skip
+        return 4 + shape[0] * shape[1]
+    return None
 
 
 def _class_names(cfg: dict[str, Any], root: Path) -> list[str]:
@@ -198,8 +212,13 @@ def _label_path(root: Path, image: Path) -> Path:
     return image.with_suffix(".txt")
 
 
-def _read_labels(label_file: Path, image: Path, w: int, h: int, issues: Issues) -> list[_Obj] | None:
-    """Objects of one label file (pixel xyxy); None (after reporting) if unreadable."""
+def _read_labels(
+    label_file: Path, image: Path, w: int, h: int, issues: Issues, pose_values: int | None = None
+) -> list[_Obj] | None:
+    """Objects of one label file (pixel xyxy); None (after reporting) if unreadable.
+
+    ``pose_values``: the values after the class id of a pose dataset's line (``cx cy w h`` +
+    keypoints): only the box is read from those."""
     if not label_file.exists():
         issues.count("no_label_file")  # a background image: legal, but worth a tally
         return []
@@ -220,12 +239,12 @@ def _read_labels(label_file: Path, image: Path, w: int, h: int, issues: Issues) 
         except ValueError:
             issues.report(label_file, rec, f"non-numeric value in {short_repr(line.strip())}", "line skipped", "malformed")
             continue
-        polygon = len(values) >= 6 and len(values) % 2 == 0
+        if pose_values is not None and len(values) == pose_values:
+            values = values[:4]  # the box; a pose line's keypoints would read as a polygon
+        polygon = len(values) >= 6 and len(values) % 2 == 0 and pose_values is None
         if len(values) != 4 and not polygon:
-            issues.report(
-                label_file, rec, f"expected 'class cx cy w h' (or a polygon), got {len(tokens)} values",
-                "line skipped", "malformed",
-            )
+            expected = f"'class cx cy w h' + {pose_values - 4} keypoint values" if pose_values else "'class cx cy w h' (or a polygon)"
+            issues.report(label_file, rec, f"expected {expected}, got {len(tokens)} values", "line skipped", "malformed")
             continue
         if not (math.isfinite(cls_f) and cls_f == int(cls_f) and 0 <= cls_f < MAX_CLASS_ID):
             issues.report(
