@@ -44,6 +44,19 @@ def test_confusion_matrix_equals_hand_count() -> None:
     assert res.missed == {"cat": 1, "dog": 2}
 
 
+def test_difficult_objects_count_as_neither_found_nor_missed() -> None:
+    # VOC's rule, as eval --voc applies it: the cat of image 2 and the dog called cat are
+    # difficult now; they used to count as a miss and a dog/cat confusion
+    gts, dets = _hand_case()
+    gts[0]["difficult"] = torch.tensor([False, True, False])
+    gts[1]["difficult"] = torch.tensor([True])
+    res = confusion_matrix(gts, dets, ["cat", "dog"], iou_threshold=0.5, score_threshold=0.25)
+    expected = [[1, 0, 0],  # true cat: one found; the difficult one unmatched is not missed
+                [0, 0, 1],  # true dog: the difficult one's "cat" detection counts nowhere
+                [1, 1, 0]]  # background: the same false positives as without flags
+    assert res.matrix.tolist() == expected
+
+
 def test_score_threshold_zero_counts_the_low_score_dog() -> None:
     gts, dets = _hand_case()
     res = confusion_matrix(gts, dets, ["cat", "dog"], iou_threshold=0.5, score_threshold=0.0)

@@ -63,7 +63,10 @@ def confusion_matrix(
     score_threshold: float = 0.25,
 ) -> ConfusionResult:
     """Count matches over images: ``gts[i]`` ``{"boxes" [M, 4] xyxy, "labels" [M]}``, ``dets[i]``
-    ``{"boxes" [N, 4], "scores" [N], "labels" [N]}``, labels 0-based indices into ``class_names``."""
+    ``{"boxes" [N, 4], "scores" [N], "labels" [N]}``, labels 0-based indices into ``class_names``.
+
+    An optional ``gts[i]["difficult"]`` [M] (Pascal VOC's flag) marks objects that count as
+    neither found nor missed, and a detection matched to one counts nowhere, as in VOC AP50."""
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"confusion IoU threshold {iou_threshold} must be in (0, 1]")
     if len(gts) != len(dets):
@@ -73,6 +76,8 @@ def confusion_matrix(
     for gt, det in zip(gts, dets):
         g_boxes = torch.as_tensor(gt["boxes"], dtype=torch.float32).reshape(-1, 4)
         g_labels = torch.as_tensor(gt["labels"], dtype=torch.int64).reshape(-1)
+        flags = gt.get("difficult")
+        difficult = torch.zeros(len(g_boxes), dtype=torch.bool) if flags is None else torch.as_tensor(flags, dtype=torch.bool).reshape(-1)
         keep = torch.as_tensor(det["scores"]).reshape(-1) >= score_threshold
         d_boxes = torch.as_tensor(det["boxes"], dtype=torch.float32).reshape(-1, 4)[keep]
         d_labels = torch.as_tensor(det["labels"], dtype=torch.int64).reshape(-1)[keep]
@@ -84,10 +89,11 @@ def confusion_matrix(
             g = int(cand.argmax()) if len(cand) else -1
             if g >= 0 and float(cand[g]) >= iou_threshold:
                 taken[g] = True
-                m[int(g_labels[g]), int(d_labels[d])] += 1
+                if not difficult[g]:
+                    m[int(g_labels[g]), int(d_labels[d])] += 1
             else:
                 m[k, int(d_labels[d])] += 1  # background predicted as a class
-        for g in (~taken).nonzero().flatten().tolist():
+        for g in (~taken & ~difficult).nonzero().flatten().tolist():
             m[int(g_labels[g]), k] += 1  # object missed
     return ConfusionResult(m, list(class_names), float(iou_threshold), float(score_threshold))
 
