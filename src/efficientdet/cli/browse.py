@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.dataset import DetectionDataset
-    from ..data.formats import read_dataset
+    from ..data.formats import read_dataset, read_split
     from ..engine.config import load_train_config
     from .notices import print_data_warnings
 
@@ -61,10 +61,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n {args.n}: must be at least 1")
     cfg = load_train_config(args.config, list(args.set), args.preset)
     kw = {"allow_outside_root": cfg.data.allow_outside_root}
-    if args.split is not None:
-        kw["split"] = args.split
     with print_data_warnings("browse"):
-        index = read_dataset(args.data, **kw)
+        # without --split, the images train reads (a VOC folder's train list, not every XML)
+        index = read_dataset(args.data, split=args.split, **kw) if args.split else read_split(args.data, "train", **kw)
         if len(index) == 0:
             raise ValueError(f"{args.data}: no images")
         dataset = _augmented(cfg, index) if args.augment else DetectionDataset(index)
@@ -85,13 +84,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _augmented(cfg: TrainConfig, index: DatasetIndex) -> DetectionDataset:
-    from ..data.transforms import TrainTransform
-    from ..engine.setup import build_train_dataset
+    from ..engine.setup import build_train_dataset, build_train_transform
     from ..variants import get_config
 
     size = cfg.image_size or max(get_config(cfg.model).image_size)
-    transform = TrainTransform(size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
-    return build_train_dataset(cfg, index, transform, None)
+    return build_train_dataset(cfg, index, build_train_transform(cfg, size), None)  # as train builds it
 
 
 def _tile(sample: dict[str, Any], class_names: list[str]) -> Image.Image:
