@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from efficientdet.cli import main
+from efficientdet.data.formats import read_dataset
 from efficientdet.data.synthetic import make_synthetic_dataset
+from efficientdet.data.voc import write_voc
 
 
 def test_anchors_reports_recall_and_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,3 +82,16 @@ def test_anchors_reads_images_outside_the_json_folder_with_the_flag(tmp_path: Pa
     assert "--allow-outside-root for eval and anchors" in capsys.readouterr().err
     assert main(["anchors", str(split), "--allow-outside-root"]) == 0
     assert "anchor recall @ IoU 0.5" in capsys.readouterr().out
+
+
+def test_anchors_measures_the_training_split_of_a_voc_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --split, a VOC folder's train list (the boxes train's own check measures), not every XML."""
+    coco = make_synthetic_dataset(tmp_path / "d", num_images=4, image_size=64, min_objects=1, max_objects=1)
+    index = read_dataset(coco)
+    ann_dir = write_voc(index, tmp_path / "voc")
+    (tmp_path / "voc" / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp_path / "voc" / "ImageSets" / "Main" / "train.txt").write_text(f"{sorted(p.stem for p in ann_dir.glob('*.xml'))[0]}\n")
+    assert main(["anchors", str(tmp_path / "voc"), "--model", "efficientdet_lite0"]) == 0
+    assert "of 1 boxes" in capsys.readouterr().out
+    assert main(["anchors", str(tmp_path / "voc"), "--model", "efficientdet_lite0", "--split", "train"]) == 0
+    assert "of 1 boxes" in capsys.readouterr().out
