@@ -96,3 +96,14 @@ def test_browse_reads_the_training_split_of_a_voc_folder(datasets, tmp_path: Pat
         assert "3 images of 3" in capsys.readouterr().out
     finally:
         (voc_root / "ImageSets" / "Main" / "train.txt").unlink()  # the module's fixture stays as it was
+
+
+@pytest.mark.parametrize("where", ["a_file", "a_file/sub"])
+def test_browse_unwritable_out_is_one_error(datasets, where: str, tmp_path: Path, capsys) -> None:
+    """--out a file, or a folder under one (as a read-only folder fails), used to end in a
+    FileExistsError / NotADirectoryError traceback."""
+    (tmp_path / "a_file").write_text("x")
+    assert main(["browse", str(datasets["coco"]), "--n", "1", "--out", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"efficientdet browse: error: --out {tmp_path / where}") and len(err.splitlines()) == 1
+    assert (tmp_path / "a_file").read_text() == "x"

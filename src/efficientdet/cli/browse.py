@@ -55,10 +55,12 @@ def run(args: argparse.Namespace) -> int:
     from ..data.dataset import DetectionDataset
     from ..data.formats import read_dataset, read_split
     from ..engine.config import load_train_config
+    from .common import check_out_folder
     from .notices import print_data_warnings
 
     if args.n < 1:
         raise ValueError(f"--n {args.n}: must be at least 1")
+    check_out_folder(args.out, "browse", "browse.png or browse_augmented.png")
     cfg = load_train_config(args.config, list(args.set), args.preset)
     kw = {"allow_outside_root": cfg.data.allow_outside_root}
     with print_data_warnings("browse"):
@@ -124,6 +126,9 @@ def _write_grid(tiles: list[Image.Image], out: Path) -> None:
     grid = Image.new("RGB", (cols * (w + 4), rows * (h + 4)), (255, 255, 255))
     for k, tile in enumerate(tiles):
         grid.paste(tile, ((k % cols) * (w + 4), (k // cols) * (h + 4)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        grid.save(tmp, format="PNG")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            grid.save(tmp, format="PNG")
+    except OSError as err:  # read-only, a file on the path, a full disk: one line naming --out
+        raise ValueError(f"--out {out.parent}: cannot write {out.name} there ({err.strerror or err})") from err
