@@ -70,6 +70,25 @@ def test_eval_with_tiles_records_them(tmp_path: Path, tiny_weights: Path) -> Non
     assert doc["tile"] == 128 and doc["tile_overlap"] == 0.25 and doc["num_images"] == 2
 
 
+def test_eval_with_a_tile_larger_than_an_image_names_the_file_before_any_work(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """eval used to stop at that image's batch with "larger than image #2 (...)": the index in
+    the batch, not the file (predict's check from the headers was not shared)."""
+    data = make_synthetic_dataset(tmp_path / "d", num_images=3, image_size=((200, 200), (300, 300)))
+    doc = json.loads(data.read_text())
+    doc["images"][2]["height"] = doc["images"][2]["width"] = 100  # the third image: 100 x 100
+    Image.new("RGB", (100, 100)).save(data.parent / doc["images"][2]["file_name"])
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != doc["images"][2]["id"]]
+    data.write_text(json.dumps(doc))
+    out = tmp_path / "e"
+    rc = main(["eval", str(data), "--weights", str(tiny_weights), "--out", str(out), "--tile", "128", "--quiet"])
+    err = capsys.readouterr().err
+    third = data.parent / doc["images"][2]["file_name"]
+    assert rc == 2 and f"--tile 128: larger than {third} (100x100 pixels); use a tile of at most 96" in err
+    assert not out.exists()
+
+
 def test_anchors_reads_images_outside_the_json_folder_with_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = make_synthetic_dataset(tmp_path / "d", num_images=2, image_size=64, min_objects=1, max_objects=2)
     moved = json.loads(data.read_text())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ __all__ = [
     "add_model_args",
     "build_runner",
     "check_tile_args",
+    "check_tile_fits",
     "load_model",
     "make_detector",
     "resolve_backend",
@@ -209,6 +211,27 @@ def check_tile_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--tile {tile}: must be a positive multiple of the model's stride (32)")
         if not 0.0 <= args.tile_overlap < 1.0:
             raise ValueError(f"--tile-overlap {args.tile_overlap}: must be in [0, 1)")
+
+
+def check_tile_fits(tile: int | None, images: Iterable[tuple[Path, tuple[int, int] | None]]) -> None:
+    """A ``--tile`` larger than an image is an error naming the file, found before any work
+    (``images``: (path, (h, w) or None: read from the header); unreadable ones are left to the run,
+    which reports and skips them). Otherwise it stopped the run at that image's batch, naming only
+    "image #k" of the batch."""
+    from ..data.images import ImageError, image_size_of
+
+    if tile is None:
+        return
+    for path, size in images:
+        if size is None:
+            try:
+                size = image_size_of(path)
+            except ImageError:
+                continue
+        h, w = size
+        if tile > min(h, w):
+            raise ValueError(f"--tile {tile}: larger than {path} ({h}x{w} pixels); use a tile of at most "
+                             f"{min(h, w) // 32 * 32} or leave that image out")  # fmt: skip
 
 
 def _build_runner(args: argparse.Namespace, out: Path, device: torch.device | None) -> Runner:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import Runner, add_model_args, check_out_folder, too_large_message
+from .common import Runner, add_model_args, check_out_folder, check_tile_fits, too_large_message
 from .ranks import add_dist_args, build_runner_on_ranks, join_ranks
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet eval --help`` must not wait for torch
@@ -102,6 +102,8 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
         index = dataclasses.replace(index, records=index.records[: args.max_images])
     if len(index) == 0:
         raise ValueError(f"{args.dataset}: no images to evaluate")
+    sizes = ((r.image_path, (r.height, r.width) if r.height and r.width else None) for r in index.records)
+    check_tile_fits(args.tile, sizes)  # before any work, naming the file (else "image #k" of a batch, mid-run)
     check_shardable(len(index), info)
     out = Path(args.out)
     runner = build_runner_on_ranks(args, out, info)
