@@ -40,8 +40,10 @@ class AnchorFit:
 
 
 def overrides_for(cfg: AnchorConfig, prefix: str = "anchors.") -> list[str]:
-    """``key=value`` training overrides that select ``cfg``'s anchor shapes."""
-    ratios = ",".join(f"[{ax:.3g},{ay:.3g}]" for ax, ay in cfg.aspect_ratios)
+    """``key=value`` training overrides that select exactly ``cfg``'s anchor shapes."""
+    # ``:g`` keeps the fitted ratios' 3 decimals (``.3g`` printed 1.711 as 1.71: the anchors
+    # trained on were not the ones whose recall was reported)
+    ratios = ",".join(f"[{ax:g},{ay:g}]" for ax, ay in cfg.aspect_ratios)
     return [
         f"{prefix}anchor_scale={cfg.anchor_scale:g}",
         f"{prefix}num_scales={cfg.num_scales}",
