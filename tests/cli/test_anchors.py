@@ -114,3 +114,12 @@ def test_anchors_measures_the_training_split_of_a_voc_folder(tmp_path: Path, cap
     assert "of 1 boxes" in capsys.readouterr().out
     assert main(["anchors", str(tmp_path / "voc"), "--model", "efficientdet_lite0", "--split", "train"]) == 0
     assert "of 1 boxes" in capsys.readouterr().out
+
+
+def test_anchors_split_on_a_coco_file_is_ignored_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A COCO file is its own split (as eval says); --split used to reach read_coco: a TypeError traceback."""
+    data = make_synthetic_dataset(tmp_path / "d", num_images=2, image_size=64, min_objects=1, max_objects=1)
+    assert main(["anchors", str(data), "--split", "val", "--model", "efficientdet_lite0"]) == 0
+    captured = capsys.readouterr()
+    assert f"efficientdet anchors: note: --split is ignored for COCO; {data} is the split" in captured.err
+    assert "of 2 boxes" in captured.out

@@ -107,3 +107,10 @@ def test_browse_unwritable_out_is_one_error(datasets, where: str, tmp_path: Path
     err = capsys.readouterr().err
     assert err.startswith(f"efficientdet browse: error: --out {tmp_path / where}") and len(err.splitlines()) == 1
     assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_browse_split_on_a_coco_file_is_ignored_with_a_note(datasets, tmp_path: Path, capsys) -> None:
+    """--split with a COCO file used to reach read_coco: a TypeError traceback."""
+    assert main(["browse", str(datasets["coco"]), "--split", "val", "--n", "2", "--out", str(tmp_path / "b")]) == 0
+    captured = capsys.readouterr()
+    assert "efficientdet browse: note: --split is ignored for COCO" in captured.err and "2 images of 5" in captured.out

@@ -53,19 +53,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.dataset import DetectionDataset
-    from ..data.formats import read_dataset, read_split
     from ..engine.config import load_train_config
-    from .common import check_out_folder
+    from .common import check_out_folder, read_split_arg
     from .notices import print_data_warnings
 
     if args.n < 1:
         raise ValueError(f"--n {args.n}: must be at least 1")
     check_out_folder(args.out, "browse", "browse.png or browse_augmented.png")
     cfg = load_train_config(args.config, list(args.set), args.preset)
-    kw = {"allow_outside_root": cfg.data.allow_outside_root}
     with print_data_warnings("browse"):
         # without --split, the images train reads (a VOC folder's train list, not every XML)
-        index = read_dataset(args.data, split=args.split, **kw) if args.split else read_split(args.data, "train", **kw)
+        index, _ = read_split_arg(args.data, args.split, "train", "browse", cfg.data.allow_outside_root)
         if len(index) == 0:
             raise ValueError(f"{args.data}: no images")
         dataset = _augmented(cfg, index) if args.augment else DetectionDataset(index)
