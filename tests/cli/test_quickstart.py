@@ -63,7 +63,8 @@ def test_quickstart_runs_every_step_offline(tmp_path: Path, capsys: pytest.Captu
     [(["--images", "2"], "--images 2: need at least 3"),  # no validation split: "val.json not found" after training
      (["--images", "1"], "--images 1: need at least 3"),  # one training image: a BatchNorm traceback-like line
      (["--image-size", "100"], "--image-size 100: must be a multiple of 32"),
-     (["--minutes", "0"], "--minutes 0.0: must be > 0")],
+     (["--minutes", "0"], "--minutes 0.0: must be > 0"),
+     (["--seed", "-1"], "--seed -1: must be >= 0")],  # was "expected non-negative integer", after step 1 began
 )  # fmt: skip
 def test_bad_flags_are_one_error_naming_the_flag_before_any_work(
     flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -74,6 +74,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--image-size {args.image_size}: must be a multiple of 32, at least 64")
     if not args.minutes > 0:
         raise ValueError(f"--minutes {args.minutes}: must be > 0")
+    if args.seed < 0:  # numpy's seeding refuses it, naming no flag, after step 1 has begun
+        raise ValueError(f"--seed {args.seed}: must be >= 0")
 
 
 def _prepare_out(out: Path) -> None:
