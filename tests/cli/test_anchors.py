@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from efficientdet.cli import main
+from efficientdet.data.formats import read_dataset
 from efficientdet.data.synthetic import make_synthetic_dataset
+from efficientdet.data.voc import write_voc
 
 
 def test_anchors_reports_recall_and_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,6 +70,25 @@ def test_eval_with_tiles_records_them(tmp_path: Path, tiny_weights: Path) -> Non
     assert doc["tile"] == 128 and doc["tile_overlap"] == 0.25 and doc["num_images"] == 2
 
 
+def test_eval_with_a_tile_larger_than_an_image_names_the_file_before_any_work(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """eval used to stop at that image's batch with "larger than image #2 (...)": the index in
+    the batch, not the file (predict's check from the headers was not shared)."""
+    data = make_synthetic_dataset(tmp_path / "d", num_images=3, image_size=((200, 200), (300, 300)))
+    doc = json.loads(data.read_text())
+    doc["images"][2]["height"] = doc["images"][2]["width"] = 100  # the third image: 100 x 100
+    Image.new("RGB", (100, 100)).save(data.parent / doc["images"][2]["file_name"])
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != doc["images"][2]["id"]]
+    data.write_text(json.dumps(doc))
+    out = tmp_path / "e"
+    rc = main(["eval", str(data), "--weights", str(tiny_weights), "--out", str(out), "--tile", "128", "--quiet"])
+    err = capsys.readouterr().err
+    third = data.parent / doc["images"][2]["file_name"]
+    assert rc == 2 and f"--tile 128: larger than {third} (100x100 pixels); use a tile of at most 96" in err
+    assert not out.exists()
+
+
 def test_anchors_reads_images_outside_the_json_folder_with_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = make_synthetic_dataset(tmp_path / "d", num_images=2, image_size=64, min_objects=1, max_objects=2)
     moved = json.loads(data.read_text())
@@ -80,3 +101,25 @@ def test_anchors_reads_images_outside_the_json_folder_with_the_flag(tmp_path: Pa
     assert "--allow-outside-root for eval and anchors" in capsys.readouterr().err
     assert main(["anchors", str(split), "--allow-outside-root"]) == 0
     assert "anchor recall @ IoU 0.5" in capsys.readouterr().out
+
+
+def test_anchors_measures_the_training_split_of_a_voc_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --split, a VOC folder's train list (the boxes train's own check measures), not every XML."""
+    coco = make_synthetic_dataset(tmp_path / "d", num_images=4, image_size=64, min_objects=1, max_objects=1)
+    index = read_dataset(coco)
+    ann_dir = write_voc(index, tmp_path / "voc")
+    (tmp_path / "voc" / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp_path / "voc" / "ImageSets" / "Main" / "train.txt").write_text(f"{sorted(p.stem for p in ann_dir.glob('*.xml'))[0]}\n")
+    assert main(["anchors", str(tmp_path / "voc"), "--model", "efficientdet_lite0"]) == 0
+    assert "of 1 boxes" in capsys.readouterr().out
+    assert main(["anchors", str(tmp_path / "voc"), "--model", "efficientdet_lite0", "--split", "train"]) == 0
+    assert "of 1 boxes" in capsys.readouterr().out
+
+
+def test_anchors_split_on_a_coco_file_is_ignored_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A COCO file is its own split (as eval says); --split used to reach read_coco: a TypeError traceback."""
+    data = make_synthetic_dataset(tmp_path / "d", num_images=2, image_size=64, min_objects=1, max_objects=1)
+    assert main(["anchors", str(data), "--split", "val", "--model", "efficientdet_lite0"]) == 0
+    captured = capsys.readouterr()
+    assert f"efficientdet anchors: note: --split is ignored for COCO; {data} is the split" in captured.err
+    assert "of 2 boxes" in captured.out

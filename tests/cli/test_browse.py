@@ -65,3 +65,52 @@ def test_caption_sits_under_its_own_image(tmp_path: Path) -> None:
     grid = Image.open(tmp_path / "b" / "browse.png").convert("L")
     dark_rows = np.flatnonzero(np.asarray(grid)[:, :300].min(axis=1) < 100).tolist()
     assert dark_rows[0] == 0 and 16 <= max(dark_rows) <= 32  # image rows 0-15, then its caption
+
+
+def test_browse_augmented_shows_the_crops_of_data_crop_size(tmp_path: Path) -> None:
+    """``--set data.crop_size=128`` shows 128 px crops at full resolution, as training cuts
+    them; browse used to ignore it and show the whole 1024 px image shrunk to 128."""
+    stripes = np.zeros((1024, 1024, 3), np.uint8)
+    stripes[:, (np.arange(1024) // 32) % 2 == 0] = 255  # 32 px white, 32 px black
+    Image.fromarray(stripes).save(tmp_path / "big.png")
+    ann = {"images": [{"id": 1, "file_name": "big.png", "width": 1024, "height": 1024}], "annotations": [],
+           "categories": [{"id": 1, "name": "x"}]}  # fmt: skip
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    args = ["browse", str(tmp_path / "ann.json"), "--augment", "--n", "1", "--out", str(tmp_path / "b"),
+            "--set", "model=efficientdet_lite0", "--set", "image_size=128", "--set", "data.crop_size=128"]  # fmt: skip
+    assert main(args) == 0
+    row = np.asarray(Image.open(tmp_path / "b" / "browse_augmented.png").convert("L"))[64, :128] > 128
+    runs = np.diff(np.flatnonzero(np.diff(row.astype(np.int8)) != 0))
+    # crops of 102-160 px at scale 1.25-0.8: the 32 px stripes stay 25-40 px wide (whole image: 2-6 px)
+    assert runs.size and runs.min() >= 20
+
+
+def test_browse_reads_the_training_split_of_a_voc_folder(datasets, tmp_path: Path, capsys) -> None:
+    """Without --split, browse shows the images ``train`` reads: a VOC folder's train list."""
+    voc_root = Path(datasets["voc"]).parent
+    stems = sorted(p.stem for p in Path(datasets["voc"]).glob("*.xml"))
+    (voc_root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    (voc_root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(stems[:3]) + "\n")
+    try:
+        assert main(["browse", str(voc_root), "--n", "8", "--out", str(tmp_path / "b")]) == 0
+        assert "3 images of 3" in capsys.readouterr().out
+    finally:
+        (voc_root / "ImageSets" / "Main" / "train.txt").unlink()  # the module's fixture stays as it was
+
+
+@pytest.mark.parametrize("where", ["a_file", "a_file/sub"])
+def test_browse_unwritable_out_is_one_error(datasets, where: str, tmp_path: Path, capsys) -> None:
+    """--out a file, or a folder under one (as a read-only folder fails), used to end in a
+    FileExistsError / NotADirectoryError traceback."""
+    (tmp_path / "a_file").write_text("x")
+    assert main(["browse", str(datasets["coco"]), "--n", "1", "--out", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"efficientdet browse: error: --out {tmp_path / where}") and len(err.splitlines()) == 1
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_browse_split_on_a_coco_file_is_ignored_with_a_note(datasets, tmp_path: Path, capsys) -> None:
+    """--split with a COCO file used to reach read_coco: a TypeError traceback."""
+    assert main(["browse", str(datasets["coco"]), "--split", "val", "--n", "2", "--out", str(tmp_path / "b")]) == 0
+    captured = capsys.readouterr()
+    assert "efficientdet browse: note: --split is ignored for COCO" in captured.err and "2 images of 5" in captured.out

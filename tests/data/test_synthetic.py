@@ -87,3 +87,12 @@ def test_options_are_checked(tmp_path: Path) -> None:
         make_synthetic_dataset(tmp_path / "y", val_fraction=1.0)
     with pytest.raises(ValueError, match=r"^image_size must be >= 16 pixels with lo <= hi, got \(8, 64\)$"):
         make_synthetic_dataset(tmp_path / "z", image_size=(8, 64))
+
+
+def test_overwrite_without_a_val_split_removes_the_old_val_json(tmp_path: Path) -> None:
+    """A stale val.json beside a regenerated train.json named images that are now training images."""
+    make_synthetic_dataset(tmp_path, num_images=5, image_size=32, val_fraction=0.4)
+    assert (tmp_path / "val.json").is_file()
+    make_synthetic_dataset(tmp_path, num_images=5, image_size=32, overwrite=True)
+    assert not (tmp_path / "val.json").exists()
+    assert len(read_coco(tmp_path / "train.json").records) == 5

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", metavar="DATA", help="COCO .json, VOC folder, or YOLO folder / data.yaml")
     p.add_argument("--model", default="efficientdet_d0", help="model name (default efficientdet_d0)")
     p.add_argument("--image-size", type=int, default=None, help="model input side (default: the model's)")
-    p.add_argument("--split", default=None, help="VOC/YOLO split (default: the reader's)")
+    p.add_argument("--split", default=None, help="VOC/YOLO split (default: the one train reads)")
     p.add_argument(
         "--allow-outside-root", action="store_true",
         help="read images whose paths in DATA are absolute or lead outside its folder (skipped by default)",
@@ -39,10 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_anchors(args: argparse.Namespace) -> int:
     from ..data.anchor_boxes import model_input_boxes
-    from ..data.formats import read_dataset
     from ..ops.anchor_fit import fit_anchors, overrides_for
     from ..ops.anchor_stats import anchor_recall
     from ..variants import get_config
+    from .common import read_split_arg
     from .notices import print_data_warnings
 
     config = get_config(args.model)
@@ -54,11 +54,9 @@ def run_anchors(args: argparse.Namespace) -> int:
         raise ValueError(f"--tile {args.tile}: must be positive")
     if not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold {args.threshold}: must be in (0, 1]")
-    kw: dict[str, object] = {"allow_outside_root": args.allow_outside_root}
-    if args.split:
-        kw["split"] = args.split
     with print_data_warnings("anchors"):  # one plain line per skipped image, as eval prints them
-        index = read_dataset(args.data, **kw)
+        # without --split, the boxes train's anchor check measures (a VOC folder's train list)
+        index, _ = read_split_arg(args.data, args.split, "train", "anchors", args.allow_outside_root)
     boxes, refs = model_input_boxes(index, config.image_size, tile=args.tile)
     if boxes.shape[0] == 0:
         raise ValueError(f"{args.data}: the dataset has no boxes ({len(index)} images); nothing to measure or fit")

@@ -53,18 +53,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.dataset import DetectionDataset
-    from ..data.formats import read_dataset
     from ..engine.config import load_train_config
+    from .common import check_out_folder, read_split_arg
     from .notices import print_data_warnings
 
     if args.n < 1:
         raise ValueError(f"--n {args.n}: must be at least 1")
+    check_out_folder(args.out, "browse", "browse.png or browse_augmented.png")
     cfg = load_train_config(args.config, list(args.set), args.preset)
-    kw = {"allow_outside_root": cfg.data.allow_outside_root}
-    if args.split is not None:
-        kw["split"] = args.split
     with print_data_warnings("browse"):
-        index = read_dataset(args.data, **kw)
+        # without --split, the images train reads (a VOC folder's train list, not every XML)
+        index, _ = read_split_arg(args.data, args.split, "train", "browse", cfg.data.allow_outside_root)
         if len(index) == 0:
             raise ValueError(f"{args.data}: no images")
         dataset = _augmented(cfg, index) if args.augment else DetectionDataset(index)
@@ -85,13 +84,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _augmented(cfg: TrainConfig, index: DatasetIndex) -> DetectionDataset:
-    from ..data.transforms import TrainTransform
-    from ..engine.setup import build_train_dataset
+    from ..engine.setup import build_train_dataset, build_train_transform
     from ..variants import get_config
 
     size = cfg.image_size or max(get_config(cfg.model).image_size)
-    transform = TrainTransform(size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
-    return build_train_dataset(cfg, index, transform, None)
+    return build_train_dataset(cfg, index, build_train_transform(cfg, size), None)  # as train builds it
 
 
 def _tile(sample: dict[str, Any], class_names: list[str]) -> Image.Image:
@@ -127,6 +124,9 @@ def _write_grid(tiles: list[Image.Image], out: Path) -> None:
     grid = Image.new("RGB", (cols * (w + 4), rows * (h + 4)), (255, 255, 255))
     for k, tile in enumerate(tiles):
         grid.paste(tile, ((k % cols) * (w + 4), (k // cols) * (h + 4)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        grid.save(tmp, format="PNG")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            grid.save(tmp, format="PNG")
+    except OSError as err:  # read-only, a file on the path, a full disk: one line naming --out
+        raise ValueError(f"--out {out.parent}: cannot write {out.name} there ({err.strerror or err})") from err

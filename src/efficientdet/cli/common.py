@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ if TYPE_CHECKING:  # imported where used: ``efficientdet --help`` must not wait 
     import torch
 
     from ..data.images import ImageError
+    from ..data.records import DatasetIndex
     from ..inference.protocol import ImageDetector
     from ..models.efficientdet import EfficientDet
 
@@ -36,8 +39,10 @@ __all__ = [
     "add_model_args",
     "build_runner",
     "check_tile_args",
+    "check_tile_fits",
     "load_model",
     "make_detector",
+    "read_split_arg",
     "resolve_backend",
     "resolve_device",
     "too_large_message",
@@ -209,6 +214,43 @@ def check_tile_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--tile {tile}: must be a positive multiple of the model's stride (32)")
         if not 0.0 <= args.tile_overlap < 1.0:
             raise ValueError(f"--tile-overlap {args.tile_overlap}: must be in [0, 1)")
+
+
+def read_split_arg(
+    dataset: str, split: str | None, default_split: str, command: str, allow_outside_root: bool = False
+) -> tuple[DatasetIndex, str]:
+    """DATASET as a command reads it -> (index, format): ``--split`` where the format has splits,
+    else ``default_split`` as train/eval read it. A COCO file is its own split: ``--split`` is
+    ignored with a note (passing it on to the COCO reader was a TypeError traceback)."""
+    from ..data.formats import detect_format, read_dataset, read_split
+
+    fmt = detect_format(dataset)
+    if fmt == "coco" and split is not None:
+        print(f"efficientdet {command}: note: --split is ignored for COCO; {dataset} is the split", file=sys.stderr)
+    if split is not None and fmt != "coco":
+        return read_dataset(dataset, split=split, allow_outside_root=allow_outside_root), fmt
+    return read_split(dataset, default_split, allow_outside_root=allow_outside_root), fmt
+
+
+def check_tile_fits(tile: int | None, images: Iterable[tuple[Path, tuple[int, int] | None]]) -> None:
+    """A ``--tile`` larger than an image is an error naming the file, found before any work
+    (``images``: (path, (h, w) or None: read from the header); unreadable ones are left to the run,
+    which reports and skips them). Otherwise it stopped the run at that image's batch, naming only
+    "image #k" of the batch."""
+    from ..data.images import ImageError, image_size_of
+
+    if tile is None:
+        return
+    for path, size in images:
+        if size is None:
+            try:
+                size = image_size_of(path)
+            except ImageError:
+                continue
+        h, w = size
+        if tile > min(h, w):
+            raise ValueError(f"--tile {tile}: larger than {path} ({h}x{w} pixels); use a tile of at most "
+                             f"{min(h, w) // 32 * 32} or leave that image out")  # fmt: skip
 
 
 def _build_runner(args: argparse.Namespace, out: Path, device: torch.device | None) -> Runner:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import Runner, add_model_args, check_out_folder, too_large_message
+from .common import Runner, add_model_args, check_out_folder, check_tile_fits, read_split_arg, too_large_message
 from .ranks import add_dist_args, build_runner_on_ranks, join_ranks
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet eval --help`` must not wait for torch
@@ -67,17 +67,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load_index(dataset: str, split: str | None, allow_outside_root: bool = False) -> tuple[DatasetIndex, str]:
-    """Read DATASET with ``split`` applied where the format has splits; return (index, format).
-
-    ``allow_outside_root``: read images whose paths are absolute or escape the dataset's folder."""
-    from ..data.formats import detect_format, read_dataset, read_split
-
-    fmt = detect_format(dataset)
-    if fmt == "coco" and split is not None:
-        print(f"efficientdet eval: note: --split is ignored for COCO; {dataset} is the split", file=sys.stderr)
-    if split is not None and fmt != "coco":
-        return read_dataset(dataset, split=split, allow_outside_root=allow_outside_root), fmt
-    return read_split(dataset, "val", allow_outside_root=allow_outside_root), fmt
+    """Read DATASET with ``split`` applied where the format has splits (default: its val split);
+    return (index, format). ``allow_outside_root``: read images whose paths are absolute or
+    escape the dataset's folder."""
+    return read_split_arg(dataset, split, "val", "eval", allow_outside_root)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -102,6 +95,8 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
         index = dataclasses.replace(index, records=index.records[: args.max_images])
     if len(index) == 0:
         raise ValueError(f"{args.dataset}: no images to evaluate")
+    sizes = ((r.image_path, (r.height, r.width) if r.height and r.width else None) for r in index.records)
+    check_tile_fits(args.tile, sizes)  # before any work, naming the file (else "image #k" of a batch, mid-run)
     check_shardable(len(index), info)
     out = Path(args.out)
     runner = build_runner_on_ranks(args, out, info)

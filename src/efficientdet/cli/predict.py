@@ -28,6 +28,7 @@ from .common import (
     check_out_folder,
     check_score_threshold,
     check_tile_args,
+    check_tile_fits,
     load_model,
     make_detector,
     resolve_device,
@@ -116,23 +117,10 @@ def collect_inputs(sources: Sequence[str]) -> tuple[list[_Input], list[str]]:
 
 
 def _check_tile(tile: int | None, inputs: Sequence[_Input]) -> None:
-    """A --tile larger than an image is an error (sliced inference needs whole tiles), found
-    from the headers before any work: it used to stop the run at that image's batch, naming
-    only "image #0" of the batch and losing the detections of the batches before it."""
-    from ..data.images import ImageError, image_size_of
-
-    if tile is None:
-        return
-    for inp in inputs:
-        if inp.kind != "image":
-            continue
-        try:
-            h, w = image_size_of(inp.path)
-        except ImageError:
-            continue  # reported and skipped when it is read
-        if tile > min(h, w):
-            raise ValueError(f"--tile {tile}: larger than {inp.path} ({h}x{w} pixels); use a tile of at most "
-                             f"{min(h, w) // 32 * 32} or leave that image out")  # fmt: skip
+    """A --tile larger than an image is an error, found from the headers before any work: it
+    used to stop the run at that image's batch, naming only "image #0" of the batch and losing
+    the detections of the batches before it."""
+    check_tile_fits(tile, ((inp.path, None) for inp in inputs if inp.kind == "image"))
 
 
 def _output_paths(inputs: Sequence[_Input], out: Path) -> list[Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,21 +26,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="offline demo: make data, fine-tune, evaluate, predict")
     p.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
     p.add_argument("--minutes", type=float, default=6.0, help="training time budget (default 6)")
-    p.add_argument("--images", type=int, default=120, help="synthetic images (train + val)")
-    p.add_argument("--image-size", type=int, default=256, help="model input size (multiple of 32)")
+    p.add_argument("--images", type=int, default=120, help="synthetic images, train + val (default 120, at least 3)")
+    p.add_argument("--image-size", type=int, default=256, help="model input size (default 256; a multiple of 32, >= 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
+
+
+# What a quickstart writes into --out; a rerun there removes these and starts over.
+PARTS = ("data", "train", "eval", "predictions", "summary.json")
+MARKER = ".quickstart"  # marks --out as a quickstart folder, so a rerun may clear PARTS
 
 
 def run(args: argparse.Namespace) -> int:
     from ..fs import atomic_write
 
     out = Path(args.out)
+    _check_args(args)
+    _prepare_out(out)
     start = time.time()
     train_json, val_json = _make_data(args, out / "data")
-    trainer = _fine_tune(args, train_json, out / "train")
+    trainer, reason = _fine_tune(args, train_json, out / "train")
     weights = out / "train" / "last.safetensors"
+    if reason == "signal":  # Ctrl-C / SIGTERM: stop here, as `train` does, not evaluate and report "done"
+        print(f"interrupted after {trainer.step} steps; weights so far: {weights}", file=sys.stderr)
+        return 130
     model, val_index, result = _evaluate(args, weights, val_json, out / "eval")
     _write_predictions(model, val_index, out / "predictions")
     summary = {
@@ -55,6 +66,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Bad flags are one error naming the flag, before any work."""
+    if args.images < 3:  # round(0.2 * n) >= 1 validation image and >= 2 training images (BN)
+        raise ValueError(f"--images {args.images}: need at least 3 (train and validation splits)")
+    if args.image_size < 64 or args.image_size % 32:
+        raise ValueError(f"--image-size {args.image_size}: must be a multiple of 32, at least 64")
+    if not args.minutes > 0:
+        raise ValueError(f"--minutes {args.minutes}: must be > 0")
+    if args.seed < 0:  # numpy's seeding refuses it, naming no flag, after step 1 has begun
+        raise ValueError(f"--seed {args.seed}: must be >= 0")
+
+
+def _prepare_out(out: Path) -> None:
+    """Make ``out`` a quickstart folder: a new or empty one, or an earlier quickstart's, whose
+    parts are removed (the demo starts over); a folder of other files is refused, so a mistyped
+    ``--out`` (a dataset folder with a ``train/``) never loses anything."""
+    from .common import check_out_folder
+
+    check_out_folder(out, "quickstart", "data, weights, metrics, drawings")
+    earlier = (out / MARKER).is_file() or (out / "summary.json").is_file()
+    if out.is_dir() and any(out.iterdir()) and not earlier:
+        raise ValueError(f"--out {out}: a folder of other files; quickstart writes into a new or empty folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text("made by efficientdet quickstart; a rerun here replaces " + ", ".join(PARTS) + "\n")
+        for name in PARTS:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot write there ({err.strerror or err})") from err
+
+
 def _make_data(args: argparse.Namespace, data_dir: Path) -> tuple[Path, Path]:
     """Step 1: the synthetic dataset -> (train.json, val.json)."""
     from ..data.synthetic import make_synthetic_dataset
@@ -67,8 +112,9 @@ def _make_data(args: argparse.Namespace, data_dir: Path) -> tuple[Path, Path]:
     return train_json, train_json.parent / "val.json"
 
 
-def _fine_tune(args: argparse.Namespace, train_json: Path, output: Path) -> Trainer:
-    """Step 2: Lite0 from its ImageNet backbone, for ``args.minutes``; checkpoints in ``output``."""
+def _fine_tune(args: argparse.Namespace, train_json: Path, output: Path) -> tuple[Trainer, str]:
+    """Step 2: Lite0 from its ImageNet backbone, for ``args.minutes``; checkpoints in ``output``.
+    Returns the trainer and why it stopped (``Trainer.fit``'s reason)."""
     from ..engine.config import load_train_config
     from ..engine.trainer import Trainer
     from .notices import print_data_warnings
@@ -92,12 +138,12 @@ def _fine_tune(args: argparse.Namespace, train_json: Path, output: Path) -> Trai
         },
         preset="finetune",
     )
-    shutil.rmtree(output, ignore_errors=True)  # the demo starts over, as its data does (overwrite=True)
     with print_data_warnings("quickstart"):
         trainer = Trainer(cfg, progress=not args.no_progress)
-        trainer.fit()
-    print(f"      {trainer.step} steps, final loss {trainer.history[-1]:.4f}")
-    return trainer
+        reason = trainer.fit()
+    loss = f"{trainer.history[-1]:.4f}" if trainer.history else "none (no step ran)"
+    print(f"      {trainer.step} steps, final loss {loss}")
+    return trainer, reason
 
 
 def _evaluate(

@@ -52,7 +52,8 @@ def make_synthetic_dataset(
         max_objects, min_objects: objects per image, drawn uniformly (0 allows background images).
         object_scale: object side as a fraction of the shorter image side, drawn uniformly.
         val_fraction: the last ``round(num_images * val_fraction)`` images go to ``val.json``.
-        overwrite: replace an existing ``train.json``; otherwise that is an error.
+        overwrite: replace an existing ``train.json`` (and remove a ``val.json`` this call does not
+            write); otherwise that is an error.
         object_size: ``(min, max)`` object side in pixels, drawn uniformly; overrides
             ``object_scale`` (small objects in large images: ``image_size=(1080, 1920)``,
             ``object_size=(8, 32)``, ``max_objects=40``).
@@ -86,6 +87,8 @@ def make_synthetic_dataset(
     for name, split in splits.items():
         if name == "train" or num_val > 0:
             (out / f"{name}.json").write_text(json.dumps({**split, "categories": categories}), encoding="utf-8")
+        elif overwrite:  # an earlier val.json would name images that are now training images
+            (out / f"{name}.json").unlink(missing_ok=True)
     return train_json
 
 

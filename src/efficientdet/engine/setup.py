@@ -37,6 +37,7 @@ __all__ = [
     "build_train_loader_for",
     "build_train_model",
     "build_train_state",
+    "build_train_transform",
     "check_no_run_in",
     "count_steps",
     "prepare_for_training",
@@ -125,6 +126,13 @@ def build_train_model(
     return model
 
 
+def build_train_transform(cfg: TrainConfig, image_size: int | tuple[int, int]) -> TrainTransform | CropTransform:
+    """The per-sample training transform: whole-image scale jitter, or ``data.crop_size`` crops."""
+    if cfg.data.crop_size:  # sliced training
+        return CropTransform(image_size, cfg.data.crop_size, cfg.data.crop_scale_range, cfg.data.hflip, cfg.data.photometric)
+    return TrainTransform(image_size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
+
+
 def build_train_dataset(
     cfg: TrainConfig, index: DatasetIndex, transform: Any, max_pixels: int | None
 ) -> DetectionDataset:
@@ -143,11 +151,7 @@ def build_train_loader_for(
 ) -> tuple[DataLoader, SeededDataset, ResumableSampler]:
     """The training loader of ``index`` (augmented, seeded, resumable); refuses one without a
     single usable batch."""
-    transform: Any = TrainTransform(model_config.image_size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
-    if cfg.data.crop_size:  # sliced training
-        transform = CropTransform(
-            model_config.image_size, cfg.data.crop_size, cfg.data.crop_scale_range, cfg.data.hflip, cfg.data.photometric
-        )
+    transform = build_train_transform(cfg, model_config.image_size)
     dataset = build_train_dataset(cfg, index, transform, model_config.preprocess.max_input_pixels)
     loader, seeded, sampler = build_train_loader(
         dataset, cfg.batch_size, cfg.data.workers, cfg.seed, dist.rank, dist.world_size,

@@ -40,8 +40,10 @@ class AnchorFit:
 
 
 def overrides_for(cfg: AnchorConfig, prefix: str = "anchors.") -> list[str]:
-    """``key=value`` training overrides that select ``cfg``'s anchor shapes."""
-    ratios = ",".join(f"[{ax:.3g},{ay:.3g}]" for ax, ay in cfg.aspect_ratios)
+    """``key=value`` training overrides that select exactly ``cfg``'s anchor shapes."""
+    # ``:g`` keeps the fitted ratios' 3 decimals (``.3g`` printed 1.711 as 1.71: the anchors
+    # trained on were not the ones whose recall was reported)
+    ratios = ",".join(f"[{ax:g},{ay:g}]" for ax, ay in cfg.aspect_ratios)
     return [
         f"{prefix}anchor_scale={cfg.anchor_scale:g}",
         f"{prefix}num_scales={cfg.num_scales}",
@@ -78,17 +80,19 @@ def fit_anchors(
     if boxes.shape[0] == 0:
         raise ValueError("the dataset has no boxes to fit anchors to")
 
-    def recall(c: AnchorConfig) -> float:
-        return float((best_anchor_iou(boxes, c, image_size) >= match_threshold).double().mean())
+    def matched(c: AnchorConfig) -> int:
+        # a count, not a rounded share: the current config refitted must compare equal to itself
+        return int((best_anchor_iou(boxes, c, image_size) >= match_threshold).sum())
 
-    before = recall(cfg)
+    total = boxes.shape[0]
     ratio_sets = {tuple(cfg.aspect_ratios), kmeans_aspect_ratios(boxes, len(cfg.aspect_ratios))}
-    best_key, best_cfg = (before, -cfg.num_anchors, 0.0), cfg
+    best_key, best_cfg = (matched(cfg), -cfg.num_anchors, 0.0), cfg
+    before = best_key[0]
     for ratios in sorted(ratio_sets):
         for num_scales in NUM_SCALES:
             for scale in SCALE_GRID:
                 cand = dataclasses.replace(cfg, anchor_scale=scale, num_scales=num_scales, aspect_ratios=ratios)
-                key = (round(recall(cand), 6), -cand.num_anchors, -abs(scale - cfg.anchor_scale))
+                key = (matched(cand), -cand.num_anchors, -abs(scale - cfg.anchor_scale))
                 if key > best_key:
                     best_key, best_cfg = key, cand
-    return AnchorFit(best_cfg, before, best_key[0] if best_cfg is not cfg else before)
+    return AnchorFit(best_cfg, before / total, best_key[0] / total)
