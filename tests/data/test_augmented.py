@@ -119,3 +119,34 @@ def test_whole_pipeline_boxes_follow_the_pixels(policy: str, tmp_path, monkeypat
 
 
 _PIXEL_OPS = {"AutoContrast", "Equalize", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness"}
+
+
+def test_mosaic_of_crops_keeps_the_crops_scale(tmp_path) -> None:
+    """With ``data.crop_size`` a mosaic is made of full-resolution crops: its boxes keep the
+    size sliced training teaches (16 px squares in 640 px images, crops of 128 at 128 px: about
+    16 px). Whole images shrunk into the mosaic made them ~3 px, most dropped as slivers."""
+    from PIL import Image
+
+    from efficientdet.data.crops import CropTransform
+    from efficientdet.data.records import DatasetIndex, DetectionRecord
+
+    records = []
+    for i in range(4):
+        image = torch.zeros((640, 640, 3), dtype=torch.uint8)
+        boxes = []
+        for k in range(6):  # a row of 16 px squares
+            x0, y0 = 60 + 90 * k, 100 + 80 * i
+            image[y0 : y0 + 16, x0 : x0 + 16] = 255
+            boxes.append([x0, y0, x0 + 16, y0 + 16])
+        Image.fromarray(image.numpy()).save(tmp_path / f"{i}.png")
+        records.append(DetectionRecord(tmp_path / f"{i}.png", torch.tensor(boxes, dtype=torch.float32), torch.zeros(6, dtype=torch.int64), i, 640, 640))
+    ds = AugmentedDataset(DatasetIndex(records, ["square"]), CropTransform(128, 128, hflip=0.0), None, mosaic=1.0)
+    sides = []
+    for seed in range(16):
+        torch.manual_seed(seed)
+        s = ds[seed % 4]
+        for x0, y0, x1, y1 in s["boxes"].round().int().tolist():  # each box lies on its square
+            assert s["image"][0, y0:y1, x0:x1].float().mean() > 0.6 * 255, f"seed {seed}"
+        sides += (s["boxes"][:, 2:] - s["boxes"][:, :2]).max(dim=1).values.tolist()
+    assert len(sides) >= 16
+    assert 11.0 <= float(torch.tensor(sides).median()) <= 21.0  # 16 px at crop scale jitter 0.8-1.25

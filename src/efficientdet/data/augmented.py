@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .autoaugment import AutoAugment
+from .crops import CropTransform
 from .dataset import DetectionDataset, Sample
 from .gridmask import GridMask
 from .mosaic import mixup, mosaic4
@@ -54,7 +55,7 @@ class AugmentedDataset(DetectionDataset):
     def __init__(
         self,
         index: DatasetIndex,
-        transform: TrainTransform,
+        transform: TrainTransform | CropTransform,
         max_pixels: int | None,
         pre_ops: Sequence[PreOp] = (),
         mosaic: float = 0.0,
@@ -96,7 +97,13 @@ class AugmentedDataset(DetectionDataset):
             if all(o is not None for o in others):
                 rest = [(o["image"], o["boxes"], o["labels"]) for o in others]  # type: ignore[index]
                 parts = [(image, boxes, labels), *rest]
-                image, boxes, labels = mosaic4(parts, max(self.final.image_size))
+                if isinstance(self.final, CropTransform):
+                    # full-resolution tiles: whole images shrunk to the mosaic would teach
+                    # objects at a fraction of the crops' scale (a 17 px median box became 4 px)
+                    cut = [self.final.cut(*part) for part in parts]
+                    image, boxes, labels = mosaic4(cut, self.final.crop_size, resize=False)
+                else:
+                    image, boxes, labels = mosaic4(parts, max(self.final.image_size))
         for op in self.pre_ops:
             image, boxes, labels = op(image, boxes, labels)
         return sample, self.final(image, boxes, labels)

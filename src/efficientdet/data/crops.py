@@ -81,6 +81,16 @@ class CropTransform:
             left, top = _offset(0, img_w - cw), _offset(0, img_h - ch)
         return left, top, cw, ch
 
+    def cut(self, image: Tensor, boxes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """A ``crop_size`` window of ``image`` at full resolution (around a random object half
+        the time; smaller where the image is), boxes clipped as :meth:`__call__` clips them:
+        the tiles of a mosaic when training on crops, so that it keeps the crops' scale."""
+        img_h, img_w = int(image.shape[1]), int(image.shape[2])
+        boxes = boxes.reshape(-1, 4).float()
+        left, top, cw, ch = self._window(boxes, img_h, img_w, self.crop_size)
+        kept, keep = crop_boxes(boxes, left, top, cw, ch, self.min_side, self.min_visible)
+        return image[:, top : top + ch, left : left + cw], kept, labels[keep]
+
     def __call__(self, image: Tensor, boxes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
         factor = check_and_draw_scale(image, boxes, labels, self.scale_range)
         h, w = self.image_size

@@ -46,11 +46,14 @@ def _tile_coords(k: int, xc: int, yc: int, h: int, w: int, s2: int) -> tuple[tup
     return a, b
 
 
-def mosaic4(samples: list[Sample], size: int, min_area_ratio: float = 0.0, min_size: float = 1.0) -> Sample:
+def mosaic4(
+    samples: list[Sample], size: int, min_area_ratio: float = 0.0, min_size: float = 1.0, resize: bool = True
+) -> Sample:
     """Four samples on a 2s x 2s canvas (gray 114) around a centre ~ U(s/2, 3s/2), cropped to its
     central s x s window (the YOLOv5 affine at scale 1, no translation).
 
-    Each image is first resized to long side s. Boxes get the tile offset, are clipped to the
+    Each image is first resized to long side s (``resize=False``: pasted as it is, for tiles
+    the caller cut to at most s x s at the scale it trains at). Boxes get the tile offset, are clipped to the
     window, and kept when at least ``min_size`` px wide and high and keeping more than
     ``min_area_ratio`` of their area. The defaults (1 px, 0) keep every object that covers a
     whole pixel boxed, as ``TrainTransform`` does (a sub-pixel sliver at an edge is dropped);
@@ -65,7 +68,8 @@ def mosaic4(samples: list[Sample], size: int, min_area_ratio: float = 0.0, min_s
     yc = int(s / 2 + s * float(torch.rand(())))
     all_boxes, all_labels = [], []
     for k, (image, boxes, labels) in enumerate(samples):
-        image, boxes = _fit_long_side(image, boxes, s)
+        if resize:
+            image, boxes = _fit_long_side(image, boxes, s)
         h, w = int(image.shape[-2]), int(image.shape[-1])
         (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = _tile_coords(k, xc, yc, h, w, s2)
         canvas[:, ay0:ay1, ax0:ax1] = image[:, by0:by1, bx0:bx1]
