@@ -166,6 +166,24 @@ def build_train_loader_for(
     return loader, seeded, sampler
 
 
+def validation_tile(crop_size: int | None, val_index: DatasetIndex | None) -> tuple[int | None, str | None]:
+    """The tile validation slices at, and a note for the log: a model trained on crops
+    (``data.crop_size``) is scored as it is meant to run, on tiles of that size (sliced
+    inference); on whole images it scores near 0 and ``best`` would be noise. None (whole
+    images) without crops, or where the tile is no multiple of 32 or some image is smaller."""
+    from ..inference.sliced import TILE_MULTIPLE
+
+    if crop_size is None or val_index is None:
+        return None, None
+    whole = f"validation runs on whole images, not sliced at data.crop_size={crop_size}"
+    if crop_size % TILE_MULTIPLE:
+        return None, f"{whole}: tiles must be a multiple of {TILE_MULTIPLE}"
+    small = next((r for r in val_index.records if r.width is None or r.height is None or min(r.width, r.height) < crop_size), None)
+    if small is not None:
+        return None, f"{whole}: {small.image_path} is smaller than a tile (or has no size in the annotations)"
+    return crop_size, f"validation: sliced inference on {crop_size} x {crop_size} tiles + the whole image (data.crop_size)"
+
+
 def count_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
     """(optimiser steps per epoch, steps of the whole run) for the LR schedule."""
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))

@@ -35,6 +35,7 @@ from .setup import (
     resolve_amp_dtype,
     resolve_device,
     resume_path,
+    validation_tile,
 )
 from .sharding import broadcast_module, check_shardable
 from .state import TrainState
@@ -96,6 +97,9 @@ class Trainer:
         self.val_index = read_split(cfg.data.val, "val", **kw) if cfg.data.val else None
         if self.val_index is not None:  # validation is sharded: every rank needs an image
             check_shardable(len(self.val_index), self.dist, f"validation images in {cfg.data.val}")
+        self.val_tile, note = validation_tile(cfg.data.crop_size, self.val_index)
+        if note:
+            self.log(note)
         self.class_names = self.train_index.class_names
         self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
         model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype)
@@ -303,9 +307,13 @@ class Trainer:
         from ..evaluation.run import evaluate
 
         broadcast_module(self.ema.module, self.dist)  # one model: BN statistics are per rank
-        result = evaluate(
-            self.ema.module, self.val_index, batch_size=self.cfg.batch_size, progress=False, dist=self.dist
-        )
+        scored: Any = self.ema.module
+        if self.val_tile is not None:
+            from ..inference.detector import Detector
+            from ..inference.sliced import SlicedDetector
+
+            scored = SlicedDetector(Detector(self.ema.module), self.val_tile)
+        result = evaluate(scored, self.val_index, batch_size=self.cfg.batch_size, progress=False, dist=self.dist)
         return {k: result.stats[k] for k in ("AP", "AP50", "AP75")}
 
     # -- the whole run --------------------------------------------------------------------
