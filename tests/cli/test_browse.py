@@ -114,3 +114,17 @@ def test_browse_split_on_a_coco_file_is_ignored_with_a_note(datasets, tmp_path: 
     assert main(["browse", str(datasets["coco"]), "--split", "val", "--n", "2", "--out", str(tmp_path / "b")]) == 0
     captured = capsys.readouterr()
     assert "efficientdet browse: note: --split is ignored for COCO" in captured.err and "2 images of 5" in captured.out
+
+
+def test_browse_takes_overrides_as_train_does_and_says_when_they_do_nothing(datasets, tmp_path: Path, capsys) -> None:
+    # train takes KEY=VALUE positionals, browse only took --set: "unrecognized arguments"
+    out = tmp_path / "b"
+    args = ["browse", str(datasets["coco"]), "--augment", "--n", "2", "--out", str(out), "augment.policy=v0", "data.hflip=0"]
+    assert main(args) == 0 and (out / "browse_augmented.png").is_file()
+    assert main(["browse", str(datasets["coco"]), "augment.policy=nonsense", "--augment", "--n", "1", "--out", str(out)]) == 2
+    assert "augment.policy" in capsys.readouterr().err  # the override did reach the config
+    # without --augment the transforms are not drawn: overrides (but the outside-root flag) do nothing
+    assert main(["browse", str(datasets["coco"]), "--n", "1", "--out", str(out), "--set", "augment.mosaic=1",
+                 "data.allow_outside_root=true", "--preset", "finetune"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "note: augment.mosaic=1, --preset finetune: used only with --augment" in err

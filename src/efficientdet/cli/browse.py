@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data", metavar="DATA", help="COCO .json, VOC folder, or YOLO folder / data.yaml")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides, as train takes them (same as --set)"
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="training config override (with --augment), repeatable: --set augment.policy=v0",
@@ -60,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n {args.n}: must be at least 1")
     check_out_folder(args.out, "browse", "browse.png or browse_augmented.png")
-    cfg = load_train_config(args.config, list(args.set), args.preset)
+    overrides = [*args.set, *args.overrides]
+    if not args.augment:
+        ignored = [o for o in overrides if not o.startswith("data.allow_outside_root=")]
+        ignored += [f"--{k} {v}" for k, v in (("preset", args.preset), ("config", args.config)) if v]
+        if ignored:  # only the transforms use them: say so rather than draw as if they applied
+            print(f"efficientdet browse: note: {', '.join(ignored)}: used only with --augment", file=sys.stderr)
+    cfg = load_train_config(args.config, overrides, args.preset)
     with print_data_warnings("browse"):
         # without --split, the images train reads (a VOC folder's train list, not every XML)
         index, _ = read_split_arg(args.data, args.split, "train", "browse", cfg.data.allow_outside_root)
