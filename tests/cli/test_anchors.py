@@ -56,7 +56,7 @@ def test_predict_with_tiles(tmp_path: Path, tiny_weights: Path, capsys: pytest.C
                "--tile", "256", "--batch-size", "1"])  # fmt: skip
     err = capsys.readouterr().err
     small = next(p for p in (data.parent / "images").iterdir() if p.name != "a_large.png")
-    assert rc == 2 and f"--tile 256: larger than {small} (200x300 pixels); use a tile of at most 192" in err
+    assert rc == 2 and f"--tile 256: larger than {small} (300x200 pixels, WxH); use a tile of at most 192" in err
     assert not (tmp_path / "o2").exists()
 
 
@@ -85,7 +85,7 @@ def test_eval_with_a_tile_larger_than_an_image_names_the_file_before_any_work(
     rc = main(["eval", str(data), "--weights", str(tiny_weights), "--out", str(out), "--tile", "128", "--quiet"])
     err = capsys.readouterr().err
     third = data.parent / doc["images"][2]["file_name"]
-    assert rc == 2 and f"--tile 128: larger than {third} (100x100 pixels); use a tile of at most 96" in err
+    assert rc == 2 and f"--tile 128: larger than {third} (100x100 pixels, WxH); use a tile of at most 96" in err
     assert not out.exists()
 
 

@@ -125,7 +125,7 @@ def test_bad_tile_options_are_one_clear_error(kwargs: dict, message: str) -> Non
 
 
 def test_tile_larger_than_the_image_is_an_error() -> None:
-    with pytest.raises(ValueError, match=r"--tile 512: larger than image #0 \(256x320"):
+    with pytest.raises(ValueError, match=r"--tile 512: larger than image #0 \(320x256 pixels, WxH\)"):
         SlicedDetector(ColourOracle(128), tile=512).detect([_image(OBJECTS)])
 
 

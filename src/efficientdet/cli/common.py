@@ -249,7 +249,7 @@ def check_tile_fits(tile: int | None, images: Iterable[tuple[Path, tuple[int, in
                 continue
         h, w = size
         if tile > min(h, w):
-            raise ValueError(f"--tile {tile}: larger than {path} ({h}x{w} pixels); use a tile of at most "
+            raise ValueError(f"--tile {tile}: larger than {path} ({w}x{h} pixels, WxH); use a tile of at most "
                              f"{min(h, w) // 32 * 32} or leave that image out")  # fmt: skip
 
 

@@ -121,7 +121,7 @@ class SlicedDetector(StagedDetector):
         for i, image in enumerate(require_full(decoded, "sliced inference (tiles)")):
             h, w = int(image.shape[-2]), int(image.shape[-1])
             if t > h or t > w:
-                raise ValueError(f"--tile {t}: larger than image #{i} ({h}x{w} pixels); use a smaller tile")
+                raise ValueError(f"--tile {t}: larger than image #{i} ({w}x{h} pixels, WxH); use a smaller tile")
             sizes.append((h, w))
             for y in tile_origins(h, t, self.overlap):
                 for x in tile_origins(w, t, self.overlap):
