@@ -226,6 +226,7 @@ def test_override_exponent_floats_are_numbers() -> None:
         ("max_steps=-1", "max_steps: -1 must be >= 1"),  # ditto
         ("time_budget_minutes=-1", "time_budget_minutes: -1.0 must be > 0"),  # was ignored
         ("optim.ema_decay=2", r"optim.ema_decay: 2.0 must be in \[0, 1\]"),
+        ("data.crop_size=8", "data.crop_size: 8 must be >= 16"),  # crops need 16 px: was accepted, then CropTransform refused it
         ("data.scale_range=[2, 1]", "data.scale_range: .* 0 < low <= high"),
         ("data.scale_range=5", r"data.scale_range: 5 is not \[a number, a number\]"),
         ("data=foo", "data: 'foo' is not a section"),

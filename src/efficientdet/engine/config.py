@@ -32,7 +32,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_rules("data.", self, {
             "workers": _at_least(0), "scale_range": _ORDERED_POSITIVE, "hflip": _within(0, 1),
-            "crop_size": _optional(_at_least(1)), "crop_scale_range": _ORDERED_POSITIVE,
+            "crop_size": _optional(_at_least(16)), "crop_scale_range": _ORDERED_POSITIVE,
         })  # fmt: skip
 
 
