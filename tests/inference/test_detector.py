@@ -124,3 +124,16 @@ def test_every_detector_offers_the_protocol(detector: Detector) -> None:
         [det] = d.detect([image], d.postprocess_config)
         [again] = d([image])
         assert torch.equal(det["boxes"], again["boxes"]) and det["names"] == again["names"]
+
+
+def test_the_stages_run_one_by_one_give_plain_tensors(detector: Detector) -> None:
+    """prepare -> forward -> postprocess called by hand (docs/usage.md, "The pipeline's stages")
+    used to record autograd: boxes with a grad_fn, and ``.numpy()`` raised."""
+    from efficientdet.inference import TTADetector
+
+    image = torch.randint(0, 255, (3, 60, 90), dtype=torch.uint8)
+    for staged in (detector, TTADetector(detector)):
+        prepared = staged.prepare([image])
+        det = staged.postprocess(staged.forward(prepared), prepared)[0]
+        assert not det["boxes"].requires_grad and not det["scores"].requires_grad
+        np.testing.assert_allclose(det["boxes"].numpy(), staged.detect([image])[0]["boxes"].numpy(), atol=1e-5)

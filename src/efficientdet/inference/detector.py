@@ -93,7 +93,10 @@ class Detector(StagedDetector):
 
     def forward(self, prepared: Prepared) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The network's raw per-level outputs: class [N, A*K, H_l, W_l], box [N, A*4, H_l, W_l]."""
-        return self.model(prepared.inputs)
+        # no_grad here, not only in detect(): the stages are public, and called one by one they
+        # recorded autograd (memory, and detections whose .numpy() raised).
+        with torch.no_grad():
+            return self.model(prepared.inputs)
 
     def postprocess(
         self,
