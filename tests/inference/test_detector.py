@@ -137,3 +137,12 @@ def test_the_stages_run_one_by_one_give_plain_tensors(detector: Detector) -> Non
         det = staged.postprocess(staged.forward(prepared), prepared)[0]
         assert not det["boxes"].requires_grad and not det["scores"].requires_grad
         np.testing.assert_allclose(det["boxes"].numpy(), staged.detect([image])[0]["boxes"].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [30.0, -1.0, float("nan")])
+def test_a_score_threshold_outside_0_1_is_refused(detector: Detector, threshold: float) -> None:
+    """30 (meant as 30 %) gave no detections and -1 every candidate, silently (the CLI checked, the API did not)."""
+    image = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"score_threshold .*: must be in 0\.\.1"):
+        detector([image], score_threshold=threshold)
+    assert detector([image], score_threshold=1.0)[0]["boxes"].shape == (0, 4)

@@ -109,7 +109,10 @@ def torch_threads(limit: int | None) -> Iterator[None]:
 
 
 def with_score_threshold(config: PostprocessConfig, score_threshold: float | None) -> PostprocessConfig:
-    """``config`` with another score threshold (None: unchanged)."""
+    """``config`` with another score threshold (None: unchanged); one outside 0..1 (30 meant as
+    30 %, NaN) is a ValueError: it would silently give no detections, or every candidate."""
+    if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold {score_threshold}: must be in 0..1 (a score, not a percentage)")
     return config if score_threshold is None else dataclasses.replace(config, score_threshold=score_threshold)
 
 
