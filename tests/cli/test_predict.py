@@ -142,6 +142,14 @@ def test_files_globs_class_filter_no_draw(tmp_path: Path, tiny_weights: Path, fa
         (["--score-threshold", "-1"], "--score-threshold -1.0: must be in 0..1"),
         (["--score-threshold", "nan"], "--score-threshold nan: must be in 0..1"),
         (["--out", __file__], f"--out {__file__}: is a file; predict writes into a folder"),  # was a traceback
+        # Were silently ignored without the flag they tune:
+        (["--tta-scales", "0.5,1"], "--tta-scales needs --tta"),
+        (["--tta-merge", "wbf"], "--tta-merge needs --tta"),
+        (["--tile-overlap", "0.5"], "--tile-overlap needs --tile"),
+        (["--tile-merge", "wbf"], "--tile-merge needs --tile"),
+        # Named no flag: "scales must be positive factors", torch's "Expected one of cpu, cuda, ...".
+        (["--tta", "--tta-scales", "0"], "--tta-scales '0': expected positive numbers"),
+        (["--device", "tpu"], "--device tpu: not a device"),
     ],
 )
 def test_usage_errors_exit_2(
