@@ -77,16 +77,33 @@ def check_tile_fits(tile: int | None, inputs: Sequence[PredictInput]) -> None:
     if tile is None:
         return
     for inp in inputs:
-        if inp.kind != "image":
-            continue
-        try:
-            h, w = image_size_of(inp.path)
-        except ImageError:
-            continue  # reported and skipped when it is read
+        if inp.kind == "video":
+            size = _frame_size(inp.path)  # videos too: one used to fail after the images were done
+            if size is None:
+                continue  # reported and skipped when it is read
+            h, w = size
+        else:
+            try:
+                h, w = image_size_of(inp.path)
+            except ImageError:
+                continue  # reported and skipped when it is read
         if tile > min(h, w):
             fit = min(h, w) // 32 * 32
             hint = f"use a tile of at most {fit} or leave that image out" if fit else "leave that image out (tiles are at least 32)"
             raise ValueError(f"--tile {tile}: larger than {inp.path} ({h}x{w} pixels); {hint}")
+
+
+def _frame_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) of a video's first frame; None when it cannot be read."""
+    from efficientdet.outputs.video import VideoError, open_video
+
+    try:
+        frames = open_video(path).frames()
+        first = next(frames, None)
+    except VideoError:
+        return None
+    getattr(frames, "close", lambda: None)()  # a generator: closing it releases the decoder
+    return None if first is None else (int(first.shape[0]), int(first.shape[1]))
 
 
 def output_paths(inputs: Sequence[PredictInput], out: Path) -> list[Path]:
