@@ -142,6 +142,8 @@ def test_files_globs_class_filter_no_draw(tmp_path: Path, tiny_weights: Path, fa
         (["--score-threshold", "-1"], "--score-threshold -1.0: must be in 0..1"),
         (["--score-threshold", "nan"], "--score-threshold nan: must be in 0..1"),
         (["--out", __file__], f"--out {__file__}: is a file; predict writes into a folder"),  # was a traceback
+        # Were a NotADirectoryError traceback once the model was loaded:
+        (["--out", f"{__file__}/sub"], f"--out {__file__}/sub: cannot create a folder under {__file__}, which is a file"),
         # Were silently ignored without the flag they tune:
         (["--tta-scales", "0.5,1"], "--tta-scales needs --tta"),
         (["--tta-merge", "wbf"], "--tta-merge needs --tta"),
@@ -303,3 +305,20 @@ def test_large_photo_is_decoded_reduced_and_drawn_in_full(tmp_path: Path, tiny_w
     assert Image.open(tmp_path / "out0" / "big.jpg").size == (1600, 1200)
     assert not (tmp_path / "out1" / "big.jpg").exists()
     assert results[0] == results[1]  # drawing does not change what the model saw
+
+
+def test_an_out_folder_without_write_permission_is_one_line(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was a PermissionError traceback once the model was loaded (os.access is faked: root
+    may write anywhere)."""
+    import os
+
+    Image.fromarray(_canvas(64, 64, (8, 8, 40, 40))).save(tmp_path / "a.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    args = ["predict", str(tmp_path / "a.png"), "--weights", str(tiny_weights), "--out", str(locked / "preds")]
+    assert main(args) == 2
+    assert f"--out {locked / 'preds'}: cannot write in {locked} (permission denied)" in capsys.readouterr().err

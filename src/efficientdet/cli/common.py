@@ -203,9 +203,19 @@ def check_score_threshold(value: float) -> None:
 
 def check_out_folder(out: str | os.PathLike[str], command: str, writes: str) -> None:
     """A command that writes into the folder ``--out`` refuses an existing file there before
-    any work (it used to end in a FileExistsError traceback once the work was done)."""
-    if Path(out).exists() and not Path(out).is_dir():
+    any work (it used to end in a FileExistsError traceback once the work was done), and an
+    ``--out`` that cannot be created or written in: under a file, or in a folder without write
+    permission (a NotADirectoryError / PermissionError traceback once the model was loaded)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
         raise ValueError(f"--out {out}: is a file; {command} writes into a folder ({writes})")
+    base = path
+    while not base.exists() and base.parent != base:
+        base = base.parent  # the folder it would be created in
+    if base.exists() and not base.is_dir():
+        raise ValueError(f"--out {out}: cannot create a folder under {base}, which is a file")
+    if base.is_dir() and not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write in {base} (permission denied); choose another --out")
 
 
 _COMPANIONS = {"tta_scales": ("tta", "1.0"), "tta_merge": ("tta", "nms"), "tile_overlap": ("tile", 0.2),
