@@ -322,3 +322,23 @@ def test_an_out_folder_without_write_permission_is_one_line(
     args = ["predict", str(tmp_path / "a.png"), "--weights", str(tiny_weights), "--out", str(locked / "preds")]
     assert main(args) == 2
     assert f"--out {locked / 'preds'}: cannot write in {locked} (permission denied)" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_drawing_is_one_line(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC at fsync (where some filesystems report it) was an OSError traceback."""
+    import errno
+    import os
+
+    Image.fromarray(_canvas(64, 64, (8, 8, 40, 40))).save(tmp_path / "a.png")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("efficientdet.fs.os.fsync", full)
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "a.png"), "--weights", str(tiny_weights), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'a.png'}: could not write the annotated image (No space left on device)" in err
+    assert "Traceback" not in err and list(out.iterdir()) == []  # no partial file, no temp file

@@ -107,12 +107,16 @@ def _select(det: dict[str, Any], keep: torch.Tensor | None) -> dict[str, Any]:
 def _save(image: Any, path: Path) -> None:
     from ..fs import atomic_open
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:  # a killed run never leaves half an image
-        if path.suffix == ".jpg":
-            image.save(f, format="JPEG", quality=95)
-        else:
-            image.save(f, format="PNG")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as f:  # a killed run never leaves half an image
+            if path.suffix == ".jpg":
+                image.save(f, format="JPEG", quality=95)
+            else:
+                image.save(f, format="PNG")
+    except OSError as exc:  # a full disk was a traceback; the atomic write left no partial file
+        raise RuntimeError(f"{path}: could not write the annotated image ({exc.strerror or exc}); "
+                           "free disk space or choose another --out") from exc  # fmt: skip
 
 
 def run_predict(args: argparse.Namespace) -> int:
