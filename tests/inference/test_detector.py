@@ -146,3 +146,16 @@ def test_a_score_threshold_outside_0_1_is_refused(detector: Detector, threshold:
     with pytest.raises(ValueError, match=r"score_threshold .*: must be in 0\.\.1"):
         detector([image], score_threshold=threshold)
     assert detector([image], score_threshold=1.0)[0]["boxes"].shape == (0, 4)
+
+
+@pytest.mark.parametrize(("at_init", "batch_size"), [(True, 0), (True, -1), (False, -1), (False, 0)])
+def test_a_batch_size_below_1_is_refused(detector: Detector, at_init: bool, batch_size: int) -> None:
+    """-1 returned no detections at all, silently; 0 at construction was "range() arg 3 must not be zero"."""
+    image = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    if at_init:
+        batched = Detector(detector.model, optimize=False, batch_size=batch_size)
+        with pytest.raises(ValueError, match=f"batch_size {batch_size}: must be at least 1"):
+            batched([image])
+    else:
+        with pytest.raises(ValueError, match=f"batch_size {batch_size}: must be at least 1"):
+            detector([image], batch_size=batch_size)
