@@ -46,6 +46,11 @@ def test_an_out_folder_inside_the_input_folder_is_not_read_back(tmp_path: Path, 
     # A glob reaching into the output folder leaves it out as well.
     inputs, _ = collect_inputs([str(tmp_path / "photos" / "**" / "*.png")], exclude=out)
     assert [i.path for i in inputs] == [tmp_path / "photos" / "a.png"]
+    # A folder whose only images are the outputs says so.
+    only = _photo(tmp_path / "only" / "preds" / "x.png").parent
+    inputs, problems = collect_inputs([str(tmp_path / "only")], exclude=only)
+    assert inputs == [] and problems == [f"{tmp_path / 'only'}: all its images and videos are in the output folder "
+                                         f"--out {only}, which predict writes its annotated copies into; choose another --out"]
 
 
 def test_annotated_copies_never_replace_the_inputs(
@@ -55,17 +60,18 @@ def test_annotated_copies_never_replace_the_inputs(
     photo = _photo(tmp_path / "photos" / "a.png")
     original = photo.read_bytes()
     common = ["--weights", str(tiny_weights)]
-    assert main(["predict", str(tmp_path / "photos"), *common, "--out", str(tmp_path / "photos")]) == 2
-    assert "all its images and videos are in the output folder" in capsys.readouterr().err
-    assert main(["predict", str(photo), *common, "--out", str(tmp_path / "photos")]) == 2
-    err = capsys.readouterr().err
-    assert f"the annotated copy of {photo} would overwrite the input" in err and "Traceback" not in err
+    for source in (tmp_path / "photos", photo, tmp_path / "photos" / "*.png"):
+        assert main(["predict", str(source), *common, "--out", str(tmp_path / "photos")]) == 2
+        err = capsys.readouterr().err
+        assert f"the annotated copy of {photo} would overwrite the input" in err and "Traceback" not in err
     monkeypatch.chdir(tmp_path / "photos")
     assert main(["predict", "a.png", *common, "--out", "."]) == 2
     assert photo.read_bytes() == original and sorted(p.name for p in photo.parent.iterdir()) == ["a.png"]
     # Without drawing nothing replaces it: only detections.json is written beside it.
-    assert main(["predict", "a.png", *common, "--out", ".", "--no-draw"]) == 0
-    assert photo.read_bytes() == original
+    for source in ("a.png", "."):
+        assert main(["predict", source, *common, "--out", ".", "--no-draw"]) == 0
+        assert photo.read_bytes() == original
+        assert [Path(e["file"]).name for e in json.loads(Path("detections.json").read_text())] == ["a.png"]
 
 
 def test_a_tile_larger_than_a_tiny_image_names_no_impossible_tile(

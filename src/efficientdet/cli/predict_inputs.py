@@ -25,9 +25,11 @@ def collect_inputs(sources: Sequence[str], exclude: Path | None = None) -> tuple
 
     A file is an input whatever its extension (a bad one fails to load and is reported); a
     folder contributes its images and videos recursively (sorted, sub-folders mirrored in the
-    outputs); anything else is tried as a glob (images and videos it matches). Folders and globs
-    leave out what lies in ``exclude`` (the output folder): an ``--out`` inside an input folder
-    would otherwise feed each run the annotated copies of the run before.
+    outputs); anything else is tried as a glob (images and videos it matches). A folder (or a
+    glob's fixed leading folder) with ``exclude`` (the output folder) strictly inside it leaves
+    out what lies there: each run would otherwise read the annotated copies of the run before.
+    (``--out`` the input folder itself excludes nothing: ``check_no_overwrite`` refuses drawing
+    over the inputs, and ``--no-draw`` may write its detections beside them.)
     """
     from efficientdet.data.common import IMAGE_EXTENSIONS  # here: its package imports torch, --help must not
 
@@ -44,9 +46,11 @@ def collect_inputs(sources: Sequence[str], exclude: Path | None = None) -> tuple
             kind = "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image"
             inputs.append(PredictInput(path, kind, rel))
 
-    def media(paths: list[Path], source: str, none: str) -> list[Path]:
+    def media(paths: list[Path], source: str, none: str, base: Path) -> list[Path]:
         found = [p for p in paths if p.is_file() and p.suffix.lower() in wanted]
-        kept = [p for p in found if skip is None or not p.resolve().is_relative_to(skip)]
+        root = base.resolve()
+        out_dir = skip if skip is not None and skip != root and skip.is_relative_to(root) else None
+        kept = [p for p in found if out_dir is None or not p.resolve().is_relative_to(out_dir)]
         if found and not kept:
             problems.append(f"{source}: all its images and videos are in the output folder --out {exclude}, which "
                             "predict writes its annotated copies into; choose another --out")  # fmt: skip
@@ -57,15 +61,22 @@ def collect_inputs(sources: Sequence[str], exclude: Path | None = None) -> tuple
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            for f in media(sorted(path.rglob("*")), source, f"folder has no image or video files ({', '.join(wanted)})"):
+            none = f"folder has no image or video files ({', '.join(wanted)})"
+            for f in media(sorted(path.rglob("*")), source, none, path):
                 add(f, f.relative_to(path))
         elif path.is_file() or path.is_symlink():
             add(path, Path(path.name))
         else:
             none = "no such file or folder, and no images or videos match it as a glob"
-            for m in media(sorted(Path(m) for m in glob.glob(source, recursive=True)), source, none):
+            fixed = Path(*path.parts[: _fixed_parts(path)])  # Path() is "."
+            for m in media(sorted(Path(m) for m in glob.glob(source, recursive=True)), source, none, fixed):
                 add(m, Path(m.name))
     return inputs, problems
+
+
+def _fixed_parts(pattern: Path) -> int:
+    """How many leading parts of a glob ``pattern`` have no wildcard."""
+    return next((i for i, part in enumerate(pattern.parts) if any(c in part for c in "*?[")), len(pattern.parts))
 
 
 def check_tile_fits(tile: int | None, inputs: Sequence[PredictInput]) -> None:
