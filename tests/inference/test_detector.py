@@ -159,3 +159,11 @@ def test_a_batch_size_below_1_is_refused(detector: Detector, at_init: bool, batc
     else:
         with pytest.raises(ValueError, match=f"batch_size {batch_size}: must be at least 1"):
             detector([image], batch_size=batch_size)
+
+
+def test_a_weights_path_instead_of_a_model_points_to_from_pretrained(tmp_path: Path) -> None:
+    """Detector("best.safetensors") was "AttributeError: 'str' object has no attribute 'config'"."""
+    with pytest.raises(TypeError, match=r"Detector\.from_pretrained\('w\.safetensors'\)"):
+        Detector("w.safetensors")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"a model from efficientdet\.create_model"):
+        Detector(tmp_path / "w.safetensors")  # type: ignore[arg-type]

@@ -53,6 +53,9 @@ class Detector(StagedDetector):
         batch_size: int = 8,
         optimize: bool = True,
     ) -> None:
+        if isinstance(model, (str, os.PathLike)):  # was "'str' object has no attribute 'config'"
+            raise TypeError(f"Detector takes a model from efficientdet.create_model, not a path; "
+                            f"for weights on disk use Detector.from_pretrained({os.fspath(model)!r})")  # fmt: skip
         if model.config is None:
             raise ValueError("the model has no config; build it with efficientdet.create_model")
         self.config = model.config
