@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders (recursive), globs or videos")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image or video files, folders (their images and videos, recursively) or globs")
     add_model_args(p, weights_default=DEFAULT_WEIGHTS)
     p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
     p.add_argument("--score-threshold", type=float, default=0.3, help="keep detections scoring at least this (0.3)")
