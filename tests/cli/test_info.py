@@ -69,7 +69,7 @@ def test_ctrl_c_is_one_line_and_exit_130(
     """Ctrl-C outside training's handler (here while predict gathers its inputs) used to end in
     a KeyboardInterrupt traceback."""
 
-    def interrupted(_sources: list[str]) -> None:
+    def interrupted(_sources: list[str], exclude: Path | None = None) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr("efficientdet.cli.predict.collect_inputs", interrupted)

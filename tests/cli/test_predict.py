@@ -142,6 +142,16 @@ def test_files_globs_class_filter_no_draw(tmp_path: Path, tiny_weights: Path, fa
         (["--score-threshold", "-1"], "--score-threshold -1.0: must be in 0..1"),
         (["--score-threshold", "nan"], "--score-threshold nan: must be in 0..1"),
         (["--out", __file__], f"--out {__file__}: is a file; predict writes into a folder"),  # was a traceback
+        # Were a NotADirectoryError traceback once the model was loaded:
+        (["--out", f"{__file__}/sub"], f"--out {__file__}/sub: cannot create a folder under {__file__}, which is a file"),
+        # Were silently ignored without the flag they tune:
+        (["--tta-scales", "0.5,1"], "--tta-scales needs --tta"),
+        (["--tta-merge", "wbf"], "--tta-merge needs --tta"),
+        (["--tile-overlap", "0.5"], "--tile-overlap needs --tile"),
+        (["--tile-merge", "wbf"], "--tile-merge needs --tile"),
+        # Named no flag: "scales must be positive factors", torch's "Expected one of cpu, cuda, ...".
+        (["--tta", "--tta-scales", "0"], "--tta-scales '0': expected positive numbers"),
+        (["--device", "tpu"], "--device tpu: not a device"),
     ],
 )
 def test_usage_errors_exit_2(
@@ -295,3 +305,40 @@ def test_large_photo_is_decoded_reduced_and_drawn_in_full(tmp_path: Path, tiny_w
     assert Image.open(tmp_path / "out0" / "big.jpg").size == (1600, 1200)
     assert not (tmp_path / "out1" / "big.jpg").exists()
     assert results[0] == results[1]  # drawing does not change what the model saw
+
+
+def test_an_out_folder_without_write_permission_is_one_line(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was a PermissionError traceback once the model was loaded (os.access is faked: root
+    may write anywhere)."""
+    import os
+
+    Image.fromarray(_canvas(64, 64, (8, 8, 40, 40))).save(tmp_path / "a.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    args = ["predict", str(tmp_path / "a.png"), "--weights", str(tiny_weights), "--out", str(locked / "preds")]
+    assert main(args) == 2
+    assert f"--out {locked / 'preds'}: cannot write in {locked} (permission denied)" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_drawing_is_one_line(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC at fsync (where some filesystems report it) was an OSError traceback."""
+    import errno
+    import os
+
+    Image.fromarray(_canvas(64, 64, (8, 8, 40, 40))).save(tmp_path / "a.png")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("efficientdet.fs.os.fsync", full)
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "a.png"), "--weights", str(tiny_weights), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'a.png'}: could not write the annotated image (No space left on device)" in err
+    assert "Traceback" not in err and list(out.iterdir()) == []  # no partial file, no temp file

@@ -64,3 +64,20 @@ def test_a_run_that_fails_mid_video_leaves_no_truncated_video(
     assert main(args) == 130  # Ctrl-C: one line, exit 130 (see test_info.py)
     assert calls["n"] == 2
     assert not (out / "clip.mp4").exists() and not list(out.glob(".*"))  # neither the video nor its temp
+
+
+def test_a_tile_larger_than_the_video_frames_is_refused_before_any_work(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It used to fail at the video, after the images were done, naming "image #0", and the
+    images' detections were never written."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(tmp_path / "a.png")
+    clip = tmp_path / "clip.mp4"
+    _write_clip(clip, frames=2)  # 160x96
+    out = tmp_path / "out"
+    args = ["predict", str(tmp_path / "a.png"), str(clip), "--weights", str(tiny_weights), "--out", str(out), "--tile", "128"]
+    assert main(args) == 2
+    assert f"--tile 128: larger than {clip} (160x96 pixels, WxH); use a tile of at most 96" in capsys.readouterr().err
+    assert not out.exists()

@@ -320,3 +320,13 @@ def test_files_and_arrays_come_back_channels_last_and_owned(tmp_path: Path) -> N
     strided = torch.from_numpy(array).permute(2, 0, 1)[:, ::2, :]
     out = load_image(strided)
     assert is_dense(out) and torch.equal(out, strided)
+
+
+@pytest.mark.parametrize(
+    "batch", [torch.zeros(2, 3, 8, 10, dtype=torch.uint8), np.zeros((2, 8, 10, 3), np.uint8)], ids=["NCHW", "NHWC"]
+)
+def test_a_batch_in_one_array_says_to_pass_a_list(batch: object) -> None:
+    """Detectors take a list of images; one [N, 3, H, W] tensor (torchvision's habit) was
+    refused without saying why ("expected [H, W] or [C, H, W]")."""
+    with pytest.raises(ImageError, match=r"a batch of 2 images\? pass a list of them, e\.g\. list\(batch\)"):
+        load_image(batch)  # type: ignore[arg-type]

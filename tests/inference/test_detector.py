@@ -124,3 +124,46 @@ def test_every_detector_offers_the_protocol(detector: Detector) -> None:
         [det] = d.detect([image], d.postprocess_config)
         [again] = d([image])
         assert torch.equal(det["boxes"], again["boxes"]) and det["names"] == again["names"]
+
+
+def test_the_stages_run_one_by_one_give_plain_tensors(detector: Detector) -> None:
+    """prepare -> forward -> postprocess called by hand (docs/usage.md, "The pipeline's stages")
+    used to record autograd: boxes with a grad_fn, and ``.numpy()`` raised."""
+    from efficientdet.inference import TTADetector
+
+    image = torch.randint(0, 255, (3, 60, 90), dtype=torch.uint8)
+    for staged in (detector, TTADetector(detector)):
+        prepared = staged.prepare([image])
+        det = staged.postprocess(staged.forward(prepared), prepared)[0]
+        assert not det["boxes"].requires_grad and not det["scores"].requires_grad
+        np.testing.assert_allclose(det["boxes"].numpy(), staged.detect([image])[0]["boxes"].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [30.0, -1.0, float("nan")])
+def test_a_score_threshold_outside_0_1_is_refused(detector: Detector, threshold: float) -> None:
+    """30 (meant as 30 %) gave no detections and -1 every candidate, silently (the CLI checked, the API did not)."""
+    image = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"score_threshold .*: must be in 0\.\.1"):
+        detector([image], score_threshold=threshold)
+    assert detector([image], score_threshold=1.0)[0]["boxes"].shape == (0, 4)
+
+
+@pytest.mark.parametrize(("at_init", "batch_size"), [(True, 0), (True, -1), (False, -1), (False, 0)])
+def test_a_batch_size_below_1_is_refused(detector: Detector, at_init: bool, batch_size: int) -> None:
+    """-1 returned no detections at all, silently; 0 at construction was "range() arg 3 must not be zero"."""
+    image = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    if at_init:
+        batched = Detector(detector.model, optimize=False, batch_size=batch_size)
+        with pytest.raises(ValueError, match=f"batch_size {batch_size}: must be at least 1"):
+            batched([image])
+    else:
+        with pytest.raises(ValueError, match=f"batch_size {batch_size}: must be at least 1"):
+            detector([image], batch_size=batch_size)
+
+
+def test_a_weights_path_instead_of_a_model_points_to_from_pretrained(tmp_path: Path) -> None:
+    """Detector("best.safetensors") was "AttributeError: 'str' object has no attribute 'config'"."""
+    with pytest.raises(TypeError, match=r"Detector\.from_pretrained\('w\.safetensors'\)"):
+        Detector("w.safetensors")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"a model from efficientdet\.create_model"):
+        Detector(tmp_path / "w.safetensors")  # type: ignore[arg-type]

@@ -98,14 +98,16 @@ def add_model_args(
         help="refuse images with more pixels than this (default: the model's, 100 million)",
     )  # fmt: skip
     p.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip (+ --tta-scales)")
-    p.add_argument("--tta-scales", default="1.0", help="TTA input scales, comma-separated (default 1.0)")
-    p.add_argument("--tta-merge", choices=("nms", "wbf"), default="nms", help="merge TTA boxes by NMS or box fusion")
+    # The companions of --tta and --tile default to None, so one given without them is refused
+    # (check_tile_args fills in the defaults): it used to be ignored without a word.
+    p.add_argument("--tta-scales", default=None, help="TTA input scales, comma-separated (default 1.0)")
+    p.add_argument("--tta-merge", choices=("nms", "wbf"), default=None, help="merge TTA boxes by NMS or box fusion (nms)")
     p.add_argument(
         "--tile", type=int, default=None,
         help="sliced inference: overlapping TILE x TILE full-resolution tiles + the whole image (multiple of 32)",
     )  # fmt: skip
-    p.add_argument("--tile-overlap", type=float, default=0.2, help="tile overlap, a fraction in [0, 1) (0.2)")
-    p.add_argument("--tile-merge", choices=("nms", "wbf"), default="nms", help="merge tile boxes by NMS or box fusion")
+    p.add_argument("--tile-overlap", type=float, default=None, help="tile overlap, a fraction in [0, 1) (0.2)")
+    p.add_argument("--tile-merge", choices=("nms", "wbf"), default=None, help="merge tile boxes by NMS or box fusion (nms)")
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -114,7 +116,10 @@ def resolve_device(name: str | None) -> torch.device:
 
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's own message lists 20 device types and names no flag
+        raise ValueError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return device
@@ -149,6 +154,8 @@ def make_detector(model: EfficientDet, args: argparse.Namespace, device: torch.d
         scales = tuple(float(s) for s in args.tta_scales.split(",") if s.strip())
     except ValueError:
         raise ValueError(f"--tta-scales {args.tta_scales!r}: expected comma-separated numbers") from None
+    if not scales or not all(s > 0 for s in scales):
+        raise ValueError(f"--tta-scales {args.tta_scales!r}: expected positive numbers, e.g. 0.8,1,1.2")
     return TTADetector(detector, flips=True, scales=scales, merge=args.tta_merge)
 
 
@@ -201,13 +208,37 @@ def check_score_threshold(value: float) -> None:
 
 def check_out_folder(out: str | os.PathLike[str], command: str, writes: str) -> None:
     """A command that writes into the folder ``--out`` refuses an existing file there before
-    any work (it used to end in a FileExistsError traceback once the work was done)."""
-    if Path(out).exists() and not Path(out).is_dir():
+    any work (it used to end in a FileExistsError traceback once the work was done), and an
+    ``--out`` that cannot be created or written in: under a file, or in a folder without write
+    permission (a NotADirectoryError / PermissionError traceback once the model was loaded)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
         raise ValueError(f"--out {out}: is a file; {command} writes into a folder ({writes})")
+    base = path
+    while not base.exists() and base.parent != base:
+        base = base.parent  # the folder it would be created in
+    if base.exists() and not base.is_dir():
+        raise ValueError(f"--out {out}: cannot create a folder under {base}, which is a file")
+    if base.is_dir() and not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write in {base} (permission denied); choose another --out")
+
+
+_COMPANIONS = {"tta_scales": ("tta", "1.0"), "tta_merge": ("tta", "nms"), "tile_overlap": ("tile", 0.2),
+               "tile_merge": ("tile", "nms")}  # fmt: skip
 
 
 def check_tile_args(args: argparse.Namespace) -> None:
-    """``--tile`` a positive multiple of the stride (32) and ``--tile-overlap`` in [0, 1), if given."""
+    """``--tile`` a positive multiple of the stride (32) and ``--tile-overlap`` in [0, 1), if given;
+    ``--tta-*`` without ``--tta`` and ``--tile-*`` without ``--tile`` are refused (they would be
+    ignored), and their defaults filled in where they apply (so a second call finds the same)."""
+    for name, (needs, default) in _COMPANIONS.items():
+        value, needed = getattr(args, name, None), getattr(args, needs, None)
+        applies = needed is not None and needed is not False  # --tile 0 is given (and refused below)
+        if value is not None and not applies:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} needs --{needs}: without it {flag} would be ignored")
+        if value is None and applies and hasattr(args, name):
+            setattr(args, name, default)
     tile = getattr(args, "tile", None)
     if tile is not None:
         if tile <= 0 or tile % 32:
@@ -249,8 +280,9 @@ def check_tile_fits(tile: int | None, images: Iterable[tuple[Path, tuple[int, in
                 continue
         h, w = size
         if tile > min(h, w):
-            raise ValueError(f"--tile {tile}: larger than {path} ({w}x{h} pixels, WxH); use a tile of at most "
-                             f"{min(h, w) // 32 * 32} or leave that image out")  # fmt: skip
+            fit = min(h, w) // 32 * 32
+            hint = f"use a tile of at most {fit} or leave that image out" if fit else "leave that image out (tiles are at least 32)"
+            raise ValueError(f"--tile {tile}: larger than {path} ({w}x{h} pixels, WxH); {hint}")
 
 
 def _build_runner(args: argparse.Namespace, out: Path, device: torch.device | None) -> Runner:

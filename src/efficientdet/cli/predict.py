@@ -13,14 +13,12 @@ Exit status: 0 all inputs done, 1 some failed, 2 usage or weights errors.
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from efficientdet.outputs.video import VIDEO_EXTENSIONS, VideoError, open_video, open_video_writer
+from efficientdet.outputs.video import VideoError, open_video, open_video_writer
 
 from .common import (
     Runner,
@@ -28,12 +26,12 @@ from .common import (
     check_out_folder,
     check_score_threshold,
     check_tile_args,
-    check_tile_fits,
     load_model,
     make_detector,
     resolve_device,
     too_large_message,
 )
+from .predict_inputs import PredictInput, check_no_overwrite, check_tile_fits, collect_inputs, output_paths
 from .ranks import add_dist_args, build_runner_on_ranks, join_ranks
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet predict --help`` must not wait for torch
@@ -54,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders (recursive), globs or videos")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image or video files, folders (their images and videos, recursively) or globs")
     add_model_args(p, weights_default=DEFAULT_WEIGHTS)
     p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
     p.add_argument("--score-threshold", type=float, default=0.3, help="keep detections scoring at least this (0.3)")
@@ -65,80 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_predict)
 
 
-# ----------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class _Input:
-    path: Path
-    kind: str  # "image" or "video"
-    rel: Path  # output name relative to --out (extension replaced later)
-
-
-def collect_inputs(sources: Sequence[str]) -> tuple[list[_Input], list[str]]:
-    """Expand SOURCE arguments; return (inputs in order, one problem line per SOURCE that matched nothing).
-
-    A file is an input whatever its extension (a bad one fails to load and is reported); a
-    folder contributes its images recursively (sorted, sub-folders mirrored in the outputs);
-    anything else is tried as a glob (images and videos it matches).
-    """
-    from efficientdet.data.common import IMAGE_EXTENSIONS
-
-    inputs: list[_Input] = []
-    problems: list[str] = []
-    seen: set[Path] = set()
-
-    def add(path: Path, rel: Path) -> None:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            kind = "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image"
-            inputs.append(_Input(path, kind, rel))
-
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not files:
-                problems.append(f"{source}: folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
-            for f in files:
-                add(f, f.relative_to(path))
-        elif path.is_file() or path.is_symlink():
-            add(path, Path(path.name))
-        else:
-            wanted = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
-            matches = sorted(Path(m) for m in glob.glob(source, recursive=True))
-            matches = [m for m in matches if m.is_file() and m.suffix.lower() in wanted]
-            if not matches:
-                problems.append(f"{source}: no such file or folder, and no images or videos match it as a glob")
-            for m in matches:
-                add(m, Path(m.name))
-    return inputs, problems
-
-
-def _check_tile(tile: int | None, inputs: Sequence[_Input]) -> None:
-    """A --tile larger than an image is an error, found from the headers before any work: it
-    used to stop the run at that image's batch, naming only "image #0" of the batch and losing
-    the detections of the batches before it."""
-    check_tile_fits(tile, ((inp.path, None) for inp in inputs if inp.kind == "image"))
-
-
-def _output_paths(inputs: Sequence[_Input], out: Path) -> list[Path]:
-    """Annotated-output path per input: ``.jpg`` for JPEG, ``.mp4`` for video, else ``.png``;
-    a name already taken (same stem from two folders) gets ``_2``, ``_3``..."""
-    taken: set[Path] = set()
-    paths: list[Path] = []
-    for inp in inputs:
-        suffix = inp.path.suffix.lower()
-        ext = ".mp4" if inp.kind == "video" else ".jpg" if suffix in (".jpg", ".jpeg") else ".png"
-        base = out / inp.rel.with_suffix("")
-        candidate, n = base.with_name(base.name + ext), 1
-        while candidate in taken:
-            n += 1
-            candidate = base.with_name(f"{base.name}_{n}{ext}")
-        taken.add(candidate)
-        paths.append(candidate)
-    return paths
+# ----------------------------------------------------------------------------- classes
 
 
 def _class_filter(spec: str | None, names: Sequence[str] | None, num_classes: int) -> torch.Tensor | None:
@@ -182,12 +107,16 @@ def _select(det: dict[str, Any], keep: torch.Tensor | None) -> dict[str, Any]:
 def _save(image: Any, path: Path) -> None:
     from ..fs import atomic_open
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:  # a killed run never leaves half an image
-        if path.suffix == ".jpg":
-            image.save(f, format="JPEG", quality=95)
-        else:
-            image.save(f, format="PNG")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as f:  # a killed run never leaves half an image
+            if path.suffix == ".jpg":
+                image.save(f, format="JPEG", quality=95)
+            else:
+                image.save(f, format="PNG")
+    except OSError as exc:  # a full disk was a traceback; the atomic write left no partial file
+        raise RuntimeError(f"{path}: could not write the annotated image ({exc.strerror or exc}); "
+                           "free disk space or choose another --out") from exc  # fmt: skip
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -197,7 +126,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
     check_score_threshold(args.score_threshold)
     check_out_folder(args.out, "predict", "annotated images + detections")
-    inputs, problems = collect_inputs(args.sources)
+    inputs, problems = collect_inputs(args.sources, exclude=Path(args.out))
 
     def warn(msg: str) -> None:
         tqdm.write(f"efficientdet predict: warning: {msg}", file=sys.stderr)  # keeps the bar intact
@@ -207,7 +136,10 @@ def run_predict(args: argparse.Namespace) -> int:
     if not inputs:
         raise FileNotFoundError("no inputs: " + "; ".join(problems))
     check_tile_args(args)
-    _check_tile(args.tile, inputs)
+    check_tile_fits(args.tile, inputs)
+    targets = output_paths(inputs, Path(args.out))
+    if not args.no_draw:
+        check_no_overwrite(inputs, targets, args.out)
     from ..engine.distributed import cleanup
     from ..engine.sharding import check_shardable
 
@@ -218,7 +150,6 @@ def run_predict(args: argparse.Namespace) -> int:
         runner = build_runner_on_ranks(args, out, info)
         keep = _class_filter(args.classes, runner.class_names, runner.config.num_classes)
         out.mkdir(parents=True, exist_ok=True)
-        targets = _output_paths(inputs, out)
         from ..inference.protocol import torch_threads
 
         # Graph runtimes run the network in their own threads: decoding and drawing here stay
@@ -231,7 +162,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def _run(
     args: argparse.Namespace,
-    inputs: list[_Input],
+    inputs: list[PredictInput],
     problems: list[str],
     targets: list[Path],
     runner: Runner,
@@ -283,7 +214,7 @@ def _run(
 
 def _predict_images(
     args: argparse.Namespace,
-    images: list[tuple[_Input, Path]],
+    images: list[tuple[PredictInput, Path]],
     runner: Runner,
     keep: torch.Tensor | None,
     warn: Callable[[str], None],
@@ -303,7 +234,7 @@ def _predict_images(
     items: list[tuple[str, dict[str, Any]]] = []
     failed = 0
     bar = tqdm(total=len(images), desc="predict", unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    pending: list[tuple[_Input, Path, Any]] = []
+    pending: list[tuple[PredictInput, Path, Any]] = []
 
     def flush() -> None:
         if not pending:
@@ -337,7 +268,7 @@ def _predict_images(
 
 
 def _predict_video(
-    inp: _Input,
+    inp: PredictInput,
     target: Path,
     detector: Any,
     thr: float,

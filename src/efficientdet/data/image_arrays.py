@@ -63,6 +63,9 @@ def check_array_layout(array: Any, name: str, channels_last: bool) -> tuple[int,
     expected = "[H, W] or [H, W, C]" if channels_last else "[H, W] or [C, H, W]"
     if len(shape) == 2:
         return shape[0], shape[1]
+    if len(shape) == 4 and shape[3 if channels_last else 1] in (1, 3, 4):
+        raise ImageError(name, f"unsupported {kind} shape {shape}: a batch of {shape[0]} images? pass a list of them, "
+                               "e.g. list(batch)")  # fmt: skip
     if len(shape) != 3:
         raise ImageError(name, f"unsupported {kind} shape {shape}; expected {expected} with C in 1, 3, 4")
     c, other = (shape[2], shape[0]) if channels_last else (shape[0], shape[2])

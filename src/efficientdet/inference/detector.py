@@ -53,6 +53,9 @@ class Detector(StagedDetector):
         batch_size: int = 8,
         optimize: bool = True,
     ) -> None:
+        if isinstance(model, (str, os.PathLike)):  # was "'str' object has no attribute 'config'"
+            raise TypeError(f"Detector takes a model from efficientdet.create_model, not a path; "
+                            f"for weights on disk use Detector.from_pretrained({os.fspath(model)!r})")  # fmt: skip
         if model.config is None:
             raise ValueError("the model has no config; build it with efficientdet.create_model")
         self.config = model.config
@@ -93,7 +96,10 @@ class Detector(StagedDetector):
 
     def forward(self, prepared: Prepared) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The network's raw per-level outputs: class [N, A*K, H_l, W_l], box [N, A*4, H_l, W_l]."""
-        return self.model(prepared.inputs)
+        # no_grad here, not only in detect(): the stages are public, and called one by one they
+        # recorded autograd (memory, and detections whose .numpy() raised).
+        with torch.no_grad():
+            return self.model(prepared.inputs)
 
     def postprocess(
         self,

@@ -109,7 +109,10 @@ def torch_threads(limit: int | None) -> Iterator[None]:
 
 
 def with_score_threshold(config: PostprocessConfig, score_threshold: float | None) -> PostprocessConfig:
-    """``config`` with another score threshold (None: unchanged)."""
+    """``config`` with another score threshold (None: unchanged); one outside 0..1 (30 meant as
+    30 %, NaN) is a ValueError: it would silently give no detections, or every candidate."""
+    if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold {score_threshold}: must be in 0..1 (a score, not a percentage)")
     return config if score_threshold is None else dataclasses.replace(config, score_threshold=score_threshold)
 
 
@@ -186,8 +189,11 @@ class StagedDetector:
         """Decode ``images`` ``batch_size`` (default the detector's) at a time -> lists of uint8
         [3, H, W] tensors (large JPEGs: reduced, for :attr:`decode_size`), each chunk under
         :func:`torch_threads` ``(host_threads)``; the ``max_input_pixels`` guard applies."""
+        size = self.batch_size if batch_size is None else batch_size
+        if size < 1:  # -1 gave no detections at all, silently
+            raise ValueError(f"batch_size {size}: must be at least 1")
         max_pixels = self.preprocess_config.max_input_pixels
-        chunks = iter_image_chunks(images, batch_size or self.batch_size, max_pixels, self.decode_size)
+        chunks = iter_image_chunks(images, size, max_pixels, self.decode_size)
         while True:
             with torch_threads(self.host_threads):
                 decoded = next(chunks, None)
