@@ -342,3 +342,34 @@ def test_a_full_disk_while_drawing_is_one_line(
     err = capsys.readouterr().err
     assert f"{out / 'a.png'}: could not write the annotated image (No space left on device)" in err
     assert "Traceback" not in err and list(out.iterdir()) == []  # no partial file, no temp file
+
+
+def test_ctrl_c_keeps_the_detections_done_so_far(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long run stopped with Ctrl-C wrote no detections file: hours of results lost. The
+    inputs done are written (in input order), then the usual 'interrupted', exit 130."""
+    import json
+
+    from efficientdet.inference.detector import Detector
+
+    for name in ("a", "b", "c"):
+        Image.fromarray(_canvas(64, 64, (8, 8, 40, 40))).save(tmp_path / f"{name}.png")
+    calls = {"n": 0}
+    original = Detector.__call__
+
+    def stop_at_second_batch(self, *args, **kw):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(Detector, "__call__", stop_at_second_batch)
+    out = tmp_path / "out"
+    rc = main(["predict", str(tmp_path), "--weights", str(tiny_weights), "--out", str(out), "--batch-size", "2",
+               "--score-threshold", "0"])  # fmt: skip
+    assert rc == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; the detections of 2 inputs so far -> {out / 'detections.json'}" in err
+    done = json.loads((out / "detections.json").read_text())
+    assert [Path(entry["file"]).name for entry in done] == ["a.png", "b.png"]

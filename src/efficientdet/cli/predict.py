@@ -180,23 +180,30 @@ def _run(
     mine = [(inputs[p], targets[p]) for p in shard_positions(len(inputs), info)]
     images = [(inp, t) for inp, t in mine if inp.kind == "image"]
     videos = [(inp, t) for inp, t in mine if inp.kind == "video"]
-    items, failed = _predict_images(args, images, runner, keep, warn, progress=bool(images) and info.is_main)
-
     order = {str(inp.path): k for k, inp in enumerate(inputs)}  # images first, then videos, as alone
-    keyed = [((0, order[f], 0), (f, d)) for f, d in items]
-    for inp, target in videos:
-        items = []
-        try:
-            written = _predict_video(
-                inp, target, runner.detector, args.score_threshold, keep, not args.no_draw, runner.class_names, items
-            )
-            keyed += [((1, order[str(inp.path)], j), item) for j, item in enumerate(items)]
-        except VideoError as exc:
-            warn(f"skipped {exc}")
-            failed += 1
-            continue
-        if written is not None and not written[1]:
-            warn(f"{inp.path}: no video encoder installed; annotated frames written as PNGs to {written[0]}")
+    image_items: list[tuple[str, dict[str, Any]]] = []
+    video_items: list[tuple[tuple[int, int, int], tuple[str, dict[str, Any]]]] = []
+    try:
+        failed = _predict_images(args, images, runner, keep, warn, bool(images) and info.is_main, image_items)
+        for inp, target in videos:
+            items: list[tuple[str, dict[str, Any]]] = []
+            try:
+                written = _predict_video(
+                    inp, target, runner.detector, args.score_threshold, keep, not args.no_draw, runner.class_names, items
+                )
+            except VideoError as exc:
+                warn(f"skipped {exc}")
+                failed += 1
+                continue
+            finally:  # an interrupted video keeps the frames it did
+                video_items += [((1, order[str(inp.path)], j), item) for j, item in enumerate(items)]
+            if written is not None and not written[1]:
+                warn(f"{inp.path}: no video encoder installed; annotated frames written as PNGs to {written[0]}")
+    except KeyboardInterrupt:
+        if not info.enabled:  # alone: the detections so far are written, not lost (ranks cannot gather now)
+            _write_interrupted(args, _keyed(image_items, order) + video_items, runner.class_names)
+        raise
+    keyed = _keyed(image_items, order) + video_items
 
     gathered = gather_to_main((keyed, failed), info)
     if gathered is None:
@@ -212,6 +219,24 @@ def _run(
     return 1 if failed else 0
 
 
+def _write_interrupted(
+    args: argparse.Namespace, keyed: list[tuple[tuple[int, int, int], tuple[str, dict[str, Any]]]], names: Any
+) -> None:
+    """The detections file of the inputs done before Ctrl-C, in input order."""
+    from efficientdet.outputs.results import write_detections
+
+    done = [item for _, item in sorted(keyed, key=lambda kv: kv[0])]
+    path = write_detections(Path(args.out) / f"detections.{args.format}", done, names)
+    print(f"efficientdet predict: interrupted; the detections of {len(done)} inputs so far -> {path}", file=sys.stderr)
+
+
+def _keyed(
+    items: list[tuple[str, dict[str, Any]]], order: dict[str, int]
+) -> list[tuple[tuple[int, int, int], tuple[str, dict[str, Any]]]]:
+    """Image items with their place in the input order (images before videos)."""
+    return [((0, order[f], 0), (f, d)) for f, d in items]
+
+
 def _predict_images(
     args: argparse.Namespace,
     images: list[tuple[PredictInput, Path]],
@@ -219,9 +244,11 @@ def _predict_images(
     keep: torch.Tensor | None,
     warn: Callable[[str], None],
     progress: bool,
-) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    items: list[tuple[str, dict[str, Any]]],
+) -> int:
     """Detect in ``images`` (input, annotated copy's path) in batches of ``args.batch_size``;
-    returns ``(path, detections)`` per readable image and the count of unreadable ones."""
+    appends ``(path, detections)`` per readable image to ``items`` as each batch is done (an
+    interrupted run keeps them); returns the count of unreadable ones."""
     from tqdm import tqdm
 
     from efficientdet.outputs.visualize import draw_detections
@@ -231,7 +258,6 @@ def _predict_images(
 
     detector, class_names, thr = runner.detector, runner.class_names, args.score_threshold
     max_pixels = runner.max_input_pixels
-    items: list[tuple[str, dict[str, Any]]] = []
     failed = 0
     bar = tqdm(total=len(images), desc="predict", unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     pending: list[tuple[PredictInput, Path, Any]] = []
@@ -264,7 +290,7 @@ def _predict_images(
             flush()
     flush()
     bar.close()
-    return items, failed
+    return failed
 
 
 def _predict_video(
