@@ -173,3 +173,15 @@ def test_sliced_runs_with_onnxruntime(tiny_model: torch.nn.Module, tmp_path: Pat
     assert got["boxes"].shape == (20, 4) and want["boxes"].shape == (20, 4)
     assert float(got["boxes"][:, 2].max()) <= 300 and float(got["boxes"][:, 3].max()) <= 200
     torch.testing.assert_close(got["scores"], want["scores"], atol=2e-3, rtol=0)
+
+
+def test_wrapping_the_model_itself_says_what_to_wrap() -> None:
+    # was an AttributeError ('EfficientDet' object has no attribute ...) at the first call
+    from efficientdet import create_model
+    from efficientdet.inference.tta import TTADetector
+
+    model = create_model("efficientdet_lite0", pretrained_backbone=False, image_size=128)
+    with pytest.raises(TypeError, match=r"SlicedDetector wraps a detector, got EfficientDet: SlicedDetector\(Detector\(model\), tile\)"):
+        SlicedDetector(model, tile=128)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"TTADetector wraps a Detector, got EfficientDet: TTADetector\(Detector\(model\)\)"):
+        TTADetector(model)  # type: ignore[arg-type]

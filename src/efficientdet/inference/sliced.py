@@ -80,6 +80,10 @@ class SlicedDetector(StagedDetector):
         whole_image: bool = True,
         edge_margin: float = 4.0,
     ) -> None:
+        if not isinstance(detector, ImageDetector):  # e.g. the model itself: an AttributeError later
+            raise TypeError(
+                f"SlicedDetector wraps a detector, got {type(detector).__name__}: SlicedDetector(Detector(model), tile)"
+            )
         if tile <= 0 or tile % TILE_MULTIPLE:
             raise ValueError(f"--tile {tile}: must be a positive multiple of the model's stride ({TILE_MULTIPLE})")
         if not 0.0 <= overlap < 1.0:

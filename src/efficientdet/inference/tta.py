@@ -113,6 +113,8 @@ class TTADetector(StagedDetector):
         merge: MergeMode = "nms",
         iou_threshold: float | None = None,
     ) -> None:
+        if not isinstance(detector, Detector):  # e.g. the model itself: an AttributeError later
+            raise TypeError(f"TTADetector wraps a Detector, got {type(detector).__name__}: TTADetector(Detector(model))")
         if merge not in ("nms", "wbf"):
             raise ValueError(f"unknown merge {merge!r}; expected 'nms' or 'wbf'")
         if not scales or any(s <= 0 for s in scales):
