@@ -240,7 +240,8 @@ def _cached_download(url: str, expected: str | None, progress: bool) -> Path:
             raise WeightsError(
                 f"download of {url} failed ({type(exc).__name__}: {exc}). If this machine is "
                 f"offline, download the file elsewhere and pass its local path "
-                f'(weights="/path/to/{target.name}"), or put it in the cache directory as {target}'
+                f"(--weights /path/to/{target.name} on the command line, weights=... in Python), or put it in the "
+                f"cache directory as {target}"
             ) from exc
         if expected is not None:
             problem = _hash_problem(expected, sha256_file(tmp))
