@@ -206,6 +206,7 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
     """``--compare WEIGHTS``: the same evaluation of other weights (its files under
     ``out/compare``), a side-by-side table with the AP difference's bootstrap interval, and
     both in ``metrics.json``."""
+    from ..evaluation.coco import stat_text
     from ..evaluation.run import evaluate
     from ..export.metadata import is_graph_file
     from ..fs import atomic_write
@@ -232,8 +233,10 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
     print()
     print(f"{'weights':<{width}}  " + "  ".join(f"{k:>6}" for k in keys))
     for name, values in rows:
-        print(f"{name:<{width}}  " + "  ".join(f"{values[k]:6.3f}" for k in keys))
-    print(f"{'difference (first - second)':<{width}}  " + "  ".join(f"{stats[k] - other_run.stats[k]:+6.3f}" for k in keys))
+        print(f"{name:<{width}}  " + "  ".join(f"{stat_text(values[k]):>6}" for k in keys))
+    # A stat that either run lacks (COCO's -1: no ground truth in that area range) has no difference.
+    diffs = [stats[k] - other_run.stats[k] if min(stats[k], other_run.stats[k]) >= 0 else math.nan for k in keys]
+    print(f"{'difference (first - second)':<{width}}  " + "  ".join(f"{stat_text(d, difference=True):>6}" for d in diffs))
     metrics_path = out / "metrics.json"
     doc = json.loads(metrics_path.read_text(encoding="utf-8"))
     doc["compare"] = {"weights": str(args.compare), "backend": _backend_label(other), "stats": other_run.stats}
