@@ -334,3 +334,17 @@ def test_negative_workers_is_one_line_naming_the_flag(
     assert main(args) == 2
     assert "--workers -1: must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+def test_compare_folder_says_what_it_evaluated(
+    dataset: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``out/compare/metrics.json`` held bare numbers (no weights, model or backend), and the
+    "wrote" line did not mention the folder."""
+    out = tmp_path / "e"
+    assert main(["eval", str(dataset), "--weights", str(tiny_weights), "--out", str(out), "--quiet",
+                 "--max-images", "2", "--compare", str(tiny_weights)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith(f"{out / 'confusion_matrix.png'}, {out / 'compare'}")
+    doc = json.loads((out / "compare" / "metrics.json").read_text())
+    main_doc = json.loads((out / "metrics.json").read_text())
+    assert doc["weights"] == str(tiny_weights) and doc["backend"] == "torch" and doc["model"] == "efficientdet_lite0"
+    assert doc["stats"] == main_doc["compare"]["stats"]

@@ -115,6 +115,8 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
     if args.compare:
         _compare(args, index, fmt, out, runner, run)
     written = [metrics_path, out / "detections_coco.json", out / "pr_curve.png", out / "confusion_matrix.png"]
+    if args.compare:
+        written.append(out / "compare")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -226,6 +228,7 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
         other.detector, index, batch_size=args.batch_size, nms=args.nms, out_dir=other_out,
         progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
     )  # fmt: skip
+    _add_run_to_metrics(other_args, other_out, fmt, other)  # else its metrics.json named no weights
     stats = run.stats
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     rows = [(f"{args.weights} ({_backend_label(runner)})", stats), (f"{args.compare} ({_backend_label(other)})", other_run.stats)]
