@@ -167,3 +167,18 @@ def test_a_late_answer_for_an_earlier_file_is_not_drawn(server: Server, browser:
     view = browser.execute_script("return document.getElementById('overlay').getAttribute('viewBox')")
     assert view == "0 0 200 300"
     assert "(200x300 px)" in browser.execute_script("return document.getElementById('status').textContent")
+
+
+def test_a_page_opened_before_the_model_answers_picks_it_up_later(server: Server, browser: Any) -> None:
+    """A page opened while ``/v1/model`` did not answer (the model still loading) said "reload the
+    page" for good, and kept its default score floor even for a graph whose in-graph threshold
+    is higher (every upload then a 422)."""
+    from selenium.webdriver.common.by import By
+
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/v1/model"]})
+    browser.get(f"http://127.0.0.1:{server.port}/")
+    _wait(browser, "return document.getElementById('model-name').textContent.includes('not ready')")
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+    _wait(browser, "return document.getElementById('model-name').textContent.includes('efficientdet_lite0')", 10)
+    assert "cat, dog, cup" in browser.find_element(By.ID, "classes").text
