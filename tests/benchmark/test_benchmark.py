@@ -247,6 +247,7 @@ def test_timing_counts_faults_per_call_and_joins_rounds() -> None:
         (["--calibration", "{tmp}"], "--calibration is for the int8 backends (onnxruntime-int8, openvino-int8), "
          "and --backends torch has none"),
         (["--device", "foo"], "--device foo: not a device; use cpu, cuda or cuda:N"),
+        (["--image-size", "100"], "--image-size 100: must be a positive multiple of 32"),
     ],
 )  # fmt: skip
 def test_options_that_would_be_ignored_or_fail_late_are_refused_first(

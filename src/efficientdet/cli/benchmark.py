@@ -34,6 +34,8 @@ def _check_outputs_and_options(args: argparse.Namespace) -> None:
     from ..benchmark import INT8_BACKENDS
     from .common import check_score_threshold, resolve_device
 
+    if args.image_size is not None and (args.image_size <= 0 or args.image_size % 32):  # was "image size 100x100: ..."
+        raise ValueError(f"--image-size {args.image_size}: must be a positive multiple of 32")
     if args.json is not None and Path(args.json).is_dir():
         raise ValueError(f"--json {args.json}: is a folder; give the JSON file to write")
     if args.score_threshold is not None:
