@@ -236,3 +236,32 @@ def test_timing_counts_faults_per_call_and_joins_rounds() -> None:
     assert (Timing({"network": [0.01]}, faults=None) + Timing({"network": [0.01]}, faults=5)).faults is None
     row = _row("torch", "network", 2, joined, 10**9, None)
     assert row.faults_per_image == 40 / (4 * 2)  # per image: calls x batch size
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--json", "{tmp}"], "--json {tmp}: is a folder; give the JSON file to write"),
+        (["--score-threshold", "2"], "--score-threshold 2.0: must be in 0..1"),
+        (["--score-threshold", "-1"], "--score-threshold -1.0: must be in 0..1"),
+        (["--calibration", "{tmp}"], "--calibration is for the int8 backends (onnxruntime-int8, openvino-int8), "
+         "and --backends torch has none"),
+        (["--device", "foo"], "--device foo: not a device; use cpu, cuda or cuda:N"),
+        (["--image-size", "100"], "--image-size 100: must be a positive multiple of 32"),
+    ],
+)  # fmt: skip
+def test_options_that_would_be_ignored_or_fail_late_are_refused_first(
+    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --json folder ended the finished run in an IsADirectoryError traceback (results lost);
+    the other options were accepted and ignored (a threshold of 2 or -1, --calibration without
+    an int8 backend) or a 20-device-type torch message. Each is one line before any work."""
+
+    def no_run(*_a: object, **_k: object) -> None:
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr("efficientdet.benchmark.run_benchmark", no_run)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(["benchmark", MODEL, "--backends", "torch", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("{tmp}", str(tmp_path)) in err and err.count("\n") == 1

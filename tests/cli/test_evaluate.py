@@ -302,3 +302,49 @@ def test_voc_ap50_leaves_difficult_objects_out(
     run = evaluate(model, dataclasses.replace(index, records=hard), voc=True, progress=False, num_workers=0)
     assert run.voc is not None and run.voc["mAP"] == pytest.approx(1.0)
     assert run.stats["AR100"] < 1.0  # COCO metrics keep them as ordinary objects, as the official tools do
+
+
+def test_compare_is_checked_before_the_first_evaluation(
+    dataset: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--compare`` with a graph that has NMS inside ran and printed a difference, though the
+    same graph as --weights is refused; a missing --compare file failed after the first run."""
+    pytest.importorskip("onnx")
+    graph = tmp_path / "nms.onnx"
+    assert main(["export", "--weights", str(tiny_weights), "--out", str(graph), "--image-size", "128", "--nms",
+                 "--onnx-exporter", "torchscript"]) == 0  # fmt: skip
+    capsys.readouterr()
+    base = ["eval", str(dataset), "--weights", str(tiny_weights), "--quiet", "--max-images", "2"]
+    out = tmp_path / "a"
+    assert main([*base, "--out", str(out), "--compare", str(graph)]) == 2
+    err = capsys.readouterr().err
+    assert f"--compare {graph} has NMS inside" in err and not (out / "metrics.json").exists()
+    out = tmp_path / "b"
+    assert main([*base, "--out", str(out), "--compare", str(tmp_path / "missing.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "--compare " + str(tmp_path / "missing.safetensors") + ": no such file" in err
+    assert not (out / "metrics.json").exists()
+
+
+def test_negative_workers_is_one_line_naming_the_flag(
+    dataset: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It was DataLoader's "num_workers option should be non-negative", naming no flag."""
+    args = ["eval", str(dataset), "--weights", str(tiny_weights), "--out", str(tmp_path / "e"), "--workers", "-1"]
+    assert main(args) == 2
+    assert "--workers -1: must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+def test_compare_folder_says_what_it_evaluated(
+    dataset: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``out/compare/metrics.json`` held bare numbers (no weights, model or backend), and the
+    "wrote" line did not mention the folder."""
+    out = tmp_path / "e"
+    assert main(["eval", str(dataset), "--weights", str(tiny_weights), "--out", str(out), "--quiet",
+                 "--max-images", "2", "--compare", str(tiny_weights)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith(f"{out / 'confusion_matrix.png'}, {out / 'compare'}")
+    doc = json.loads((out / "compare" / "metrics.json").read_text())
+    main_doc = json.loads((out / "metrics.json").read_text())
+    assert doc["weights"] == str(tiny_weights) and doc["backend"] == "torch" and doc["model"] == "efficientdet_lite0"
+    assert doc["stats"] == main_doc["compare"]["stats"]

@@ -75,3 +75,34 @@ def test_ctrl_c_is_one_line_and_exit_130(
     monkeypatch.setattr("efficientdet.cli.predict.collect_inputs", interrupted)
     assert main(["predict", str(tmp_path), "--weights", str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "o")]) == 130
     assert capsys.readouterr().err == "efficientdet predict: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--image-size", "0"], "--image-size 0: give H or H W, each a positive multiple of 32"),
+        (["--image-size", "100"], "--image-size 100: give H or H W, each a positive multiple of 32"),
+        (["--image-size", "320", "640", "960"], "--image-size 320 640 960: give H or H W"),
+        (["--num-classes", "0"], "--num-classes 0: must be at least 1"),
+        (["--num-classes", "-3"], "--num-classes -3: must be at least 1"),
+    ],
+)
+def test_bad_size_or_class_count_is_one_line_naming_the_flag(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    """These were a traceback (0 classes), torch's kernel-size or tensor-shape errors, or
+    (three sizes) silently the first and the last."""
+    assert main(["info", "efficientdet_lite0", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_size_and_classes_for_a_graph_are_refused_not_ignored(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``info m.onnx --image-size 320`` printed the graph's own 192x192 as if the flag had been read."""
+    (tmp_path / "m.onnx").write_bytes(b"")
+    for flag in (["--image-size", "320"], ["--num-classes", "5"]):
+        assert main(["info", str(tmp_path / "m.onnx"), *flag]) == 2
+        err = capsys.readouterr().err
+        assert "m.onnx: --image-size and --num-classes are for model names" in err
+    assert main(["info", "efficientdet_lite0", "--image-size", "320", "640", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image_size"] == [320, 640]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from efficientdet.cli import main
@@ -24,3 +27,29 @@ def test_batch_size_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
         main(["serve", "--weights", "w.safetensors", "--batch-size", "4"])
     assert done.value.code == 2
     assert "unrecognized arguments: --batch-size 4" in capsys.readouterr().err
+
+
+def test_a_port_in_use_or_a_bad_host_is_one_line_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They were uvicorn's "ERROR: [Errno -2] Name or service not known" (no flag named) or
+    "[Errno 98] ... address already in use", exit 3, after the model had loaded in full (the
+    shutdown waits for it). The weights here do not exist: loading them would say so."""
+    weights = str(tmp_path / "missing.safetensors")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--weights", weights, "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)" in err
+        assert err.count("\n") == 1 and "missing.safetensors" not in err
+    assert main(["serve", "--weights", weights, "--host", "256.1.1.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--host 256.1.1.1: not an address to listen on" in err and err.count("\n") == 1
+
+
+def test_a_negative_graceful_timeout_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """-1 was accepted: asyncio's timeout then cut the requests in flight at the first signal."""
+    assert main(["serve", "--weights", "w.safetensors", "--graceful-timeout", "-1"]) == 2
+    assert "--graceful-timeout -1.0: must be >= 0 (seconds)" in capsys.readouterr().err

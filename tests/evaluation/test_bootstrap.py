@@ -4,6 +4,8 @@ dataset that holds the drawn images (repeats as copies), and the interval behave
 from __future__ import annotations
 
 import copy
+import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -98,3 +100,16 @@ def test_no_detections_and_bad_arguments() -> None:
         paired_ap_interval(full, per_image_evaluation(coco_gt, dets, ids[:-1]))
     with pytest.raises(ValueError, match=r"^need 0 < confidence < 1 and resamples >= 1$"):
         paired_ap_interval(full, full, confidence=1.0)
+
+
+def test_images_without_ground_truth_give_no_interval_and_no_numpy_warning() -> None:
+    """``eval --compare`` on images without objects printed numpy's "All-NaN slice encountered"."""
+    gt, dets = _scene(3)
+    gt = {**copy.deepcopy(gt), "annotations": []}
+    coco_gt = CocoEvaluator(gt).coco_gt
+    ids = [im["id"] for im in gt["images"]]
+    first, second = per_image_evaluation(coco_gt, dets, ids), per_image_evaluation(coco_gt, [], ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        interval = paired_ap_interval(first, second, resamples=20)
+    assert math.isnan(interval.difference) and math.isnan(interval.low) and math.isnan(interval.high)

@@ -23,6 +23,7 @@ from efficientdet.evaluation import (
     plot_precision_recall,
     voc_ap50,
 )
+from efficientdet.evaluation.coco import stat_text
 
 T = torch.tensor
 CLASSES = ["cat", "dog", "bird"]  # labels 0, 1, 2 -> category ids 1, 2, 3
@@ -358,3 +359,18 @@ def test_gt_without_info_works_with_pycocotools_that_needs_it(monkeypatch: pytes
     for source in (gt, gt_list()):
         result = evaluate(perfect_dets(), gt=source) if source is gt else evaluate(perfect_dets())
         assert result.stats["AP"] == pytest.approx(1.0)
+
+
+def test_absent_stats_print_as_a_dash_not_minus_one() -> None:
+    """COCO's -1 (no ground truth in a range) printed as "all  -1.000  -1.000", a column wider
+    than the rest, and eval --compare printed its "difference" as +0.000."""
+    gt = [{"image_id": 1, "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "height": H, "width": W}]
+    evaluator = CocoEvaluator(gt, class_names=["cat"])
+    evaluator.update([1], [{"boxes": T([[10.0, 10, 50, 50]]), "scores": T([0.9]), "labels": T([0])}])
+    result = evaluator.compute()
+    assert all(result.stats[k] == -1.0 for k in STAT_NAMES)
+    lines = result.table().split("\n")
+    assert lines[2] == "cat        -      -      0" and lines[4] == "all        -      -      0"
+    assert {len(line) for line in lines[:5]} == {len(lines[0])}  # the columns line up
+    assert [stat_text(v) for v in (0.6014, -1.0, math.nan)] == ["0.601", "-", "-"]
+    assert [stat_text(v, difference=True) for v in (0.0172, -0.03, 0.0, math.nan)] == ["+0.017", "-0.030", "+0.000", "-"]

@@ -78,3 +78,19 @@ def test_eval_refuses_a_bad_confusion_threshold(tmp_path, capsys) -> None:
     assert main(["eval", str(tmp_path / "x.json"), "--weights", "w", "--confusion-iou", "1.5", "--out", str(tmp_path / "o")]) == 2
     assert "efficientdet eval: error: --confusion-iou 1.5: must be in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_plot_leaves_the_callers_matplotlib_backend_alone(tmp_path) -> None:
+    """plot_confusion called matplotlib.use("Agg"): evaluate(..., confusion=...) in a notebook
+    switched its backend, and plt.show() showed nothing afterwards."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        gts, dets = _hand_case()
+        plot_confusion(confusion_matrix(gts, dets, ["cat", "dog"]), tmp_path / "c.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

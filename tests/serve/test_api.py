@@ -185,3 +185,14 @@ def test_wrong_field_name_and_wrong_method(server: Server, image_files: list[Pat
     # still healthy and still correct afterwards
     assert request(server.port, "GET", "/healthz")[0] == 200
     assert detect(server.port, image_files[0].read_bytes())[0] == 200
+
+
+def test_unknown_path_and_wrong_method_answer_in_the_error_format(server: Server) -> None:
+    """They were FastAPI's {"detail": "Not Found"} / {"detail": "Method Not Allowed"}, not the
+    documented {"error": {"code", "message"}} every other error uses."""
+    status, headers, raw = request(server.port, "GET", "/v1/detect")
+    assert status == 405 and headers.get("allow") == "POST"
+    assert json.loads(raw) == {"error": {"code": "method_not_allowed", "message": "GET is not allowed on /v1/detect (use POST)"}}
+    status, _, raw = request(server.port, "POST", "/v1/detections")
+    assert status == 404 and json.loads(raw)["error"]["code"] == "not_found"
+    assert "no such path: /v1/detections" in json.loads(raw)["error"]["message"]

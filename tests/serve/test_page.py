@@ -113,3 +113,72 @@ def _detect_requests(browser: Any, server: Server) -> float:
 
     text = request(server.port, "GET", "/metrics")[2].decode()
     return metric(text, 'efficientdet_requests_total{path="/v1/detect",status="200"}')
+
+
+def _upload(browser: Any, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.execute_script("document.body.dataset.state = ''; document.getElementById('file').value = ''")
+    browser.find_element(By.ID, "file").send_keys(str(path))
+
+
+def test_an_error_clears_the_previous_images_boxes(server: Server, browser: Any, tmp_path: Path) -> None:
+    """A failed upload after a good one left the good image's table and "N of M shown" under
+    the error, as if they were the new file's."""
+    from selenium.webdriver.common.by import By
+
+    photo, junk = tmp_path / "photo.jpg", tmp_path / "notes.jpg"
+    scene(11, (360, 240)).save(photo, quality=92)
+    junk.write_text("not an image")
+    browser.get(f"http://127.0.0.1:{server.port}/")
+    _wait(browser, "return document.getElementById('model-name').textContent.includes('efficientdet_lite0')")
+    _upload(browser, photo)
+    _wait(browser, "return document.body.dataset.state === 'done'")
+    assert browser.find_elements(By.CSS_SELECTOR, "#list tbody tr")
+    _upload(browser, junk)
+    _wait(browser, "return document.body.dataset.state === 'error'")
+    assert "not an image file" in browser.find_element(By.ID, "status").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#list tbody tr, #overlay g.det") == []
+    assert browser.find_element(By.ID, "count").text == ""
+    assert not browser.find_element(By.ID, "list").is_displayed()
+    assert not browser.find_element(By.ID, "stage").is_displayed()  # no broken-image icon
+
+
+def test_a_late_answer_for_an_earlier_file_is_not_drawn(server: Server, browser: Any, tmp_path: Path) -> None:
+    """Two files chosen in quick succession: the first one's answer, arriving last, was drawn
+    over the second photo with the first one's size and count in the status line."""
+    first, second = tmp_path / "first.jpg", tmp_path / "second.jpg"
+    scene(11, (360, 240)).save(first, quality=92)
+    scene(12, (200, 300)).save(second, quality=92)
+    browser.get(f"http://127.0.0.1:{server.port}/")
+    _wait(browser, "return document.getElementById('model-name').textContent.includes('efficientdet_lite0')")
+    # The page's first detect answer is held back 1.5 s, so it lands after the second's.
+    browser.execute_script(
+        "const real = window.fetch; let calls = 0;"
+        "window.fetch = async (url, init) => {"
+        "  const r = await real(url, init);"
+        "  if (String(url).startsWith('/v1/detect') && calls++ === 0) await new Promise(ok => setTimeout(ok, 1500));"
+        "  return r; };"
+    )
+    _upload(browser, first)
+    _upload(browser, second)
+    _wait(browser, "return document.body.dataset.state === 'done'")
+    browser.execute_script("return new Promise(ok => setTimeout(ok, 2500))")  # the held answer arrives
+    view = browser.execute_script("return document.getElementById('overlay').getAttribute('viewBox')")
+    assert view == "0 0 200 300"
+    assert "(200x300 px)" in browser.execute_script("return document.getElementById('status').textContent")
+
+
+def test_a_page_opened_before_the_model_answers_picks_it_up_later(server: Server, browser: Any) -> None:
+    """A page opened while ``/v1/model`` did not answer (the model still loading) said "reload the
+    page" for good, and kept its default score floor even for a graph whose in-graph threshold
+    is higher (every upload then a 422)."""
+    from selenium.webdriver.common.by import By
+
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/v1/model"]})
+    browser.get(f"http://127.0.0.1:{server.port}/")
+    _wait(browser, "return document.getElementById('model-name').textContent.includes('not ready')")
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+    _wait(browser, "return document.getElementById('model-name').textContent.includes('efficientdet_lite0')", 10)
+    assert "cat, dog, cup" in browser.find_element(By.ID, "classes").text

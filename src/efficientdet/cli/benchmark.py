@@ -27,6 +27,27 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _check_outputs_and_options(args: argparse.Namespace) -> None:
+    """Options that were accepted and then ignored or failed only after the whole run: a
+    ``--json`` folder (an IsADirectoryError traceback, results lost), a score threshold outside
+    0..1, ``--calibration`` without an int8 backend, an unknown ``--device``."""
+    from ..benchmark import INT8_BACKENDS
+    from .common import check_score_threshold, resolve_device
+
+    if args.image_size is not None and (args.image_size <= 0 or args.image_size % 32):  # was "image size 100x100: ..."
+        raise ValueError(f"--image-size {args.image_size}: must be a positive multiple of 32")
+    if args.json is not None and Path(args.json).is_dir():
+        raise ValueError(f"--json {args.json}: is a folder; give the JSON file to write")
+    if args.score_threshold is not None:
+        check_score_threshold(args.score_threshold)
+    if args.calibration is not None and not set(INT8_BACKENDS) & set(args.backends):
+        raise ValueError(
+            f"--calibration is for the int8 backends ({', '.join(INT8_BACKENDS)}), and --backends "
+            f"{','.join(args.backends)} has none"
+        )
+    resolve_device(args.device)
+
+
 def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -97,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.backends:
         raise ValueError("--backends: name at least one backend")
     check_backends(args.backends, args.compare_effdet)  # fail before building anything
+    _check_outputs_and_options(args)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = run_benchmark(
         args.model,

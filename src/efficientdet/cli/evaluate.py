@@ -101,10 +101,7 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
     out = Path(args.out)
     runner = build_runner_on_ranks(args, out, info)
     if runner.nms_inside:
-        raise ValueError(
-            f"{args.weights} has NMS inside, with fixed thresholds; evaluation needs the raw scores "
-            "(score threshold 0.001, --nms): export without --nms, or pass the normal weights"
-        )
+        raise ValueError(_nms_inside_message(args.weights))
     # The detector predict runs (same stages, same input), so eval scores what predict outputs.
     run = evaluate(
         runner.detector, index, batch_size=args.batch_size, nms=args.nms, voc=args.voc, out_dir=out,
@@ -118,6 +115,8 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
     if args.compare:
         _compare(args, index, fmt, out, runner, run)
     written = [metrics_path, out / "detections_coco.json", out / "pr_curve.png", out / "confusion_matrix.png"]
+    if args.compare:
+        written.append(out / "compare")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -128,11 +127,35 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images {args.max_images}: must be at least 1")
+    if args.workers is not None and args.workers < 0:  # was torch's "num_workers option should be non-negative"
+        raise ValueError(f"--workers {args.workers}: must be >= 0 (0 decodes in the main process)")
     if not 0.0 < args.confusion_iou <= 1.0:
         raise ValueError(f"--confusion-iou {args.confusion_iou}: must be in (0, 1]")
     if not 0.0 <= args.confusion_score <= 1.0:
         raise ValueError(f"--confusion-score {args.confusion_score}: must be in [0, 1]")
     check_out_folder(args.out, "eval", "metrics.json, detections, plots")
+    if args.compare is not None:
+        _check_compare(args.compare)
+
+
+def _nms_inside_message(weights: str) -> str:
+    return (
+        f"{weights} has NMS inside, with fixed thresholds; evaluation needs the raw scores "
+        "(score threshold 0.001, --nms): export without --nms, or pass the normal weights"
+    )
+
+
+def _check_compare(weights: str) -> None:
+    """``--compare`` refused as ``--weights`` would be, before the first evaluation: it used to
+    run a graph with NMS inside, and a missing file failed only after the whole first run."""
+    from ..export.metadata import is_graph_file, read_onnx_metadata
+    from ..weights.registry import OFFICIAL_WEIGHTS
+
+    if is_graph_file(weights):
+        if read_onnx_metadata(weights).nms_inside:  # a missing or corrupt graph: an error naming it
+            raise ValueError(f"--compare {_nms_inside_message(weights)}")
+    elif "://" not in weights and weights not in OFFICIAL_WEIGHTS and not Path(weights).expanduser().is_file():
+        raise ValueError(f"--compare {weights}: no such file (nor a registered weights name or a URL)")
 
 
 def _add_run_to_metrics(args: argparse.Namespace, out: Path, fmt: str, runner: Runner) -> Path:
@@ -185,6 +208,7 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
     """``--compare WEIGHTS``: the same evaluation of other weights (its files under
     ``out/compare``), a side-by-side table with the AP difference's bootstrap interval, and
     both in ``metrics.json``."""
+    from ..evaluation.coco import stat_text
     from ..evaluation.run import evaluate
     from ..export.metadata import is_graph_file
     from ..fs import atomic_write
@@ -204,6 +228,7 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
         other.detector, index, batch_size=args.batch_size, nms=args.nms, out_dir=other_out,
         progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
     )  # fmt: skip
+    _add_run_to_metrics(other_args, other_out, fmt, other)  # else its metrics.json named no weights
     stats = run.stats
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     rows = [(f"{args.weights} ({_backend_label(runner)})", stats), (f"{args.compare} ({_backend_label(other)})", other_run.stats)]
@@ -211,8 +236,10 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
     print()
     print(f"{'weights':<{width}}  " + "  ".join(f"{k:>6}" for k in keys))
     for name, values in rows:
-        print(f"{name:<{width}}  " + "  ".join(f"{values[k]:6.3f}" for k in keys))
-    print(f"{'difference (first - second)':<{width}}  " + "  ".join(f"{stats[k] - other_run.stats[k]:+6.3f}" for k in keys))
+        print(f"{name:<{width}}  " + "  ".join(f"{stat_text(values[k]):>6}" for k in keys))
+    # A stat that either run lacks (COCO's -1: no ground truth in that area range) has no difference.
+    diffs = [stats[k] - other_run.stats[k] if min(stats[k], other_run.stats[k]) >= 0 else math.nan for k in keys]
+    print(f"{'difference (first - second)':<{width}}  " + "  ".join(f"{stat_text(d, difference=True):>6}" for d in diffs))
     metrics_path = out / "metrics.json"
     doc = json.loads(metrics_path.read_text(encoding="utf-8"))
     doc["compare"] = {"weights": str(args.compare), "backend": _backend_label(other), "stats": other_run.stats}

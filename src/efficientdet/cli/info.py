@@ -55,16 +55,18 @@ def run_info(args: argparse.Namespace) -> int:
     from ..export.metadata import is_graph_file
 
     if is_graph_file(args.model):
+        if args.image_size or args.num_classes is not None:  # were ignored: the graph's own were printed
+            raise ValueError(
+                f"{args.model}: --image-size and --num-classes are for model names; an .onnx file "
+                "has its own input size and classes (printed without them)"
+            )
         return _graph_info(args.model, args.json)
     if os.path.exists(args.model):  # was "unknown model '<file>'; valid names: ..."
         raise ValueError(
             f"{args.model}: info reads a model name (see `efficientdet list`) or an .onnx file from "
             "`efficientdet export`; TorchScript/torch.export files and checkpoints are not described"
         )
-    size = None
-    if args.image_size:
-        size = (args.image_size[0], args.image_size[-1])
-    d = describe(args.model, size, args.num_classes)
+    d = describe(args.model, _checked_size(args.image_size), _checked_classes(args.num_classes))
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
@@ -80,6 +82,25 @@ def run_info(args: argparse.Namespace) -> int:
         else:
             print(f"    {section}: {values}")
     return 0
+
+
+def _checked_size(values: list[int] | None) -> tuple[int, int] | None:
+    """``--image-size H [W]`` as (H, W); more values, or sides that are not positive multiples
+    of 32, are a usage error naming the flag (they were cut to the first and last, or reached
+    torch as a kernel-size error)."""
+    if not values:
+        return None
+    if len(values) > 2 or any(v <= 0 or v % 32 for v in values):
+        shown = " ".join(str(v) for v in values)
+        raise ValueError(f"--image-size {shown}: give H or H W, each a positive multiple of 32")
+    return values[0], values[-1]
+
+
+def _checked_classes(value: int | None) -> int | None:
+    """``--num-classes`` of at least 1 (0 was a traceback, negatives a tensor-shape error)."""
+    if value is not None and value < 1:
+        raise ValueError(f"--num-classes {value}: must be at least 1")
+    return value
 
 
 def _graph_info(path: str, as_json: bool) -> int:

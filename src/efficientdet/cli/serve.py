@@ -54,6 +54,8 @@ def _check(args: argparse.Namespace) -> None:
     check_score_threshold(args.score_threshold)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: must be in 0..65535")
+    if not args.graceful_timeout >= 0:  # a negative one cut the requests in flight at once
+        raise ValueError(f"--graceful-timeout {args.graceful_timeout}: must be >= 0 (seconds)")
 
 
 def _loader(args: argparse.Namespace) -> Any:
@@ -83,7 +85,9 @@ def _loader(args: argparse.Namespace) -> Any:
 def run_serve(args: argparse.Namespace) -> int:
     _check(args)
     from ..serve.app import ServeLimits, create_app
-    from ..serve.server import make_server
+    from ..serve.server import check_can_listen, make_server
+
+    check_can_listen(args.host, args.port)
 
     limits = ServeLimits(
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,

@@ -10,6 +10,7 @@ per-image results are laid out in the drawn order and ``COCOeval.accumulate`` ru
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,5 +106,8 @@ def paired_ap_interval(
         positions = rng.integers(0, count, count)
         draws.append(resampled_ap(first, positions) - resampled_ap(second, positions))
     tail = (1 - confidence) / 2
-    low, high = np.nanquantile(np.asarray(draws), [tail, 1 - tail])
+    values = np.asarray(draws)
+    if np.isnan(values).all():  # no ground truth, no AP: numpy would warn "All-NaN slice" on the terminal
+        return ApInterval(difference, math.nan, math.nan, confidence, resamples, count)
+    low, high = np.nanquantile(values, [tail, 1 - tail])
     return ApInterval(difference, float(low), float(high), confidence, resamples, count)

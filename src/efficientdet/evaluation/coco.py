@@ -36,6 +36,7 @@ __all__ = [
     "EvalResult",
     "gt_list_to_coco",
     "plot_precision_recall",
+    "stat_text",
     "voc_ap50",
 ]
 
@@ -127,6 +128,16 @@ def gt_list_to_coco(
     return {"images": images, "annotations": anns, "categories": categories}
 
 
+def stat_text(value: float, difference: bool = False) -> str:
+    """A COCO stat as the tables print it: ``0.601``, or ``-`` where there is nothing to measure
+    (NaN, or COCO's -1 for an area range without ground truth, which read "all -1.000" in the
+    table, one column wide of the rest). ``difference``: a signed ``+0.017``, the value of
+    ``first - second``; pass NaN when either side is absent."""
+    if math.isnan(value) or (value < 0 and not difference):
+        return "-"
+    return f"{value:+.3f}" if difference else f"{value:.3f}"
+
+
 def _coco_from_dict(dataset: dict[str, Any], verbose: bool) -> COCO:
     """A pycocotools COCO object over ``dataset`` (not copied)."""
     # pycocotools 2.0.10's loadRes copies dataset["info"] and raises KeyError without it; the
@@ -163,7 +174,7 @@ class EvalResult:
     def table(self) -> str:
         """Per-class table (AP, AP50, #GT) with the COCO summary line underneath."""
         width = max([len("class"), *(min(len(n), 40) for n in self.class_names)])
-        fmt = lambda v: "    -" if math.isnan(v) else f"{v:5.3f}"  # noqa: E731
+        fmt = lambda v: stat_text(v).rjust(5)  # noqa: E731
         lines = [f"{'class':<{width}}     AP   AP50    #GT", "-" * (width + 21)]
         for name in self.class_names:
             ap, ap50 = self.per_class_ap[name], self.per_class_ap50[name]

@@ -100,15 +100,17 @@ def confusion_matrix(
 
 def plot_confusion(result: ConfusionResult, path: str | os.PathLike[str], max_classes: int = 40) -> Path:
     """Write the matrix as a PNG heat map with the counts (classes beyond ``max_classes`` are not labelled)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure + Agg canvas rather than pyplot: matplotlib.use("Agg") switched the caller's backend
+    # (a notebook's plt.show() then showed nothing), and pyplot's figures are global state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     labels = [*result.class_names, "background"]
     n = len(labels)
     size = min(4 + 0.45 * n, 24)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    fig = Figure(figsize=(size, size * 0.85))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.imshow(result.matrix, cmap="Blues")
     if n <= max_classes + 1:
         ax.set_xticks(range(n), labels, rotation=90)
@@ -124,5 +126,4 @@ def plot_confusion(result: ConfusionResult, path: str | os.PathLike[str], max_cl
     out = Path(path)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return out

@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.reduced import full_size
 from .batcher import DetectFn, DynamicBatcher, QueueFull
@@ -139,6 +140,19 @@ def _add_handlers(app: FastAPI, service: _Service) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Routing's own 404/405 in the documented error format (were {"detail": "Not Found"}).
+        path = request.url.path
+        if exc.status_code == 404:
+            error = ApiError(404, "not_found", f"no such path: {path} (the API: POST /v1/detect, GET /v1/model, /healthz, /metrics)")
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            error = ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {path} (use {allowed})")
+        else:
+            error = ApiError(exc.status_code, "http_error", str(exc.detail))
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
-__all__ = ["GracefulServer", "make_server"]
+__all__ = ["GracefulServer", "check_can_listen", "make_server"]
 
 
 class GracefulServer(uvicorn.Server):
@@ -40,3 +41,19 @@ def make_server(app: FastAPI, host: str, port: int, graceful_timeout_s: float = 
         timeout_graceful_shutdown=graceful_timeout_s, server_header=False,  # type: ignore[arg-type]
     )  # fmt: skip
     return GracefulServer(config)
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let go, so that a port in use or an address that is not this
+    machine's is one ``ValueError`` naming the flags, before the model loads. (uvicorn binds
+    only after its startup, which loads the model, and then logs the OS error and exits 3.)"""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"--host {host}: not an address to listen on ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own socket
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ValueError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
