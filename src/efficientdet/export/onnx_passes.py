@@ -32,26 +32,53 @@ from typing import Any, cast
 
 import numpy as np
 
-__all__ = ["ceil_pools_to_pads", "fold_pads", "reduce_means_to_pools", "remove_unused_nodes"]
+__all__ = ["ceil_pools_to_pads", "fold_pads", "reduce_means_to_pools", "remove_unused_nodes", "static_shapes"]
 
 # Ops whose output is a function of their inputs' values only (no shapes of run-time tensors).
 _FOLDABLE = {"Constant", "Cast", "Concat", "ConstantOfShape", "Reshape", "Slice", "Transpose", "Unsqueeze",
-             "Squeeze", "Gather", "Add", "Sub", "Mul", "Neg", "Identity"}  # fmt: skip
+             "Squeeze", "Gather", "Add", "Sub", "Mul", "Div", "Neg", "Floor", "Ceil", "Max", "Min",
+             "Identity"}  # fmt: skip
+
+Shapes = dict[str, list[int | None]]  # tensor -> its dims (None: a dynamic one, the batch)
 
 
-def _constant_value(name: str, producers: dict[str, Any], inits: dict[str, Any], cache: dict[str, Any]) -> Any:
-    """The value of tensor ``name`` when it is computed from constants only, else None."""
-    from onnx import numpy_helper
+def static_shapes(proto: Any) -> Shapes:
+    """The dims ONNX shape inference finds for each tensor (a named, dynamic dim as None)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    shapes: Shapes = {}
+    for v in [*inferred.value_info, *inferred.input, *inferred.output]:
+        if v.type.tensor_type.HasField("shape"):
+            dims = v.type.tensor_type.shape.dim
+            shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
+
+
+def _constant_value(
+    name: str, producers: dict[str, Any], inits: dict[str, Any], cache: dict[str, Any], shapes: Shapes | None = None,
+    batch: int = 1,
+) -> Any:
+    """The value of tensor ``name`` when it is computed from constants only, else None.
+
+    With ``shapes``, a ``Shape`` of a tensor is a constant too, its dynamic dims read as
+    ``batch`` (the TorchScript exporter computes "same" padding from the maps' shapes): a caller
+    compares two batch values to know that a result does not depend on it."""
+    from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
     if name in cache:
         return cache[name]
     value = None
+    node = producers.get(name)
     if name in inits:
         value = numpy_helper.to_array(inits[name])
-    elif name in producers and producers[name].op_type in _FOLDABLE:
-        node = producers[name]
-        args = [_constant_value(i, producers, inits, cache) if i else None for i in node.input]
+    elif node is not None and node.op_type == "Shape" and shapes is not None and node.input[0] in shapes:
+        full = np.array([batch if d is None else d for d in shapes[node.input[0]]], dtype=np.int64)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        value = full[attrs.get("start", 0) : attrs.get("end", len(full))]
+    elif node is not None and node.op_type in _FOLDABLE:
+        args = [_constant_value(i, producers, inits, cache, shapes, batch) if i else None for i in node.input]
         if all(a is not None for a, i in zip(args, node.input) if i):
             feeds = {i: a for i, a in zip(node.input, args) if i}
             # run() gives a dict only with intermediate=True; here the outputs, in order.
@@ -68,7 +95,18 @@ _FOLD_FILL = {"Conv": 0.0, "MaxPool": -np.inf}
 def fold_pads(proto: Any) -> int:
     """Fold each constant ``Pad`` of the spatial dims that feeds only a ``Conv`` (fill 0) or a
     ``MaxPool`` (fill -inf) into that node's ``pads`` (in place); returns the number folded.
-    Exact: a conv's own padding is zeros, a max pool's never wins the max."""
+    Exact: a conv's own padding is zeros, a max pool's never wins the max.
+
+    In rounds: a pad computed from the shape of a map below an unfolded ``Pad`` becomes
+    constant once shape inference sees through that one (the BiFPN's pools after P6)."""
+    total = 0
+    while (folded := _fold_pads_once(proto)) > 0:
+        total += folded
+    return total
+
+
+def _fold_pads_once(proto: Any) -> int:
+    """One round of :func:`fold_pads`: the pads constant under the current shape inference."""
     from onnx import helper
 
     graph = proto.graph
@@ -79,7 +117,8 @@ def fold_pads(proto: Any) -> int:
         for i in node.input:
             users.setdefault(i, []).append(node)
     outputs = {o.name for o in graph.output}
-    cache: dict[str, Any] = {}
+    shapes = static_shapes(proto)
+    caches: dict[int, dict[str, Any]] = {1: {}, 2: {}}  # one per batch size tried
     folded = []
     for pad in graph.node:
         if pad.op_type != "Pad" or pad.output[0] in outputs or len(users.get(pad.output[0], [])) != 1:
@@ -90,9 +129,15 @@ def fold_pads(proto: Any) -> int:
         attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
         if attrs.get("mode", b"constant") not in (b"constant", "constant") or (len(pad.input) > 3 and pad.input[3]):
             continue  # other modes, or an ``axes`` input
-        pads = _constant_value(pad.input[1], producers, inits, cache) if len(pad.input) > 1 else None
-        fill = _constant_value(pad.input[2], producers, inits, cache) if len(pad.input) > 2 and pad.input[2] else 0
-        if pads is None or fill is None or np.any(np.asarray(fill) != _FOLD_FILL[conv.op_type]):
+        # the same pads for batches of 1 and 2: they do not depend on the (dynamic) batch
+        pads, other = (
+            _constant_value(pad.input[1], producers, inits, caches[b], shapes, b) if len(pad.input) > 1 else None
+            for b in (1, 2)
+        )
+        fill = _constant_value(pad.input[2], producers, inits, caches[1]) if len(pad.input) > 2 and pad.input[2] else 0
+        if pads is None or other is None or not np.array_equal(pads, other):
+            continue
+        if fill is None or np.any(np.asarray(fill) != _FOLD_FILL[conv.op_type]):
             continue
         pads = [int(p) for p in np.asarray(pads).reshape(-1)]
         if len(pads) != 8 or any(p < 0 for p in pads) or pads[0] or pads[1] or pads[4] or pads[5]:
