@@ -438,6 +438,11 @@ def test_voc_tutorial_layout_with_lowercase_folders_and_splits(tmp_path: Path) -
     assert len(read_dataset(root)) == 3  # no split: every XML
     assert [r.image_path.stem for r in read_split(root, "train").records] == ["r1", "r2"]  # train's reader
     assert len(read_split(root, "test")) == 3  # no such list: every XML
+    # a split asked for by name (eval --split test) that has no list names both places looked in
+    with pytest.raises(FileNotFoundError) as err:
+        read_dataset(root, split="test")
+    tried = f"{root / 'ImageSets' / 'Main' / 'test.txt'}, {root / 'splits' / 'test.txt'}"
+    assert str(err.value) == f"{root}: no list of VOC split 'test' (tried {tried})"
     # an official ImageSets/Main list wins over splits/ when both exist
     (root / "ImageSets" / "Main").mkdir(parents=True)
     (root / "ImageSets" / "Main" / "train.txt").write_text("r3\n")

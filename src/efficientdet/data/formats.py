@@ -63,7 +63,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "yolo"
     raise ValueError(
         f"{p}: cannot tell the dataset format (no data.yaml, labels/ or classes.txt for YOLO, "
-        "no Annotations/ or *.xml for VOC); pass a COCO .json file or use read_coco/read_voc/read_yolo"
+        "no Annotations/ or *.xml for VOC); give a COCO .json file, a VOC folder or a YOLO folder / data.yaml"
     )
 
 
@@ -88,6 +88,10 @@ def read_dataset(path_or_spec: str | os.PathLike[str] | Mapping[str, Any], **kw:
     split = kw.pop("split", None)
     if split is not None and "split_file" not in kw:
         kw["split_file"] = voc_split_file(ann_dir.parent, split)
+        if not kw["split_file"].is_file():  # name both places a list is looked for
+            root = ann_dir.parent
+            tried = f"{root / 'ImageSets' / 'Main' / f'{split}.txt'}, {root / 'splits' / f'{split}.txt'}"
+            raise FileNotFoundError(f"{root}: no list of VOC split {split!r} (tried {tried})")
     return read_voc(ann_dir, **kw)
 
 
