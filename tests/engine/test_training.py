@@ -135,8 +135,21 @@ def test_no_usable_images_is_a_clear_error(tmp_path: Path, make_config) -> None:
     data = make_synthetic_dataset(tmp_path / "data", num_images=2, image_size=(64, 64), seed=0)
     for image in (tmp_path / "data" / "images").iterdir():
         image.unlink()  # every annotation now points at a missing image
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no usable training images"):
+    # one error naming where the images were looked for (not a warning per image, then this)
+    with pytest.raises(FileNotFoundError, match=r"none of its 2 images was found \(file_name '.*' looked for under"):
         Trainer(make_config(data, tmp_path / "run"), progress=False)
+    (tmp_path / "data" / "images" / "spare.png").write_bytes(b"")  # a folder with other files: the same
+    with pytest.raises(FileNotFoundError, match="none of its 2 images was found"):
+        Trainer(make_config(data, tmp_path / "run"), progress=False)
+    # a VOC folder whose XMLs all name missing images: warned per file, then one error
+    from efficientdet.data.formats import read_dataset, write_voc
+
+    voc_data = make_synthetic_dataset(tmp_path / "voc_src", num_images=2, image_size=(64, 64), seed=0)
+    voc = write_voc(read_dataset(voc_data), tmp_path / "voc")
+    for image in (tmp_path / "voc" / "JPEGImages").iterdir():
+        image.unlink()
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no usable training images"):
+        Trainer(make_config(voc, tmp_path / "run_voc"), progress=False)
 
 
 def test_time_budget_schedule_decays_by_the_end_of_the_budget() -> None:

@@ -166,6 +166,15 @@ def build_train_loader_for(
     return loader, seeded, sampler
 
 
+def check_has_images(index: DatasetIndex, source: str) -> None:
+    """Refuse training data of which every record was skipped (warned per file), before a
+    model is built for its (then empty) class list."""
+    if len(index) == 0:
+        raise ValueError(
+            f"{source}: no usable training images ({len(index.skipped)} records skipped, see the warnings above)"
+        )
+
+
 def validation_tile(crop_size: int | None, val_index: DatasetIndex | None) -> tuple[int | None, str | None]:
     """The tile validation slices at, and a note for the log: a model trained on crops
     (``data.crop_size``) is scored as it is meant to run, on tiles of that size (sliced

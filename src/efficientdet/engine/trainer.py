@@ -31,6 +31,7 @@ from .setup import (
     build_train_loader_for,
     build_train_model,
     build_train_state,
+    check_has_images,
     count_steps,
     resolve_amp_dtype,
     resolve_device,
@@ -94,6 +95,7 @@ class Trainer:
         kw: dict[str, Any] = {"allow_outside_root": cfg.data.allow_outside_root}
         # a VOC or YOLO folder with splits gives its train / val split (eval's default too)
         self.train_index = read_split(cfg.data.train, "train", **kw)
+        check_has_images(self.train_index, cfg.data.train)
         self.val_index = read_split(cfg.data.val, "val", **kw) if cfg.data.val else None
         if self.val_index is not None:  # validation is sharded: every rank needs an image
             check_shardable(len(self.val_index), self.dist, f"validation images in {cfg.data.val}")
