@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from torch import Tensor
 from efficientdet import Detector, create_model
 from efficientdet.cli import main
 from efficientdet.data.formats import read_dataset
-from efficientdet.data.records import DatasetIndex, DetectionRecord
+from efficientdet.data.records import DataIssue, DatasetIndex, DetectionRecord
 from efficientdet.data.synthetic import make_synthetic_dataset
 from efficientdet.evaluation import STAT_NAMES
 from efficientdet.evaluation.run import evaluate, label_mapping
@@ -225,7 +226,11 @@ def test_label_mapping_by_class_name() -> None:
     assert to_dataset.tolist() == [0, -1, 1] and cats[0] == 1 and cats[2] == 2 and cats[1] not in (1, 2)
     coco = DatasetIndex([], ["person", "dog"], category_ids=[1, 18])
     assert label_mapping(3, ["dog", "kite", "person"], coco) == ([18, 19, 1], pytest.approx([1, -1, 0]))
-    assert label_mapping(2, ["a", "b"], swapped)[1].tolist() == [0, 1]  # other names: label to label, as before
+    with pytest.warns(DataIssue, match=r"class names differ from the dataset's; scored label to label: 'a' as 'sign', 'b' as 'raccoon'"):
+        assert label_mapping(2, ["a", "b"], swapped)[1].tolist() == [0, 1]  # other names: label to label, said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # unnamed classes ("0", "1": a YOLO set without names) map silently
+        assert label_mapping(2, ["0", "1"], swapped)[1].tolist() == [0, 1]
     with pytest.raises(ValueError, match=r"3 classes \(cat, dog, bird\) but the dataset has 2 \(cat, person\)"):
         label_mapping(3, ["cat", "dog", "bird"], voc_val)
 

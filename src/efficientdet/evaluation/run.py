@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import PostprocessConfig
+from ..data.common import warn_issue
 from ..data.dataset import DetectionDataset
 from ..data.records import DatasetIndex
 from ..engine.distributed import DistInfo
@@ -146,6 +147,7 @@ def label_mapping(
     dataset_ids = list(index.category_ids) if index.category_ids is not None else list(range(1, k + 1))
     by_name = _map_by_name(num_classes, model_names, index.class_names)
     if num_classes == k and (by_name is None or (by_name == np.arange(k)).all()):
+        _warn_unmatched_names(model_names, index.class_names)
         return dataset_ids, np.arange(k, dtype=np.int64)
     if (
         model_names is not None
@@ -165,6 +167,19 @@ def label_mapping(
         f"the model predicts {num_classes} classes ({shown}) but the dataset has {k} "
         f"({', '.join(index.class_names[:5])}{', ...' if k > 5 else ''}); evaluate a model trained on this dataset"
     )
+
+
+def _warn_unmatched_names(model_names: Sequence[str] | None, names: Sequence[str]) -> None:
+    """Say so when equal class counts map label to label although the names differ (a model
+    trained on other classes, or the classes renamed): the AP is then of mismatched classes.
+    Models without real names (``"0"``, ``"1"``, ... from an unnamed YOLO set) map silently."""
+    if model_names is None or list(model_names) == list(names):
+        return
+    if all(str(n) == str(i) for i, n in enumerate(model_names)):
+        return
+    pairs = [f"{m!r} as {d!r}" for m, d in zip(model_names, names) if m != d]
+    shown = ", ".join(pairs[:4]) + (f", ... ({len(pairs)} in all)" if len(pairs) > 4 else "")
+    warn_issue(f"the model's class names differ from the dataset's; scored label to label: {shown}")
 
 
 def _map_by_name(num_classes: int, model_names: Sequence[str] | None, names: Sequence[str]) -> np.ndarray | None:
