@@ -196,3 +196,6 @@ def test_unknown_path_and_wrong_method_answer_in_the_error_format(server: Server
     status, _, raw = request(server.port, "POST", "/v1/detections")
     assert status == 404 and json.loads(raw)["error"]["code"] == "not_found"
     assert "no such path: /v1/detections" in json.loads(raw)["error"]["message"]
+    for path in ("/", "/healthz"):  # HEAD (uptime monitors, load balancers) was a 405
+        status, headers, raw = request(server.port, "HEAD", path)
+        assert status == 200 and raw == b"" and int(headers["content-length"]) > 0

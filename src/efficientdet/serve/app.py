@@ -166,11 +166,12 @@ def _add_handlers(app: FastAPI, service: _Service) -> None:
 def _add_routes(app: FastAPI, service: _Service) -> None:
     page = resources.files("efficientdet.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    # HEAD too on the page and the health check: uptime monitors and load balancers probe with it
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> JSONResponse:
         if service.model is None:
             status = "failed" if service.load_error else "loading"
