@@ -88,6 +88,35 @@ def test_cli_end_to_end(dataset: Path, tiny_weights: Path, tmp_path: Path, capsy
     assert "FP  missed" in printed and (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_cli_on_voc_writes_the_ground_truth_its_detections_are_scored_against(
+    dataset: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """detections_coco.json of a VOC / YOLO set used internal image ids that nothing mapped to
+    files or boxes: ground_truth_coco.json is that ground truth, and pycocotools re-scores from
+    the two files exactly what eval printed. A COCO dataset is its own ground truth (none written)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from efficientdet.data.voc import write_voc
+
+    voc = write_voc(read_dataset(str(dataset)), tmp_path / "voc").parent
+    out = tmp_path / "eval"
+    assert main(["eval", str(voc), "--weights", str(tiny_weights), "--out", str(out), "--quiet", "--max-images", "6"]) == 0
+    assert f"{out / 'ground_truth_coco.json'}" in capsys.readouterr().out
+    truth = json.loads((out / "ground_truth_coco.json").read_text())
+    assert len(truth["images"]) == 6 and all(Path(i["file_name"]).is_file() for i in truth["images"])
+    gt = COCO(str(out / "ground_truth_coco.json"))
+    evaluator = COCOeval(gt, gt.loadRes(str(out / "detections_coco.json")), "bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    stats = json.loads((out / "metrics.json").read_text())["stats"]
+    assert evaluator.stats[0] == pytest.approx(stats["AP"]) and evaluator.stats[1] == pytest.approx(stats["AP50"])
+    coco_out = tmp_path / "eval_coco"
+    assert main(["eval", str(dataset), "--weights", str(tiny_weights), "--out", str(coco_out), "--quiet", "--max-images", "2"]) == 0
+    assert not (coco_out / "ground_truth_coco.json").exists()
+
+
 def test_cli_out_that_is_a_file_exits_2_before_any_work(
     dataset: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

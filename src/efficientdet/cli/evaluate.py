@@ -115,6 +115,8 @@ def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
     if args.compare:
         _compare(args, index, fmt, out, runner, run)
     written = [metrics_path, out / "detections_coco.json", out / "pr_curve.png", out / "confusion_matrix.png"]
+    if fmt != "coco":  # VOC / YOLO: the ground truth the detections were scored against, as COCO
+        written.insert(2, out / "ground_truth_coco.json")
     if args.compare:
         written.append(out / "compare")
     print("wrote " + ", ".join(str(p) for p in written))
