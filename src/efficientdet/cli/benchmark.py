@@ -32,10 +32,10 @@ def _check_outputs_and_options(args: argparse.Namespace) -> None:
     ``--json`` folder (an IsADirectoryError traceback, results lost), a score threshold outside
     0..1, ``--calibration`` without an int8 backend, an unknown ``--device``."""
     from ..benchmark import INT8_BACKENDS
-    from .common import check_score_threshold, resolve_device
+    from .common import check_image_size, check_score_threshold, resolve_device
 
-    if args.image_size is not None and (args.image_size <= 0 or args.image_size % 32):  # was "image size 100x100: ..."
-        raise ValueError(f"--image-size {args.image_size}: must be a positive multiple of 32")
+    if args.image_size is not None:  # was "image size 100x100: ..." (no flag named)
+        check_image_size(args.image_size)
     if args.json is not None and Path(args.json).is_dir():
         raise ValueError(f"--json {args.json}: is a folder; give the JSON file to write")
     if args.score_threshold is not None:

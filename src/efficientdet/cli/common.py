@@ -38,6 +38,7 @@ __all__ = [
     "Runner",
     "add_model_args",
     "build_runner",
+    "check_image_size",
     "check_tile_args",
     "check_tile_fits",
     "load_model",
@@ -133,12 +134,17 @@ def load_model(
 
     overrides: dict[str, Any] = {}
     if image_size is not None:
-        if image_size <= 0 or image_size % 32:
-            raise ValueError(f"--image-size {image_size}: must be a positive multiple of 32")
+        check_image_size(image_size)
         overrides["image_size"] = image_size
     if max_input_pixels is not None:
         overrides["preprocess.max_input_pixels"] = _check_limit(max_input_pixels)
     return create_model(name, weights=weights, **overrides)
+
+
+def check_image_size(image_size: int) -> None:
+    """``--image-size``: a positive multiple of 32 (the network's largest stride)."""
+    if image_size <= 0 or image_size % 32:
+        raise ValueError(f"--image-size {image_size}: must be a positive multiple of 32")
 
 
 def make_detector(model: EfficientDet, args: argparse.Namespace, device: torch.device) -> Any:
@@ -154,9 +160,10 @@ def make_detector(model: EfficientDet, args: argparse.Namespace, device: torch.d
         scales = tuple(float(s) for s in args.tta_scales.split(",") if s.strip())
     except ValueError:
         raise ValueError(f"--tta-scales {args.tta_scales!r}: expected comma-separated numbers") from None
-    if not scales or not all(s > 0 for s in scales):
-        raise ValueError(f"--tta-scales {args.tta_scales!r}: expected positive numbers, e.g. 0.8,1,1.2")
-    return TTADetector(detector, flips=True, scales=scales, merge=args.tta_merge)
+    try:  # TTADetector checks the scales; the message names the flag
+        return TTADetector(detector, flips=True, scales=scales, merge=args.tta_merge)
+    except ValueError as exc:
+        raise ValueError(f"--tta-scales {args.tta_scales!r}: expected positive numbers, e.g. 0.8,1,1.2 ({exc})") from None
 
 
 def _check_limit(value: int) -> int:
@@ -201,9 +208,10 @@ def build_runner(args: argparse.Namespace, out: Path, device: torch.device | Non
 
 
 def check_score_threshold(value: float) -> None:
-    """A ``--score-threshold`` is a score in 0..1 (not a percentage; NaN is refused too)."""
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"--score-threshold {value}: must be in 0..1 (a score, not a percentage)")
+    """A ``--score-threshold`` is a score in 0..1 (the detectors' own rule, naming the flag)."""
+    from ..inference.protocol import check_score_threshold as check
+
+    check(value, "--score-threshold")
 
 
 def check_out_folder(out: str | os.PathLike[str], command: str, writes: str) -> None:

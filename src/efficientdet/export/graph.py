@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 
+from ..inference.protocol import check_score_threshold
 from ..ops.box_coder import decode
 from ..ops.outputs import flatten_outputs
 
@@ -180,8 +181,7 @@ class PostprocessGraph(nn.Module):
     ) -> None:
         super().__init__()
         # A graph built with these would answer nothing, ever (threshold above 1, no detections).
-        if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"score_threshold {score_threshold}: must be in 0..1")
+        check_score_threshold(score_threshold)
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold {iou_threshold}: must be in (0, 1]")
         if max_detections < 1 or max_candidates < 1:

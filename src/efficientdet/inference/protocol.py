@@ -33,6 +33,7 @@ __all__ = [
     "ImageInput",
     "Prepared",
     "StagedDetector",
+    "check_score_threshold",
     "finish_detections",
     "torch_threads",
     "with_score_threshold",
@@ -108,11 +109,17 @@ def torch_threads(limit: int | None) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
+def check_score_threshold(value: float, name: str = "score_threshold") -> None:
+    """A score threshold outside 0..1 (30 meant as 30 %, NaN) is a ValueError naming ``name``:
+    it would silently give no detections, or every candidate."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} {value}: must be in 0..1 (a score, not a percentage)")
+
+
 def with_score_threshold(config: PostprocessConfig, score_threshold: float | None) -> PostprocessConfig:
-    """``config`` with another score threshold (None: unchanged); one outside 0..1 (30 meant as
-    30 %, NaN) is a ValueError: it would silently give no detections, or every candidate."""
-    if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
-        raise ValueError(f"score_threshold {score_threshold}: must be in 0..1 (a score, not a percentage)")
+    """``config`` with another score threshold (None: unchanged), checked."""
+    if score_threshold is not None:
+        check_score_threshold(score_threshold)
     return config if score_threshold is None else dataclasses.replace(config, score_threshold=score_threshold)
 
 
