@@ -157,12 +157,6 @@ def build_train_loader_for(
         dataset, cfg.batch_size, cfg.data.workers, cfg.seed, dist.rank, dist.world_size,
         pin_memory=device.type == "cuda",
     )  # fmt: skip
-    if len(loader) == 0:
-        # Nothing to learn from: stop now rather than run empty epochs.
-        raise ValueError(
-            f"{cfg.data.train}: no usable training images ({len(index)} records; "
-            f"{len(index.skipped)} skipped or repaired, see the warnings above)"
-        )
     return loader, seeded, sampler
 
 
