@@ -372,9 +372,10 @@ def test_compare_folder_says_what_it_evaluated(
     dataset: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """``out/compare/metrics.json`` held bare numbers (no weights, model or backend), and the
-    "wrote" line did not mention the folder."""
+    "wrote" line did not mention the folder. With ``--voc`` the second run had no VOC AP50 and
+    no confusion matrix, and the table no VOC column."""
     out = tmp_path / "e"
-    assert main(["eval", str(dataset), "--weights", str(tiny_weights), "--out", str(out), "--quiet",
+    assert main(["eval", str(dataset), "--weights", str(tiny_weights), "--out", str(out), "--quiet", "--voc",
                  "--max-images", "2", "--compare", str(tiny_weights)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert printed.rstrip().endswith(f"{out / 'confusion_matrix.png'}, {out / 'compare'}")
@@ -382,3 +383,9 @@ def test_compare_folder_says_what_it_evaluated(
     main_doc = json.loads((out / "metrics.json").read_text())
     assert doc["weights"] == str(tiny_weights) and doc["backend"] == "torch" and doc["model"] == "efficientdet_lite0"
     assert doc["stats"] == main_doc["compare"]["stats"]
+    assert doc["voc"]["mAP"] == main_doc["voc"]["mAP"]  # the same weights: the same VOC mAP
+    assert (out / "compare" / "confusion_matrix.png").is_file()
+    header = next(line for line in printed.splitlines() if line.startswith("weights"))
+    assert header.split()[-1] == "VOC"
+    difference = next(line for line in printed.splitlines() if line.startswith("difference"))
+    assert difference.split()[-1] == "+0.000" and len(difference.split()) == 4 + 7  # label, 7 columns

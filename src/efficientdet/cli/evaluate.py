@@ -226,21 +226,25 @@ def _compare(args: argparse.Namespace, index: Any, fmt: str, out: Path, runner: 
     other_args = argparse.Namespace(**{**vars(args), "weights": args.compare, "backend": backend})
     other_out = out / "compare"
     other = build_runner(other_args, other_out)
-    other_run = evaluate(
-        other.detector, index, batch_size=args.batch_size, nms=args.nms, out_dir=other_out,
+    other_run = evaluate(  # the same scoring as the first run: VOC AP50 and the confusion matrix too
+        other.detector, index, batch_size=args.batch_size, nms=args.nms, voc=args.voc, out_dir=other_out,
         progress=not args.quiet, gt=args.dataset if fmt == "coco" else None, num_workers=args.workers,
+        confusion=(args.confusion_iou, args.confusion_score),
     )  # fmt: skip
     _add_run_to_metrics(other_args, other_out, fmt, other)  # else its metrics.json named no weights
-    stats = run.stats
-    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    rows = [(f"{args.weights} ({_backend_label(runner)})", stats), (f"{args.compare} ({_backend_label(other)})", other_run.stats)]
+    stats, other_stats = dict(run.stats), dict(other_run.stats)
+    keys: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    if run.voc is not None and other_run.voc is not None:  # --voc: Pascal VOC mAP (AP50) side by side too
+        stats["VOC"], other_stats["VOC"] = run.voc["mAP"], other_run.voc["mAP"]
+        keys += ("VOC",)
+    rows = [(f"{args.weights} ({_backend_label(runner)})", stats), (f"{args.compare} ({_backend_label(other)})", other_stats)]
     width = max(len(r[0]) for r in rows)
     print()
     print(f"{'weights':<{width}}  " + "  ".join(f"{k:>6}" for k in keys))
     for name, values in rows:
         print(f"{name:<{width}}  " + "  ".join(f"{stat_text(values[k]):>6}" for k in keys))
     # A stat that either run lacks (COCO's -1: no ground truth in that area range) has no difference.
-    diffs = [stats[k] - other_run.stats[k] if min(stats[k], other_run.stats[k]) >= 0 else math.nan for k in keys]
+    diffs = [stats[k] - other_stats[k] if min(stats[k], other_stats[k]) >= 0 else math.nan for k in keys]
     print(f"{'difference (first - second)':<{width}}  " + "  ".join(f"{stat_text(d, difference=True):>6}" for d in diffs))
     metrics_path = out / "metrics.json"
     doc = json.loads(metrics_path.read_text(encoding="utf-8"))
