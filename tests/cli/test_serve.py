@@ -53,3 +53,23 @@ def test_a_negative_graceful_timeout_is_refused(capsys: pytest.CaptureFixture[st
     """-1 was accepted: asyncio's timeout then cut the requests in flight at the first signal."""
     assert main(["serve", "--weights", "w.safetensors", "--graceful-timeout", "-1"]) == 2
     assert "--graceful-timeout -1.0: must be >= 0 (seconds)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        # nan passed `< 0`: the batcher then waited for every other admitted request, as if unbounded
+        ("--max-wait-ms", "nan", "--max-wait-ms nan: must be a number >= 0 (milliseconds)"),
+        ("--max-wait-ms", "-1", "--max-wait-ms -1.0: must be a number >= 0 (milliseconds)"),
+        # nan said "cannot convert float NaN to integer" (no flag named); inf was an OverflowError traceback
+        ("--max-upload-mb", "nan", "--max-upload-mb nan: must be a positive, finite number of MB"),
+        ("--max-upload-mb", "inf", "--max-upload-mb inf: must be a positive, finite number of MB"),
+        ("--max-upload-mb", "0", "--max-upload-mb 0.0: must be a positive, finite number of MB"),
+    ],
+)
+def test_bad_wait_and_upload_limits_are_one_line_naming_the_flag(
+    flag: str, value: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--weights", "w.safetensors", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1, err

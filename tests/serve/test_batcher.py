@@ -89,6 +89,8 @@ def test_admission_is_bounded_and_released() -> None:
     assert batcher.admitted == 0
     with pytest.raises(ValueError, match=r"^max_batch and max_queue must be >= 1 and max_wait_s >= 0$"):
         DynamicBatcher(FakeDetect(), max_batch=0)
+    with pytest.raises(ValueError, match="max_wait_s >= 0"):  # nan was accepted and waited without bound
+        DynamicBatcher(FakeDetect(), max_wait_s=float("nan"))
 
 
 def test_a_failing_batch_fails_its_requests_only() -> None:

@@ -13,6 +13,7 @@ and exit 0. API: POST /v1/detect, GET /v1/model, GET /healthz, GET /metrics (Pro
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _check(args: argparse.Namespace) -> None:
     if args.max_batch < 1 or args.max_queue < 1 or args.decode_workers < 1:
         raise ValueError("--max-batch, --max-queue and --decode-workers must be at least 1")
-    if args.max_wait_ms < 0 or args.max_upload_mb <= 0:
-        raise ValueError("--max-wait-ms must be >= 0 and --max-upload-mb > 0")
+    if not args.max_wait_ms >= 0:  # nan passed `< 0` and then meant an unbounded wait
+        raise ValueError(f"--max-wait-ms {args.max_wait_ms}: must be a number >= 0 (milliseconds)")
+    if not 0 < args.max_upload_mb < math.inf:  # nan and inf failed later, converting to bytes
+        raise ValueError(f"--max-upload-mb {args.max_upload_mb}: must be a positive, finite number of MB")
     check_score_threshold(args.score_threshold)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: must be in 0..65535")

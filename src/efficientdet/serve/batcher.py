@@ -60,7 +60,7 @@ class DynamicBatcher:
         max_queue: int = 64,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
+        if max_batch < 1 or max_queue < 1 or not max_wait_s >= 0:  # nan waited without bound
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
         self.detect = detect
         self.max_batch = max_batch
