@@ -59,3 +59,22 @@ def test_a_field_given_twice_is_422_not_one_of_them_silently(form: bool) -> None
         _read(query, body, headers)
     assert (err.value.status, err.value.code) == (422, "duplicate_field")
     assert "'score_threshold'" in err.value.message and "2 times" in err.value.message
+
+
+def test_a_client_gone_mid_upload_is_499_not_an_internal_error() -> None:
+    """A client that closed the connection halfway through its upload was answered (and counted
+    in /metrics, and logged with a traceback) as 500 internal_error, "the detector failed"."""
+    messages: list[Message] = [
+        {"type": "http.request", "body": IMAGE[:10], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    headers = [(b"content-length", b"100000"), (b"content-type", b"application/octet-stream")]
+    scope = {"type": "http", "method": "POST", "path": "/v1/detect", "query_string": b"", "headers": headers}
+    with pytest.raises(ApiError) as err:
+        asyncio.run(read_upload(Request(scope, receive), 1 << 20))
+    assert (err.value.status, err.value.code) == (499, "client_disconnected")
+    assert "closed the connection" in err.value.message

@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
 from efficientdet.data.images import ImageError, load_for_model
@@ -30,7 +30,11 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, dict[str
     fields = _single_values(request.query_params.multi_items(), "the query string")
     multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
     limit = max_bytes + (MULTIPART_OVERHEAD if multipart else 0)
-    body = await _read_body(request, limit, max_bytes)
+    try:
+        body = await _read_body(request, limit, max_bytes)
+    except ClientDisconnect:  # not the detector's failure: was a 500 with a traceback in the log
+        # 499 as nginx logs it ("client closed request"); no one reads the answer, /metrics counts it
+        raise ApiError(499, "client_disconnected", "the client closed the connection before sending the whole body") from None
     if not multipart:
         if not body:
             message = "the request body is empty; send an image (raw body or multipart field 'image')"
