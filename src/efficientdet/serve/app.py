@@ -24,6 +24,7 @@ from ..data.reduced import full_size
 from .batcher import DetectFn, DynamicBatcher, QueueFull
 from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from .schemas import (
+    DETECT_OPENAPI,
     ApiError,
     Detection,
     DetectResponse,
@@ -193,7 +194,7 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
             min_score_threshold=m.min_score_threshold,
         )  # fmt: skip
 
-    @app.post("/v1/detect", response_model=DetectResponse)
+    @app.post("/v1/detect", response_model=DetectResponse, openapi_extra=DETECT_OPENAPI)
     async def detect(request: Request) -> DetectResponse:
         model = service.ready_model()
         try:
