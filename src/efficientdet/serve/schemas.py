@@ -101,6 +101,8 @@ def _classes(text: str, class_names: Sequence[str] | None, num_classes: int) -> 
             out.add(int(part))
         else:
             raise ApiError(422, "bad_classes", f"classes: unknown class {part!r} (see GET /v1/model)")
+    if not out:  # "," kept nothing: a 200 with no detections, while "" (no filter) keeps all
+        raise ApiError(422, "bad_classes", f"classes {text!r}: names no class; leave it out for all classes (see GET /v1/model)")
     return frozenset(out)
 
 
