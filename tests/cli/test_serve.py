@@ -19,7 +19,7 @@ def test_help_names_serves_own_onnx_cache_and_no_batch_size(capsys: pytest.Captu
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--batch-size" not in help_text and "--max-batch MAX_BATCH" in help_text
     assert "<out>" not in help_text
-    assert "(default ~/.cache/efficientdet/serve/onnx-cache)" in help_text
+    assert "(default <cache>/serve/onnx-cache; <cache>: $EFFICIENTDET_CACHE, else $XDG_CACHE_HOME/efficientdet, else ~/.cache/efficientdet)" in help_text
 
 
 def test_batch_size_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,3 +73,26 @@ def test_bad_wait_and_upload_limits_are_one_line_naming_the_flag(
     assert main(["serve", "--weights", "w.safetensors", flag, value]) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1, err
+
+
+def test_exported_graphs_go_under_the_efficientdet_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--backend onnxruntime on a checkpoint exports into <cache>/serve/onnx-cache, where <cache>
+    is $EFFICIENTDET_CACHE as for downloaded weights and OpenVINO's compiled models: it was
+    ~/.cache/efficientdet/serve whatever the variable said (a read-only home: a failed start)."""
+    import argparse
+
+    from efficientdet.cli import common
+    from efficientdet.cli.serve import _loader
+
+    seen: list[Path] = []
+
+    def fake_build_runner(args: argparse.Namespace, out: Path) -> None:
+        seen.append(out)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(common, "build_runner", fake_build_runner)
+    monkeypatch.setenv("EFFICIENTDET_CACHE", str(tmp_path / "cache"))
+    load = _loader(argparse.Namespace(max_batch=8))
+    with pytest.raises(RuntimeError, match="stop here"):
+        load()
+    assert seen == [tmp_path / "cache" / "serve"]

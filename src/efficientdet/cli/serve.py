@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from .common import add_model_args, check_score_threshold
@@ -29,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     # --batch-size would be ignored: each batch is as large as the requests waiting (--max-batch).
-    add_model_args(p, cache_default="~/.cache/efficientdet/serve/onnx-cache", batch_size=False)
+    cache = "<cache>/serve/onnx-cache; <cache>: $EFFICIENTDET_CACHE, else $XDG_CACHE_HOME/efficientdet, else ~/.cache/efficientdet"
+    add_model_args(p, cache_default=cache, batch_size=False)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-batch", type=int, default=8, help="images per forward pass, at most (8)")
@@ -64,13 +64,15 @@ def _check(args: argparse.Namespace) -> None:
 def _loader(args: argparse.Namespace) -> Any:
     """A function loading the model for ``args.backend`` as a ServedModel (run at startup)."""
     from ..serve.app import ServedModel
+    from ..weights.registry import weights_cache_dir
     from .common import build_runner
 
     def load() -> ServedModel:
         args.batch_size = args.max_batch  # the detector runs each batch in one pass
         # serve has no output folder: graphs exported for --backend onnxruntime/openvino go to
-        # ~/.cache/efficientdet/serve/onnx-cache unless --onnx-cache says otherwise
-        runner = build_runner(args, Path.home() / ".cache" / "efficientdet" / "serve")
+        # <cache>/serve/onnx-cache unless --onnx-cache says otherwise (the cache weights and
+        # OpenVINO use: it was ~/.cache whatever $EFFICIENTDET_CACHE said)
+        runner = build_runner(args, weights_cache_dir() / "serve")
         detector, config = runner.detector, runner.config
 
         def detect(images: list[Any], threshold: float) -> list[dict[str, Any]]:
