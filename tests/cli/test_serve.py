@@ -96,3 +96,34 @@ def test_exported_graphs_go_under_the_efficientdet_cache(tmp_path: Path, monkeyp
     with pytest.raises(RuntimeError, match="stop here"):
         load()
     assert seen == [tmp_path / "cache" / "serve"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "nms", "mixed"),
+    [
+        ({}, "hard", True),
+        ({"tta": True, "tta_merge": "nms"}, "hard", True),
+        ({"tta": True, "tta_merge": "wbf"}, "hard", False),
+        ({"tile": 128, "tile_merge": "wbf"}, "hard", False),
+        ({}, "soft", False),
+    ],
+)
+def test_box_fusion_and_soft_nms_serve_one_threshold_per_forward_pass(
+    flags: dict[str, object], nms: str, mixed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under WBF or soft NMS, running a batch at its lowest threshold changed the answers of the
+    requests above it (8 boxes alone, 14 batched with a request at 0.05)."""
+    import argparse
+    from types import SimpleNamespace
+
+    from efficientdet.cli import common
+    from efficientdet.cli.serve import _loader
+
+    config = SimpleNamespace(name="m", image_size=(64, 64), num_classes=1, postprocess=SimpleNamespace(nms=nms))
+    runner = SimpleNamespace(detector=SimpleNamespace(decode_size=None), config=config, class_names=["a"],
+                             backend="torch", max_input_pixels=10**6, min_score_threshold=0.0)  # fmt: skip
+    monkeypatch.setattr(common, "build_runner", lambda args, out: runner)
+    args = argparse.Namespace(max_batch=8, tile=None, tta=False, tta_merge=None, tile_merge=None)
+    for key, value in flags.items():
+        setattr(args, key, value)
+    assert _loader(args)().mixed_thresholds is mixed
