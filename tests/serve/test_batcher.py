@@ -67,7 +67,7 @@ def test_concurrent_requests_share_batches_and_keep_their_thresholds() -> None:
 
 
 def test_without_mixed_thresholds_each_forward_pass_runs_one_threshold() -> None:
-    """With box fusion (--tta-merge wbf, --tile-merge wbf) or soft NMS, boxes below a request's
+    """With box fusion (--tta-merge wbf, --tile-merge wbf), boxes below a request's
     threshold change the ones above it: a request at 0.6 got 14 boxes batched with one at 0.05
     and 8 alone (Lite0, TTA + WBF). Such a batch now runs as one pass per threshold."""
     fake = FakeDetect(delay=0.02)

@@ -80,12 +80,11 @@ def _loader(args: argparse.Namespace) -> Any:
 
         h, w = config.image_size
         print(f"serve: {config.name} ({h}x{w}, {runner.backend}) loaded", file=sys.stderr, flush=True)
-        # box fusion and soft NMS let boxes under a request's threshold change those above it
+        # box fusion lets boxes under a request's threshold move those above it (NMS, hard or soft, does not)
         fused = (args.tta and args.tta_merge == "wbf") or (args.tile and args.tile_merge == "wbf")
-        mixed = not fused and config.postprocess.nms != "soft"
         return ServedModel(detect, config.name, (h, w), config.num_classes, runner.class_names, runner.backend,
                            runner.max_input_pixels, detector.decode_size, runner.min_score_threshold,
-                           args.tile or 0, mixed)  # fmt: skip
+                           args.tile or 0, not fused)  # fmt: skip
 
     return load
 

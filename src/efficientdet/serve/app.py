@@ -57,7 +57,7 @@ class ServedModel:
     decode_size: tuple[int, int] | None = None  # the detector's: large JPEG uploads decoded reduced for it
     min_score_threshold: float = 0.0  # an ONNX graph with NMS inside drops lower scores itself
     min_image_side: int = 0  # --tile: sliced inference needs images at least one tile on each side
-    mixed_thresholds: bool = True  # False: one threshold per forward pass (box fusion, soft NMS)
+    mixed_thresholds: bool = True  # False: one threshold per forward pass (box fusion)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ their way: a lone request runs at once) and runs the batch on a dedicated thread
 loop stays free. A batch runs at the lowest score threshold among its requests and each answer
 is then filtered at its own threshold: with hard NMS this equals running each image alone at
 its threshold (a box is only suppressed by higher-scoring boxes, which pass any threshold it
-passes). Box fusion (WBF) and soft NMS are not like that (lower boxes move or rescore higher
-ones): with ``mixed_thresholds=False`` a batch runs as one forward pass per threshold in it.
+passes; soft NMS likewise only decays a box by higher-scoring ones). Box fusion (WBF) is not
+like that (lower boxes move higher ones): with ``mixed_thresholds=False`` a batch runs as one
+forward pass per threshold in it.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class DynamicBatcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.on_batch = on_batch  # (batch size, seconds) after each forward pass
-        self.mixed_thresholds = mixed_thresholds  # False: one threshold per forward pass (WBF, soft NMS)
+        self.mixed_thresholds = mixed_thresholds  # False: one threshold per forward pass (WBF)
         self.admitted = 0  # requests holding a slot: decoding, queued or running
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="detect")
