@@ -255,3 +255,46 @@ def test_openvino_backend_same_detections_and_ap(images: list[Path], dataset: Pa
     for name, value in stats["torch"].items():
         other = stats["openvino"][name]
         assert (value is None and other is None) or abs(value - other) <= 1e-3, (name, value, other)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_openvino_backend_asks_for_the_cpu_when_no_device_is_given(device: str | None, monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:  # fmt: skip
+    """Without --device, OpenVINO was handed torch's default (CUDA where onnxruntime-gpu and a GPU
+    exist) and refused to run: "the openvino backend runs on the CPU only" for a flag never given."""
+    pytest.importorskip("openvino")
+    import argparse
+
+    from efficientdet.cli.common import build_runner
+    from efficientdet.export.openvino import OpenVinoDetector
+
+    def capture(weights: Any, cache: Any, **kwargs: Any) -> Any:
+        raise _Stop(kwargs["device"])
+
+    monkeypatch.setattr(OpenVinoDetector, "from_weights", capture)
+    args = argparse.Namespace(backend="openvino", weights=str(tmp_path / "m.onnx"), device=device, tta=False,
+                              max_input_pixels=None, onnx_cache=None, model=None, image_size=None, batch_size=1,
+                              score_threshold=None)  # fmt: skip
+    with pytest.raises(_Stop) as stop:
+        build_runner(args, tmp_path)
+    assert stop.value.args == ("cpu",)
+
+
+def test_openvino_backend_on_cuda_names_the_backend(tmp_path: Path) -> None:
+    """It said "this onnxruntime has no CUDA support ... install onnxruntime-gpu", which would not
+    make OpenVINO run on a GPU."""
+    pytest.importorskip("openvino")
+    import argparse
+
+    from efficientdet.cli.common import build_runner
+
+    args = argparse.Namespace(backend="openvino", weights=str(tmp_path / "m.onnx"), device="cuda", tta=False,
+                              max_input_pixels=None, onnx_cache=None, model=None, image_size=None, batch_size=1,
+                              score_threshold=None)  # fmt: skip
+    with pytest.raises(ValueError) as err:
+        build_runner(args, tmp_path)
+    assert str(err.value) == "--device cuda: --backend openvino runs on the CPU only; use --backend onnxruntime for CUDA"

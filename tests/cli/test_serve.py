@@ -19,7 +19,7 @@ def test_help_names_serves_own_onnx_cache_and_no_batch_size(capsys: pytest.Captu
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--batch-size" not in help_text and "--max-batch MAX_BATCH" in help_text
     assert "<out>" not in help_text
-    assert "(default ~/.cache/efficientdet/serve/onnx-cache)" in help_text
+    assert "(default <cache>/serve/onnx-cache; <cache>: $EFFICIENTDET_CACHE, else $XDG_CACHE_HOME/efficientdet, else ~/.cache/efficientdet)" in help_text
 
 
 def test_batch_size_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,3 +53,77 @@ def test_a_negative_graceful_timeout_is_refused(capsys: pytest.CaptureFixture[st
     """-1 was accepted: asyncio's timeout then cut the requests in flight at the first signal."""
     assert main(["serve", "--weights", "w.safetensors", "--graceful-timeout", "-1"]) == 2
     assert "--graceful-timeout -1.0: must be >= 0 (seconds)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        # nan passed `< 0`: the batcher then waited for every other admitted request, as if unbounded
+        ("--max-wait-ms", "nan", "--max-wait-ms nan: must be a number >= 0 (milliseconds)"),
+        ("--max-wait-ms", "-1", "--max-wait-ms -1.0: must be a number >= 0 (milliseconds)"),
+        # nan said "cannot convert float NaN to integer" (no flag named); inf was an OverflowError traceback
+        ("--max-upload-mb", "nan", "--max-upload-mb nan: must be a positive, finite number of MB"),
+        ("--max-upload-mb", "inf", "--max-upload-mb inf: must be a positive, finite number of MB"),
+        ("--max-upload-mb", "0", "--max-upload-mb 0.0: must be a positive, finite number of MB"),
+    ],
+)
+def test_bad_wait_and_upload_limits_are_one_line_naming_the_flag(
+    flag: str, value: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--weights", "w.safetensors", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1, err
+
+
+def test_exported_graphs_go_under_the_efficientdet_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--backend onnxruntime on a checkpoint exports into <cache>/serve/onnx-cache, where <cache>
+    is $EFFICIENTDET_CACHE as for downloaded weights and OpenVINO's compiled models: it was
+    ~/.cache/efficientdet/serve whatever the variable said (a read-only home: a failed start)."""
+    import argparse
+
+    from efficientdet.cli import common
+    from efficientdet.cli.serve import _loader
+
+    seen: list[Path] = []
+
+    def fake_build_runner(args: argparse.Namespace, out: Path) -> None:
+        seen.append(out)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(common, "build_runner", fake_build_runner)
+    monkeypatch.setenv("EFFICIENTDET_CACHE", str(tmp_path / "cache"))
+    load = _loader(argparse.Namespace(max_batch=8))
+    with pytest.raises(RuntimeError, match="stop here"):
+        load()
+    assert seen == [tmp_path / "cache" / "serve"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "nms", "mixed"),
+    [
+        ({}, "hard", True),
+        ({"tta": True, "tta_merge": "nms"}, "hard", True),
+        ({"tta": True, "tta_merge": "wbf"}, "hard", False),
+        ({"tile": 128, "tile_merge": "wbf"}, "hard", False),
+        ({}, "soft", True),  # soft NMS decays a box only by higher-scoring ones: exact at the lowest
+    ],
+)
+def test_box_fusion_serves_one_threshold_per_forward_pass(
+    flags: dict[str, object], nms: str, mixed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under WBF, running a batch at its lowest threshold changed the answers of the
+    requests above it (8 boxes alone, 14 batched with a request at 0.05)."""
+    import argparse
+    from types import SimpleNamespace
+
+    from efficientdet.cli import common
+    from efficientdet.cli.serve import _loader
+
+    config = SimpleNamespace(name="m", image_size=(64, 64), num_classes=1, postprocess=SimpleNamespace(nms=nms))
+    runner = SimpleNamespace(detector=SimpleNamespace(decode_size=None), config=config, class_names=["a"],
+                             backend="torch", max_input_pixels=10**6, min_score_threshold=0.0)  # fmt: skip
+    monkeypatch.setattr(common, "build_runner", lambda args, out: runner)
+    args = argparse.Namespace(max_batch=8, tile=None, tta=False, tta_merge=None, tile_merge=None)
+    for key, value in flags.items():
+        setattr(args, key, value)
+    assert _loader(args)().mixed_thresholds is mixed

@@ -66,6 +66,29 @@ def test_concurrent_requests_share_batches_and_keep_their_thresholds() -> None:
         assert res["names"] == ["a", "b"][: len(expected)]
 
 
+def test_without_mixed_thresholds_each_forward_pass_runs_one_threshold() -> None:
+    """With box fusion (--tta-merge wbf, --tile-merge wbf), boxes below a request's
+    threshold change the ones above it: a request at 0.6 got 14 boxes batched with one at 0.05
+    and 8 alone (Lite0, TTA + WBF). Such a batch now runs as one pass per threshold."""
+    fake = FakeDetect(delay=0.02)
+    passes: list[tuple[float, set[int]]] = []
+
+    def detect(images: list[torch.Tensor], threshold: float) -> list[dict[str, Any]]:
+        passes.append((threshold, {int(im[0, 0, 0]) for im in images}))
+        return fake(images, threshold)
+
+    batcher = DynamicBatcher(detect, max_batch=4, max_wait_s=0.05, max_queue=16, mixed_thresholds=False)
+    values = [2, 4, 6, 8, 3, 5, 7, 9]
+    thresholds = [0.0, 0.3] * 4
+    results = asyncio.run(_run_many(batcher, values, thresholds))
+    at = {0.0: {2, 6, 3, 7}, 0.3: {4, 8, 5, 9}}  # the images sent at each threshold
+    assert sum(len(images) for _, images in passes) == 8
+    assert all(images <= at[t] for t, images in passes), passes  # each pass: one threshold's images
+    assert max(len(images) for _, images in passes) > 1  # still batched
+    for v, t, res in zip(values, thresholds, results):
+        assert res["scores"].tolist() == pytest.approx([s for s in (v / 10, v / 20) if s >= t])
+
+
 def test_a_lone_request_does_not_wait() -> None:
     fake = FakeDetect()
     batcher = DynamicBatcher(fake, max_batch=8, max_wait_s=5.0, max_queue=4)
@@ -89,6 +112,8 @@ def test_admission_is_bounded_and_released() -> None:
     assert batcher.admitted == 0
     with pytest.raises(ValueError, match=r"^max_batch and max_queue must be >= 1 and max_wait_s >= 0$"):
         DynamicBatcher(FakeDetect(), max_batch=0)
+    with pytest.raises(ValueError, match="max_wait_s >= 0"):  # nan was accepted and waited without bound
+        DynamicBatcher(FakeDetect(), max_wait_s=float("nan"))
 
 
 def test_a_failing_batch_fails_its_requests_only() -> None:

@@ -317,15 +317,20 @@ def _onnx_runner(args: argparse.Namespace, out: Path, backend: str) -> Runner:
     require_onnxruntime()
     from ..export.runtime import OnnxDetector
 
-    from_weights = OnnxDetector.from_weights
+    from_weights, device = OnnxDetector.from_weights, args.device
     if backend == "openvino":
         from ..export.openvino import OpenVinoDetector, require_openvino
 
         require_openvino()
         from_weights = OpenVinoDetector.from_weights
+        # CPU only: no --device meant torch's default (CUDA where there is one), which OpenVINO
+        # refused, and --device cuda got ONNX Runtime's "install onnxruntime-gpu"
+        if device is not None and str(device).split(":")[0] != "cpu":
+            raise ValueError(f"--device {device}: --backend openvino runs on the CPU only; use --backend onnxruntime for CUDA")
+        device = "cpu"
     detector = from_weights(
         args.weights, Path(args.onnx_cache) if args.onnx_cache else out / "onnx-cache", model_name=args.model,
-        image_size=args.image_size, device=args.device, batch_size=args.batch_size,
+        image_size=args.image_size, device=device, batch_size=args.batch_size,
         max_input_pixels=args.max_input_pixels, score_threshold=getattr(args, "score_threshold", None),
     )  # fmt: skip
     meta = detector.metadata

@@ -13,8 +13,8 @@ and exit 0. API: POST /v1/detect, GET /v1/model, GET /healthz, GET /metrics (Pro
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from .common import add_model_args, check_score_threshold
@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     # --batch-size would be ignored: each batch is as large as the requests waiting (--max-batch).
-    add_model_args(p, cache_default="~/.cache/efficientdet/serve/onnx-cache", batch_size=False)
+    cache = "<cache>/serve/onnx-cache; <cache>: $EFFICIENTDET_CACHE, else $XDG_CACHE_HOME/efficientdet, else ~/.cache/efficientdet"
+    add_model_args(p, cache_default=cache, batch_size=False)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-batch", type=int, default=8, help="images per forward pass, at most (8)")
@@ -49,8 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _check(args: argparse.Namespace) -> None:
     if args.max_batch < 1 or args.max_queue < 1 or args.decode_workers < 1:
         raise ValueError("--max-batch, --max-queue and --decode-workers must be at least 1")
-    if args.max_wait_ms < 0 or args.max_upload_mb <= 0:
-        raise ValueError("--max-wait-ms must be >= 0 and --max-upload-mb > 0")
+    if not args.max_wait_ms >= 0:  # nan passed `< 0` and then meant an unbounded wait
+        raise ValueError(f"--max-wait-ms {args.max_wait_ms}: must be a number >= 0 (milliseconds)")
+    if not 0 < args.max_upload_mb < math.inf:  # nan and inf failed later, converting to bytes
+        raise ValueError(f"--max-upload-mb {args.max_upload_mb}: must be a positive, finite number of MB")
     check_score_threshold(args.score_threshold)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: must be in 0..65535")
@@ -61,13 +64,15 @@ def _check(args: argparse.Namespace) -> None:
 def _loader(args: argparse.Namespace) -> Any:
     """A function loading the model for ``args.backend`` as a ServedModel (run at startup)."""
     from ..serve.app import ServedModel
+    from ..weights.registry import weights_cache_dir
     from .common import build_runner
 
     def load() -> ServedModel:
         args.batch_size = args.max_batch  # the detector runs each batch in one pass
         # serve has no output folder: graphs exported for --backend onnxruntime/openvino go to
-        # ~/.cache/efficientdet/serve/onnx-cache unless --onnx-cache says otherwise
-        runner = build_runner(args, Path.home() / ".cache" / "efficientdet" / "serve")
+        # <cache>/serve/onnx-cache unless --onnx-cache says otherwise (the cache weights and
+        # OpenVINO use: it was ~/.cache whatever $EFFICIENTDET_CACHE said)
+        runner = build_runner(args, weights_cache_dir() / "serve")
         detector, config = runner.detector, runner.config
 
         def detect(images: list[Any], threshold: float) -> list[dict[str, Any]]:
@@ -75,9 +80,11 @@ def _loader(args: argparse.Namespace) -> Any:
 
         h, w = config.image_size
         print(f"serve: {config.name} ({h}x{w}, {runner.backend}) loaded", file=sys.stderr, flush=True)
+        # box fusion lets boxes under a request's threshold move those above it (NMS, hard or soft, does not)
+        fused = (args.tta and args.tta_merge == "wbf") or (args.tile and args.tile_merge == "wbf")
         return ServedModel(detect, config.name, (h, w), config.num_classes, runner.class_names, runner.backend,
                            runner.max_input_pixels, detector.decode_size, runner.min_score_threshold,
-                           args.tile or 0)  # fmt: skip
+                           args.tile or 0, not fused)  # fmt: skip
 
     return load
 

@@ -24,6 +24,7 @@ from ..data.reduced import full_size
 from .batcher import DetectFn, DynamicBatcher, QueueFull
 from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from .schemas import (
+    DETECT_OPENAPI,
     ApiError,
     Detection,
     DetectResponse,
@@ -56,6 +57,7 @@ class ServedModel:
     decode_size: tuple[int, int] | None = None  # the detector's: large JPEG uploads decoded reduced for it
     min_score_threshold: float = 0.0  # an ONNX graph with NMS inside drops lower scores itself
     min_image_side: int = 0  # --tile: sliced inference needs images at least one tile on each side
+    mixed_thresholds: bool = True  # False: one threshold per forward pass (box fusion)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class _Service:
     async def load_model(self) -> None:
         try:
             self.model = await asyncio.to_thread(self.load)
+            self.batcher.mixed_thresholds = self.model.mixed_thresholds  # no batch runs before this
         except Exception as exc:  # deliberately broad: reported by /healthz and the callback
             self.load_error = f"{type(exc).__name__}: {exc}"
             if self.on_load_error is not None:
@@ -193,7 +196,7 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
             min_score_threshold=m.min_score_threshold,
         )  # fmt: skip
 
-    @app.post("/v1/detect", response_model=DetectResponse)
+    @app.post("/v1/detect", response_model=DetectResponse, openapi_extra=DETECT_OPENAPI)
     async def detect(request: Request) -> DetectResponse:
         model = service.ready_model()
         try:

@@ -7,7 +7,9 @@ their way: a lone request runs at once) and runs the batch on a dedicated thread
 loop stays free. A batch runs at the lowest score threshold among its requests and each answer
 is then filtered at its own threshold: with hard NMS this equals running each image alone at
 its threshold (a box is only suppressed by higher-scoring boxes, which pass any threshold it
-passes).
+passes; soft NMS likewise only decays a box by higher-scoring ones). Box fusion (WBF) is not
+like that (lower boxes move higher ones): with ``mixed_thresholds=False`` a batch runs as one
+forward pass per threshold in it.
 """
 
 from __future__ import annotations
@@ -59,14 +61,16 @@ class DynamicBatcher:
         max_wait_s: float = 0.010,
         max_queue: int = 64,
         on_batch: Callable[[int, float], None] | None = None,
+        mixed_thresholds: bool = True,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
+        if max_batch < 1 or max_queue < 1 or not max_wait_s >= 0:  # nan waited without bound
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_s >= 0")
         self.detect = detect
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.on_batch = on_batch  # (batch size, seconds) after each forward pass
+        self.mixed_thresholds = mixed_thresholds  # False: one threshold per forward pass (WBF)
         self.admitted = 0  # requests holding a slot: decoding, queued or running
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="detect")
@@ -139,6 +143,11 @@ class DynamicBatcher:
         return items, False
 
     async def _process(self, items: list[_Item]) -> None:
+        thresholds = sorted({item.threshold for item in items})
+        if not self.mixed_thresholds and len(thresholds) > 1:
+            for t in thresholds:
+                await self._process([item for item in items if item.threshold == t])
+            return
         loop = asyncio.get_running_loop()
         threshold = min(item.threshold for item in items)
         start = loop.time()

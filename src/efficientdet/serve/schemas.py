@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel
 
 __all__ = [
-    "DETECT_FIELDS", "ApiError", "DetectOptions", "DetectResponse", "Detection", "ImageSize", "ModelInfo",
+    "DETECT_FIELDS", "DETECT_OPENAPI", "ApiError", "DetectOptions", "DetectResponse", "Detection", "ImageSize", "ModelInfo",
     "Timing", "apply_options", "parse_options",
 ]  # fmt: skip
 
@@ -101,6 +101,8 @@ def _classes(text: str, class_names: Sequence[str] | None, num_classes: int) -> 
             out.add(int(part))
         else:
             raise ApiError(422, "bad_classes", f"classes: unknown class {part!r} (see GET /v1/model)")
+    if not out:  # "," kept nothing: a 200 with no detections, while "" (no filter) keeps all
+        raise ApiError(422, "bad_classes", f"classes {text!r}: names no class; leave it out for all classes (see GET /v1/model)")
     return frozenset(out)
 
 
@@ -159,3 +161,34 @@ class ModelInfo(BaseModel):
     max_upload_bytes: int
     default_score_threshold: float
     min_score_threshold: float  # a graph with NMS inside drops lower scores itself; else 0
+
+
+# /v1/detect reads its request itself (raw body or multipart, with a size limit), so FastAPI
+# cannot infer its inputs: without this, /docs and /openapi.json showed no body and no options.
+_OPTION_SCHEMAS: dict[str, dict[str, Any]] = {
+    "score_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+    "classes": {"type": "string"},
+    "max_detections": {"type": "integer", "minimum": 0, "maximum": MAX_DETECTIONS_LIMIT},
+}
+_OPTION_HELP = {
+    "score_threshold": "lowest score answered (default: the server's --score-threshold)",
+    "classes": "comma-separated class names or indices to keep (default: all)",
+    "max_detections": "at most this many detections, highest scores first",
+}
+_ERROR = {"description": "an error", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"error": {"type": "object", "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"}}}}}}}}  # fmt: skip
+DETECT_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {"name": k, "in": "query", "required": False, "schema": v, "description": _OPTION_HELP[k]}
+        for k, v in _OPTION_SCHEMAS.items()
+    ],
+    "requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "format": "binary", "description": "the image file"},
+            **{k: {**v, "description": _OPTION_HELP[k]} for k, v in _OPTION_SCHEMAS.items()},
+        }}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }},
+    "responses": {str(status): _ERROR for status in (400, 413, 422, 500, 503)},
+}  # fmt: skip

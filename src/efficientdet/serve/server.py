@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import threading
 from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -17,8 +19,15 @@ __all__ = ["GracefulServer", "check_can_listen", "make_server"]
 
 class GracefulServer(uvicorn.Server):
     """uvicorn's server, except that a handled SIGTERM/SIGINT is not re-raised after shutdown
-    (uvicorn >= 0.29 re-raises it, so the process would die by the signal instead of exiting 0).
-    A second signal still forces an immediate exit, as in uvicorn."""
+    (uvicorn >= 0.29 re-raises it, so the process would die by the signal instead of exiting 0),
+    and a second signal exits at once with 128 + its number."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            # uvicorn forces only on a second SIGINT: a second SIGTERM (systemd, docker, kill)
+            # still waited for every queued request. Both now stop at once, as documented.
+            os._exit(128 + sig)
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
 from efficientdet.data.images import ImageError, load_for_model
@@ -27,10 +27,14 @@ _DRAIN_LIMIT = 64 * 1024 * 1024  # an over-limit body is read (and dropped) up t
 
 async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, dict[str, str]]:
     """(image file bytes, option fields from the query string and the form)."""
-    fields = dict(request.query_params)
+    fields = _single_values(request.query_params.multi_items(), "the query string")
     multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
     limit = max_bytes + (MULTIPART_OVERHEAD if multipart else 0)
-    body = await _read_body(request, limit, max_bytes)
+    try:
+        body = await _read_body(request, limit, max_bytes)
+    except ClientDisconnect:  # not the detector's failure: was a 500 with a traceback in the log
+        # 499 as nginx logs it ("client closed request"); no one reads the answer, /metrics counts it
+        raise ApiError(499, "client_disconnected", "the client closed the connection before sending the whole body") from None
     if not multipart:
         if not body:
             message = "the request body is empty; send an image (raw body or multipart field 'image')"
@@ -85,12 +89,12 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
     except Exception as exc:  # malformed multipart, too many parts
         reason = getattr(exc, "detail", exc)
         raise ApiError(400, "bad_multipart", f"cannot parse the multipart body ({reason})") from None
-    fields: dict[str, str] = {}
+    fields = _single_values([(k, v) for k, v in form.multi_items() if isinstance(v, str)], "the form")
     image: Any = None
     for key, value in form.multi_items():
         if isinstance(value, str):
-            fields[key] = value
-        elif key == "image":
+            continue
+        if key == "image":
             image = value
         else:
             raise ApiError(422, "unknown_field", f"file field {key!r}: send the image in the field 'image'")
@@ -102,6 +106,18 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
     if not data:
         raise ApiError(400, "empty_body", "the uploaded file 'image' is empty")
     return data, fields
+
+
+def _single_values(items: list[tuple[str, str]], where: str) -> dict[str, str]:
+    """``items`` as a dict; ApiError 422 for a name given more than once (a dict kept the last
+    one without a word: ``?score_threshold=0.1&score_threshold=0.9`` was answered at 0.9)."""
+    fields: dict[str, str] = {}
+    for key, value in items:
+        if key in fields:
+            count = sum(k == key for k, _ in items)
+            raise ApiError(422, "duplicate_field", f"field {key!r} given {count} times in {where}; give it once")
+        fields[key] = value
+    return fields
 
 
 def decode_upload(data: bytes, max_pixels: int, decode_size: tuple[int, int] | None = None) -> DecodedImage:
