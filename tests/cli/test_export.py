@@ -42,6 +42,12 @@ def test_unknown_format_lists_formats(tmp_path: Path, tiny_weights: Path, capsys
         (["--keep-float", "stem"], "--keep-float is an int8 option"),
         (["--out", "."], "--out .: is a folder; give the file to write, e.g. model.onnx"),
         (["--out", ".", "--format", "torchscript"], "e.g. model.pt"),
+        (["--out", "m.pt"], "--out m.pt: an ONNX graph must be named *.onnx (predict, eval, serve and info "
+                            "recognise it by that name), e.g. m.onnx"),
+        (["--out", "m.onnx", "--format", "torchscript"], "--out m.onnx: a .onnx name is for --format onnx; "
+                                                         "a torchscript file would be taken for a broken ONNX graph"),
+        (["--out", "m.onnx", "--format", "exported-program"], "name it e.g. m.pt2"),
+        (["--image-size", "200"], "--image-size 200: must be a positive multiple of 32"),
     ],
 )
 def test_flags_that_would_be_ignored_are_errors(
@@ -54,7 +60,10 @@ def test_flags_that_would_be_ignored_are_errors(
 ) -> None:
     """These were silently dropped: ``--format torchscript --nms`` wrote a model without NMS,
     ``--quantizer onnxruntime`` without ``--int8`` a float graph, ``--nms --score-threshold 2``
-    a graph that never detects anything; an --out folder was a traceback after the export."""
+    a graph that never detects anything; an --out folder was a traceback after the export.
+    An ONNX graph written as ``m.pt`` was then refused by predict as "not model weights", a
+    TorchScript file named ``m.onnx`` as "not a readable ONNX graph"; ``--image-size 200`` failed
+    after loading without naming the flag ("image_size must be (h, w) ...")."""
     out = tmp_path / "m.out"
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--weights", str(tiny_weights), "--out", str(out), *extra]) == 2
@@ -128,6 +137,7 @@ def test_export_int8_runs_with_its_backend(
         (["--int8", "--calibration", "BROKEN"], "none of the 2 images could be read"),
         (["--int8", "--calibration", "MISSING"], "no such file or folder"),
         (["--int8", "--calibration", "IMAGES", "--calibration-method", "entropy"], "entropy does not apply to --quantizer nncf"),
+        (["--int8", "--calibration", "IMAGES", "--image-size", "100"], "--image-size 100: must be a positive multiple of 32"),
     ],
 )
 def test_export_int8_bad_input(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import check_score_threshold
+from .common import check_image_size, check_score_threshold
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -82,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_flags(args: argparse.Namespace, fmt: str) -> None:
-    """Flags that would be ignored in this combination are errors (they used to be dropped
-    silently: ``--format torchscript --nms`` wrote a model without NMS), and so is an --out
-    that is a folder (a traceback once the export was done)."""
+    """Usage errors, before any work. Flags that would be ignored in this combination are errors
+    (they used to be dropped silently: ``--format torchscript --nms`` wrote a model without NMS),
+    and so is an --out that is a folder (a traceback once the export was done) or whose name the
+    program would read as another kind of file."""
     if Path(args.out).is_dir():
         suffix = {"onnx": ".onnx", "torchscript": ".pt"}.get(fmt, ".pt2")
         raise ValueError(f"--out {args.out}: is a folder; give the file to write, e.g. {Path(args.out) / ('model' + suffix)}")
@@ -108,6 +109,16 @@ def _check_flags(args: argparse.Namespace, fmt: str) -> None:
             if getattr(args, flag[2:].replace("-", "_")) != default:
                 raise ValueError(f"{flag} is an int8 option: add --int8 --calibration DATA (without --int8 the "
                                  "export is float)")  # fmt: skip
+    elif fmt != "onnx":  # before the --out name check: the format is the mistake here
+        raise ValueError(f"--int8 needs --format onnx (int8 runs in OpenVINO or ONNX Runtime); --format {args.format} has no int8 form")
+    if args.image_size is not None:
+        check_image_size(args.image_size)  # else named by the model code, after loading (and calibrating)
+    from ..export import check_output_path
+
+    try:
+        check_output_path(args.out, fmt)
+    except ValueError as exc:
+        raise ValueError(f"--out {exc}") from None
 
 
 def _run_int8(args: argparse.Namespace, fmt: str) -> int:
@@ -120,8 +131,6 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
 
     if not args.int8:
         raise ValueError("--calibration is only used with --int8")
-    if fmt != "onnx":
-        raise ValueError(f"--int8 needs --format onnx (int8 runs in OpenVINO or ONNX Runtime); --format {args.format} has no int8 form")
     if not args.calibration:
         raise ValueError("--int8 needs --calibration DATA: a dataset or a folder of images like the ones to run on")
     if args.quantizer == "nncf":
