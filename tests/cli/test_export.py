@@ -71,6 +71,19 @@ def test_flags_that_would_be_ignored_are_errors(
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_out_under_a_file_is_refused_before_any_work(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--out m.onnx/x.onnx`` (a typo for a folder that is a file) ended in a FileExistsError
+    traceback from the temp file's mkdir, after the whole export (30 s for Lite0 here)."""
+    (tmp_path / "m.onnx").write_bytes(b"an earlier graph")
+    out = tmp_path / "m.onnx" / "x.onnx"
+    assert main(["export", "--weights", str(tiny_weights), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: cannot create a folder under {tmp_path / 'm.onnx'}, which is a file" in err
+    assert err.count("\n") == 1 and (tmp_path / "m.onnx").read_bytes() == b"an earlier graph"
+
+
 def _images(folder: Path, count: int) -> Path:
     import numpy as np
     from PIL import Image

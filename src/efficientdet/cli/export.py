@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import check_image_size, check_score_threshold
+from .common import check_image_size, check_out_file, check_score_threshold
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -119,6 +119,7 @@ def _check_flags(args: argparse.Namespace, fmt: str) -> None:
         check_output_path(args.out, fmt)
     except ValueError as exc:
         raise ValueError(f"--out {exc}") from None
+    check_out_file(args.out)
 
 
 def _run_int8(args: argparse.Namespace, fmt: str) -> int:
