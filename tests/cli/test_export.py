@@ -48,6 +48,8 @@ def test_unknown_format_lists_formats(tmp_path: Path, tiny_weights: Path, capsys
                                                          "a torchscript file would be taken for a broken ONNX graph"),
         (["--out", "m.onnx", "--format", "exported-program"], "name it e.g. m.pt2"),
         (["--image-size", "200"], "--image-size 200: must be a positive multiple of 32"),
+        (["--format", "exported-program", "--onnx-exporter", "torchscript"], "--onnx-exporter is for --format onnx only"),
+        (["--format", "torchscript", "--static-batch"], "--static-batch: a TorchScript module has a dynamic batch"),
     ],
 )
 def test_flags_that_would_be_ignored_are_errors(
@@ -63,7 +65,8 @@ def test_flags_that_would_be_ignored_are_errors(
     a graph that never detects anything; an --out folder was a traceback after the export.
     An ONNX graph written as ``m.pt`` was then refused by predict as "not model weights", a
     TorchScript file named ``m.onnx`` as "not a readable ONNX graph"; ``--image-size 200`` failed
-    after loading without naming the flag ("image_size must be (h, w) ...")."""
+    after loading without naming the flag ("image_size must be (h, w) ..."); ``--onnx-exporter``
+    off ONNX and ``--static-batch`` with TorchScript were ignored."""
     out = tmp_path / "m.out"
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--weights", str(tiny_weights), "--out", str(out), *extra]) == 2
@@ -151,6 +154,7 @@ def test_export_int8_runs_with_its_backend(
         (["--int8", "--calibration", "MISSING"], "no such file or folder"),
         (["--int8", "--calibration", "IMAGES", "--calibration-method", "entropy"], "entropy does not apply to --quantizer nncf"),
         (["--int8", "--calibration", "IMAGES", "--image-size", "100"], "--image-size 100: must be a positive multiple of 32"),
+        (["--int8", "--calibration", "IMAGES", "--onnx-exporter", "dynamo"], "--int8 always exports with the torchscript"),
     ],
 )
 def test_export_int8_bad_input(

@@ -23,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--score-threshold", type=float, help="ONNX with --nms: score threshold in the graph")
     p.add_argument("--max-detections", type=int, help="ONNX with --nms: detections per image")
     p.add_argument(
-        "--onnx-exporter", choices=["dynamo", "torchscript"], default="dynamo",
-        help="torch.onnx exporter (torchscript: the older one, ~5x faster to export)",
+        "--onnx-exporter", choices=["dynamo", "torchscript"],
+        help="torch.onnx exporter for a float ONNX graph: dynamo (default) or torchscript (the older one, "
+             "~5x faster to export; --int8 always uses it)",
     )  # fmt: skip
     q = p.add_argument_group("int8 (post-training static quantization, QDQ ONNX)")
     q.add_argument("--int8", action="store_true", help="quantize the network to int8 (needs --calibration)")
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             include_postprocess=args.nms,
             score_threshold=args.score_threshold,
             max_detections=args.max_detections,
-            dynamo=args.onnx_exporter == "dynamo",
+            dynamo=args.onnx_exporter != "torchscript",
         )
     elif fmt != "torchscript":
         kwargs["dynamic_batch"] = not args.static_batch
@@ -98,6 +99,7 @@ def _check_flags(args: argparse.Namespace, fmt: str) -> None:
         flag = "--score-threshold" if args.score_threshold is not None else "--max-detections"
         raise ValueError(f"{flag} sets the graph's own post-processing: it needs --nms (without it, pass the "
                          "threshold to predict, eval or serve)")  # fmt: skip
+    _check_export_options(args, fmt)
     if args.score_threshold is not None:
         check_score_threshold(args.score_threshold)
     if args.max_detections is not None and args.max_detections < 1:
@@ -120,6 +122,19 @@ def _check_flags(args: argparse.Namespace, fmt: str) -> None:
     except ValueError as exc:
         raise ValueError(f"--out {exc}") from None
     check_out_file(args.out)
+
+
+def _check_export_options(args: argparse.Namespace, fmt: str) -> None:
+    """``--onnx-exporter`` off float ONNX and ``--static-batch`` for TorchScript changed nothing
+    (the int8 path always uses the TorchScript-based exporter, whose node names its float groups
+    match; a traced TorchScript module keeps a dynamic batch)."""
+    if args.onnx_exporter is not None and fmt != "onnx":
+        raise ValueError(f"--onnx-exporter is for --format onnx only; --format {args.format} does not use torch.onnx")
+    if args.onnx_exporter == "dynamo" and args.int8:
+        raise ValueError("--onnx-exporter dynamo: --int8 always exports with the torchscript exporter; drop the flag")
+    if args.static_batch and fmt == "torchscript":
+        raise ValueError("--static-batch: a TorchScript module has a dynamic batch (no op depends on it); "
+                         "--format onnx or exported-program can fix it")  # fmt: skip
 
 
 def _run_int8(args: argparse.Namespace, fmt: str) -> int:
