@@ -155,6 +155,7 @@ def test_export_int8_runs_with_its_backend(
         (["--int8", "--calibration", "IMAGES", "--calibration-method", "entropy"], "entropy does not apply to --quantizer nncf"),
         (["--int8", "--calibration", "IMAGES", "--image-size", "100"], "--image-size 100: must be a positive multiple of 32"),
         (["--int8", "--calibration", "IMAGES", "--onnx-exporter", "dynamo"], "--int8 always exports with the torchscript"),
+        (["--int8", "--calibration", "IMAGES", "--keep-float", "head"], "--keep-float: unknown float group(s) head; valid:"),
     ],
 )
 def test_export_int8_bad_input(
