@@ -18,8 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--nms", action="store_true", help="ONNX: include decoding and NonMaxSuppression")
     p.add_argument("--image-size", type=int, help="input size (multiple of 32; default: the model's)")
-    p.add_argument("--batch-size", type=int, default=1, help="example batch size for tracing")
-    p.add_argument("--static-batch", action="store_true", help="fix the batch size (default: dynamic)")
+    p.add_argument("--batch-size", type=int, default=1, help="example batch size for tracing; with --static-batch, the graph's fixed batch (default 1)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size to --batch-size (ONNX, exported-program; default: dynamic)")
     p.add_argument("--score-threshold", type=float, help="ONNX with --nms: score threshold in the graph")
     p.add_argument("--max-detections", type=int, help="ONNX with --nms: detections per image")
     p.add_argument(
