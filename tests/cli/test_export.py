@@ -42,6 +42,14 @@ def test_unknown_format_lists_formats(tmp_path: Path, tiny_weights: Path, capsys
         (["--keep-float", "stem"], "--keep-float is an int8 option"),
         (["--out", "."], "--out .: is a folder; give the file to write, e.g. model.onnx"),
         (["--out", ".", "--format", "torchscript"], "e.g. model.pt"),
+        (["--out", "m.pt"], "--out m.pt: an ONNX graph must be named *.onnx (predict, eval, serve and info "
+                            "recognise it by that name), e.g. m.onnx"),
+        (["--out", "m.onnx", "--format", "torchscript"], "--out m.onnx: a .onnx name is for --format onnx; "
+                                                         "a torchscript file would be taken for a broken ONNX graph"),
+        (["--out", "m.onnx", "--format", "exported-program"], "name it e.g. m.pt2"),
+        (["--image-size", "200"], "--image-size 200: must be a positive multiple of 32"),
+        (["--format", "exported-program", "--onnx-exporter", "torchscript"], "--onnx-exporter is for --format onnx only"),
+        (["--format", "torchscript", "--static-batch"], "--static-batch: a TorchScript module has a dynamic batch"),
     ],
 )
 def test_flags_that_would_be_ignored_are_errors(
@@ -54,12 +62,29 @@ def test_flags_that_would_be_ignored_are_errors(
 ) -> None:
     """These were silently dropped: ``--format torchscript --nms`` wrote a model without NMS,
     ``--quantizer onnxruntime`` without ``--int8`` a float graph, ``--nms --score-threshold 2``
-    a graph that never detects anything; an --out folder was a traceback after the export."""
+    a graph that never detects anything; an --out folder was a traceback after the export.
+    An ONNX graph written as ``m.pt`` was then refused by predict as "not model weights", a
+    TorchScript file named ``m.onnx`` as "not a readable ONNX graph"; ``--image-size 200`` failed
+    after loading without naming the flag ("image_size must be (h, w) ..."); ``--onnx-exporter``
+    off ONNX and ``--static-batch`` with TorchScript were ignored."""
     out = tmp_path / "m.out"
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--weights", str(tiny_weights), "--out", str(out), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_out_under_a_file_is_refused_before_any_work(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--out m.onnx/x.onnx`` (a typo for a folder that is a file) ended in a FileExistsError
+    traceback from the temp file's mkdir, after the whole export (30 s for Lite0 here)."""
+    (tmp_path / "m.onnx").write_bytes(b"an earlier graph")
+    out = tmp_path / "m.onnx" / "x.onnx"
+    assert main(["export", "--weights", str(tiny_weights), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: cannot create a folder under {tmp_path / 'm.onnx'}, which is a file" in err
+    assert err.count("\n") == 1 and (tmp_path / "m.onnx").read_bytes() == b"an earlier graph"
 
 
 def _images(folder: Path, count: int) -> Path:
@@ -128,6 +153,9 @@ def test_export_int8_runs_with_its_backend(
         (["--int8", "--calibration", "BROKEN"], "none of the 2 images could be read"),
         (["--int8", "--calibration", "MISSING"], "no such file or folder"),
         (["--int8", "--calibration", "IMAGES", "--calibration-method", "entropy"], "entropy does not apply to --quantizer nncf"),
+        (["--int8", "--calibration", "IMAGES", "--image-size", "100"], "--image-size 100: must be a positive multiple of 32"),
+        (["--int8", "--calibration", "IMAGES", "--onnx-exporter", "dynamo"], "--int8 always exports with the torchscript"),
+        (["--int8", "--calibration", "IMAGES", "--keep-float", "head"], "--keep-float: unknown float group(s) head; valid:"),
     ],
 )
 def test_export_int8_bad_input(

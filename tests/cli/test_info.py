@@ -38,6 +38,21 @@ def test_info_of_an_exported_graph(tmp_path: Path, tiny_weights: Path, capsys: p
     assert doc["bytes"] == out.stat().st_size and doc["config"]["head"]["num_classes"] == 3
 
 
+def test_info_of_a_graph_with_nms_inside_shows_its_thresholds(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The graph's own score threshold (which predict, eval and serve cannot go below) was only
+    in ``--json``: the line said "outputs detections (NMS inside)"."""
+    pytest.importorskip("onnx")
+    out = tmp_path / "nms.onnx"
+    assert main(["export", "--weights", str(tiny_weights), "--out", str(out), "--image-size", "128", "--nms",
+                 "--score-threshold", "0.25", "--max-detections", "7", "--onnx-exporter", "torchscript"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "outputs detections (NMS inside: scores >= 0.25, IoU 0.5, at most 7 per image)" in printed
+
+
 def test_info_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["info", str(tmp_path / "missing.onnx")]) == 2
     assert "missing.onnx: no such file" in capsys.readouterr().err

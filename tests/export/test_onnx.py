@@ -381,6 +381,12 @@ def test_export_dispatch_errors(make_model, tmp_path):
     assert all(fmt in str(err.value) for fmt in EXPORT_FORMATS)
     with pytest.raises(ValueError, match="is a folder; give the file to write"):
         export(model, tmp_path, "torchscript")  # was IsADirectoryError from the final rename
+    # Names the program would read as the wrong kind of file (a graph is known by .onnx alone).
+    with pytest.raises(ValueError, match=r"m\.pt: an ONNX graph must be named \*\.onnx .* e\.g\. .*m\.onnx"):
+        export(model, tmp_path / "m.pt", "onnx")
+    with pytest.raises(ValueError, match=r"m\.ONNX: a \.onnx name is for --format onnx; .* e\.g\. .*m\.pt2"):
+        export(model, tmp_path / "m.ONNX", "program")
+    assert sorted(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="multiples of 32"):
         export_onnx(model, tmp_path / "m.onnx", image_size=250)
     bad = tmp_path / "bad.onnx"

@@ -39,6 +39,7 @@ __all__ = [
     "add_model_args",
     "build_runner",
     "check_image_size",
+    "check_out_file",
     "check_tile_args",
     "check_tile_fits",
     "load_model",
@@ -222,6 +223,18 @@ def check_out_folder(out: str | os.PathLike[str], command: str, writes: str) -> 
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {out}: is a file; {command} writes into a folder ({writes})")
+    _check_creatable(out, path)
+
+
+def check_out_file(out: str | os.PathLike[str]) -> None:
+    """A command that writes the file ``--out`` refuses, before any work, one it could not
+    create: under a file (``export --out m.onnx/x.onnx`` was a FileExistsError traceback after
+    the whole export) or in a folder without write permission."""
+    _check_creatable(out, Path(out).parent)
+
+
+def _check_creatable(out: str | os.PathLike[str], path: Path) -> None:
+    """The folder ``path`` (``--out`` or the one holding it) exists and is writable, or can be made."""
     base = path
     while not base.exists() and base.parent != base:
         base = base.parent  # the folder it would be created in

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import check_score_threshold
+from .common import check_image_size, check_out_file, check_score_threshold
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,13 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--nms", action="store_true", help="ONNX: include decoding and NonMaxSuppression")
     p.add_argument("--image-size", type=int, help="input size (multiple of 32; default: the model's)")
-    p.add_argument("--batch-size", type=int, default=1, help="example batch size for tracing")
-    p.add_argument("--static-batch", action="store_true", help="fix the batch size (default: dynamic)")
+    p.add_argument("--batch-size", type=int, default=1, help="example batch size for tracing; with --static-batch, the graph's fixed batch (default 1)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size to --batch-size (ONNX, exported-program; default: dynamic)")
     p.add_argument("--score-threshold", type=float, help="ONNX with --nms: score threshold in the graph")
     p.add_argument("--max-detections", type=int, help="ONNX with --nms: detections per image")
     p.add_argument(
-        "--onnx-exporter", choices=["dynamo", "torchscript"], default="dynamo",
-        help="torch.onnx exporter (torchscript: the older one, ~5x faster to export)",
+        "--onnx-exporter", choices=["dynamo", "torchscript"],
+        help="torch.onnx exporter for a float ONNX graph: dynamo (default) or torchscript (the older one, "
+             "~5x faster to export; --int8 always uses it)",
     )  # fmt: skip
     q = p.add_argument_group("int8 (post-training static quantization, QDQ ONNX)")
     q.add_argument("--int8", action="store_true", help="quantize the network to int8 (needs --calibration)")
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             include_postprocess=args.nms,
             score_threshold=args.score_threshold,
             max_detections=args.max_detections,
-            dynamo=args.onnx_exporter == "dynamo",
+            dynamo=args.onnx_exporter != "torchscript",
         )
     elif fmt != "torchscript":
         kwargs["dynamic_batch"] = not args.static_batch
@@ -82,9 +83,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_flags(args: argparse.Namespace, fmt: str) -> None:
-    """Flags that would be ignored in this combination are errors (they used to be dropped
-    silently: ``--format torchscript --nms`` wrote a model without NMS), and so is an --out
-    that is a folder (a traceback once the export was done)."""
+    """Usage errors, before any work. Flags that would be ignored in this combination are errors
+    (they used to be dropped silently: ``--format torchscript --nms`` wrote a model without NMS),
+    and so is an --out that is a folder (a traceback once the export was done) or whose name the
+    program would read as another kind of file."""
     if Path(args.out).is_dir():
         suffix = {"onnx": ".onnx", "torchscript": ".pt"}.get(fmt, ".pt2")
         raise ValueError(f"--out {args.out}: is a folder; give the file to write, e.g. {Path(args.out) / ('model' + suffix)}")
@@ -97,6 +99,7 @@ def _check_flags(args: argparse.Namespace, fmt: str) -> None:
         flag = "--score-threshold" if args.score_threshold is not None else "--max-detections"
         raise ValueError(f"{flag} sets the graph's own post-processing: it needs --nms (without it, pass the "
                          "threshold to predict, eval or serve)")  # fmt: skip
+    _check_export_options(args, fmt)
     if args.score_threshold is not None:
         check_score_threshold(args.score_threshold)
     if args.max_detections is not None and args.max_detections < 1:
@@ -108,6 +111,30 @@ def _check_flags(args: argparse.Namespace, fmt: str) -> None:
             if getattr(args, flag[2:].replace("-", "_")) != default:
                 raise ValueError(f"{flag} is an int8 option: add --int8 --calibration DATA (without --int8 the "
                                  "export is float)")  # fmt: skip
+    elif fmt != "onnx":  # before the --out name check: the format is the mistake here
+        raise ValueError(f"--int8 needs --format onnx (int8 runs in OpenVINO or ONNX Runtime); --format {args.format} has no int8 form")
+    if args.image_size is not None:
+        check_image_size(args.image_size)  # else named by the model code, after loading (and calibrating)
+    from ..export import check_output_path
+
+    try:
+        check_output_path(args.out, fmt)
+    except ValueError as exc:
+        raise ValueError(f"--out {exc}") from None
+    check_out_file(args.out)
+
+
+def _check_export_options(args: argparse.Namespace, fmt: str) -> None:
+    """``--onnx-exporter`` off float ONNX and ``--static-batch`` for TorchScript changed nothing
+    (the int8 path always uses the TorchScript-based exporter, whose node names its float groups
+    match; a traced TorchScript module keeps a dynamic batch)."""
+    if args.onnx_exporter is not None and fmt != "onnx":
+        raise ValueError(f"--onnx-exporter is for --format onnx only; --format {args.format} does not use torch.onnx")
+    if args.onnx_exporter == "dynamo" and args.int8:
+        raise ValueError("--onnx-exporter dynamo: --int8 always exports with the torchscript exporter; drop the flag")
+    if args.static_batch and fmt == "torchscript":
+        raise ValueError("--static-batch: a TorchScript module has a dynamic batch (no op depends on it); "
+                         "--format onnx or exported-program can fix it")  # fmt: skip
 
 
 def _run_int8(args: argparse.Namespace, fmt: str) -> int:
@@ -120,8 +147,6 @@ def _run_int8(args: argparse.Namespace, fmt: str) -> int:
 
     if not args.int8:
         raise ValueError("--calibration is only used with --int8")
-    if fmt != "onnx":
-        raise ValueError(f"--int8 needs --format onnx (int8 runs in OpenVINO or ONNX Runtime); --format {args.format} has no int8 form")
     if not args.calibration:
         raise ValueError("--int8 needs --calibration DATA: a dataset or a folder of images like the ones to run on")
     if args.quantizer == "nncf":

@@ -118,6 +118,11 @@ def _graph_info(path: str, as_json: bool) -> int:
         return 0
     names = ", ".join(meta.class_names[:8]) + (", ..." if len(meta.class_names) > 8 else "") if meta.class_names else "unnamed"
     layout = "detections (NMS inside)" if meta.nms_inside else "candidates" if meta.candidates else "raw"
+    post = meta.postprocess or {}
+    if meta.nms_inside and {"score_threshold", "iou_threshold", "max_detections"} <= post.keys():
+        # The graph's fixed thresholds: predict, eval and serve refuse a lower --score-threshold.
+        layout = (f"detections (NMS inside: scores >= {post['score_threshold']:g}, IoU {post['iou_threshold']:g}, "
+                  f"at most {post['max_detections']} per image)")  # fmt: skip
     print(f"{path}: {meta.model_name}, input {meta.image_size[0]}x{meta.image_size[1]}, "
           f"{meta.num_classes} class{'es' if meta.num_classes != 1 else ''} ({names}), outputs {layout}, {os.path.getsize(path) / 1e6:.1f} MB")  # fmt: skip
     for line in _int8_lines(meta.int8):

@@ -40,6 +40,23 @@ _EXPORTERS: dict[str, str] = {
 }
 
 
+def check_output_path(path: str | os.PathLike[str], format: str) -> None:
+    """Refuse an output name that the program would later read as the wrong kind of file:
+    ``predict``, ``eval``, ``serve`` and ``info`` know an ONNX graph by its ``.onnx`` name
+    alone (:func:`~efficientdet.export.metadata.is_graph_file`), so an ONNX graph under another
+    name was taken for weights, and a TorchScript or torch.export file named ``.onnx`` for a
+    broken graph."""
+    name = os.fspath(path)
+    is_onnx_name = name.lower().endswith(".onnx")
+    if format.lower() == "onnx" and not is_onnx_name:
+        raise ValueError(f"{name}: an ONNX graph must be named *.onnx (predict, eval, serve and info recognise "
+                         f"it by that name), e.g. {Path(name).with_suffix('.onnx')}")  # fmt: skip
+    if format.lower() != "onnx" and is_onnx_name:
+        suffix = ".pt" if format.lower() == "torchscript" else ".pt2"
+        raise ValueError(f"{name}: a .onnx name is for --format onnx; a {format} file would be taken for a broken "
+                         f"ONNX graph: name it e.g. {Path(name).with_suffix(suffix)}")  # fmt: skip
+
+
 def export(model: nn.Module, path: str | os.PathLike[str], format: str, **kwargs: Any) -> Path:
     """Export ``model`` to ``path`` in ``format`` (one of :data:`EXPORT_FORMATS`).
 
@@ -51,6 +68,7 @@ def export(model: nn.Module, path: str | os.PathLike[str], format: str, **kwargs
         raise ValueError(f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
     if Path(path).is_dir():  # else found only by the final rename, after the whole export
         raise ValueError(f"{path}: is a folder; give the file to write")
+    check_output_path(path, key)
     exporter = getattr(sys.modules[__name__], _EXPORTERS[key])  # imports its module on first use
     return exporter(model, path, **kwargs)
 
@@ -87,6 +105,7 @@ __all__ = [
     "attach_candidates",
     "attach_postprocess",
     "check_onnx",
+    "check_output_path",
     "count_batchnorms",
     "export",
     "export_onnx",

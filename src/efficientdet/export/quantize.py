@@ -105,7 +105,7 @@ class Int8Options:
             raise ValueError("per-tensor weights apply to --quantizer onnxruntime; NNCF quantizes weights per channel")
         unknown = sorted(set(self.float_groups) - set(FLOAT_GROUPS))
         if unknown:
-            raise ValueError(f"unknown float group(s) {', '.join(unknown)}; valid: {', '.join(FLOAT_GROUPS)}")
+            raise ValueError(f"--keep-float: unknown float group(s) {', '.join(unknown)}; valid: {', '.join(FLOAT_GROUPS)}")
 
     def resolved_reduce_range(self) -> bool:
         return (not cpu_has_vnni()) if self.reduce_range is None else self.reduce_range
