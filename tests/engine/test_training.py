@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,35 @@ def test_sigint_saves_and_stops_cleanly(tiny_dataset: Path, tmp_path: Path, make
     state = load_checkpoint(tmp_path / "last.ckpt")
     assert state["step"] == 2 and state["batch_in_epoch"] == 2
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
+
+
+def test_sigterm_to_the_process_group_reaches_loader_workers_and_still_saves(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    """``timeout``, ``kill -- -PGID``, systemd and Slurm signal every process of the run, the
+    DataLoader workers too: they must leave stopping to the trainer. torch's worker handler
+    let SIGTERM kill them, and the trainer died with "DataLoader worker ... killed by signal:
+    Terminated" and no checkpoint."""
+    trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=3, **{"data.workers": 1}), progress=False)
+    original = trainer.stepper.optimizer_step
+    alive: list[bool] = []
+
+    def step_then_terminate_all(time_fraction: float | None = None) -> None:
+        original(time_fraction)
+        if trainer.step == 2:
+            workers = multiprocessing.active_children()
+            for worker in workers:
+                # from another process: torch's worker handler exits quietly on its parent's SIGTERM
+                subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+                worker.join(1.0)  # a worker that dies of it is gone by now
+                alive.append(worker.is_alive())
+            signal.raise_signal(signal.SIGTERM)
+
+    trainer.stepper.optimizer_step = step_then_terminate_all  # type: ignore[method-assign]
+    assert trainer.fit() == "signal"
+    assert alive == [True]  # one worker, still alive after the signal
+    state = load_checkpoint(tmp_path / "last.ckpt")
+    assert state["step"] == 2 and state["batch_in_epoch"] == 2
 
 
 def test_frozen_backbone_does_not_change(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
