@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -158,6 +159,15 @@ def test_config_file_preset_and_overrides(tmp_path: Path) -> None:
     assert cfg.data.train == "a.json" and cfg.model == "efficientdet_lite0"
     with pytest.raises(ValueError, match=r"unknown training config field 'optim\.lrr'; valid: clip_grad_norm, .*\blr\b"):
         load_train_config(None, ["optim.lrr=1"])
+    # a bad field in the file names the file (it read as if it came from the command line)
+    for text, message in [
+        ("optim:\n  lrr: 1\n", "unknown training config field 'optim.lrr'"),
+        ("batch_size: 0\n", "batch_size: 0 must be >= 1"),
+        ("preset: fine\n", "unknown preset 'fine'"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"^{re.escape(f'{path}: {message}')}"):
+            load_train_config(path)
 
 
 def test_no_usable_images_is_a_clear_error(tmp_path: Path, make_config) -> None:

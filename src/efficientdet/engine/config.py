@@ -379,10 +379,13 @@ def load_train_config(
             raise ValueError(f"{path}: cannot read the training config: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a training config must be a mapping of fields")
-        file_preset = data.pop("preset", None)
-        if file_preset and not preset:
-            config = load_train_config(None, None, file_preset)
-        config = config.replace(**data)
+        try:  # a bad field or value: name the file it is in (the overrides name themselves)
+            file_preset = data.pop("preset", None)
+            if file_preset and not preset:
+                config = load_train_config(None, None, file_preset)
+            config = config.replace(**data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
     if overrides:
         items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
         config = config.replace(**dict(items))

@@ -48,10 +48,20 @@ __all__ = [
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
-    """``auto`` -> this rank's GPU when there is one, else the CPU; anything else as given."""
+    """``auto`` -> this rank's GPU when there is one, else the CPU; ``cuda`` -> this rank's GPU
+    (``cuda:N`` as given); anything else as given. ``ValueError`` naming ``device`` otherwise."""
     if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's message lists some 20 device types
+        raise ValueError(f"device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r}, but CUDA is not available on this machine; use device=cpu (or auto)")
+        if device.index is None:  # torch.cuda.set_device and DDP need an index
+            device = torch.device("cuda", local_rank)
+    return device
 
 
 def resolve_amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
