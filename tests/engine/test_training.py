@@ -101,6 +101,24 @@ def test_sigterm_to_the_process_group_reaches_loader_workers_and_still_saves(
     assert state["step"] == 2 and state["batch_in_epoch"] == 2
 
 
+def test_validation_data_of_other_classes_is_refused_before_training(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    """Validation data the model cannot be scored on (other classes) used to fail at the first
+    validation, after a whole epoch, with no checkpoint and no word of ``data.val``."""
+    import json
+
+    val = json.loads(tiny_dataset.read_text())
+    val["categories"] = [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}]
+    val["annotations"] = [a for a in val["annotations"] if a["category_id"] in (1, 2)]
+    val_path = tiny_dataset.parent / "val_other_classes.json"
+    val_path.write_text(json.dumps(val))
+    cfg = make_config(tiny_dataset, tmp_path / "run", epochs=1, eval_every=1, **{"data.val": str(val_path)})
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(val_path))}: validation data: the model predicts 3 classes"):
+        Trainer(cfg, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_frozen_backbone_does_not_change(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
     with pytest.warns(UserWarning, match="backbone stays random"):  # random init, frozen on purpose
         trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=1, freeze_backbone=True), progress=False)

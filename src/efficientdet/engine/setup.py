@@ -39,6 +39,7 @@ __all__ = [
     "build_train_state",
     "build_train_transform",
     "check_no_run_in",
+    "check_val_classes",
     "count_steps",
     "prepare_for_training",
     "resolve_amp_dtype",
@@ -177,6 +178,20 @@ def check_has_images(index: DatasetIndex, source: str) -> None:
         raise ValueError(
             f"{source}: no usable training images ({len(index.skipped)} records skipped, see the warnings above)"
         )
+
+
+def check_val_classes(class_names: Sequence[str], val_index: DatasetIndex | None, source: str | None) -> None:
+    """Refuse validation data the model of ``class_names`` cannot be scored on (other classes,
+    another count), before training: the first validation failed on it after a whole epoch,
+    unsaved. The rules are evaluation's (:func:`~efficientdet.evaluation.labels.label_mapping`)."""
+    if val_index is None:
+        return
+    from ..evaluation.labels import label_mapping
+
+    try:
+        label_mapping(len(class_names), list(class_names), val_index)
+    except ValueError as err:
+        raise ValueError(f"{source}: validation data: {err}") from err
 
 
 def validation_tile(crop_size: int | None, val_index: DatasetIndex | None) -> tuple[int | None, str | None]:

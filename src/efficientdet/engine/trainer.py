@@ -32,6 +32,7 @@ from .setup import (
     build_train_model,
     build_train_state,
     check_has_images,
+    check_val_classes,
     count_steps,
     resolve_amp_dtype,
     resolve_device,
@@ -103,6 +104,7 @@ class Trainer:
         if note:
             self.log(note)
         self.class_names = self.train_index.class_names
+        check_val_classes(self.class_names, self.val_index, cfg.data.val)
         self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
         model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype)
         assert model.config is not None  # set by build_model
