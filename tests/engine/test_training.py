@@ -119,6 +119,16 @@ def test_validation_data_of_other_classes_is_refused_before_training(
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_a_step_of_one_image_with_a_1x1_top_level_is_refused_naming_batch_size(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    """At 128 px Lite0's top level is 1x1: a step of one image failed in the first batch norm
+    with torch's "Expected more than 1 value per channel when training"."""
+    with pytest.raises(ValueError, match=r"^batch_size: a step of 1 image \(batch_size=1, 8 training images .* 128x128"):
+        Trainer(make_config(tiny_dataset, tmp_path / "run", batch_size=1), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_frozen_backbone_does_not_change(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
     with pytest.warns(UserWarning, match="backbone stays random"):  # random init, frozen on purpose
         trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=1, freeze_backbone=True), progress=False)

@@ -168,6 +168,16 @@ def build_train_loader_for(
         dataset, cfg.batch_size, cfg.data.workers, cfg.seed, dist.rank, dist.world_size,
         pin_memory=device.type == "cuda",
     )  # fmt: skip
+    # up to the top level's stride its feature map is 1x1: batch norm in training needs more
+    # than one value per channel, and a step of one image failed with torch's message
+    per_step = min(cfg.batch_size, sampler.num_samples)
+    if per_step < 2 and min(model_config.image_size) <= model_config.max_stride:
+        size = "x".join(map(str, model_config.image_size))
+        raise ValueError(
+            f"batch_size: a step of {per_step} image (batch_size={cfg.batch_size}, {sampler.num_samples} training "
+            f"images per process) at image size {size}: the top pyramid level is 1x1 and batch norm needs more "
+            f"than one value per channel; use batch_size >= 2 with at least 2 images, or image_size > {model_config.max_stride}"
+        )
     return loader, seeded, sampler
 
 
