@@ -129,6 +129,27 @@ def test_a_step_of_one_image_with_a_1x1_top_level_is_refused_naming_batch_size(
     assert not (tmp_path / "run").exists()
 
 
+def test_validation_images_that_are_training_images_are_warned_about(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    """A VOC folder with a train list but no val list: its val split is every XML, the training
+    images included. The AP and best.* then measured memorising, without a word."""
+    from efficientdet.data.formats import read_dataset, write_voc
+
+    voc = tmp_path / "voc"
+    write_voc(read_dataset(tiny_dataset), voc, split="train")  # ImageSets/Main/train.txt only
+    lines: list[str] = []
+    cfg = make_config(voc, tmp_path / "run", epochs=1, eval_every=1, **{"data.val": str(voc)})
+    Trainer(cfg, log=lines.append, progress=False)
+    assert [x for x in lines if "training images too" in x] == [
+        f"warning: {voc}: 8 of its 8 validation images are training images too: the AP (and best.*) measures what "
+        "was trained on (a VOC folder without a val list reads every XML as its val split)"
+    ]
+    lines.clear()  # validation data apart from the training data: no warning
+    Trainer(cfg.replace(**{"data.val": str(tiny_dataset), "output": str(tmp_path / "run2")}), log=lines.append, progress=False)
+    assert not any("training images too" in x for x in lines)
+
+
 def test_frozen_backbone_does_not_change(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
     with pytest.warns(UserWarning, match="backbone stays random"):  # random init, frozen on purpose
         trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=1, freeze_backbone=True), progress=False)

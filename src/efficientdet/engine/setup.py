@@ -45,6 +45,7 @@ __all__ = [
     "resolve_amp_dtype",
     "resolve_device",
     "resume_path",
+    "val_overlap_warning",
 ]
 
 
@@ -202,6 +203,22 @@ def check_val_classes(class_names: Sequence[str], val_index: DatasetIndex | None
         label_mapping(len(class_names), list(class_names), val_index)
     except ValueError as err:
         raise ValueError(f"{source}: validation data: {err}") from err
+
+
+def val_overlap_warning(train: DatasetIndex, val: DatasetIndex | None, source: str | None) -> str | None:
+    """A warning when validation images are training images too (``data.val`` the training
+    data, or a VOC folder with a train list but none for val, whose val split is every XML):
+    the AP, and the ``best`` it picks, then measure memorising. None when they are apart."""
+    if val is None:
+        return None
+    seen = {r.image_path.resolve() for r in train.records}
+    shared = sum(r.image_path.resolve() in seen for r in val.records)
+    if not shared:
+        return None
+    return (
+        f"{source}: {shared} of its {len(val)} validation images are training images too: the AP (and best.*) "
+        "measures what was trained on (a VOC folder without a val list reads every XML as its val split)"
+    )
 
 
 def validation_tile(crop_size: int | None, val_index: DatasetIndex | None) -> tuple[int | None, str | None]:

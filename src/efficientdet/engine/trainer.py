@@ -37,6 +37,7 @@ from .setup import (
     resolve_amp_dtype,
     resolve_device,
     resume_path,
+    val_overlap_warning,
     validation_tile,
 )
 from .sharding import broadcast_module, check_shardable
@@ -112,6 +113,9 @@ class Trainer:
         warning = anchor_warning(cfg, self.train_index, self.model_config) if self.dist.is_main else None
         if warning:  # once, before training; the config is left as the user set it
             self.log(f"warning: {warning}")
+        overlap = val_overlap_warning(self.train_index, self.val_index, cfg.data.val)
+        if overlap:
+            self.log(f"warning: {overlap}")
         if self.train_index.num_objects == 0:  # e.g. every label file empty: hours spent learning nothing
             self.log(f"warning: {cfg.data.train}: no objects in its {len(self.train_index)} training images; nothing to learn")
         self._build_run(model)
