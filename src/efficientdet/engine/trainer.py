@@ -348,7 +348,9 @@ class Trainer:
         """Log a validation (after ``self.epoch`` complete epochs), save ``best`` when it is
         the best so far; the summary text."""
         self.metrics.log("val", self.epoch, self.step, metrics)
-        if metrics["AP"] > self.best_metric:
+        # a run resumed from another folder's checkpoint brings that folder's best AP: this
+        # folder's first validation still writes its best.*
+        if metrics["AP"] > self.best_metric or not (self.output / "best.safetensors").is_file():
             self.best_metric = metrics["AP"]
             self.save("best")
         return f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}"
