@@ -341,6 +341,15 @@ def test_config_values_of_the_wrong_type_or_range_name_the_field(override: str, 
         load_train_config(None, [override])
 
 
+def test_close_mosaic_that_covers_every_epoch_is_refused() -> None:
+    """``augment.mosaic=0.5 augment.close_mosaic=10 epochs=5``: mosaic was off from epoch 0,
+    the setting ignored without a word."""
+    with pytest.raises(ValueError, match=r"^augment.close_mosaic: 10 turns mosaic and mixup off for all 5 epochs"):
+        load_train_config(None, ["augment.mosaic=0.5", "augment.close_mosaic=10", "epochs=5"])
+    assert load_train_config(None, ["augment.mosaic=0.5", "augment.close_mosaic=4", "epochs=5"]).augment.close_mosaic == 4
+    assert load_train_config(None, ["augment.close_mosaic=10", "epochs=5"]).epochs == 5  # no mosaic: nothing to turn off
+
+
 def test_config_values_are_converted_to_the_fields_types(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("epochs: 3.0\noutput: 2024\nimage_size: [128, 192]\noptim:\n  lr: 1\n")

@@ -187,6 +187,12 @@ class TrainConfig:
             "eval_every": _at_least(0), "checkpoint_every_steps": _at_least(0),
             "checkpoint_min_interval_s": _at_least(0), "max_consecutive_nonfinite": whole, "log_every": whole,
         })  # fmt: skip
+        aug = self.augment
+        if (aug.mosaic or aug.mixup) and aug.close_mosaic >= self.epochs:  # else silently never on
+            raise ValueError(
+                f"augment.close_mosaic: {aug.close_mosaic} turns mosaic and mixup off for all {self.epochs} "
+                "epochs; lower it or raise epochs"
+            )
 
     def replace(self, **overrides: Any) -> TrainConfig:
         """Copy with overrides; dotted keys reach sections (``optim.lr``, ``data.train``)."""
