@@ -118,3 +118,22 @@ def test_pretrained_backbone_offline_for_lite0() -> None:
     own = model.backbone.state_dict()
     assert torch.equal(own["conv_stem.weight"], ref["conv_stem.weight"])
     assert torch.equal(own["blocks.5.3.conv_pwl.weight"], ref["blocks.5.3.conv_pwl.weight"])
+
+
+def test_the_same_classes_in_another_order_keep_their_class_head_rows(lite0, tmp_path: Path) -> None:
+    """Fine-tuning on data that lists the checkpoint's classes in another order (a COCO export
+    of a VOC set): each class keeps the scores it learnt. They were loaded label to label, so
+    'a' predicted with what the checkpoint learnt for 'd', silently."""
+    path = tmp_path / "model.safetensors"
+    save_model(lite0, path)
+    order = ["d", "b", "a", "c"]
+    model = create_model(NAME, num_classes=4, weights=path, class_names=order).eval()
+    assert model.class_names == order
+    x = torch.randn(1, 3, 320, 320)
+    with torch.no_grad():
+        (old, *_), (old_box, *_) = lite0(x)  # first level: [1, 9 * 4, H, W], channel = anchor * 4 + class
+        (new, *_), (new_box, *_) = model(x)
+    for anchor in range(9):
+        for k, name in enumerate(order):
+            torch.testing.assert_close(new[:, anchor * 4 + k], old[:, anchor * 4 + "abcd".index(name)])
+    assert torch.equal(new_box, old_box)  # the box head is not touched

@@ -13,7 +13,7 @@ from .variants import get_config
 from .weights.coco import coco90_class_names
 from .weights.convert import effdet_to_native, is_effdet_state_dict
 from .weights.io import WeightsError, read_weights
-from .weights.loading import checkpoint_num_classes, load_into_model
+from .weights.loading import checkpoint_num_classes, load_into_model, reorder_class_head
 from .weights.registry import OfficialWeights, resolve_weights
 
 
@@ -77,6 +77,7 @@ def create_model(
             ``weights`` names its architecture (our checkpoints, registered official weights).
         num_classes: classes to predict; default: the checkpoint's, else 90 (COCO). When it
             differs from the checkpoint's, only the class head's last layer is re-initialised.
+            The checkpoint's classes in another order (``class_names``) are reordered to match.
         weights: a local effdet ``.pth`` state dict, one of our ``.safetensors`` checkpoints,
             a registered name (``efficientdet_d0.coco``, see ``weights.registry``) or a URL.
         pretrained_backbone: ImageNet backbone weights (timm download; offline for Lite0).
@@ -104,6 +105,9 @@ def create_model(
             names = coco90_class_names()  # effdet / official weights are COCO-trained
     target = num_classes or ckpt_classes or config.num_classes
     config = config.replace(num_classes=target)
+    if state_dict is not None and names is not None and class_names is not None:
+        # the same classes listed in another order (another format's export): each keeps its rows
+        state_dict = reorder_class_head(state_dict, names, class_names, config.anchors.num_anchors)
     names = _class_names(names, class_names, target)
 
     model = build_model(config, pretrained_backbone=pretrained_backbone and state_dict is None)

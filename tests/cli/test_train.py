@@ -83,3 +83,18 @@ def test_resume_with_only_the_output_folder_continues_the_run(
     assert load_checkpoint(out / "last.ckpt")["step"] == 2
     assert (config["model"], config["image_size"], config["data"]["train"]) == ("efficientdet_lite0", 128, str(data))
     assert (config["optim"]["lr"], config["epochs"], config["max_steps"]) == (0.02, 7, 2)
+
+
+def test_a_flag_and_an_override_of_the_same_setting_must_agree(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--model efficientdet_lite0 ... model=efficientdet_d0``: the flag used to win silently
+    (the override ignored); the same value twice is fine."""
+    out = tmp_path / "run"
+    assert main([*_args(data, out), "model=efficientdet_d0", "max_steps=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "efficientdet train: error: --model efficientdet_lite0 and model=efficientdet_d0 disagree; give one of them"
+    ]
+    assert not out.exists()
+    assert main([*_args(data, out), "model=efficientdet_lite0", "max_steps=1", "eval_every=0"]) == 0

@@ -276,6 +276,23 @@ def test_darknet_split_lists_beside_the_images_without_a_data_file(tmp_path: Pat
     assert msgs == [] and [r.image_path.name for r in index.records] == ["train.jpg", "x.jpg"]
 
 
+def test_a_flat_yolo_folder_stays_readable_with_a_sub_folder_in_it(tmp_path: Path) -> None:
+    """A flat darknet / labelImg folder holding a training run's output (``train --data flat
+    --output flat/runs/a``) or any other sub-folder: it read as "no images for split 'train'"
+    from then on (``--resume`` of that run too); the sub-folder's images are not the dataset's."""
+    flat = tmp_path / "flat"
+    for n in ("a", "b"):
+        _image(flat / f"{n}.jpg")
+        (flat / f"{n}.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+    (flat / "classes.txt").write_text("raccoon\n")
+    _image(flat / "runs" / "a" / "training_curves.png")  # a run's plot, not a training image
+    (flat / "notes").mkdir()
+    for split in ("train", "val"):  # no splits: both are every image of the folder
+        index, msgs = _read(read_split, flat, split)
+        assert msgs == [] and [r.image_path.name for r in index.records] == ["a.jpg", "b.jpg"]
+        assert index.class_names == ["raccoon"] and index.num_objects == 2
+
+
 @pytest.mark.parametrize("kpt_shape", [[2, 2], [3, 3]])
 def test_ultralytics_pose_labels_give_their_boxes(tmp_path: Path, kpt_shape: list[int]) -> None:
     """A pose dataset (``kpt_shape`` in data.yaml) trained as a detector: each line is the box,

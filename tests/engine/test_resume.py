@@ -106,3 +106,38 @@ def test_resume_names_changed_settings_and_refuses_another_optimizer(
     with pytest.warns(UserWarning, match="randomly initialised"), pytest.raises(CheckpointError, match=message):
         Trainer(frozen, progress=False)
     assert (tmp_path / "last.ckpt").read_bytes() == before
+
+
+def test_a_refused_resume_advises_weights_that_a_new_run_accepts(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    """The refusal of another optimiser says how to start anew from the run's weights; that
+    advice must work. It named ``weights=<out>/last.ckpt``, which ``weights=`` refuses (a
+    training checkpoint, not inference weights)."""
+    import re
+
+    from efficientdet.engine.checkpoint import CheckpointError
+
+    cfg = make_config(tiny_dataset, tmp_path / "run", max_steps=1, epochs=5)
+    assert Trainer(cfg, progress=False).fit() == "max_steps"
+    with pytest.raises(CheckpointError) as err:
+        Trainer(cfg.replace(resume=True, **{"optim.optimizer": "adamw"}), progress=False)
+    advised = re.search(r"\(weights=(\S+)\)\.$", str(err.value))
+    assert advised is not None and advised.group(1) == str(tmp_path / "run" / "last.safetensors")
+    fresh = cfg.replace(output=str(tmp_path / "new"), weights=advised.group(1), **{"optim.optimizer": "adamw"})
+    assert Trainer(fresh, progress=False).step == 0  # a new run from those weights
+
+
+def test_a_run_resumed_into_another_folder_writes_its_own_best(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    """``resume=<run>/best.ckpt --output new``: the checkpoint's best AP is the old folder's;
+    a validation below it wrote no best.* in the new folder, and train then said "no
+    best.safetensors: no validation has run"."""
+    cfg = make_config(tiny_dataset, tmp_path / "old", max_steps=1, epochs=5)
+    assert Trainer(cfg, progress=False).fit() == "max_steps"
+    new = cfg.replace(
+        output=str(tmp_path / "new"), resume=str(tmp_path / "old" / "last.ckpt"), max_steps=2, eval_every=1,
+        **{"data.val": str(tiny_dataset)},
+    )  # fmt: skip
+    trainer = Trainer(new, progress=False)
+    trainer.best_metric = 1.0  # as if the old folder's best scored AP 1.0
+    assert trainer.fit() == "max_steps"
+    assert (tmp_path / "new" / "best.safetensors").is_file() and (tmp_path / "new" / "best.ckpt").is_file()
+    assert trainer.best_metric < 1.0  # this folder's best

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -69,6 +72,84 @@ def test_sigint_saves_and_stops_cleanly(tiny_dataset: Path, tmp_path: Path, make
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
 
 
+def test_sigterm_to_the_process_group_reaches_loader_workers_and_still_saves(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    """``timeout``, ``kill -- -PGID``, systemd and Slurm signal every process of the run, the
+    DataLoader workers too: they must leave stopping to the trainer. torch's worker handler
+    let SIGTERM kill them, and the trainer died with "DataLoader worker ... killed by signal:
+    Terminated" and no checkpoint."""
+    trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=3, **{"data.workers": 1}), progress=False)
+    original = trainer.stepper.optimizer_step
+    alive: list[bool] = []
+
+    def step_then_terminate_all(time_fraction: float | None = None) -> None:
+        original(time_fraction)
+        if trainer.step == 2:
+            workers = multiprocessing.active_children()
+            for worker in workers:
+                # from another process: torch's worker handler exits quietly on its parent's SIGTERM
+                subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+                worker.join(1.0)  # a worker that dies of it is gone by now
+                alive.append(worker.is_alive())
+            signal.raise_signal(signal.SIGTERM)
+
+    trainer.stepper.optimizer_step = step_then_terminate_all  # type: ignore[method-assign]
+    assert trainer.fit() == "signal"
+    assert alive == [True]  # one worker, still alive after the signal
+    state = load_checkpoint(tmp_path / "last.ckpt")
+    assert state["step"] == 2 and state["batch_in_epoch"] == 2
+
+
+def test_validation_data_of_other_classes_is_refused_before_training(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    """Validation data the model cannot be scored on (other classes) used to fail at the first
+    validation, after a whole epoch, with no checkpoint and no word of ``data.val``."""
+    import json
+
+    val = json.loads(tiny_dataset.read_text())
+    val["categories"] = [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}]
+    val["annotations"] = [a for a in val["annotations"] if a["category_id"] in (1, 2)]
+    val_path = tiny_dataset.parent / "val_other_classes.json"
+    val_path.write_text(json.dumps(val))
+    cfg = make_config(tiny_dataset, tmp_path / "run", epochs=1, eval_every=1, **{"data.val": str(val_path)})
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(val_path))}: validation data: the model predicts 3 classes"):
+        Trainer(cfg, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_step_of_one_image_with_a_1x1_top_level_is_refused_naming_batch_size(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    """At 128 px Lite0's top level is 1x1: a step of one image failed in the first batch norm
+    with torch's "Expected more than 1 value per channel when training"."""
+    with pytest.raises(ValueError, match=r"^batch_size: a step of 1 image \(batch_size=1, 8 training images .* 128x128"):
+        Trainer(make_config(tiny_dataset, tmp_path / "run", batch_size=1), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_validation_images_that_are_training_images_are_warned_about(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    """A VOC folder with a train list but no val list: its val split is every XML, the training
+    images included. The AP and best.* then measured memorising, without a word."""
+    from efficientdet.data.formats import read_dataset, write_voc
+
+    voc = tmp_path / "voc"
+    write_voc(read_dataset(tiny_dataset), voc, split="train")  # ImageSets/Main/train.txt only
+    lines: list[str] = []
+    cfg = make_config(voc, tmp_path / "run", epochs=1, eval_every=1, **{"data.val": str(voc)})
+    Trainer(cfg, log=lines.append, progress=False)
+    assert [x for x in lines if "training images too" in x] == [
+        f"warning: {voc}: 8 of its 8 validation images are training images too: the AP (and best.*) measures what "
+        "was trained on (a VOC folder without a val list reads every XML as its val split)"
+    ]
+    lines.clear()  # validation data apart from the training data: no warning
+    Trainer(cfg.replace(**{"data.val": str(tiny_dataset), "output": str(tmp_path / "run2")}), log=lines.append, progress=False)
+    assert not any("training images too" in x for x in lines)
+
+
 def test_frozen_backbone_does_not_change(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
     with pytest.warns(UserWarning, match="backbone stays random"):  # random init, frozen on purpose
         trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=1, freeze_backbone=True), progress=False)
@@ -127,6 +208,15 @@ def test_config_file_preset_and_overrides(tmp_path: Path) -> None:
     assert cfg.data.train == "a.json" and cfg.model == "efficientdet_lite0"
     with pytest.raises(ValueError, match=r"unknown training config field 'optim\.lrr'; valid: clip_grad_norm, .*\blr\b"):
         load_train_config(None, ["optim.lrr=1"])
+    # a bad field in the file names the file (it read as if it came from the command line)
+    for text, message in [
+        ("optim:\n  lrr: 1\n", "unknown training config field 'optim.lrr'"),
+        ("batch_size: 0\n", "batch_size: 0 must be >= 1"),
+        ("preset: fine\n", "unknown preset 'fine'"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"^{re.escape(f'{path}: {message}')}"):
+            load_train_config(path)
 
 
 def test_no_usable_images_is_a_clear_error(tmp_path: Path, make_config) -> None:
@@ -249,6 +339,15 @@ def test_override_exponent_floats_are_numbers() -> None:
 def test_config_values_of_the_wrong_type_or_range_name_the_field(override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_train_config(None, [override])
+
+
+def test_close_mosaic_that_covers_every_epoch_is_refused() -> None:
+    """``augment.mosaic=0.5 augment.close_mosaic=10 epochs=5``: mosaic was off from epoch 0,
+    the setting ignored without a word."""
+    with pytest.raises(ValueError, match=r"^augment.close_mosaic: 10 turns mosaic and mixup off for all 5 epochs"):
+        load_train_config(None, ["augment.mosaic=0.5", "augment.close_mosaic=10", "epochs=5"])
+    assert load_train_config(None, ["augment.mosaic=0.5", "augment.close_mosaic=4", "epochs=5"]).augment.close_mosaic == 4
+    assert load_train_config(None, ["augment.close_mosaic=10", "epochs=5"]).epochs == 5  # no mosaic: nothing to turn off
 
 
 def test_config_values_are_converted_to_the_fields_types(tmp_path: Path) -> None:

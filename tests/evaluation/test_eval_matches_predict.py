@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,19 @@ def test_eval_results_equal_predict_detections(dataset: Path, tmp_path: Path, na
             assert match is not None, (entry["file"], label, box, score)
             unmatched.remove(match)
     assert total >= len(predicted)
+
+
+def test_loader_workers_outlive_a_sigterm_to_the_process_group(dataset: Path) -> None:
+    """A training run's SIGTERM to its process group (``timeout``, systemd, Slurm) reaches the
+    validation loader's workers too: they keep loading, and the run stops when it decides.
+    torch's worker handler died of it, failing the validation ("worker ... killed by signal")."""
+    index = read_dataset(dataset)
+    detector = Detector(_model("efficientdet_lite0"))
+    batches = detection_batches(detector, index, detector.postprocess_config, 1, 1)
+    paths = next(batches)[0]
+    [worker] = multiprocessing.active_children()
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # not from its parent
+    worker.join(1.0)  # a worker that dies of it is gone by now
+    assert worker.is_alive()
+    paths += [p for batch in batches for p in batch[0]]
+    assert len(paths) == len(index) == 5

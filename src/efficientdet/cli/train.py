@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..engine.config import PRESETS, TrainConfig, load_train_config
+from ..engine.config import PRESETS, TrainConfig, load_train_config, parse_override
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,9 +57,13 @@ def _resumed_settings(cfg: TrainConfig) -> TrainConfig | None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
+    given = dict(parse_override(o) for o in overrides)
     for flag, key in (("data", "data.train"), ("val", "data.val"), ("model", "model"), ("output", "output")):
         value = getattr(args, flag)
         if value is not None:
+            # both on the line: the flag used to win without a word
+            if key in given and given[key] != parse_override(f"{key}={value}")[1]:
+                raise ValueError(f"--{flag} {value} and {key}={given[key]} disagree; give one of them")
             overrides.append(f"{key}={value}")
     if args.resume:
         overrides.append("resume=true")

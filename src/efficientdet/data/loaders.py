@@ -8,6 +8,7 @@ a run resumed mid-epoch sees exactly the samples and augmentations it would have
 from __future__ import annotations
 
 import hashlib
+import signal
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -91,6 +92,18 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: SIGINT and SIGTERM leave the worker running.
+
+    Ctrl-C, ``timeout``, ``kill -- -PGID``, systemd and Slurm signal every process of the
+    run, the workers too; torch's worker handler dies of a SIGTERM that is not its parent's,
+    and the training process then fails fetching the next batch, unsaved. The training
+    process decides when to stop (engine/stopping.py); its workers end with its loader.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_train_loader(
     dataset: DetectionDataset,
     batch_size: int,
@@ -118,5 +131,6 @@ def build_train_loader(
         # its own generator: creating an iterator must not consume the global RNG stream
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
+        worker_init_fn=ignore_stop_signals,
     )
     return loader, seeded, sampler

@@ -70,8 +70,11 @@ def split_images(
             return images_in(folder), True
     if split_str.endswith(".txt"):
         raise FileNotFoundError(f"{as_file}: YOLO image list not found")
-    if entries is None and flat.is_dir() and not any(p.is_dir() for p in flat.iterdir()):
-        return images_in(flat), True  # flat images/ + labels/ layout: there are no splits
+    own = sorted(p for p in flat.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()) if flat.is_dir() else []
+    if entries is None and own:
+        # flat layout (images beside their labels, or images/ + labels/): there are no splits;
+        # its sub-folders (a run's --output, predictions) are not part of it
+        return own, True
     # A split data.yaml names but that is not there is an error, never every image of the folder.
     shown = ', '.join(map(str, dict.fromkeys(tried)))
     raise FileNotFoundError(f"{root}: no images for split {split_str!r} (tried {shown}){hint}")

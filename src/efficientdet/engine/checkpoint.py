@@ -175,7 +175,8 @@ def config_changes(path: Path, saved: dict[str, Any], current: dict[str, Any]) -
             raise CheckpointError(
                 f"{path}: the checkpoint's run has {key}={old[key]!r}, this config {new[key]!r}: its optimiser "
                 f"state cannot carry over. Keep {key}={old[key]!r} to resume, or start a new run from its "
-                f"weights in another output folder (weights={path})."
+                # the EMA weights saved beside it: weights= refuses a training checkpoint
+                f"weights in another output folder (weights={path.with_suffix('.safetensors')})."
             )
     return [f"{k}: {old[k]!r} -> {new[k]!r}" + (" (no effect: restored)" if k in RESTORED_ON_RESUME else "") for k in changed]
 

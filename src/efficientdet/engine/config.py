@@ -187,6 +187,12 @@ class TrainConfig:
             "eval_every": _at_least(0), "checkpoint_every_steps": _at_least(0),
             "checkpoint_min_interval_s": _at_least(0), "max_consecutive_nonfinite": whole, "log_every": whole,
         })  # fmt: skip
+        aug = self.augment
+        if (aug.mosaic or aug.mixup) and aug.close_mosaic >= self.epochs:  # else silently never on
+            raise ValueError(
+                f"augment.close_mosaic: {aug.close_mosaic} turns mosaic and mixup off for all {self.epochs} "
+                "epochs; lower it or raise epochs"
+            )
 
     def replace(self, **overrides: Any) -> TrainConfig:
         """Copy with overrides; dotted keys reach sections (``optim.lr``, ``data.train``)."""
@@ -379,10 +385,13 @@ def load_train_config(
             raise ValueError(f"{path}: cannot read the training config: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a training config must be a mapping of fields")
-        file_preset = data.pop("preset", None)
-        if file_preset and not preset:
-            config = load_train_config(None, None, file_preset)
-        config = config.replace(**data)
+        try:  # a bad field or value: name the file it is in (the overrides name themselves)
+            file_preset = data.pop("preset", None)
+            if file_preset and not preset:
+                config = load_train_config(None, None, file_preset)
+            config = config.replace(**data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
     if overrides:
         items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
         config = config.replace(**dict(items))

@@ -127,9 +127,9 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
         for key in ("loss", "class_loss", "box_loss"):
             ax1.plot(steps, [float(r[key]) for r in train], label=key)
         ax1.set_yscale("log")
+        ax1.legend()  # without lines matplotlib warns "No artists with labels found"
     ax1.set_xlabel("optimiser step")
     ax1.set_title("training loss")
-    ax1.legend()
     ax1.grid(alpha=0.3)
     if val:
         epochs = [int(r["epoch"]) for r in val]

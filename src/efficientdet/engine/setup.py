@@ -39,19 +39,31 @@ __all__ = [
     "build_train_state",
     "build_train_transform",
     "check_no_run_in",
+    "check_val_classes",
     "count_steps",
     "prepare_for_training",
     "resolve_amp_dtype",
     "resolve_device",
     "resume_path",
+    "val_overlap_warning",
 ]
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
-    """``auto`` -> this rank's GPU when there is one, else the CPU; anything else as given."""
+    """``auto`` -> this rank's GPU when there is one, else the CPU; ``cuda`` -> this rank's GPU
+    (``cuda:N`` as given); anything else as given. ``ValueError`` naming ``device`` otherwise."""
     if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's message lists some 20 device types
+        raise ValueError(f"device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r}, but CUDA is not available on this machine; use device=cpu (or auto)")
+        if device.index is None:  # torch.cuda.set_device and DDP need an index
+            device = torch.device("cuda", local_rank)
+    return device
 
 
 def resolve_amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -157,6 +169,16 @@ def build_train_loader_for(
         dataset, cfg.batch_size, cfg.data.workers, cfg.seed, dist.rank, dist.world_size,
         pin_memory=device.type == "cuda",
     )  # fmt: skip
+    # up to the top level's stride its feature map is 1x1: batch norm in training needs more
+    # than one value per channel, and a step of one image failed with torch's message
+    per_step = min(cfg.batch_size, sampler.num_samples)
+    if per_step < 2 and min(model_config.image_size) <= model_config.max_stride:
+        size = "x".join(map(str, model_config.image_size))
+        raise ValueError(
+            f"batch_size: a step of {per_step} image (batch_size={cfg.batch_size}, {sampler.num_samples} training "
+            f"images per process) at image size {size}: the top pyramid level is 1x1 and batch norm needs more "
+            f"than one value per channel; use batch_size >= 2 with at least 2 images, or image_size > {model_config.max_stride}"
+        )
     return loader, seeded, sampler
 
 
@@ -167,6 +189,36 @@ def check_has_images(index: DatasetIndex, source: str) -> None:
         raise ValueError(
             f"{source}: no usable training images ({len(index.skipped)} records skipped, see the warnings above)"
         )
+
+
+def check_val_classes(class_names: Sequence[str], val_index: DatasetIndex | None, source: str | None) -> None:
+    """Refuse validation data the model of ``class_names`` cannot be scored on (other classes,
+    another count), before training: the first validation failed on it after a whole epoch,
+    unsaved. The rules are evaluation's (:func:`~efficientdet.evaluation.labels.label_mapping`)."""
+    if val_index is None:
+        return
+    from ..evaluation.labels import label_mapping
+
+    try:
+        label_mapping(len(class_names), list(class_names), val_index)
+    except ValueError as err:
+        raise ValueError(f"{source}: validation data: {err}") from err
+
+
+def val_overlap_warning(train: DatasetIndex, val: DatasetIndex | None, source: str | None) -> str | None:
+    """A warning when validation images are training images too (``data.val`` the training
+    data, or a VOC folder with a train list but none for val, whose val split is every XML):
+    the AP, and the ``best`` it picks, then measure memorising. None when they are apart."""
+    if val is None:
+        return None
+    seen = {r.image_path.resolve() for r in train.records}
+    shared = sum(r.image_path.resolve() in seen for r in val.records)
+    if not shared:
+        return None
+    return (
+        f"{source}: {shared} of its {len(val)} validation images are training images too: the AP (and best.*) "
+        "measures what was trained on (a VOC folder without a val list reads every XML as its val split)"
+    )
 
 
 def validation_tile(crop_size: int | None, val_index: DatasetIndex | None) -> tuple[int | None, str | None]:

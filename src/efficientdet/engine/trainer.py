@@ -32,10 +32,12 @@ from .setup import (
     build_train_model,
     build_train_state,
     check_has_images,
+    check_val_classes,
     count_steps,
     resolve_amp_dtype,
     resolve_device,
     resume_path,
+    val_overlap_warning,
     validation_tile,
 )
 from .sharding import broadcast_module, check_shardable
@@ -103,6 +105,7 @@ class Trainer:
         if note:
             self.log(note)
         self.class_names = self.train_index.class_names
+        check_val_classes(self.class_names, self.val_index, cfg.data.val)
         self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
         model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype)
         assert model.config is not None  # set by build_model
@@ -110,6 +113,9 @@ class Trainer:
         warning = anchor_warning(cfg, self.train_index, self.model_config) if self.dist.is_main else None
         if warning:  # once, before training; the config is left as the user set it
             self.log(f"warning: {warning}")
+        overlap = val_overlap_warning(self.train_index, self.val_index, cfg.data.val)
+        if overlap:
+            self.log(f"warning: {overlap}")
         if self.train_index.num_objects == 0:  # e.g. every label file empty: hours spent learning nothing
             self.log(f"warning: {cfg.data.train}: no objects in its {len(self.train_index)} training images; nothing to learn")
         self._build_run(model)
@@ -342,7 +348,9 @@ class Trainer:
         """Log a validation (after ``self.epoch`` complete epochs), save ``best`` when it is
         the best so far; the summary text."""
         self.metrics.log("val", self.epoch, self.step, metrics)
-        if metrics["AP"] > self.best_metric:
+        # a run resumed from another folder's checkpoint brings that folder's best AP: this
+        # folder's first validation still writes its best.*
+        if metrics["AP"] > self.best_metric or not (self.output / "best.safetensors").is_file():
             self.best_metric = metrics["AP"]
             self.save("best")
         return f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}"

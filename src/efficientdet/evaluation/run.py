@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from ..config import PostprocessConfig
 from ..data.dataset import DetectionDataset
+from ..data.loaders import ignore_stop_signals
 from ..data.records import DatasetIndex
 from ..engine.distributed import DistInfo
 from ..engine.sharding import broadcast_from_main, check_shardable, gather_to_main, merge_in_order, shard_positions
@@ -155,7 +156,12 @@ def detection_batches(
     detector's ``max_input_pixels`` are skipped from their header, before any decoding."""
     # Decoded as the detector's own call decodes (large JPEGs at a reduced scale): eval scores what predict does.
     dataset = DetectionDataset(index, None, detector.preprocess_config.max_input_pixels, detector.decode_size)
-    loader = iter(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_list))
+    # workers leave stopping to this process: a signal to the process group (a training run's
+    # SIGTERM) must not kill them under its validation
+    loader = iter(DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate_list,
+        worker_init_fn=ignore_stop_signals,
+    ))  # fmt: skip
     while True:
         with torch_threads(detector.host_threads):  # decoding: as the detector's own call
             samples = next(loader, None)

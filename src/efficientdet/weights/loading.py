@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -21,6 +22,29 @@ def checkpoint_num_classes(state_dict: dict[str, torch.Tensor], num_anchors: int
     if weight is None:
         return None
     return int(weight.shape[0]) // num_anchors
+
+
+def reorder_class_head(
+    state_dict: dict[str, torch.Tensor], from_names: Sequence[str], to_names: Sequence[str], num_anchors: int
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` with the class head's last layer reordered from ``from_names`` to
+    ``to_names`` (the same names in another order; else ``state_dict`` as is).
+
+    Its output channels are anchor-major (``a * K + k``, ops/outputs.py), so every anchor's
+    rows are permuted alike: a model trained on ``[dog, raccoon]`` and fine-tuned on data
+    that lists ``[raccoon, dog]`` keeps predicting each class under its own name.
+    """
+    k = len(to_names)
+    if len(from_names) != k or list(from_names) == list(to_names) or sorted(from_names) != sorted(to_names):
+        return state_dict
+    if len(set(to_names)) != k:  # repeated names: no one order
+        return state_dict
+    rows = torch.tensor([a * k + list(from_names).index(n) for a in range(num_anchors) for n in to_names])
+    out = dict(state_dict)
+    for key, value in state_dict.items():
+        if (key in CLASS_HEAD_LAST or key.startswith("class_head.predict.conv.")) and value.shape[0] == rows.numel():
+            out[key] = value.index_select(0, rows)
+    return out
 
 
 def load_into_model(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path) -> list[str]:
