@@ -308,3 +308,37 @@ def test_ultralytics_pose_labels_give_their_boxes(tmp_path: Path, kpt_shape: lis
     (tmp_path / "labels" / "train" / "a.txt").write_text(f"0 0.5 0.5 0.25 0.5 {keypoints} 0.1\n")
     _, messages = _read(read_split, tmp_path, "train")
     assert len(messages) == 1 and f"+ {kpt_shape[0] * kpt_shape[1]} keypoint values" in messages[0]
+
+
+def test_fiftyone_voc_export_data_and_labels_folders(tmp_path: Path) -> None:
+    """FiftyOne's VOCDetectionDataset export: ``data/<id>.jpg`` + ``labels/<id>.xml``. Read as
+    YOLO before (``labels/``): 'no images for split train'."""
+    for n in ("a", "b"):
+        _image(tmp_path / "data" / f"{n}.jpg")
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        (tmp_path / "labels" / f"{n}.xml").write_text(
+            f"<annotation><filename>{n}.jpg</filename><size><width>{W}</width><height>{H}</height></size>"
+            "<object><name>raccoon</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>20</xmax><ymax>30</ymax>"
+            "</bndbox></object></annotation>"
+        )
+    assert detect_format(tmp_path) == "voc"
+    index, messages = _read(read_split, tmp_path, "train")
+    assert [r.image_path for r in index.records] == [tmp_path / "data" / "a.jpg", tmp_path / "data" / "b.jpg"]
+    assert [r.boxes.tolist() for r in index.records] == [[[1.0, 2.0, 20.0, 30.0]]] * 2 and messages == []
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")  # YOLO labels beside: not VOC's
+    assert detect_format(tmp_path) == "yolo"
+
+
+def test_fiftyone_coco_export_labels_json_beside_data(tmp_path: Path) -> None:
+    """FiftyOne's COCODetectionDataset export: ``labels.json`` with ``file_name`` relative to
+    ``data/`` beside it ('none of its images was found' before)."""
+    _image(tmp_path / "data" / "x.jpg")
+    coco = {
+        "images": [{"id": 1, "file_name": "x.jpg", "width": W, "height": H}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 20], "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "raccoon"}],
+    }
+    (tmp_path / "labels.json").write_text(json.dumps(coco))
+    index, messages = _read(read_dataset, tmp_path / "labels.json")
+    assert messages == [] and index.root == tmp_path / "data"
+    assert index.records[0].boxes.tolist() == [[2.0, 3.0, 12.0, 23.0]]

@@ -66,8 +66,8 @@ def read_coco(
     """Read a COCO detection JSON into a :class:`DatasetIndex`.
 
     ``image_root`` is where ``file_name`` paths are resolved; by default the first of the
-    annotation file's folder, its ``images/``, and (for ``<any folder>/[instances_]<split>.json``)
-    ``../<split>``, ``../images/<split>``, ``../images``, ``..`` that holds the images.
+    annotation file's folder, its ``images/`` or ``data/`` (FiftyOne), and (for
+    ``<any folder>/[instances_]<split>.json``) ``../<split>``, ``../images/<split>``, ``../images``, ``..`` that holds the images.
     Paths that are absolute or escape the root are refused unless ``allow_outside_root``.
     Images without annotations are kept as background records (M=0).
 
@@ -287,7 +287,7 @@ def _read_image_entry(
 def _root_candidates(path: Path) -> list[Path]:
     """The folders where a COCO file's ``file_name`` paths may start, the json's own first."""
     folder = path.parent
-    candidates = [folder, folder / "images"]
+    candidates = [folder, folder / "images", folder / "data"]  # data/: FiftyOne's export beside labels.json
     # COCO's annotations/instances_val2017.json beside val2017/, and the same shape under any
     # folder name (labels/train.json beside images/train/, as many converters write)
     split = path.stem.rsplit("_", 1)[-1]  # instances_val2017 -> val2017

@@ -55,7 +55,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         raise ValueError(f"{p}: cannot tell the dataset format (expected a .json or .yaml file, or a folder)")
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: dataset not found")
-    if any((p / n).is_file() for n in ("data.yaml", "data.yml", "dataset.yaml")) or (p / "labels").is_dir():
+    # FiftyOne's VOC export keeps its XMLs in labels/ (beside data/): that labels/ is VOC's
+    yolo_labels = (p / "labels").is_dir() and voc_annotations_dir(p) != p / "labels"
+    if any((p / n).is_file() for n in ("data.yaml", "data.yml", "dataset.yaml")) or yolo_labels:
         return "yolo"
     if voc_annotations_dir(p) != p or next(p.glob("*.xml"), None) is not None:
         return "voc"
@@ -124,13 +126,17 @@ def _parse_spec(path_or_spec: str | os.PathLike[str] | Mapping[str, Any]) -> tup
 
 def voc_annotations_dir(root: Path) -> Path:
     """The XML folder of a VOC root: ``Annotations/`` (VOC2007-style), ``annotations/`` holding
-    XMLs (the layout of many tutorial datasets, e.g. ``annotations/ images/ splits/``), else
+    XMLs (the layout of many tutorial datasets, e.g. ``annotations/ images/ splits/``),
+    ``labels/`` holding XMLs and no YOLO ``.txt`` (FiftyOne's ``data/ labels/`` export), else
     ``root`` itself (the XMLs side by side)."""
     if (root / "Annotations").is_dir():
         return root / "Annotations"
     lower = root / "annotations"
     if lower.is_dir() and next(lower.glob("*.xml"), None) is not None:
         return lower
+    labels = root / "labels"
+    if labels.is_dir() and next(labels.glob("*.xml"), None) is not None and next(labels.glob("*.txt"), None) is None:
+        return labels
     return root
 
 

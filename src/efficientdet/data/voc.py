@@ -43,7 +43,8 @@ from .records import DatasetIndex, DetectionRecord
 
 __all__ = ["read_voc", "write_voc"]
 
-_AUTO_IMAGE_DIRS = ("JPEGImages", "images", "Images", "")
+# "data": FiftyOne's VOC export (data/ beside labels/)
+_AUTO_IMAGE_DIRS = ("JPEGImages", "images", "Images", "data", "")
 
 _Object = tuple[str, tuple[float, float, float, float], str, bool]  # (class name, checked xyxy box, record text, difficult)
 _Parsed = tuple[Path, Path, int, int, list[_Object]]  # (annotation file, image file, width, height, objects)
@@ -64,7 +65,7 @@ def read_voc(
     every ``*.xml``.
     Image files are ``images_dir / <filename>``; if ``images_dir`` is None they are looked
     up under the annotations' parent (the root) in ``<folder>/``, ``JPEGImages/``, ``images/``,
-    ``Images/``, the root itself and the annotations folder. Class names: ``class_names``
+    ``Images/``, ``data/``, the root itself and the annotations folder. Class names: ``class_names``
     (objects of other classes are dropped with a warning) or all names found, sorted.
     Image ids are positions in the index. Images without objects are kept (M=0).
 
