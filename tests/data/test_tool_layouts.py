@@ -342,3 +342,20 @@ def test_fiftyone_coco_export_labels_json_beside_data(tmp_path: Path) -> None:
     index, messages = _read(read_dataset, tmp_path / "labels.json")
     assert messages == [] and index.root == tmp_path / "data"
     assert index.records[0].boxes.tolist() == [[2.0, 3.0, 12.0, 23.0]]
+
+
+@pytest.mark.parametrize(("encoding", "name"), [("GBK", "浣熊"), ("shift_jis", "アライグマ"), ("Big5", "浣熊")])
+def test_voc_xml_in_a_declared_multibyte_encoding(tmp_path: Path, encoding: str, name: str) -> None:
+    """labelImg on a Chinese / Japanese system writes ``<?xml ... encoding="GBK"?>``: valid XML
+    that expat cannot decode; it was skipped as 'malformed XML (multi-byte encodings are not supported)'."""
+    _image(tmp_path / "JPEGImages" / "a.jpg")
+    (tmp_path / "Annotations").mkdir()
+    xml = (
+        f'<?xml version="1.0" encoding="{encoding}"?>\n<annotation><filename>a.jpg</filename>'
+        f"<object><name>{name}</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>20</xmax><ymax>30</ymax>"
+        "</bndbox></object></annotation>"
+    )
+    (tmp_path / "Annotations" / "a.xml").write_bytes(xml.encode(encoding))
+    index, messages = _read(read_dataset, tmp_path)
+    assert messages == [] and index.class_names == [name]
+    assert index.records[0].boxes.tolist() == [[1.0, 2.0, 20.0, 30.0]]

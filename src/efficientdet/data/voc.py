@@ -18,6 +18,7 @@ XML is parsed with defusedxml: entity declarations (billion laughs) and external
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import xml.etree.ElementTree as ET  # only for *writing* our own files; parsing uses defusedxml
 from collections.abc import Sequence
@@ -190,7 +191,7 @@ def _parse_xml(
 def _load_xml(xml: Path, issues: Issues) -> ET.Element | None:
     """The ``<annotation>`` root element of ``xml``; None (after reporting) if unparsable or unsafe."""
     try:
-        tree = SafeET.parse(xml)
+        ann = _parse_root(xml)
     except SafeET.ParseError as exc:
         line, col = getattr(exc, "position", (0, 0))
         issues.report(xml, "annotation", f"malformed XML at line {line} column {col}", "image skipped", "malformed")
@@ -204,12 +205,28 @@ def _load_xml(xml: Path, issues: Issues) -> ET.Element | None:
     except (LookupError, ValueError) as exc:  # <?xml encoding="bogus"?> is a LookupError
         issues.report(xml, "annotation", f"malformed XML ({type(exc).__name__}: {exc})", "image skipped", "malformed")
         return None
-    ann = tree.getroot()
-    assert ann is not None  # parse() either reads a root element or raises
     if ann.tag != "annotation":
         issues.report(xml, "annotation", f"root element is <{ann.tag}>, not <annotation>", "image skipped", "malformed")
         return None
     return ann
+
+
+# The encoding an XML declaration names: <?xml version="1.0" encoding="GBK"?>
+_DECLARED_ENCODING = re.compile(rb"""\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]{1,40})["']""")
+
+
+def _parse_root(xml: Path) -> ET.Element:
+    """The root element of ``xml``. expat decodes only UTF-8/16 and single-byte encodings: a
+    file declared GBK, Shift_JIS, Big5... (valid XML; labelImg writes its system's encoding) is
+    decoded with Python's codec first (was skipped as 'multi-byte encodings are not supported')."""
+    data = xml.read_bytes()
+    try:
+        return SafeET.fromstring(data)
+    except ValueError as exc:
+        declared = _DECLARED_ENCODING.match(data)
+        if declared is None or "multi-byte encodings" not in str(exc):
+            raise
+        return SafeET.fromstring(data.decode(declared.group(1).decode("ascii")))
 
 
 def _find_image(
