@@ -333,7 +333,9 @@ def write_coco(
     """Write ``index`` as a COCO detection JSON; ``file_name`` is relative to ``image_root``.
 
     ``image_root`` defaults to the annotation file's folder (so :func:`read_coco` finds the
-    images without arguments). Category ids are ``index.category_ids`` or 1..K.
+    images under it without arguments). Images outside ``image_root`` get ``../`` paths:
+    reading them back then needs ``allow_outside_root=True`` (or write the JSON into a folder
+    above the images). Category ids are ``index.category_ids`` or 1..K.
     Returns the annotation file's path.
     """
     from .images import image_size_of  # local: only needed when a record lacks its size
