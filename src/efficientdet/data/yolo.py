@@ -1,6 +1,6 @@
 """YOLO (darknet / ultralytics) text labels: reader and writer.
 
-One ``.txt`` per image, found by replacing the last ``images`` folder of the image path with
+One ``.txt`` per image, found by replacing the last ``images`` folder of the image path (within the dataset) with
 ``labels`` (or, if there is none, next to the image). Each line is ``class cx cy w h``
 normalised to 0..1 (a segmentation polygon ``class x1 y1 x2 y2 ...`` becomes its bounding
 box); the image size needed to convert to pixels is read from the image header. Images
@@ -204,8 +204,12 @@ def _report_orphan_labels(images: list[Path], used: dict[Path, Path], issues: Is
 
 
 def _label_path(root: Path, image: Path) -> Path:
+    """``image``'s label file: its last ``images`` folder (the root's own name or below it)
+    swapped for ``labels``, else beside it. Folders above the root do not count: a flat
+    labelImg folder under ``~/images/`` keeps its labels beside the images."""
     parts = list(image.parts)
-    for i in range(len(parts) - 2, -1, -1):  # the last "images" folder (not the file name)
+    first = len(root.parts) - 1 if image.is_relative_to(root) else 0
+    for i in range(len(parts) - 2, first - 1, -1):  # the last "images" folder (not the file name)
         if parts[i] == "images":
             parts[i] = "labels"
             return Path(*parts).with_suffix(".txt")
