@@ -374,3 +374,22 @@ def test_absent_stats_print_as_a_dash_not_minus_one() -> None:
     assert {len(line) for line in lines[:5]} == {len(lines[0])}  # the columns line up
     assert [stat_text(v) for v in (0.6014, -1.0, math.nan)] == ["0.601", "-", "-"]
     assert [stat_text(v, difference=True) for v in (0.0172, -0.03, 0.0, math.nan)] == ["+0.017", "-0.030", "+0.000", "-"]
+
+
+@pytest.mark.parametrize("bad", [{"segmentation": [[1, 1, 9, 1, 9, 9]]}, {"bbox": None}, {"bbox": ["1", 2, 3, 4]}])
+def test_ground_truth_annotation_without_a_box_is_left_out(tmp_path: Path, bad: dict[str, Any]) -> None:
+    """A COCO file with a segmentation-only annotation (read_coco drops it with a warning):
+    eval on the file ended in KeyError: 'bbox' from the evaluator."""
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 30]},
+            {"id": 2, "image_id": 1, "category_id": 1, **bad},
+        ],
+        "categories": [{"id": 1, "name": "cat"}],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(doc))
+    evaluator = CocoEvaluator(tmp_path / "gt.json", category_ids=[1])
+    evaluator.update([1], [{"boxes": T([[10.0, 10.0, 50.0, 40.0]]), "scores": T([0.9]), "labels": T([0])}])
+    result = evaluator.compute()
+    assert result.stats["AP50"] == pytest.approx(1.0) and result.num_gt == {"cat": 1}

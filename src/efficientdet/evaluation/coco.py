@@ -138,6 +138,15 @@ def stat_text(value: float, difference: bool = False) -> str:
     return f"{value:+.3f}" if difference else f"{value:.3f}"
 
 
+def _has_box(ann: Any) -> bool:
+    """Whether a ground-truth annotation has a ``bbox`` of 4 finite numbers."""
+    bbox = ann.get("bbox") if isinstance(ann, dict) else None
+    return (
+        isinstance(bbox, list) and len(bbox) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    )  # fmt: skip
+
+
 def _coco_from_dict(dataset: dict[str, Any], verbose: bool) -> COCO:
     """A pycocotools COCO object over ``dataset`` (not copied)."""
     # pycocotools 2.0.10's loadRes copies dataset["info"] and raises KeyError without it; the
@@ -220,11 +229,13 @@ class CocoEvaluator:
             if class_names is None:
                 raise ValueError("class_names is required when ground truth is a list of dicts")
             dataset = gt_list_to_coco(gt, class_names, category_ids)
-        for ann in dataset.get("annotations", []):
+        # An annotation without a box of 4 numbers (segmentation-only, bbox null) cannot be
+        # scored: COCOeval fails on it (KeyError 'bbox'); read_coco skipped it with a warning.
+        dataset["annotations"] = [a for a in dataset.get("annotations", []) if _has_box(a)]
+        for ann in dataset["annotations"]:
             # Fields COCOeval reads but hand-written COCO dicts often omit.
             ann.setdefault("iscrowd", 0)
             ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
-        dataset.setdefault("annotations", [])
         dataset.setdefault("categories", [])
         self.coco_gt = _coco_from_dict(dataset, verbose)
         self._gt_image_ids = set(self.coco_gt.getImgIds())
