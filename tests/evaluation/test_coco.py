@@ -376,10 +376,12 @@ def test_absent_stats_print_as_a_dash_not_minus_one() -> None:
     assert [stat_text(v, difference=True) for v in (0.0172, -0.03, 0.0, math.nan)] == ["+0.017", "-0.030", "+0.000", "-"]
 
 
-@pytest.mark.parametrize("bad", [{"segmentation": [[1, 1, 9, 1, 9, 9]]}, {"bbox": None}, {"bbox": ["1", 2, 3, 4]}])
+@pytest.mark.parametrize(
+    "bad", [{"segmentation": [[1, 1, 9, 1, 9, 9]]}, {"bbox": None}, {"bbox": ["1", 2, 3, 4]}, {"category_id": None}]
+)
 def test_ground_truth_annotation_without_a_box_is_left_out(tmp_path: Path, bad: dict[str, Any]) -> None:
     """A COCO file with a segmentation-only annotation (read_coco drops it with a warning):
-    eval on the file ended in KeyError: 'bbox' from the evaluator."""
+    eval on the file ended in KeyError: 'bbox' from the evaluator ('category_id' without one)."""
     doc = {
         "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
         "annotations": [
@@ -393,3 +395,22 @@ def test_ground_truth_annotation_without_a_box_is_left_out(tmp_path: Path, bad: 
     evaluator.update([1], [{"boxes": T([[10.0, 10.0, 50.0, 40.0]]), "scores": T([0.9]), "labels": T([0])}])
     result = evaluator.compute()
     assert result.stats["AP50"] == pytest.approx(1.0) and result.num_gt == {"cat": 1}
+
+
+@pytest.mark.parametrize("ids", [(0, 1), (7, 7), (None, None), ("a", "b")])
+def test_ground_truth_annotation_ids_do_not_change_the_score(tmp_path: Path, ids: tuple[Any, Any]) -> None:
+    """Two boxes found exactly: AP50 1. Annotation id 0 (Roboflow's exports start there) is
+    COCOeval's 'unmatched' mark, so its box was never found (AP50 0.5); a repeated id scored one
+    box twice (0.25); missing or text ids failed (KeyError 'id', ValueError)."""
+    anns: list[dict[str, Any]] = [
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 30]},
+        {"image_id": 1, "category_id": 1, "bbox": [60, 40, 20, 20]},
+    ]
+    for ann, i in zip(anns, ids):
+        if i is not None:
+            ann["id"] = i
+    doc = {"images": [{"id": 1, "width": 100, "height": 80}], "annotations": anns, "categories": [{"id": 1, "name": "cat"}]}
+    evaluator = CocoEvaluator(doc, category_ids=[1])
+    boxes = T([[10.0, 10.0, 50.0, 40.0], [60.0, 40.0, 80.0, 60.0]])
+    evaluator.update([1], [{"boxes": boxes, "scores": T([0.9, 0.8]), "labels": T([0, 0])}])
+    assert evaluator.compute().stats["AP50"] == pytest.approx(1.0) and doc["annotations"][0].get("id") == ids[0]

@@ -138,9 +138,16 @@ def stat_text(value: float, difference: bool = False) -> str:
     return f"{value:+.3f}" if difference else f"{value:.3f}"
 
 
-def _has_box(ann: Any) -> bool:
-    """Whether a ground-truth annotation has a ``bbox`` of 4 finite numbers."""
-    bbox = ann.get("bbox") if isinstance(ann, dict) else None
+def _is_id(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _scorable(ann: Any) -> bool:
+    """Whether a ground-truth annotation has integer image and category ids and a ``bbox`` of
+    4 finite numbers."""
+    if not isinstance(ann, dict) or not (_is_id(ann.get("image_id")) and _is_id(ann.get("category_id"))):
+        return False
+    bbox = ann.get("bbox")
     return (
         isinstance(bbox, list) and len(bbox) == 4
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
@@ -229,14 +236,20 @@ class CocoEvaluator:
             if class_names is None:
                 raise ValueError("class_names is required when ground truth is a list of dicts")
             dataset = gt_list_to_coco(gt, class_names, category_ids)
-        # An annotation without a box of 4 numbers (segmentation-only, bbox null) cannot be
-        # scored: COCOeval fails on it (KeyError 'bbox'); read_coco skipped it with a warning.
-        dataset["annotations"] = [a for a in dataset.get("annotations", []) if _has_box(a)]
-        for ann in dataset["annotations"]:
+        # What read_coco skips with a warning, COCOeval cannot score (KeyError 'bbox', 'id',
+        # 'category_id'): annotations without a box of 4 numbers (segmentation-only) or ids,
+        # images and categories without an id.
+        dataset["annotations"] = [a for a in dataset.get("annotations", []) if _scorable(a)]
+        for key in ("images", "categories"):
+            dataset[key] = [e for e in dataset.get(key, []) if isinstance(e, dict) and _is_id(e.get("id"))]
+        for i, ann in enumerate(dataset["annotations"], 1):
+            # COCOeval keys annotations by id (a repeated id scores one box twice, the other not
+            # at all) and marks "unmatched" with id 0 (a box with id 0, as Roboflow's exports
+            # start, could never be found): numbered 1..N; the ids mean nothing to the metrics.
+            ann["id"] = i
             # Fields COCOeval reads but hand-written COCO dicts often omit.
             ann.setdefault("iscrowd", 0)
             ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
-        dataset.setdefault("categories", [])
         self.coco_gt = _coco_from_dict(dataset, verbose)
         self._gt_image_ids = set(self.coco_gt.getImgIds())
         if category_ids is not None:
