@@ -194,7 +194,8 @@ def _load_xml(xml: Path, issues: Issues) -> ET.Element | None:
         ann = _parse_root(xml)
     except SafeET.ParseError as exc:
         line, col = getattr(exc, "position", (0, 0))
-        issues.report(xml, "annotation", f"malformed XML at line {line} column {col}", "image skipped", "malformed")
+        problem = f"malformed XML at line {line} column {col}{_encoding_hint(xml)}"
+        issues.report(xml, "annotation", problem, "image skipped", "malformed")
         return None
     except defusedxml.DefusedXmlException as exc:
         issues.report(xml, "annotation", _forbidden(exc), "image skipped", "unsafe_xml")
@@ -227,6 +228,19 @@ def _parse_root(xml: Path) -> ET.Element:
         if declared is None or "multi-byte encodings" not in str(exc):
             raise
         return SafeET.fromstring(data.decode(declared.group(1).decode("ascii")))
+
+
+def _encoding_hint(xml: Path) -> str:
+    """Why a file may not parse: text in a legacy encoding (cp1252, latin-1) with no declaration."""
+    try:
+        data = xml.read_bytes()
+        if _DECLARED_ENCODING.match(data) is None and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            data.decode("utf-8")
+    except UnicodeDecodeError:
+        return ' (the file is not UTF-8 and declares no encoding: add <?xml version="1.0" encoding="..."?>)'
+    except OSError:
+        pass
+    return ""
 
 
 def _find_image(
