@@ -335,7 +335,8 @@ def write_coco(
     ``image_root`` defaults to the annotation file's folder (so :func:`read_coco` finds the
     images under it without arguments). Images outside ``image_root`` get ``../`` paths:
     reading them back then needs ``allow_outside_root=True`` (or write the JSON into a folder
-    above the images). Category ids are ``index.category_ids`` or 1..K.
+    above the images). Category ids are ``index.category_ids`` or 1..K; image ids are the
+    records' ``image_id`` (ValueError if one repeats).
     Returns the annotation file's path.
     """
     from .images import image_size_of  # local: only needed when a record lacks its size
@@ -345,7 +346,16 @@ def write_coco(
     cat_ids = index.category_ids or list(range(1, index.num_classes + 1))
     images: list[dict[str, Any]] = []
     anns: list[dict[str, Any]] = []
+    file_of: dict[int, Path] = {}
     for rec in index.records:
+        # A repeated id (records merged from two indices, each numbered from 0): read back, the
+        # second image would be dropped and its boxes given to the first
+        if rec.image_id in file_of:
+            raise ValueError(
+                f"{out}: image id {rec.image_id} is used by both {file_of[rec.image_id]} and {rec.image_path}; "
+                "give the records unique image_id values"
+            )
+        file_of[rec.image_id] = rec.image_path
         w, h = rec.width, rec.height
         if w is None or h is None:
             h, w = image_size_of(rec.image_path)
