@@ -39,3 +39,14 @@ def test_images_folder_inside_the_root_still_maps_to_labels(tmp_path: Path) -> N
     (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
     index = read_yolo(root, split="train")
     assert index.records[0].boxes.tolist() == [[16.0, 12.0, 48.0, 36.0]]
+
+
+def test_data_yaml_nc_without_names_sets_the_class_count(tmp_path: Path) -> None:
+    """``nc: 3`` and no names: the classes were "0".."largest id used", so a train split using
+    only 0 and 1 made a 2-class model, and val's class 2 objects were dropped."""
+    _image(tmp_path / "images" / "train" / "a.jpg")
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    (tmp_path / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n1 0.25 0.25 0.25 0.25\n")
+    (tmp_path / "data.yaml").write_text("train: images/train\nnc: 3\n")
+    index = read_yolo(tmp_path, split="train")
+    assert index.class_names == ["0", "1", "2"] and index.records[0].labels.tolist() == [0, 1]

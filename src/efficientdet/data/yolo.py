@@ -58,7 +58,7 @@ def read_yolo(
     ``.txt`` list of image paths (relative to the root); None (or a name with none of these
     when ``images/`` holds only files) reads every image under ``images/``. Class names:
     ``names``, else ``data.yaml``'s ``names`` (list or {id: name}), else ``classes.txt`` /
-    ``obj.names``, else ``"0"``, ``"1"``, ... up to the largest id used.
+    ``obj.names``, else ``"0"``, ``"1"``, ... up to ``data.yaml``'s ``nc``, or to the largest id used.
     Image ids are positions in the index.
 
     Raises:
@@ -175,6 +175,9 @@ def _class_names(cfg: dict[str, Any], root: Path) -> list[str]:
             if (folder / n).is_file():
                 text = (folder / n).read_text(encoding="utf-8-sig", errors="replace")
                 return [line.strip() for line in text.splitlines() if line.strip()]
+    nc = cfg.get("nc")  # data.yaml with nc but no names (Ultralytics numbers the classes)
+    if isinstance(nc, int) and _is_class_id(nc):
+        return [str(i) for i in range(nc)]
     return []
 
 
