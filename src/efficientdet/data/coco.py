@@ -176,6 +176,15 @@ def _read_categories(categories: list[Any], path: Path, issues: Issues) -> dict[
             )
             name = None
         cats[cat["id"]] = str(name) if name is not None else str(cat["id"])
+    ids_of: dict[str, list[int]] = {}
+    for cid, name in sorted(cats.items()):
+        ids_of.setdefault(name, []).append(cid)
+    for name, ids in ids_of.items():
+        if len(ids) > 1:  # merged exports: one concept split in two classes, and names that mislead
+            issues.report(
+                path, f"categories {', '.join(f'id={i}' for i in ids)}", f"same name {short_repr(name)}",
+                f"read as {len(ids)} separate classes (give them one id, or distinct names)", "duplicate_category",
+            )
     return cats
 
 
