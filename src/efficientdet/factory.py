@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from .config import ModelConfig
-from .models.efficientdet import EfficientDet, build_model
+from .models.efficientdet import EfficientDet, build_model, check_model_sizes
 from .variants import get_config
 from .weights.coco import coco90_class_names
 from .weights.convert import effdet_to_native, is_effdet_state_dict
@@ -103,8 +103,10 @@ def create_model(
         ckpt_classes = checkpoint_num_classes(state_dict, config.anchors.num_anchors)
         if names is None and ckpt_classes == 90 and (official is not None or meta is None):
             names = coco90_class_names()  # effdet / official weights are COCO-trained
-    target = num_classes or ckpt_classes or config.num_classes
+    # `is not None`, not `or`: num_classes=0 gave the checkpoint's (or COCO's 90) classes, silently
+    target = num_classes if num_classes is not None else ckpt_classes or config.num_classes
     config = config.replace(num_classes=target)
+    check_model_sizes(config)  # before the class names are matched to the count
     if state_dict is not None and names is not None and class_names is not None:
         # the same classes listed in another order (another format's export): each keeps its rows
         state_dict = reorder_class_head(state_dict, names, class_names, config.anchors.num_anchors)
