@@ -61,6 +61,8 @@ class Detector(StagedDetector):
         self.config = model.config
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = inference_model(model, self.device) if optimize else model.to(self.device).eval()
+        # A float64 / half / bfloat16 model runs in its own dtype: preprocessing gives float32.
+        self.dtype = next(self.model.parameters()).dtype
         self.postprocess_config = postprocess_config or self.config.postprocess
         self.batch_size = batch_size
         self.class_names = model.class_names
@@ -95,11 +97,16 @@ class Detector(StagedDetector):
         return Prepared(batch.to(self.device), scales.to(self.device), sizes)
 
     def forward(self, prepared: Prepared) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The network's raw per-level outputs: class [N, A*K, H_l, W_l], box [N, A*4, H_l, W_l]."""
+        """The network's raw per-level outputs, float32: class [N, A*K, H_l, W_l], box [N, A*4, H_l, W_l]
+        (the network runs in its own dtype)."""
         # no_grad here, not only in detect(): the stages are public, and called one by one they
         # recorded autograd (memory, and detections whose .numpy() raised).
         with torch.no_grad():
-            return self.model(prepared.inputs)
+            class_out, box_out = self.model(prepared.inputs.to(self.dtype))
+        if self.dtype == torch.float32:
+            return class_out, box_out
+        # decoded and NMS'd in float32: boxes in half / bfloat16 are off by pixels at 512+
+        return [c.float() for c in class_out], [b.float() for b in box_out]
 
     def postprocess(
         self,
