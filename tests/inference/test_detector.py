@@ -182,3 +182,12 @@ def test_a_model_in_another_dtype_runs_in_it_and_gives_float32_detections(dtype:
     assert next(model.parameters()).dtype == dtype  # the caller's model keeps its dtype
     tol = 1e-4 if dtype == torch.float64 else 0.1  # bfloat16 keeps ~3 significant digits
     assert torch.allclose(got["scores"][:5], want["scores"][:5], atol=tol)
+
+
+def test_a_postprocess_config_of_another_type_is_a_type_error_and_repr_says_what_runs() -> None:
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=128)
+    with pytest.raises(TypeError, match=r"postprocess_config must be an efficientdet.PostprocessConfig, not dict"):
+        Detector(model, postprocess_config={"max_detections": 5})  # type: ignore[arg-type]
+    assert repr(Detector(model, batch_size=2)) == (
+        "Detector(efficientdet_lite0, 128x128, 2 classes, device=cpu, dtype=torch.float32, batch_size=2)"
+    )

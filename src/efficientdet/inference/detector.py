@@ -58,6 +58,10 @@ class Detector(StagedDetector):
                             f"for weights on disk use Detector.from_pretrained({os.fspath(model)!r})")  # fmt: skip
         if model.config is None:
             raise ValueError("the model has no config; build it with efficientdet.create_model")
+        if postprocess_config is not None and not isinstance(postprocess_config, PostprocessConfig):
+            # a dict was "'dict' object has no attribute 'max_candidates'" at the first call
+            raise TypeError(f"postprocess_config must be an efficientdet.PostprocessConfig, not "
+                            f"{type(postprocess_config).__name__}; e.g. PostprocessConfig(max_detections=50)")  # fmt: skip
         self.config = model.config
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = inference_model(model, self.device) if optimize else model.to(self.device).eval()
@@ -67,6 +71,11 @@ class Detector(StagedDetector):
         self.batch_size = batch_size
         self.class_names = model.class_names
         self.anchors = anchors_for_config(self.config.anchors, self.config.image_size).to(self.device)
+
+    def __repr__(self) -> str:
+        h, w = self.config.image_size
+        return (f"Detector({self.config.name}, {h}x{w}, {self.num_classes} classes, device={self.device}, "
+                f"dtype={self.dtype}, batch_size={self.batch_size})")  # fmt: skip
 
     @property
     def preprocess_config(self) -> PreprocessConfig:  # type: ignore[override]
