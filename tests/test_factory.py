@@ -151,3 +151,14 @@ def test_an_image_size_off_the_stride_is_refused_when_the_model_is_built(image_s
     # was accepted, then every Detector call failed with "resize/pad the images first (Detector does this for you)"
     with pytest.raises(ValueError, match=r"image_size .*: must be positive multiples of 32"):
         create_model(NAME, num_classes=2, image_size=image_size)
+
+
+def test_class_names_as_a_tuple_and_from_pretrained_on_a_torch_device(tmp_path: Path) -> None:
+    # both were typed narrower than they work (list[str] / str), so a mypy-checked caller was refused
+    from efficientdet import Detector
+
+    model = create_model(NAME, num_classes=2, class_names=("cat", "dog"), image_size=128)
+    assert model.class_names == ["cat", "dog"]
+    save_model(model, tmp_path / "m.safetensors")
+    detector = Detector.from_pretrained(tmp_path / "m.safetensors", device=torch.device("cpu"))
+    assert detector.device == torch.device("cpu") and detector.class_names == ["cat", "dog"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
@@ -51,7 +52,7 @@ def _native_state_dict(state_dict: dict[str, Tensor], source: str) -> dict[str, 
         raise WeightsError(f"{source}: {err.args[0]}") from None
 
 
-def _class_names(from_weights: list[str] | None, given: list[str] | None, num_classes: int) -> list[str] | None:
+def _class_names(from_weights: list[str] | None, given: Sequence[str] | None, num_classes: int) -> list[str] | None:
     """``given`` (one per class), else the weights' names when they still describe ``num_classes`` classes."""
     if given is not None:
         if len(given) != num_classes:
@@ -67,7 +68,7 @@ def create_model(
     num_classes: int | None = None,
     weights: str | os.PathLike[str] | None = None,
     pretrained_backbone: bool = False,
-    class_names: list[str] | None = None,
+    class_names: Sequence[str] | None = None,
     **overrides: Any,
 ) -> EfficientDet:
     """Build an EfficientDet.

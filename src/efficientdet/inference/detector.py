@@ -87,7 +87,8 @@ class Detector(StagedDetector):
 
     @classmethod
     def from_pretrained(
-        cls, weights: str | os.PathLike[str], name: str | None = None, device: str | None = None, **kwargs: Any
+        cls, weights: str | os.PathLike[str], name: str | None = None, device: str | torch.device | None = None,
+        **kwargs: Any,
     ) -> Detector:
         """A detector from a checkpoint, a registered weights name or a URL."""
         from ..factory import create_model
