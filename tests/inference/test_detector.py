@@ -191,3 +191,18 @@ def test_a_postprocess_config_of_another_type_is_a_type_error_and_repr_says_what
     assert repr(Detector(model, batch_size=2)) == (
         "Detector(efficientdet_lite0, 128x128, 2 classes, device=cpu, dtype=torch.float32, batch_size=2)"
     )
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x"])
+def test_a_device_torch_does_not_know_is_a_value_error_naming_device(device: str) -> None:
+    # was torch's RuntimeError listing 20 device types, naming no argument
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=128)
+    with pytest.raises(ValueError, match=rf"device '{device}': not a device; use 'cpu', 'cuda' or 'cuda:N'"):
+        Detector(model, device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_value_error_naming_device() -> None:
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=128)
+    with pytest.raises(ValueError, match=r"device 'cuda': CUDA is not available on this machine"):
+        Detector(model, device="cuda")
