@@ -122,7 +122,8 @@ def create_model(
 
 def save_model(model: EfficientDet, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
     """Write ``model`` as our own checkpoint: safetensors tensors + the JSON config and class
-    names in the file's metadata, atomically (a crash never leaves a half-written file)."""
+    names in the file's metadata, atomically (a crash never leaves a half-written file). ``path``
+    must end in ``.safetensors``: ``create_model`` knows the format by that name."""
     from .weights.io import write_weights
 
     if model.config is None:
