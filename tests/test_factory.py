@@ -162,3 +162,13 @@ def test_class_names_as_a_tuple_and_from_pretrained_on_a_torch_device(tmp_path: 
     save_model(model, tmp_path / "m.safetensors")
     detector = Detector.from_pretrained(tmp_path / "m.safetensors", device=torch.device("cpu"))
     assert detector.device == torch.device("cpu") and detector.class_names == ["cat", "dog"]
+
+
+def test_save_model_unwraps_a_data_parallel_model_and_refuses_other_modules(tmp_path: Path) -> None:
+    model = create_model(NAME, num_classes=2, class_names=["cat", "dog"], image_size=128)
+    save_model(torch.nn.DataParallel(model), tmp_path / "dp.safetensors")  # was an AttributeError ('config')
+    assert create_model(weights=tmp_path / "dp.safetensors").class_names == ["cat", "dog"]
+    save_model(torch.compile(model), tmp_path / "c.safetensors")  # type: ignore[arg-type]  # its keys without _orig_mod.
+    assert create_model(weights=tmp_path / "c.safetensors").class_names == ["cat", "dog"]
+    with pytest.raises(TypeError, match=r"save_model takes an EfficientDet \(from create_model\), not Linear"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .config import ModelConfig
@@ -126,6 +127,14 @@ def save_model(model: EfficientDet, path: str | os.PathLike[str], extra: dict[st
     must end in ``.safetensors``: ``create_model`` knows the format by that name."""
     from .weights.io import write_weights
 
+    # a DDP / DataParallel / EMA wrapper (was "'DataParallel' has no attribute 'config'"), torch.compile's
+    while not isinstance(model, EfficientDet):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
+    if not isinstance(model, EfficientDet):
+        raise TypeError(f"save_model takes an EfficientDet (from create_model), not {type(model).__name__}")
     if model.config is None:
         raise ValueError("the model has no config; build it with create_model")
     write_weights(path, model.state_dict(), model.config.to_dict(), model.class_names, extra)
