@@ -52,3 +52,5 @@ def test_a_postprocess_config_for_a_graph_with_nms_inside_is_refused(nms_graph: 
     with pytest.raises(ValueError, match=r"nms\.onnx: this graph runs NMS inside, .*postprocess_config applies to graphs"):
         OnnxDetector(nms_graph, postprocess_config=PostprocessConfig(max_detections=5))
     assert OnnxDetector(nms_graph).metadata.nms_inside
+    with pytest.raises(TypeError, match=r"postprocess_config must be an efficientdet.PostprocessConfig, not dict"):
+        OnnxDetector(nms_graph, postprocess_config={"max_detections": 5})  # type: ignore[arg-type]

@@ -118,6 +118,8 @@ class OnnxDetector(StagedDetector):
         self.path = os.fspath(path)
         self.metadata: OnnxMetadata = read_onnx_metadata(self.path)
         meta = self.metadata
+        if postprocess_config is not None and not isinstance(postprocess_config, PostprocessConfig):
+            raise TypeError(f"postprocess_config must be an efficientdet.PostprocessConfig, not {type(postprocess_config).__name__}")
         if meta.nms_inside and postprocess_config is not None:  # its IoU, nms and max_detections were ignored
             raise ValueError(
                 f"{self.path}: this graph runs NMS inside, with the settings it was exported with; "
