@@ -137,3 +137,38 @@ def test_the_same_classes_in_another_order_keep_their_class_head_rows(lite0, tmp
         for k, name in enumerate(order):
             torch.testing.assert_close(new[:, anchor * 4 + k], old[:, anchor * 4 + "abcd".index(name)])
     assert torch.equal(new_box, old_box)  # the box head is not touched
+
+
+@pytest.mark.parametrize("num_classes", [0, -1, 2.5, True])
+def test_a_class_count_below_one_or_not_an_integer_names_num_classes(num_classes: object) -> None:
+    # 0 silently built the 90-class COCO head; -1 was torch's "negative dimension -9"
+    with pytest.raises(ValueError, match=r"num_classes .*: must be a positive integer"):
+        create_model(NAME, num_classes=num_classes, image_size=128)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("image_size", [100, (128, 200), 0])
+def test_an_image_size_off_the_stride_is_refused_when_the_model_is_built(image_size: object) -> None:
+    # was accepted, then every Detector call failed with "resize/pad the images first (Detector does this for you)"
+    with pytest.raises(ValueError, match=r"image_size .*: must be positive multiples of 32"):
+        create_model(NAME, num_classes=2, image_size=image_size)
+
+
+def test_class_names_as_a_tuple_and_from_pretrained_on_a_torch_device(tmp_path: Path) -> None:
+    # both were typed narrower than they work (list[str] / str), so a mypy-checked caller was refused
+    from efficientdet import Detector
+
+    model = create_model(NAME, num_classes=2, class_names=("cat", "dog"), image_size=128)
+    assert model.class_names == ["cat", "dog"]
+    save_model(model, tmp_path / "m.safetensors")
+    detector = Detector.from_pretrained(tmp_path / "m.safetensors", device=torch.device("cpu"))
+    assert detector.device == torch.device("cpu") and detector.class_names == ["cat", "dog"]
+
+
+def test_save_model_unwraps_a_data_parallel_model_and_refuses_other_modules(tmp_path: Path) -> None:
+    model = create_model(NAME, num_classes=2, class_names=["cat", "dog"], image_size=128)
+    save_model(torch.nn.DataParallel(model), tmp_path / "dp.safetensors")  # was an AttributeError ('config')
+    assert create_model(weights=tmp_path / "dp.safetensors").class_names == ["cat", "dog"]
+    save_model(torch.compile(model), tmp_path / "c.safetensors")  # type: ignore[arg-type]  # its keys without _orig_mod.
+    assert create_model(weights=tmp_path / "c.safetensors").class_names == ["cat", "dog"]
+    with pytest.raises(TypeError, match=r"save_model takes an EfficientDet \(from create_model\), not Linear"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")  # type: ignore[arg-type]

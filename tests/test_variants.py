@@ -82,3 +82,11 @@ def test_config_replace_and_roundtrip() -> None:
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown field"):
         cfg.replace(**{"feature_net.width": 3})
+
+
+@pytest.mark.parametrize("phi", [-1, 2.5, True])
+def test_compound_scaling_takes_a_whole_phi(phi: object) -> None:
+    # 2.5 built a config with image_size (832.0, 832.0) and a 'tf_efficientnet_b2.5' backbone
+    with pytest.raises(ValueError, match=r"phi must be an integer >= 0, got "):
+        compound_scaling(phi)  # type: ignore[arg-type]
+    assert compound_scaling(2).image_size == (768, 768)

@@ -16,6 +16,13 @@ Topology = Literal["bifpn", "fpn", "panet"]
 Activation = Literal["silu", "relu6", "relu"]
 
 
+def check_score_threshold(value: float, name: str = "score_threshold") -> None:
+    """A score threshold outside 0..1 (30 meant as 30 %, NaN) is a ValueError naming ``name``:
+    it would silently give no detections, or every candidate."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} {value}: must be in 0..1 (a score, not a percentage)")
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """A timm feature backbone giving stride 8/16/32 feature maps (P3, P4, P5)."""
@@ -92,6 +99,20 @@ class PostprocessConfig:
     max_detections: int = 100
     nms: Literal["hard", "soft"] = "hard"
     soft_nms_sigma: float = 0.5
+
+    def __post_init__(self) -> None:
+        # Checked here, where every detector, eval and export read them: out of range they gave
+        # no detections (score 30, max_detections 0) or no suppression (IoU 5), silently.
+        check_score_threshold(self.score_threshold)
+        check_score_threshold(self.iou_threshold, "iou_threshold")
+        for name in ("max_candidates", "max_detections"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} {value!r}: must be an integer of at least 1")
+        if self.nms not in ("hard", "soft"):
+            raise ValueError(f"unknown nms mode {self.nms!r}; expected 'hard' or 'soft'")
+        if not self.soft_nms_sigma > 0:
+            raise ValueError(f"soft_nms_sigma {self.soft_nms_sigma}: must be positive")
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .config import ModelConfig
-from .models.efficientdet import EfficientDet, build_model
+from .models.efficientdet import EfficientDet, build_model, check_model_sizes
 from .variants import get_config
 from .weights.coco import coco90_class_names
 from .weights.convert import effdet_to_native, is_effdet_state_dict
@@ -51,7 +53,7 @@ def _native_state_dict(state_dict: dict[str, Tensor], source: str) -> dict[str, 
         raise WeightsError(f"{source}: {err.args[0]}") from None
 
 
-def _class_names(from_weights: list[str] | None, given: list[str] | None, num_classes: int) -> list[str] | None:
+def _class_names(from_weights: list[str] | None, given: Sequence[str] | None, num_classes: int) -> list[str] | None:
     """``given`` (one per class), else the weights' names when they still describe ``num_classes`` classes."""
     if given is not None:
         if len(given) != num_classes:
@@ -67,7 +69,7 @@ def create_model(
     num_classes: int | None = None,
     weights: str | os.PathLike[str] | None = None,
     pretrained_backbone: bool = False,
-    class_names: list[str] | None = None,
+    class_names: Sequence[str] | None = None,
     **overrides: Any,
 ) -> EfficientDet:
     """Build an EfficientDet.
@@ -103,8 +105,10 @@ def create_model(
         ckpt_classes = checkpoint_num_classes(state_dict, config.anchors.num_anchors)
         if names is None and ckpt_classes == 90 and (official is not None or meta is None):
             names = coco90_class_names()  # effdet / official weights are COCO-trained
-    target = num_classes or ckpt_classes or config.num_classes
+    # `is not None`, not `or`: num_classes=0 gave the checkpoint's (or COCO's 90) classes, silently
+    target = num_classes if num_classes is not None else ckpt_classes or config.num_classes
     config = config.replace(num_classes=target)
+    check_model_sizes(config)  # before the class names are matched to the count
     if state_dict is not None and names is not None and class_names is not None:
         # the same classes listed in another order (another format's export): each keeps its rows
         state_dict = reorder_class_head(state_dict, names, class_names, config.anchors.num_anchors)
@@ -119,9 +123,18 @@ def create_model(
 
 def save_model(model: EfficientDet, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
     """Write ``model`` as our own checkpoint: safetensors tensors + the JSON config and class
-    names in the file's metadata, atomically (a crash never leaves a half-written file)."""
+    names in the file's metadata, atomically (a crash never leaves a half-written file). ``path``
+    must end in ``.safetensors``: ``create_model`` knows the format by that name."""
     from .weights.io import write_weights
 
+    # a DDP / DataParallel / EMA wrapper (was "'DataParallel' has no attribute 'config'"), torch.compile's
+    while not isinstance(model, EfficientDet):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
+    if not isinstance(model, EfficientDet):
+        raise TypeError(f"save_model takes an EfficientDet (from create_model), not {type(model).__name__}")
     if model.config is None:
         raise ValueError("the model has no config; build it with create_model")
     write_weights(path, model.state_dict(), model.config.to_dict(), model.class_names, extra)

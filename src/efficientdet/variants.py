@@ -114,8 +114,8 @@ def compound_scaling(phi: int, backbone_prefix: str = "tf_efficientnet_b") -> Mo
     1408; D7 re-uses B6 (there is no B7-based D7; D7x uses B7 with a P8 level); D6 and up use
     plain "sum" fusion; D7 uses anchor scale 5.
     """
-    if phi < 0:
-        raise ValueError(f"phi must be >= 0, got {phi}")
+    if isinstance(phi, bool) or not isinstance(phi, int) or phi < 0:  # 2.5 gave image_size (832.0, 832.0)
+        raise ValueError(f"phi must be an integer >= 0, got {phi!r}")
     width = round(64 * 1.35**phi / 8.0) * 8
     size = 512 + 128 * phi
     return _variant(

@@ -43,3 +43,14 @@ def test_duplicates_that_overlap_once_clipped_to_the_image_are_suppressed(nms_gr
     assert result["scores"].tolist() == pytest.approx([0.9, 0.7, 0.6])
     assert result["labels"].tolist() == [0, 1, 0]
     assert result["boxes"].tolist() == [[0, 20, 128, 140], [0, 20, 128, 140], [20, 180, 120, 240]]
+
+
+def test_a_postprocess_config_for_a_graph_with_nms_inside_is_refused(nms_graph: Path) -> None:
+    # its max_detections / iou_threshold / nms were ignored without a word (only the call's score threshold applies)
+    from efficientdet import PostprocessConfig
+
+    with pytest.raises(ValueError, match=r"nms\.onnx: this graph runs NMS inside, .*postprocess_config applies to graphs"):
+        OnnxDetector(nms_graph, postprocess_config=PostprocessConfig(max_detections=5))
+    assert OnnxDetector(nms_graph).metadata.nms_inside
+    with pytest.raises(TypeError, match=r"postprocess_config must be an efficientdet.PostprocessConfig, not dict"):
+        OnnxDetector(nms_graph, postprocess_config={"max_detections": 5})  # type: ignore[arg-type]

@@ -167,3 +167,42 @@ def test_a_weights_path_instead_of_a_model_points_to_from_pretrained(tmp_path: P
         Detector("w.safetensors")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"a model from efficientdet\.create_model"):
         Detector(tmp_path / "w.safetensors")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("optimize", [True, False])
+def test_a_model_in_another_dtype_runs_in_it_and_gives_float32_detections(dtype: torch.dtype, optimize: bool) -> None:
+    # was "Input type (float) and bias type (double) should be the same" from inside the network
+    torch.manual_seed(0)
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=128).eval()
+    image = np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8)
+    [want] = Detector(model)([image], score_threshold=0.0)
+    [got] = Detector(model.to(dtype), optimize=optimize)([image], score_threshold=0.0)
+    assert got["boxes"].dtype == got["scores"].dtype == torch.float32 and len(got["boxes"]) == len(want["boxes"]) > 0
+    assert next(model.parameters()).dtype == dtype  # the caller's model keeps its dtype
+    tol = 1e-4 if dtype == torch.float64 else 0.1  # bfloat16 keeps ~3 significant digits
+    assert torch.allclose(got["scores"][:5], want["scores"][:5], atol=tol)
+
+
+def test_a_postprocess_config_of_another_type_is_a_type_error_and_repr_says_what_runs() -> None:
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=128)
+    with pytest.raises(TypeError, match=r"postprocess_config must be an efficientdet.PostprocessConfig, not dict"):
+        Detector(model, postprocess_config={"max_detections": 5})  # type: ignore[arg-type]
+    assert repr(Detector(model, batch_size=2)) == (
+        "Detector(efficientdet_lite0, 128x128, 2 classes, device=cpu, dtype=torch.float32, batch_size=2)"
+    )
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x"])
+def test_a_device_torch_does_not_know_is_a_value_error_naming_device(device: str) -> None:
+    # was torch's RuntimeError listing 20 device types, naming no argument
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=128)
+    with pytest.raises(ValueError, match=rf"device '{device}': not a device; use 'cpu', 'cuda' or 'cuda:N'"):
+        Detector(model, device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_value_error_naming_device() -> None:
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=128)
+    with pytest.raises(ValueError, match=r"device 'cuda': CUDA is not available on this machine"):
+        Detector(model, device="cuda")

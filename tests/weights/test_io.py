@@ -262,3 +262,13 @@ def test_training_checkpoint_given_as_weights_points_to_the_safetensors(tmp_path
     assert "use best.safetensors or last.safetensors" in str(info.value)
     torch.save({"model": _state_dict(), "epoch": 3}, path)  # another tool's checkpoint still loads
     assert set(read_weights(path)[0]) == set(_state_dict())
+
+
+@pytest.mark.parametrize("name", ["mine.pth", "mine", "mine.safetensors.tmp"])
+def test_weights_under_another_name_than_safetensors_are_refused_before_writing(tmp_path: Path, name: str) -> None:
+    # save_model(model, "mine.pth") wrote a safetensors file that create_model then refused as "not model weights"
+    with pytest.raises(WeightsError, match=r"weights are written as safetensors and read back by the \.safetensors name"):
+        write_weights(tmp_path / name, _state_dict(), {"name": "x"}, None)
+    assert list(tmp_path.iterdir()) == []
+    write_weights(tmp_path / "MINE.SAFETENSORS", _state_dict(), {"name": "x"}, None)  # the name's case is free
+    assert read_weights(tmp_path / "MINE.SAFETENSORS")[1] is not None

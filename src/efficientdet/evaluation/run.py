@@ -32,7 +32,7 @@ from ..engine.distributed import DistInfo
 from ..engine.sharding import broadcast_from_main, check_shardable, gather_to_main, merge_in_order, shard_positions
 from ..fs import atomic_write
 from ..inference.detector import Detector
-from ..inference.protocol import ImageDetector, torch_threads
+from ..inference.protocol import ImageDetector, check_score_threshold, torch_threads
 from ..models.efficientdet import EfficientDet
 from .coco import STAT_NAMES, CocoEvaluator, CocoGroundTruth, EvalResult, gt_list_to_coco
 from .confusion import ConfusionResult, confusion_matrix, plot_confusion
@@ -214,6 +214,8 @@ def evaluate(
     """
     if nms not in ("hard", "soft"):
         raise ValueError(f"unknown nms {nms!r}; expected 'hard' or 'soft'")
+    _check_counts(batch_size=batch_size, max_detections=max_detections)
+    check_score_threshold(score_threshold)  # 5 scored nothing, AP 0.0, without a word
     if len(index) == 0:
         raise ValueError("the dataset has no images to evaluate")
     start = time.perf_counter()
@@ -235,6 +237,13 @@ def evaluate(
                 raise
             run = err  # the other ranks wait for the result: they raise the same error
     return _shared_result(run, info)
+
+
+def _check_counts(**counts: int) -> None:
+    """Each of ``counts`` at least 1, else a ValueError naming it (batch_size=0 was a ZeroDivisionError)."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} {value!r}: must be an integer of at least 1")
 
 
 def _detect_sharded(

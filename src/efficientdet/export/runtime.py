@@ -94,7 +94,8 @@ class OnnxDetector(StagedDetector):
         path: the ``.onnx`` file.
         providers: ONNX Runtime execution providers (default CPU).
         intra_op_threads: threads per op; default the physical cores (see :func:`physical_cores`).
-        postprocess_config: for graphs without NMS; default the exported model's.
+        postprocess_config: for graphs without NMS (refused for one with NMS inside); default the
+            exported model's.
         batch_size: images per run (graphs exported with a fixed batch use theirs, padding).
         session_options: a ready ``onnxruntime.SessionOptions`` (overrides the threading and
             spinning choices).
@@ -117,6 +118,13 @@ class OnnxDetector(StagedDetector):
         self.path = os.fspath(path)
         self.metadata: OnnxMetadata = read_onnx_metadata(self.path)
         meta = self.metadata
+        if postprocess_config is not None and not isinstance(postprocess_config, PostprocessConfig):
+            raise TypeError(f"postprocess_config must be an efficientdet.PostprocessConfig, not {type(postprocess_config).__name__}")
+        if meta.nms_inside and postprocess_config is not None:  # its IoU, nms and max_detections were ignored
+            raise ValueError(
+                f"{self.path}: this graph runs NMS inside, with the settings it was exported with; "
+                "postprocess_config applies to graphs exported without NMS (pass score_threshold to the call instead)"
+            )
         try:
             self.fixed_batch: int | None = self.open_graph(providers, intra_op_threads, session_options)
         except (ValueError, ImportError):  # our own messages, and a missing runtime's install hint

@@ -31,6 +31,18 @@ def inference_model(model: EfficientDet, device: torch.device) -> EfficientDet:
     return fast.to(device)  # type: ignore[return-value]  # .to keeps the memory format
 
 
+def _device(name: str | torch.device) -> torch.device:
+    """``name`` as a torch device, or a ValueError naming ``device``: torch's own errors list 20
+    device types ("tpu") or say "Found no NVIDIA driver" mid-copy, and name no argument."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: not a device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine; use 'cpu'")
+    return device
+
+
 class Detector(StagedDetector):
     """Runs an ``EfficientDet`` on images of any size.
 
@@ -58,13 +70,24 @@ class Detector(StagedDetector):
                             f"for weights on disk use Detector.from_pretrained({os.fspath(model)!r})")  # fmt: skip
         if model.config is None:
             raise ValueError("the model has no config; build it with efficientdet.create_model")
+        if postprocess_config is not None and not isinstance(postprocess_config, PostprocessConfig):
+            # a dict was "'dict' object has no attribute 'max_candidates'" at the first call
+            raise TypeError(f"postprocess_config must be an efficientdet.PostprocessConfig, not "
+                            f"{type(postprocess_config).__name__}; e.g. PostprocessConfig(max_detections=50)")  # fmt: skip
         self.config = model.config
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = _device(device) if device is not None else next(model.parameters()).device
         self.model = inference_model(model, self.device) if optimize else model.to(self.device).eval()
+        # A float64 / half / bfloat16 model runs in its own dtype: preprocessing gives float32.
+        self.dtype = next(self.model.parameters()).dtype
         self.postprocess_config = postprocess_config or self.config.postprocess
         self.batch_size = batch_size
         self.class_names = model.class_names
         self.anchors = anchors_for_config(self.config.anchors, self.config.image_size).to(self.device)
+
+    def __repr__(self) -> str:
+        h, w = self.config.image_size
+        return (f"Detector({self.config.name}, {h}x{w}, {self.num_classes} classes, device={self.device}, "
+                f"dtype={self.dtype}, batch_size={self.batch_size})")  # fmt: skip
 
     @property
     def preprocess_config(self) -> PreprocessConfig:  # type: ignore[override]
@@ -76,7 +99,8 @@ class Detector(StagedDetector):
 
     @classmethod
     def from_pretrained(
-        cls, weights: str | os.PathLike[str], name: str | None = None, device: str | None = None, **kwargs: Any
+        cls, weights: str | os.PathLike[str], name: str | None = None, device: str | torch.device | None = None,
+        **kwargs: Any,
     ) -> Detector:
         """A detector from a checkpoint, a registered weights name or a URL."""
         from ..factory import create_model
@@ -95,11 +119,16 @@ class Detector(StagedDetector):
         return Prepared(batch.to(self.device), scales.to(self.device), sizes)
 
     def forward(self, prepared: Prepared) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The network's raw per-level outputs: class [N, A*K, H_l, W_l], box [N, A*4, H_l, W_l]."""
+        """The network's raw per-level outputs, float32: class [N, A*K, H_l, W_l], box [N, A*4, H_l, W_l]
+        (the network runs in its own dtype)."""
         # no_grad here, not only in detect(): the stages are public, and called one by one they
         # recorded autograd (memory, and detections whose .numpy() raised).
         with torch.no_grad():
-            return self.model(prepared.inputs)
+            class_out, box_out = self.model(prepared.inputs.to(self.dtype))
+        if self.dtype == torch.float32:
+            return class_out, box_out
+        # decoded and NMS'd in float32: boxes in half / bfloat16 are off by pixels at 512+
+        return [c.float() for c in class_out], [b.float() for b in box_out]
 
     def postprocess(
         self,

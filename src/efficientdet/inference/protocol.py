@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ..config import PostprocessConfig, PreprocessConfig
+from ..config import PostprocessConfig, PreprocessConfig, check_score_threshold
 from ..data.decode import iter_image_chunks
 from ..data.reduced import DecodedImage
 
@@ -107,13 +107,6 @@ def torch_threads(limit: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
-
-
-def check_score_threshold(value: float, name: str = "score_threshold") -> None:
-    """A score threshold outside 0..1 (30 meant as 30 %, NaN) is a ValueError naming ``name``:
-    it would silently give no detections, or every candidate."""
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} {value}: must be in 0..1 (a score, not a percentage)")
 
 
 def with_score_threshold(config: PostprocessConfig, score_threshold: float | None) -> PostprocessConfig:

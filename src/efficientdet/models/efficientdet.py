@@ -55,6 +55,20 @@ class EfficientDet(nn.Module):
         return self.class_head(feats), self.box_head(feats)
 
 
+SIZE_DIVISOR = 32  # the backbone's largest stride: its TF "same" padding is fixed for multiples of it
+
+
+def check_model_sizes(config: ModelConfig) -> None:
+    """Refuse a class count or input size the network cannot be built or run with, naming the field:
+    they failed later as torch's "negative dimension" or as the forward pass's size error."""
+    k = config.head.num_classes
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"num_classes {k!r}: must be a positive integer")
+    size = config.preprocess.image_size
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 and s % SIZE_DIVISOR == 0 for s in size):
+        raise ValueError(f"image_size {size!r}: must be positive multiples of {SIZE_DIVISOR} (an int or (h, w))")
+
+
 def build_model(config: ModelConfig, pretrained_backbone: bool = False) -> EfficientDet:
     """Build the network described by ``config`` (random init unless ``pretrained_backbone``)."""
     fn = config.feature_net
@@ -62,6 +76,7 @@ def build_model(config: ModelConfig, pretrained_backbone: bool = False) -> Effic
         raise ValueError("anchor levels must equal the feature network's levels")
     if fn.min_level != 3:
         raise ValueError("min_level must be 3: the backbone provides P3-P5")
+    check_model_sizes(config)
     backbone = create_backbone(
         config.backbone.name,
         drop_path_rate=config.backbone.drop_path_rate,
@@ -99,6 +114,6 @@ def build_model(config: ModelConfig, pretrained_backbone: bool = False) -> Effic
     )
     class_head = head(outputs_per_anchor=config.head.num_classes, bias_init=class_head_bias(config.head.prior_prob))
     box_head = head(outputs_per_anchor=4, bias_init=0.0)
-    model = EfficientDet(backbone, feature_net, class_head, box_head, size_divisor=32)
+    model = EfficientDet(backbone, feature_net, class_head, box_head, size_divisor=SIZE_DIVISOR)
     model.config = config
     return model

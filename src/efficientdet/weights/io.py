@@ -223,6 +223,11 @@ def write_weights(
     complete new file ends up at ``path`` or a pre-existing file there is left untouched.
     """
     file = Path(path)
+    if file.suffix.lower() != ".safetensors":  # read_weights knows the format by this name alone
+        raise WeightsError(
+            f"{file}: weights are written as safetensors and read back by the .safetensors name "
+            f"(under another name they are refused as 'not model weights'); e.g. {file.with_suffix('.safetensors')}"
+        )
     document: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": config, "class_names": class_names}
     for key, value in (extra or {}).items():
         if key in document:
