@@ -142,3 +142,16 @@ def test_a_rank_dying_mid_eval_fails_without_writing(setup: tuple[Path, Path], t
     assert time.monotonic() - start < 120  # no hang: torchrun stops the group, the timeout bounds the rest
     assert "exitcode" in proc.stderr and "rank" in proc.stderr  # torchrun names the failed rank
     assert not (out / "metrics.json").exists() and not (out / "detections_coco.json").exists()
+
+
+def test_weights_rank_0_cannot_load_are_one_error_not_a_gloo_error_too(tmp_path: Path) -> None:
+    """Rank 0 builds the detector first; the others waited on it and, when it failed, printed
+    gloo's "Connection closed by peer ... GLHF" as a second error."""
+    dataset = make_synthetic_dataset(tmp_path / "data", num_images=2, image_size=(128, 128), seed=1, max_objects=1)
+    missing = tmp_path / "missing.safetensors"
+    proc = torchrun(2, "eval", str(dataset), "--weights", str(missing), "--out", str(tmp_path / "out"), *COMMON)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("efficientdet eval: error:")]
+    assert len(errors) == 1 and "missing.safetensors" in errors[0], proc.stderr[-3000:]
+    assert "Connection closed" not in proc.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()

@@ -50,12 +50,24 @@ def join_ranks(args: argparse.Namespace) -> DistInfo:
 
 def build_runner_on_ranks(args: argparse.Namespace, out: Path, info: DistInfo) -> Runner:
     """``build_runner`` on every rank; rank 0 first, so that one process exports a shared
-    ONNX cache entry and the others find it (no two writers of one file)."""
-    from ..engine.distributed import barrier
+    ONNX cache entry and the others find it (no two writers of one file).
+
+    Where rank 0 fails (missing weights, a bad graph), it says so once and the others exit
+    with the same status 2, silently: they waited on rank 0 and reported gloo's "Connection
+    closed by peer" as their error."""
+    from ..engine.sharding import broadcast_from_main
     from .common import build_runner
 
     if not info.enabled:
         return build_runner(args, out)
-    runner = build_runner(args, out) if info.is_main else None
-    barrier(info)
-    return runner if runner is not None else build_runner(args, out)
+    if not info.is_main:
+        if broadcast_from_main(None, info) is not None:
+            raise SystemExit(2)  # rank 0 printed the error
+        return build_runner(args, out)
+    try:
+        runner = build_runner(args, out)
+    except BaseException as err:
+        broadcast_from_main(f"{type(err).__name__}: {err}", info)
+        raise
+    broadcast_from_main(None, info)
+    return runner
