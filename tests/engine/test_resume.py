@@ -159,7 +159,7 @@ def test_resume_in_another_number_of_processes_is_named(tiny_dataset: Path, tmp_
     lines.clear()
     Trainer(cfg.replace(resume=True, max_steps=2), log=lines.append, progress=False)
     [warning] = [x for x in lines if x.startswith("warning: settings")]
-    assert "processes (torchrun --nproc_per_node): 2 -> 1: the global batch is 1/2 of the checkpoint's" in warning
+    assert "processes (torchrun --nproc_per_node): 2 -> 1: the global batch is 1x batch_size, not 2x, at the" in warning
     del state["world_size"]  # a checkpoint of an earlier version: not known, nothing said
     torch.save(state, tmp_path / "last.ckpt")
     lines.clear()

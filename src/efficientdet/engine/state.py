@@ -120,7 +120,7 @@ def _world_change(saved: int, now: int) -> str:
     but the global batch did, and with it the epoch's length in steps (which the LR schedule's
     warm-up and cosine are laid over) and what the epoch's saved position means."""
     return (
-        f"processes (torchrun --nproc_per_node): {saved} -> {now}: the global batch is {now}/{saved} of the "
-        "checkpoint's at the same LR (restored), an epoch has another number of steps (the LR schedule is "
+        f"processes (torchrun --nproc_per_node): {saved} -> {now}: the global batch is {now}x batch_size, "
+        f"not {saved}x, at the checkpoint's LR (restored), an epoch has another number of steps (the LR schedule is "
         "laid over the new count), and the rest of this epoch's images are approximate (some repeat or are left out)"
     )
