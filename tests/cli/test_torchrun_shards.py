@@ -87,12 +87,15 @@ def test_eval_two_processes_equals_one(setup: tuple[Path, Path], tmp_path: Path)
 def test_predict_two_processes_write_one_merged_file(setup: tuple[Path, Path], tmp_path: Path) -> None:
     dataset, weights = setup
     images = dataset.parent / "images"
-    one_args = ["predict", str(images), "--weights", str(weights), "--score-threshold", "0.05",
+    missing = tmp_path / "missing.jpg"  # a source that is not there: warned about once, not once per rank
+    one_args = ["predict", str(images), str(missing), "--weights", str(weights), "--score-threshold", "0.05",
                 *(a for a in COMMON if a != "--quiet")]  # fmt: skip
-    assert main([*one_args, "--out", str(tmp_path / "one")]) == 1  # one input failed
+    assert main([*one_args, "--out", str(tmp_path / "one")]) == 1  # two inputs failed
     proc = torchrun(2, *one_args, "--out", str(tmp_path / "two"))
     assert proc.returncode != 0  # the unreadable image: exit status 1, as alone
-    assert "4 of 5 inputs done" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "4 of 6 inputs done" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.count(f"warning: {missing}: no such file") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("000003.jpg") == 1  # the unreadable image: by the rank that met it
     one = json.loads((tmp_path / "one" / "detections.json").read_text())
     two = json.loads((tmp_path / "two" / "detections.json").read_text())
     assert [e["file"] for e in two] == [e["file"] for e in one]  # input order, every readable image

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # imported where used: ``--help`` must not wait for torch
     from ..engine.distributed import DistInfo
     from .common import Runner
 
-__all__ = ["add_dist_args", "build_runner_on_ranks", "join_ranks"]
+__all__ = ["add_dist_args", "build_runner_on_ranks", "is_first_rank", "join_ranks"]
 
 
 def add_dist_args(p: argparse.ArgumentParser) -> None:
@@ -25,6 +25,12 @@ def add_dist_args(p: argparse.ArgumentParser) -> None:
         "--dist-timeout", type=float, default=600.0,
         help="under torchrun: seconds a process waits for the others before failing (600)",
     )  # fmt: skip
+
+
+def is_first_rank() -> bool:
+    """Whether this process is rank 0 of torchrun's group (or alone), before joining it: the
+    warnings every rank would find alike (a missing input) are printed by it alone."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def join_ranks(args: argparse.Namespace) -> DistInfo:
