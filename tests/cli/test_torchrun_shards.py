@@ -158,3 +158,17 @@ def test_weights_rank_0_cannot_load_are_one_error_not_a_gloo_error_too(tmp_path:
     assert len(errors) == 1 and "missing.safetensors" in errors[0], proc.stderr[-3000:]
     assert "Connection closed" not in proc.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_dataset_warnings_come_once_not_once_per_rank(tmp_path: Path) -> None:
+    """Every rank reads the dataset and met the same bad record: its warning came twice."""
+    dataset = make_synthetic_dataset(tmp_path / "data", num_images=3, image_size=(128, 128), seed=1, max_objects=1)
+    coco = json.loads(dataset.read_text())
+    coco["annotations"].append({**coco["annotations"][0], "id": 999, "category_id": 42})
+    dataset.write_text(json.dumps(coco))
+    weights = tmp_path / "w.safetensors"
+    save_model(create_model("efficientdet_lite0", num_classes=3, image_size=128), weights)
+    proc = torchrun(2, "eval", str(dataset), "--weights", str(weights), "--out", str(tmp_path / "out"), *COMMON)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("unknown category_id 42") == 1, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_images"] == 3
