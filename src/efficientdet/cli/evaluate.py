@@ -88,7 +88,6 @@ def run_eval(args: argparse.Namespace) -> int:
 def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
     from ..engine.sharding import check_shardable
     from ..evaluation.run import evaluate
-
     from .notices import data_warnings_shown
 
     _check_options(args)
