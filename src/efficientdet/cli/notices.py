@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from ..data.records import DataIssue
 
-__all__ = ["data_warnings_shown", "print_data_warnings"]
+__all__ = ["print_data_warnings"]
 
 
 def _write_line(line: str) -> None:
@@ -53,13 +53,3 @@ def print_data_warnings(command: str) -> Iterator[set[str]]:
         warnings.showwarning = show
         yield printed
 
-
-@contextmanager
-def data_warnings_shown(shown: bool) -> Iterator[None]:
-    """Within the block, :class:`DataIssue` warnings are dropped unless ``shown``. Under
-    torchrun every rank reads the same dataset and finds the same problems: rank 0 alone
-    says them (each line came once per rank)."""
-    with warnings.catch_warnings():
-        if not shown:
-            warnings.simplefilter("ignore", DataIssue)
-        yield
