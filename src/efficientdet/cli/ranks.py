@@ -72,7 +72,7 @@ def build_runner_on_ranks(args: argparse.Namespace, out: Path, info: DistInfo) -
         return build_runner(args, out)
     try:
         runner = build_runner(args, out)
-    except BaseException as err:
+    except Exception as err:  # not Ctrl-C: torchrun stops every rank then
         broadcast_from_main(f"{type(err).__name__}: {err}", info)
         raise
     broadcast_from_main(None, info)
