@@ -87,12 +87,15 @@ def test_eval_two_processes_equals_one(setup: tuple[Path, Path], tmp_path: Path)
 def test_predict_two_processes_write_one_merged_file(setup: tuple[Path, Path], tmp_path: Path) -> None:
     dataset, weights = setup
     images = dataset.parent / "images"
-    one_args = ["predict", str(images), "--weights", str(weights), "--score-threshold", "0.05",
+    missing = tmp_path / "missing.jpg"  # a source that is not there: warned about once, not once per rank
+    one_args = ["predict", str(images), str(missing), "--weights", str(weights), "--score-threshold", "0.05",
                 *(a for a in COMMON if a != "--quiet")]  # fmt: skip
-    assert main([*one_args, "--out", str(tmp_path / "one")]) == 1  # one input failed
+    assert main([*one_args, "--out", str(tmp_path / "one")]) == 1  # two inputs failed
     proc = torchrun(2, *one_args, "--out", str(tmp_path / "two"))
     assert proc.returncode != 0  # the unreadable image: exit status 1, as alone
-    assert "4 of 5 inputs done" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "4 of 6 inputs done" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.count(f"warning: {missing}: no such file") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("000003.jpg") == 1  # the unreadable image: by the rank that met it
     one = json.loads((tmp_path / "one" / "detections.json").read_text())
     two = json.loads((tmp_path / "two" / "detections.json").read_text())
     assert [e["file"] for e in two] == [e["file"] for e in one]  # input order, every readable image
@@ -142,3 +145,30 @@ def test_a_rank_dying_mid_eval_fails_without_writing(setup: tuple[Path, Path], t
     assert time.monotonic() - start < 120  # no hang: torchrun stops the group, the timeout bounds the rest
     assert "exitcode" in proc.stderr and "rank" in proc.stderr  # torchrun names the failed rank
     assert not (out / "metrics.json").exists() and not (out / "detections_coco.json").exists()
+
+
+def test_weights_rank_0_cannot_load_are_one_error_not_a_gloo_error_too(tmp_path: Path) -> None:
+    """Rank 0 builds the detector first; the others waited on it and, when it failed, printed
+    gloo's "Connection closed by peer ... GLHF" as a second error."""
+    dataset = make_synthetic_dataset(tmp_path / "data", num_images=2, image_size=(128, 128), seed=1, max_objects=1)
+    missing = tmp_path / "missing.safetensors"
+    proc = torchrun(2, "eval", str(dataset), "--weights", str(missing), "--out", str(tmp_path / "out"), *COMMON)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("efficientdet eval: error:")]
+    assert len(errors) == 1 and "missing.safetensors" in errors[0], proc.stderr[-3000:]
+    assert "Connection closed" not in proc.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_dataset_warnings_come_once_not_once_per_rank(tmp_path: Path) -> None:
+    """Every rank reads the dataset and met the same bad record: its warning came twice."""
+    dataset = make_synthetic_dataset(tmp_path / "data", num_images=3, image_size=(128, 128), seed=1, max_objects=1)
+    coco = json.loads(dataset.read_text())
+    coco["annotations"].append({**coco["annotations"][0], "id": 999, "category_id": 42})
+    dataset.write_text(json.dumps(coco))
+    weights = tmp_path / "w.safetensors"
+    save_model(create_model("efficientdet_lite0", num_classes=3, image_size=128), weights)
+    proc = torchrun(2, "eval", str(dataset), "--weights", str(weights), "--out", str(tmp_path / "out"), *COMMON)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("unknown category_id 42") == 1, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_images"] == 3

@@ -141,3 +141,27 @@ def test_a_run_resumed_into_another_folder_writes_its_own_best(tiny_dataset: Pat
     assert trainer.fit() == "max_steps"
     assert (tmp_path / "new" / "best.safetensors").is_file() and (tmp_path / "new" / "best.ckpt").is_file()
     assert trainer.best_metric < 1.0  # this folder's best
+
+
+def test_resume_in_another_number_of_processes_is_named(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    """A 2-process torchrun run resumed in one process (or the reverse) changed the global batch,
+    the epoch's length in steps (the LR went back into warm-up: 0.006 -> 0.00357 on raccoon) and
+    the epoch's position, without a word: the world size was not in the checkpoint."""
+    cfg = make_config(tiny_dataset, tmp_path, max_steps=1, epochs=5)
+    assert Trainer(cfg, progress=False).fit() == "max_steps"
+    state = load_checkpoint(tmp_path / "last.ckpt")
+    assert state["world_size"] == 1
+    lines: list[str] = []
+    Trainer(cfg.replace(resume=True, max_steps=2), log=lines.append, progress=False)
+    assert not [x for x in lines if x.startswith("warning: settings")]  # same processes: nothing to say
+    state["world_size"] = 2  # as rank 0 of `torchrun --nproc_per_node 2` saves it
+    torch.save(state, tmp_path / "last.ckpt")
+    lines.clear()
+    Trainer(cfg.replace(resume=True, max_steps=2), log=lines.append, progress=False)
+    [warning] = [x for x in lines if x.startswith("warning: settings")]
+    assert "processes (torchrun --nproc_per_node): 2 -> 1: the global batch is 1x batch_size, not 2x, at the" in warning
+    del state["world_size"]  # a checkpoint of an earlier version: not known, nothing said
+    torch.save(state, tmp_path / "last.ckpt")
+    lines.clear()
+    Trainer(cfg.replace(resume=True, max_steps=2), log=lines.append, progress=False)
+    assert not [x for x in lines if x.startswith("warning: settings")]

@@ -42,6 +42,9 @@ def test_ddp_validation_is_sharded_and_equals_one_process(tiny_dataset: Path, tm
     from efficientdet.data.synthetic import make_synthetic_dataset
 
     val = make_synthetic_dataset(tmp_path / "val", num_images=5, image_size=(128, 128), seed=5, max_objects=2)
+    coco = json.loads(val.read_text())  # a bad record: every rank reads it, and each warned about it
+    coco["annotations"].append({**coco["annotations"][0], "id": 999, "category_id": 42})
+    val.write_text(json.dumps(coco))
     script = tmp_path / "ddp_val.py"
     script.write_text(SCRIPT)
     out = tmp_path / "out"
@@ -53,6 +56,7 @@ def test_ddp_validation_is_sharded_and_equals_one_process(tiny_dataset: Path, tm
     assert proc.returncode == 0, log[-4000:]
     # channels-last 1x1 / depthwise conv weights used to give DDP gradient buckets other strides
     assert "Grad strides do not match" not in log, log[-4000:]
+    assert log.count("unknown category_id 42") == 1, log[-4000:]  # rank 0 alone says it
     r0 = json.loads((out / "rank0.json").read_text())
     r1 = json.loads((out / "rank1.json").read_text())
     assert r0["step"] == r1["step"] == 2  # trained: 8 images, 2 ranks, batch 2

@@ -86,11 +86,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _evaluate_and_report(args: argparse.Namespace, info: DistInfo) -> int:
+    from ..data.records import data_issues_shown
     from ..engine.sharding import check_shardable
     from ..evaluation.run import evaluate
 
     _check_options(args)
-    index, fmt = load_index(args.dataset, args.split, args.allow_outside_root)
+    with data_issues_shown(info.is_main):  # the same on every rank
+        index, fmt = load_index(args.dataset, args.split, args.allow_outside_root)
     if args.max_images is not None:
         index = dataclasses.replace(index, records=index.records[: args.max_images])
     if len(index) == 0:

@@ -52,3 +52,4 @@ def print_data_warnings(command: str) -> Iterator[set[str]]:
         warnings.simplefilter("always", DataIssue)  # shown once by ``printed``, not by location
         warnings.showwarning = show
         yield printed
+

@@ -32,7 +32,7 @@ from .common import (
     too_large_message,
 )
 from .predict_inputs import PredictInput, check_no_overwrite, check_tile_fits, collect_inputs, output_paths
-from .ranks import add_dist_args, build_runner_on_ranks, join_ranks
+from .ranks import add_dist_args, build_runner_on_ranks, is_first_rank, join_ranks
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet predict --help`` must not wait for torch
     import numpy as np
@@ -131,7 +131,7 @@ def run_predict(args: argparse.Namespace) -> int:
     def warn(msg: str) -> None:
         tqdm.write(f"efficientdet predict: warning: {msg}", file=sys.stderr)  # keeps the bar intact
 
-    for line in problems:
+    for line in problems if is_first_rank() else ():  # every rank finds them: said once
         warn(line)
     if not inputs:
         raise FileNotFoundError("no inputs: " + "; ".join(problems))

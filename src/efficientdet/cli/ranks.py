@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # imported where used: ``--help`` must not wait for torch
     from ..engine.distributed import DistInfo
     from .common import Runner
 
-__all__ = ["add_dist_args", "build_runner_on_ranks", "join_ranks"]
+__all__ = ["add_dist_args", "build_runner_on_ranks", "is_first_rank", "join_ranks"]
 
 
 def add_dist_args(p: argparse.ArgumentParser) -> None:
@@ -25,6 +25,12 @@ def add_dist_args(p: argparse.ArgumentParser) -> None:
         "--dist-timeout", type=float, default=600.0,
         help="under torchrun: seconds a process waits for the others before failing (600)",
     )  # fmt: skip
+
+
+def is_first_rank() -> bool:
+    """Whether this process is rank 0 of torchrun's group (or alone), before joining it: the
+    warnings every rank would find alike (a missing input) are printed by it alone."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def join_ranks(args: argparse.Namespace) -> DistInfo:
@@ -50,12 +56,24 @@ def join_ranks(args: argparse.Namespace) -> DistInfo:
 
 def build_runner_on_ranks(args: argparse.Namespace, out: Path, info: DistInfo) -> Runner:
     """``build_runner`` on every rank; rank 0 first, so that one process exports a shared
-    ONNX cache entry and the others find it (no two writers of one file)."""
-    from ..engine.distributed import barrier
+    ONNX cache entry and the others find it (no two writers of one file).
+
+    Where rank 0 fails (missing weights, a bad graph), it says so once and the others exit
+    with the same status 2, silently: they waited on rank 0 and reported gloo's "Connection
+    closed by peer" as their error."""
+    from ..engine.sharding import broadcast_from_main
     from .common import build_runner
 
     if not info.enabled:
         return build_runner(args, out)
-    runner = build_runner(args, out) if info.is_main else None
-    barrier(info)
-    return runner if runner is not None else build_runner(args, out)
+    if not info.is_main:
+        if broadcast_from_main(None, info) is not None:
+            raise SystemExit(2)  # rank 0 printed the error
+        return build_runner(args, out)
+    try:
+        runner = build_runner(args, out)
+    except Exception as err:  # not Ctrl-C: torchrun stops every rank then
+        broadcast_from_main(f"{type(err).__name__}: {err}", info)
+        raise
+    broadcast_from_main(None, info)
+    return runner

@@ -7,14 +7,16 @@ Boxes are always xyxy float32 pixels (continuous coordinates: a box covering pix
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["DataIssue", "DatasetIndex", "DetectionRecord"]
+__all__ = ["DataIssue", "DatasetIndex", "DetectionRecord", "data_issues_shown"]
 
 
 class DataIssue(UserWarning):
@@ -112,3 +114,14 @@ class DatasetIndex:
     @property
     def num_objects(self) -> int:
         return sum(r.num_objects for r in self.records)
+
+
+@contextmanager
+def data_issues_shown(shown: bool) -> Iterator[None]:
+    """Within the block, :class:`DataIssue` warnings are dropped unless ``shown``. Under
+    torchrun every rank reads the same dataset and finds the same problems: rank 0 alone
+    says them (each line came once per rank)."""
+    with warnings.catch_warnings():
+        if not shown:
+            warnings.simplefilter("ignore", DataIssue)
+        yield

@@ -257,7 +257,7 @@ def build_train_state(
     optimizer = build_optimizer(model, cfg.optim, lr)
     scheduler = build_scheduler(optimizer, cfg.optim, *steps)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    return TrainState(model, ema, optimizer, scheduler, scaler)
+    return TrainState(model, ema, optimizer, scheduler, scaler, world_size=world_size)
 
 
 RUN_FILES = ("last.ckpt", "best.ckpt", "last.safetensors", "best.safetensors")

@@ -47,6 +47,7 @@ class TrainState:
     nonfinite_steps: int = 0
     history: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
+    world_size: int = 1  # processes of this session (torchrun); saved, so a resume can tell
 
     @property
     def position(self) -> tuple[int, int, int]:
@@ -69,6 +70,7 @@ class TrainState:
             "nonfinite_steps": self.nonfinite_steps,
             "history": list(self.history),
             "elapsed_s": self.elapsed_s,
+            "world_size": self.world_size,
             "rng": rng_state(),
         }
 
@@ -106,5 +108,19 @@ class TrainState:
         state = load_checkpoint(path)
         check_resumable(path, state, model, image_size, list(class_names))
         changes = config_changes(path, state.get("config") or {}, config)
+        saved_world = int(state.get("world_size", self.world_size))  # older checkpoints: not known
+        if saved_world != self.world_size:
+            changes.append(_world_change(saved_world, self.world_size))
         self.load_state_dict(state, path)
         return changes
+
+
+def _world_change(saved: int, now: int) -> str:
+    """The note for a resume in another number of processes: nothing in the config changed,
+    but the global batch did, and with it the epoch's length in steps (which the LR schedule's
+    warm-up and cosine are laid over) and what the epoch's saved position means."""
+    return (
+        f"processes (torchrun --nproc_per_node): {saved} -> {now}: the global batch is {now}x batch_size, "
+        f"not {saved}x, at the checkpoint's LR (restored), an epoch has another number of steps (the LR schedule is "
+        "laid over the new count), and the rest of this epoch's images are approximate (some repeat or are left out)"
+    )

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..data.common import warn_issue
 from ..data.formats import read_split
+from ..data.records import data_issues_shown
 from ..factory import save_model
 from ..ops.anchors import anchors_for_config
 from ..ops.matcher import AnchorLabeler
@@ -96,9 +97,10 @@ class Trainer:
 
         kw: dict[str, Any] = {"allow_outside_root": cfg.data.allow_outside_root}
         # a VOC or YOLO folder with splits gives its train / val split (eval's default too)
-        self.train_index = read_split(cfg.data.train, "train", **kw)
-        check_has_images(self.train_index, cfg.data.train)
-        self.val_index = read_split(cfg.data.val, "val", **kw) if cfg.data.val else None
+        with data_issues_shown(self.dist.is_main):  # every rank reads the same files: warned once
+            self.train_index = read_split(cfg.data.train, "train", **kw)
+            check_has_images(self.train_index, cfg.data.train)
+            self.val_index = read_split(cfg.data.val, "val", **kw) if cfg.data.val else None
         if self.val_index is not None:  # validation is sharded: every rank needs an image
             check_shardable(len(self.val_index), self.dist, f"validation images in {cfg.data.val}")
         self.val_tile, note = validation_tile(cfg.data.crop_size, self.val_index)
