@@ -197,12 +197,12 @@ def test_a_postprocess_config_of_another_type_is_a_type_error_and_repr_says_what
 def test_a_device_torch_does_not_know_is_a_value_error_naming_device(device: str) -> None:
     # was torch's RuntimeError listing 20 device types, naming no argument
     model = create_model("efficientdet_lite0", num_classes=2, image_size=128)
-    with pytest.raises(ValueError, match=rf"device '{device}': not a device; use 'cpu', 'cuda' or 'cuda:N'"):
+    with pytest.raises(ValueError, match=rf"device {device}: not a device; use 'cpu', 'cuda' or 'cuda:N'"):
         Detector(model, device=device)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_a_value_error_naming_device() -> None:
     model = create_model("efficientdet_lite0", num_classes=2, image_size=128)
-    with pytest.raises(ValueError, match=r"device 'cuda': CUDA is not available on this machine"):
+    with pytest.raises(ValueError, match=r"device cuda: CUDA is not available on this machine; use 'cpu'"):
         Detector(model, device="cuda")

@@ -116,15 +116,11 @@ def resolve_device(name: str | None) -> torch.device:
     """``None`` -> cuda when available, else cpu; asking for cuda without it is a ValueError."""
     import torch
 
+    from ..devices import parse_device
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:  # torch's own message lists 20 device types and names no flag
-        raise ValueError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
+    return parse_device(name, "--device", "cpu, cuda or cuda:N", "--device cpu")
 
 
 def load_model(

@@ -21,6 +21,7 @@ from ..data.dataset import DetectionDataset
 from ..data.loaders import ResumableSampler, SeededDataset, build_train_loader
 from ..data.records import DatasetIndex
 from ..data.transforms import TrainTransform
+from ..devices import parse_device
 from ..factory import create_model
 from ..models.checkpointing import set_grad_checkpointing
 from ..models.efficientdet import EfficientDet
@@ -54,15 +55,9 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     (``cuda:N`` as given); anything else as given. ``ValueError`` naming ``device`` otherwise."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:  # torch's message lists some 20 device types
-        raise ValueError(f"device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device: {name!r}, but CUDA is not available on this machine; use device=cpu (or auto)")
-        if device.index is None:  # torch.cuda.set_device and DDP need an index
-            device = torch.device("cuda", local_rank)
+    device = parse_device(name, "device", "auto, cpu, cuda or cuda:N", "device=cpu (or auto)")
+    if device.type == "cuda" and device.index is None:  # torch.cuda.set_device and DDP need an index
+        device = torch.device("cuda", local_rank)
     return device
 
 

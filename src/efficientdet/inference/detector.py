@@ -10,6 +10,7 @@ import torch
 
 from ..config import PostprocessConfig, PreprocessConfig
 from ..data.reduced import DecodedImage
+from ..devices import parse_device
 from ..models.efficientdet import EfficientDet
 from ..models.fuse import optimize_for_inference
 from ..ops.anchors import anchors_for_config
@@ -29,18 +30,6 @@ def inference_model(model: EfficientDet, device: torch.device) -> EfficientDet:
     convs, channels_last where that is faster (CPU, CUDA). ``model`` itself is untouched."""
     fast = optimize_for_inference(model, channels_last=device.type in _CHANNELS_LAST_DEVICES)
     return fast.to(device)  # type: ignore[return-value]  # .to keeps the memory format
-
-
-def _device(name: str | torch.device) -> torch.device:
-    """``name`` as a torch device, or a ValueError naming ``device``: torch's own errors list 20
-    device types ("tpu") or say "Found no NVIDIA driver" mid-copy, and name no argument."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r}: not a device; use 'cpu', 'cuda' or 'cuda:N'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available on this machine; use 'cpu'")
-    return device
 
 
 class Detector(StagedDetector):
@@ -75,7 +64,11 @@ class Detector(StagedDetector):
             raise TypeError(f"postprocess_config must be an efficientdet.PostprocessConfig, not "
                             f"{type(postprocess_config).__name__}; e.g. PostprocessConfig(max_detections=50)")  # fmt: skip
         self.config = model.config
-        self.device = _device(device) if device is not None else next(model.parameters()).device
+        self.device = (
+            parse_device(device, "device", "'cpu', 'cuda' or 'cuda:N'", "'cpu'")
+            if device is not None
+            else next(model.parameters()).device
+        )
         self.model = inference_model(model, self.device) if optimize else model.to(self.device).eval()
         # A float64 / half / bfloat16 model runs in its own dtype: preprocessing gives float32.
         self.dtype = next(self.model.parameters()).dtype
