@@ -172,3 +172,19 @@ def test_save_model_unwraps_a_data_parallel_model_and_refuses_other_modules(tmp_
     assert create_model(weights=tmp_path / "c.safetensors").class_names == ["cat", "dog"]
     with pytest.raises(TypeError, match=r"save_model takes an EfficientDet \(from create_model\), not Linear"):
         save_model(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")  # type: ignore[arg-type]
+
+
+def test_class_names_alone_set_the_class_count(lite0, tmp_path: Path) -> None:
+    """`create_model(name, class_names=[...])` builds one output per name; it refused with
+    "2 class names given for 90 classes". Over a 4-class checkpoint, two names give a 2-class
+    model whose class head's last layer is fresh (a warning says so) and whose box head is loaded."""
+    assert create_model(NAME, class_names=["cat", "dog"], image_size=128).config.num_classes == 2
+    path = tmp_path / "four.safetensors"
+    save_model(lite0, path)
+    with pytest.warns(UserWarning, match="class"):
+        model = create_model(NAME, weights=path, class_names=["cat", "dog"])
+    assert model.config.num_classes == 2 and model.class_names == ["cat", "dog"]
+    key = "box_head.predict.pw.weight"
+    assert torch.equal(model.state_dict()[key], lite0.state_dict()[key])
+    with pytest.raises(ValueError, match="2 class names given for 3 classes"):
+        create_model(NAME, num_classes=3, class_names=["cat", "dog"])

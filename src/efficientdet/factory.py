@@ -77,7 +77,8 @@ def create_model(
     Args:
         name: a variant from ``list_models()`` (``efficientdet_d0`` ...). May be omitted when
             ``weights`` names its architecture (our checkpoints, registered official weights).
-        num_classes: classes to predict; default: the checkpoint's, else 90 (COCO). When it
+        num_classes: classes to predict; default: as many as ``class_names``, else the
+            checkpoint's, else 90 (COCO). When it
             differs from the checkpoint's, only the class head's last layer is re-initialised.
             The checkpoint's classes in another order (``class_names``) are reordered to match.
         weights: a local effdet ``.pth`` state dict, one of our ``.safetensors`` checkpoints,
@@ -106,7 +107,12 @@ def create_model(
         if names is None and ckpt_classes == 90 and (official is not None or meta is None):
             names = coco90_class_names()  # effdet / official weights are COCO-trained
     # `is not None`, not `or`: num_classes=0 gave the checkpoint's (or COCO's 90) classes, silently
-    target = num_classes if num_classes is not None else ckpt_classes or config.num_classes
+    if num_classes is not None:
+        target = num_classes
+    elif class_names is not None:  # one name per class: the names say how many
+        target = len(class_names)
+    else:
+        target = ckpt_classes or config.num_classes
     config = config.replace(num_classes=target)
     check_model_sizes(config)  # before the class names are matched to the count
     if state_dict is not None and names is not None and class_names is not None:
