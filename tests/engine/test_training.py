@@ -418,3 +418,18 @@ def test_a_run_without_validation_does_not_validate_at_its_end(tiny_dataset: Pat
     cfg = make_config(tiny_dataset, tmp_path, max_steps=6, epochs=5, eval_every=0, **{"data.val": str(tiny_dataset)})
     assert Trainer(cfg, progress=False).fit() == "max_steps"
     assert not [r for r in (tmp_path / "metrics.csv").read_text().splitlines() if r.startswith("val,")]
+
+
+def test_the_run_folder_holds_its_settings_as_a_config_file(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    """`OUTPUT/config.yaml`: every setting of the run (preset, file and overrides resolved), a
+    `--config` file that gives the same settings back (a run's settings were only inside
+    last.ckpt, which a user cannot read or pass to `--config`)."""
+    cfg = make_config(tiny_dataset, tmp_path / "run", epochs=1, **{"optim.lr": 0.02, "data.scale_range": [0.5, 1.5]})
+    Trainer(cfg, progress=False).fit()
+    written = tmp_path / "run" / "config.yaml"
+    again = load_train_config(written)
+    assert again == cfg and again.optim.lr == 0.02 and tuple(again.data.scale_range) == (0.5, 1.5)
+    assert "resume" not in written.read_text()  # a copy of the run starts anew
+    resumed = Trainer(load_train_config(written, {"resume": True, "epochs": 2}), progress=False)
+    resumed.fit()  # a resumed run writes the settings it runs with
+    assert load_train_config(written).epochs == 2

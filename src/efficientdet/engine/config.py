@@ -201,6 +201,13 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        """Every setting as a ``--config`` file that repeats this run (``resume`` left out: a
+        copy of the run starts anew)."""
+        settings = {k: v for k, v in self.to_dict().items() if k != "resume"}
+        header = "# every setting of this run; `efficientdet train --config THIS_FILE output=NEW_FOLDER` repeats it\n"
+        return header + yaml.safe_dump(settings, sort_keys=False)
+
 
 # A preset for small datasets with a pretrained backbone: AdamW converges in far fewer steps
 # than the COCO recipe, and the shorter EMA horizon suits runs of a few thousand steps.

@@ -19,6 +19,7 @@ from ..data.common import warn_issue
 from ..data.formats import read_split
 from ..data.records import data_issues_shown
 from ..factory import save_model
+from ..fs import atomic_write
 from ..ops.anchors import anchors_for_config
 from ..ops.matcher import AnchorLabeler
 from ..weights.io import WeightsError
@@ -136,6 +137,8 @@ class Trainer:
                 self.log(f"removed {stale}: a temp file of an interrupted save")
         self._maybe_resume()
         self.metrics = MetricsLogger(self.output, self.dist.is_main, self.step, self.epoch)
+        if self.dist.is_main:  # the settings beside the weights (a resumed run writes its own)
+            atomic_write(self.output / "config.yaml", cfg.to_yaml())
         if self.metrics.dropped_rows:
             self.log(f"{self.metrics.path}: dropped {self.metrics.dropped_rows} rows logged after the checkpoint")
 
