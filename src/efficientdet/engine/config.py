@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 from collections.abc import Callable
@@ -264,7 +265,8 @@ def _optional(rule: Rule) -> Rule:
     return (lambda v: v is None or rule[0](v), rule[1] + " (or null)")
 
 
-_ORDERED_POSITIVE: Rule = (lambda v: 0 < v[0] <= v[1], "must be [low, high] with 0 < low <= high")
+# finite: an infinite high end passed here and failed as an OverflowError traceback in the transform
+_ORDERED_POSITIVE: Rule = (lambda v: 0 < v[0] <= v[1] < math.inf, "must be [low, high] with 0 < low <= high < inf")
 
 
 def _check_rules(section: str, obj: Any, rules: dict[str, Rule]) -> None:
@@ -365,6 +367,21 @@ def _replace(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
     return dataclasses.replace(obj, **direct)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping: PyYAML keeps the last,
+    so a second ``augment:`` section silently dropped every setting of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1  # one line: no mark, whose text is "<unicode string>"
+                raise yaml.constructor.ConstructorError(None, None, f"line {line}: {key!r} given twice at the same level")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` with the value parsed as YAML (``optim.lr=0.01``, ``data.hflip=0``)."""
     if "=" not in text:
@@ -387,7 +404,7 @@ def load_train_config(
         config = config.replace(**PRESETS[preset])
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
         except (OSError, yaml.YAMLError) as err:
             raise ValueError(f"{path}: cannot read the training config: {err}") from err
         if not isinstance(data, dict):

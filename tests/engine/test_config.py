@@ -1,0 +1,44 @@
+"""Training configuration files and values (engine/config.py): mistakes are one clear error."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from efficientdet.engine.config import load_train_config
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        # the second section replaced the first: close_mosaic silently back to 0
+        ("augment: {close_mosaic: 5}\nepochs: 20\naugment: {mosaic: 0.5}\n", 3, "augment"),
+        ("data:\n  scale_range: [0.5, 1.5]\n  hflip: 0\n  hflip: 1\n", 4, "hflip"),
+    ],
+)
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path: Path, text: str, line: int, key: str) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    message = f"{path}: cannot read the training config: line {line}: '{key}' given twice at the same level"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        load_train_config(path)
+
+
+def test_the_same_key_in_different_sections_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("augment: {mosaic: 0.5, close_mosaic: 5}\nepochs: 20\ndata: {hflip: 0.0}\noptim: {lr: 0.01}\n")
+    cfg = load_train_config(path)
+    assert (cfg.augment.mosaic, cfg.augment.close_mosaic, cfg.data.hflip, cfg.optim.lr) == (0.5, 5, 0.0, 0.01)
+
+
+@pytest.mark.parametrize("key", ["data.scale_range", "data.crop_scale_range"])
+@pytest.mark.parametrize("value", ["[0.5, .inf]", "[.inf, .inf]"])
+def test_an_infinite_scale_range_is_refused(key: str, value: str) -> None:
+    """``data.scale_range=[0.5, .inf]`` was accepted, then failed in the transform with an
+    OverflowError traceback (``cannot convert float infinity to integer``)."""
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)}: \(.*inf\) must be \[low, high\] with 0 < low <= high < inf$"):
+        load_train_config(None, [f"{key}={value}"])
+    cfg = load_train_config(None, [f"{key}=[0.5, 3]"])
+    assert getattr(cfg.data, key.removeprefix("data.")) == (0.5, 3.0)
