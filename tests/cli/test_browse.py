@@ -79,10 +79,11 @@ def test_browse_augmented_shows_the_crops_of_data_crop_size(tmp_path: Path) -> N
     args = ["browse", str(tmp_path / "ann.json"), "--augment", "--n", "1", "--out", str(tmp_path / "b"),
             "--set", "model=efficientdet_lite0", "--set", "image_size=128", "--set", "data.crop_size=128"]  # fmt: skip
     assert main(args) == 0
-    row = np.asarray(Image.open(tmp_path / "b" / "browse_augmented.png").convert("L"))[64, :128] > 128
+    # the 128 px canvas is drawn 2.5x, filling its 320 px tile
+    row = np.asarray(Image.open(tmp_path / "b" / "browse_augmented.png").convert("L"))[160, :320] > 128
     runs = np.diff(np.flatnonzero(np.diff(row.astype(np.int8)) != 0))
-    # crops of 102-160 px at scale 1.25-0.8: the 32 px stripes stay 25-40 px wide (whole image: 2-6 px)
-    assert runs.size and runs.min() >= 20
+    # crops of 102-160 px at scale 1.25-0.8: the 32 px stripes stay 25-40 px wide (whole image: 2-6 px), x 2.5
+    assert runs.size and runs.min() >= 50
 
 
 def test_browse_reads_the_training_split_of_a_voc_folder(datasets, tmp_path: Path, capsys) -> None:
@@ -128,3 +129,21 @@ def test_browse_takes_overrides_as_train_does_and_says_when_they_do_nothing(data
                  "data.allow_outside_root=true", "--preset", "finetune"]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert "note: augment.mosaic=1, --preset finetune: used only with --augment" in err
+
+
+def test_a_small_image_is_enlarged_to_its_tile_with_its_box(tmp_path: Path) -> None:
+    """An 8 x 6 image was pasted as an 8 x 6 speck (``thumbnail`` only shrinks), its box and
+    name drawn at that size; now the image fills the tile's 320 px and the box scales with it."""
+    Image.new("RGB", (8, 6), (40, 90, 160)).save(tmp_path / "small.png")
+    ann = {"images": [{"id": 1, "file_name": "small.png", "width": 8, "height": 6}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 4, 3], "area": 12, "iscrowd": 0}],
+           "categories": [{"id": 1, "name": "x"}]}  # fmt: skip
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    assert main(["browse", str(tmp_path / "ann.json"), "--out", str(tmp_path / "b")]) == 0
+    grid = np.asarray(Image.open(tmp_path / "b" / "browse.png").convert("RGB")).astype(int)
+    image = np.abs(grid - (40, 90, 160)).sum(-1) == 0
+    assert image[235, 315] and not image[245, 315]  # the image spans 320 x 240 (then the caption)
+    outline = ~image[:240, :320]
+    # the box [2, 2, 6, 5] x 40 = [80, 80, 240, 200]: its outline, not the image, on those lines
+    assert outline[140, 78:83].any() and outline[140, 238:243].any() and outline[198:203, 160].any()
+    assert not outline[140, 100:220].any() and not outline[210:240, 160].any()  # inside and below: the image

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: ``efficientdet browse --help`` must not wait for torch
+    import torch
     from PIL import Image
 
     from ..data.dataset import DetectionDataset
@@ -102,16 +103,18 @@ def _augmented(cfg: TrainConfig, index: DatasetIndex) -> DetectionDataset:
 
 
 def _tile(sample: dict[str, Any], class_names: list[str]) -> Image.Image:
-    """The sample drawn, scaled to fit CELL x CELL, with its file name and box count underneath."""
+    """The sample scaled to fit CELL x CELL and drawn, with its file name and box count underneath."""
     import torch
     from PIL import ImageDraw
 
     from ..outputs.visualize import draw_detections
 
     boxes, labels = sample["boxes"], sample["labels"]
-    dets = {"boxes": boxes, "labels": labels, "scores": torch.ones(len(boxes))}
-    img = draw_detections(sample["image"], dets, class_names, show_scores=False)
-    img.thumbnail((CELL, CELL))
+    image, scaled = _fit_cell(sample["image"], boxes)
+    # drawn after the resize, so lines and names have the same size on every tile: drawn first,
+    # a 9000 px photo's names shrank to specks and a 40 px image stayed a 40 px thumbnail
+    dets = {"boxes": scaled, "labels": labels, "scores": torch.ones(len(boxes))}
+    img = draw_detections(image, dets, class_names, show_scores=False)
     count = f"{len(boxes)} boxes" if len(boxes) else "NO boxes"
     caption = f"{Path(sample['path']).name} ({count})"
     from PIL import Image
@@ -121,6 +124,19 @@ def _tile(sample: dict[str, Any], class_names: list[str]) -> Image.Image:
     # Right under its image: at the cell's foot, a wide image's caption sat nearer the next row's.
     ImageDraw.Draw(tile).text((2, img.height + 2), caption[:52], fill=(0, 0, 0))
     return tile
+
+
+def _fit_cell(image: torch.Tensor, boxes: torch.Tensor) -> tuple[Image.Image, torch.Tensor]:
+    """uint8 [3, H, W] resized (up or down, aspect kept) so its long side is CELL, and its
+    boxes [M, 4] xyxy scaled with it. Enlarged with nearest neighbour: a small image's pixels stay visible."""
+    from PIL import Image
+
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    nh, nw = max(1, round(h * CELL / max(h, w))), max(1, round(w * CELL / max(h, w)))
+    pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    resample = Image.Resampling.NEAREST if nw >= w else Image.Resampling.LANCZOS
+    scale = boxes.new_tensor([nw / w, nh / h, nw / w, nh / h])
+    return pil.resize((nw, nh), resample), boxes * scale
 
 
 def _write_grid(tiles: list[Image.Image], out: Path) -> None:
