@@ -147,3 +147,12 @@ def test_a_small_image_is_enlarged_to_its_tile_with_its_box(tmp_path: Path) -> N
     # the box [2, 2, 6, 5] x 40 = [80, 80, 240, 200]: its outline, not the image, on those lines
     assert outline[140, 78:83].any() and outline[140, 238:243].any() and outline[198:203, 160].any()
     assert not outline[140, 100:220].any() and not outline[210:240, 160].any()  # inside and below: the image
+
+
+def test_browse_augmented_names_settings_that_do_nothing(datasets, tmp_path: Path, capsys) -> None:
+    args = ["browse", str(datasets["coco"]), "--augment", "--n", "1", "--out", str(tmp_path / "b"),
+            "model=efficientdet_lite0", "image_size=64", "data.crop_scale_range=[0.5, 1.5]"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "efficientdet browse: note: data.crop_scale_range=[0.5, 1.5] does nothing without data.crop_size" in err
+    assert main([*args, "data.crop_size=32"]) == 0 and "crop_scale_range" not in capsys.readouterr().err

@@ -58,3 +58,22 @@ def test_rewrites_only_where_they_apply(tiny_dataset: Path, tmp_path: Path, make
     # lean BN computes in fp32 (not under autocast); the GEMM 1x1 conv needs channels-last memory
     assert (_count(model, LeanBatchNormSiLU2d) > 0) == ("amp" not in overrides)
     assert _count(model, PointwiseConv2d) == 0
+
+
+def test_settings_that_need_another_setting_are_named(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
+    """``data.crop_scale_range`` without ``data.crop_size``, ``augment.close_mosaic`` without
+    mosaic or mixup: accepted and silently unused; now the trainer says so before training."""
+    from efficientdet.engine.config import load_train_config
+    from efficientdet.engine.setup import unused_settings
+    from efficientdet.engine.trainer import Trainer
+
+    assert unused_settings(load_train_config(None, None, "finetune")) == []
+    assert unused_settings(load_train_config(None, ["data.crop_size=64", "data.crop_scale_range=[0.5, 2]"])) == []
+    assert unused_settings(load_train_config(None, ["augment.mixup=0.1", "augment.close_mosaic=3", "epochs=5"])) == []
+    crop, close = unused_settings(load_train_config(None, ["data.crop_scale_range=[0.5, 2]", "augment.close_mosaic=3"]))
+    assert crop.startswith("data.crop_scale_range=[0.5, 2.0] does nothing without data.crop_size")
+    assert close == "augment.close_mosaic=3 does nothing: augment.mosaic and augment.mixup are 0"
+    lines: list[str] = []
+    cfg = make_config(tiny_dataset, tmp_path / "run", **{"data.crop_scale_range": [0.5, 2.0]})
+    Trainer(cfg, log=lines.append, progress=False)
+    assert [line for line in lines if "crop_scale_range" in line] == [f"warning: {crop}"]

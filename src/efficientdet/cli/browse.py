@@ -72,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
         if ignored:  # only the transforms use them: say so rather than draw as if they applied
             print(f"efficientdet browse: note: {', '.join(ignored)}: used only with --augment", file=sys.stderr)
     cfg = load_train_config(args.config, overrides, args.preset)
+    if args.augment:
+        from ..engine.setup import unused_settings
+
+        for unused in unused_settings(cfg):  # as train warns before training
+            print(f"efficientdet browse: note: {unused}", file=sys.stderr)
     with print_data_warnings("browse"):
         # without --split, the images train reads (a VOC folder's train list, not every XML)
         index, _ = read_split_arg(args.data, args.split, "train", "browse", cfg.data.allow_outside_root)

@@ -28,7 +28,7 @@ from ..models.efficientdet import EfficientDet
 from ..models.layers import make_pointwise_convs_matmul
 from ..models.lean_bn import make_batchnorm_silu_lean
 from .anchor_check import anchor_model_overrides
-from .config import TrainConfig
+from .config import DataConfig, TrainConfig
 from .distributed import DistInfo
 from .ema import ModelEMA
 from .optim import build_optimizer, build_scheduler, default_lr
@@ -46,6 +46,7 @@ __all__ = [
     "resolve_amp_dtype",
     "resolve_device",
     "resume_path",
+    "unused_settings",
     "val_overlap_warning",
 ]
 
@@ -138,6 +139,21 @@ def build_train_transform(cfg: TrainConfig, image_size: int | tuple[int, int]) -
     if cfg.data.crop_size:  # sliced training
         return CropTransform(image_size, cfg.data.crop_size, cfg.data.crop_scale_range, cfg.data.hflip, cfg.data.photometric)
     return TrainTransform(image_size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
+
+
+def unused_settings(cfg: TrainConfig) -> list[str]:
+    """Augmentation settings that do nothing with the rest of ``cfg`` (a key that needs another
+    key), one warning each: ``train`` logs them before training, ``browse --augment`` prints them."""
+    found = []
+    if cfg.data.crop_size is None and cfg.data.crop_scale_range != DataConfig().crop_scale_range:
+        found.append(
+            f"data.crop_scale_range={list(cfg.data.crop_scale_range)} does nothing without data.crop_size "
+            "(it jitters the side of the sliced-training crops); whole images are jittered by data.scale_range"
+        )
+    aug = cfg.augment
+    if aug.close_mosaic and not (aug.mosaic or aug.mixup):
+        found.append(f"augment.close_mosaic={aug.close_mosaic} does nothing: augment.mosaic and augment.mixup are 0")
+    return found
 
 
 def build_train_dataset(

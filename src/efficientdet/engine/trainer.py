@@ -39,6 +39,7 @@ from .setup import (
     resolve_amp_dtype,
     resolve_device,
     resume_path,
+    unused_settings,
     val_overlap_warning,
     validation_tile,
 )
@@ -119,6 +120,8 @@ class Trainer:
         overlap = val_overlap_warning(self.train_index, self.val_index, cfg.data.val)
         if overlap:
             self.log(f"warning: {overlap}")
+        for unused in unused_settings(cfg):
+            self.log(f"warning: {unused}")
         if self.train_index.num_objects == 0:  # e.g. every label file empty: hours spent learning nothing
             self.log(f"warning: {cfg.data.train}: no objects in its {len(self.train_index)} training images; nothing to learn")
         self._build_run(model)
