@@ -42,3 +42,28 @@ def test_an_infinite_scale_range_is_refused(key: str, value: str) -> None:
         load_train_config(None, [f"{key}={value}"])
     cfg = load_train_config(None, [f"{key}=[0.5, 3]"])
     assert getattr(cfg.data, key.removeprefix("data.")) == (0.5, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("override", "suggestion"),
+    [
+        ("mosaic=0.5", "augment.mosaic"),  # the section left out: the top-level list cannot show it
+        ("data.mosaic=0.5", "augment.mosaic"),  # in the wrong section
+        ("hflip=0", "data.hflip"),
+        ("augmnt.mosaic=0.5", "augment.mosaic"),  # a typo in the section
+        ("augment.mosiac=0.5", "augment.mosaic"),  # a typo in the field
+        ("optim.lrr=1", "optim.lr"),
+    ],
+)
+def test_an_unknown_key_suggests_the_field_meant(override: str, suggestion: str) -> None:
+    with pytest.raises(ValueError, match=rf"^unknown training config field .*; valid: .*; did you mean {re.escape(suggestion)}\?$"):
+        load_train_config(None, [override])
+
+
+def test_an_unknown_key_without_a_near_field_suggests_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^unknown training config field 'foo'; valid: amp, .*, weights$"):
+        load_train_config(None, ["foo=1"])
+    path = tmp_path / "train.yaml"
+    path.write_text("augment:\n  mosiac: 0.5\n")  # from a file too, which the message names
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: .*'augment\.mosiac'.*; did you mean augment\.mosaic\?$"):
+        load_train_config(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -335,6 +336,17 @@ def _coerce(value: Any, current: Any, annotation: str = "") -> Any:
     return value
 
 
+def _did_you_mean(given: str) -> str:
+    """``"; did you mean augment.mosaic?"`` for ``mosaic`` or ``data.mosaic`` (a field in another
+    section: the list of valid names beside it cannot show it) or a near spelling; else ``""``."""
+    paths: list[str] = []
+    for name, hint in get_type_hints(TrainConfig).items():
+        paths += [f"{name}.{f.name}" for f in fields(hint)] if dataclasses.is_dataclass(hint) else [name]
+    leaf = given.rsplit(".", 1)[-1]
+    near = [p for p in paths if p.rsplit(".", 1)[-1] == leaf] or difflib.get_close_matches(given, paths, 1, 0.8)
+    return f"; did you mean {' or '.join(near)}?" if near else ""
+
+
 def _replace(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
     """``obj`` (a dataclass) with ``overrides`` (dotted keys) applied; ``prefix``: the keys' section, for errors."""
     nested: dict[str, dict[str, Any]] = {}
@@ -348,7 +360,8 @@ def _replace(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
     valid = {f.name: f for f in fields(obj)}
     for key in list(direct) + list(nested):
         if key not in valid:
-            raise ValueError(f"unknown training config field {prefix + key!r}; valid: {', '.join(sorted(valid))}")
+            hint = _did_you_mean(prefix + key + "".join(f".{rest}" for rest in list(nested.get(key, {}))[:1]))
+            raise ValueError(f"unknown training config field {prefix + key!r}; valid: {', '.join(sorted(valid))}{hint}")
     for key, sub in nested.items():
         current = getattr(obj, key)
         if not dataclasses.is_dataclass(current):
