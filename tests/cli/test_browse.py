@@ -1,6 +1,8 @@
 """``efficientdet browse`` on COCO, VOC and YOLO datasets, raw and augmented."""
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +158,28 @@ def test_browse_augmented_names_settings_that_do_nothing(datasets, tmp_path: Pat
     err = capsys.readouterr().err
     assert "efficientdet browse: note: data.crop_scale_range=[0.5, 1.5] does nothing without data.crop_size" in err
     assert main([*args, "data.crop_size=32"]) == 0 and "crop_scale_range" not in capsys.readouterr().err
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A grayscale PNG that declares width x height but holds 100 bytes of data (a bomb's header)."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+
+
+def test_browse_augmented_refuses_images_over_the_models_pixel_limit_as_train_does(tmp_path: Path, capsys) -> None:
+    """--augment built its dataset with no pixel limit: a 120 MP image that train refuses from
+    its header (the model's ``max_input_pixels``, 100 MP) was decoded, 120 MB at once."""
+    (tmp_path / "huge.png").write_bytes(_png_header(10000, 12000))
+    Image.new("RGB", (64, 48), (40, 90, 160)).save(tmp_path / "ok.png")
+    images = [{"id": 1, "file_name": "huge.png", "width": 10000, "height": 12000},
+              {"id": 2, "file_name": "ok.png", "width": 64, "height": 48}]  # fmt: skip
+    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+    args = ["browse", str(tmp_path / "ann.json"), "--augment", "--out", str(tmp_path / "b"), "model=efficientdet_lite0", "image_size=64"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "huge.png" in captured.err and "120,000,000 pixels" in captured.err and "max_pixels" in captured.err
+    assert "1 images of 2" in captured.out  # the image train would skip is not drawn as if trained on

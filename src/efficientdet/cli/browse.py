@@ -103,8 +103,11 @@ def _augmented(cfg: TrainConfig, index: DatasetIndex) -> DetectionDataset:
     from ..engine.setup import build_train_dataset, build_train_transform
     from ..variants import get_config
 
-    size = cfg.image_size or max(get_config(cfg.model).image_size)
-    return build_train_dataset(cfg, index, build_train_transform(cfg, size), None)  # as train builds it
+    variant = get_config(cfg.model)
+    size = cfg.image_size or max(variant.image_size)
+    # as train builds it, its pixel limit included (None decoded images that train refuses)
+    limit = variant.preprocess.max_input_pixels
+    return build_train_dataset(cfg, index, build_train_transform(cfg, size), limit)
 
 
 def _tile(sample: dict[str, Any], class_names: list[str]) -> Image.Image:
