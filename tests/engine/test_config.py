@@ -31,6 +31,12 @@ def test_the_same_key_in_different_sections_is_fine(tmp_path: Path) -> None:
     path.write_text("augment: {mosaic: 0.5, close_mosaic: 5}\nepochs: 20\ndata: {hflip: 0.0}\noptim: {lr: 0.01}\n")
     cfg = load_train_config(path)
     assert (cfg.augment.mosaic, cfg.augment.close_mosaic, cfg.data.hflip, cfg.optim.lr) == (0.5, 5, 0.0, 0.01)
+    # a YAML merge key, then a key it brought given again: YAML's override, not a duplicate
+    path.write_text("optim: &o {lr: 0.01, momentum: 0.8}\nloss:\n  alpha: 0.3\n")
+    assert load_train_config(path).optim.momentum == 0.8
+    path.write_text("anchors: {aspect_ratios: [[1.0, 1.0]], check: &c false}\noptim:\n  <<: {lr: 0.01, momentum: 0.8}\n  lr: 0.02\n")
+    cfg = load_train_config(path)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.anchors.check) == (0.02, 0.8, False)
 
 
 @pytest.mark.parametrize("key", ["data.scale_range", "data.crop_scale_range"])

@@ -337,8 +337,7 @@ def _coerce(value: Any, current: Any, annotation: str = "") -> Any:
 
 
 def _did_you_mean(given: str) -> str:
-    """``"; did you mean augment.mosaic?"`` for ``mosaic`` or ``data.mosaic`` (a field in another
-    section: the list of valid names beside it cannot show it) or a near spelling; else ``""``."""
+    """``"; did you mean augment.mosaic?"`` for ``mosaic``, ``data.mosaic`` (another section's) or a near spelling."""
     paths: list[str] = []
     for name, hint in get_type_hints(TrainConfig).items():
         paths += [f"{name}.{f.name}" for f in fields(hint)] if dataclasses.is_dataclass(hint) else [name]
@@ -381,12 +380,13 @@ def _replace(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses a key given twice in one mapping: PyYAML keeps the last,
-    so a second ``augment:`` section silently dropped every setting of the first."""
+    """``yaml.safe_load`` refusing a key given twice (PyYAML kept the last: a 2nd ``augment:`` dropped the 1st)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`, whose keys the next ones may override
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 line = key_node.start_mark.line + 1  # one line: no mark, whose text is "<unicode string>"
