@@ -183,3 +183,16 @@ def test_browse_augmented_refuses_images_over_the_models_pixel_limit_as_train_do
     captured = capsys.readouterr()
     assert "huge.png" in captured.err and "120,000,000 pixels" in captured.err and "max_pixels" in captured.err
     assert "1 images of 2" in captured.out  # the image train would skip is not drawn as if trained on
+
+
+def test_browse_takes_overrides_before_data_too(datasets, tmp_path: Path, capsys) -> None:
+    """``browse augment.policy=v0 DATA`` read the override as DATA: "override 'DATA' is not key=value"."""
+    out = tmp_path / "b"
+    args = ["browse", "augment.policy=v0", str(datasets["coco"]), "--augment", "--n", "1", "--out", str(out), "image_size=64"]
+    assert main(args) == 0 and (out / "browse_augmented.png").is_file()
+    assert "1 images of 5" in capsys.readouterr().out
+    # no DATA, or a KEY VALUE without its "=": one error that says what the arguments must be
+    assert main(["browse", "augment.policy=v0", "--augment", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("efficientdet browse: error: DATA: give one dataset (got none)")
+    assert main(["browse", str(datasets["coco"]), "augment.policy", "v0", "--out", str(out)]) == 2
+    assert "(got " + repr(str(datasets["coco"])) + ", 'augment.policy', 'v0')" in capsys.readouterr().err

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n {args.n}: must be at least 1")
     check_out_folder(args.out, "browse", "browse.png or browse_augmented.png")
-    overrides = [*args.set, *args.overrides]
+    args.data, positional = _data_and_overrides([args.data, *args.overrides])
+    overrides = [*args.set, *positional]
     if not args.augment:
         ignored = [o for o in overrides if not o.startswith("data.allow_outside_root=")]
         ignored += [f"--{k} {v}" for k, v in (("preset", args.preset), ("config", args.config)) if v]
@@ -97,6 +98,16 @@ def run(args: argparse.Namespace) -> int:
     _write_grid(tiles, out)
     print(f"wrote {out} ({len(tiles)} images of {len(index)}, {len(index.class_names)} classes)")
     return 0
+
+
+def _data_and_overrides(tokens: list[str]) -> tuple[str, list[str]]:
+    """DATA and the KEY=VALUE overrides from the positionals, in any order, as train takes them
+    (``browse augment.policy=v0 voc`` read the override as DATA and said "'voc' is not key=value")."""
+    data = [t for t in tokens if "=" not in t or Path(t).exists()]  # a path may hold a "="
+    if len(data) != 1:
+        named = ", ".join(repr(t) for t in data) or "none"
+        raise ValueError(f"DATA: give one dataset (got {named}); the other arguments are KEY=VALUE overrides")
+    return data[0], [t for t in tokens if t is not data[0]]
 
 
 def _augmented(cfg: TrainConfig, index: DatasetIndex) -> DetectionDataset:
