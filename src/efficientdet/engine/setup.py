@@ -141,9 +141,10 @@ def build_train_transform(cfg: TrainConfig, image_size: int | tuple[int, int]) -
     return TrainTransform(image_size, cfg.data.scale_range, cfg.data.hflip, cfg.data.photometric)
 
 
-def unused_settings(cfg: TrainConfig) -> list[str]:
+def unused_settings(cfg: TrainConfig, steps_per_epoch: int | None = None) -> list[str]:
     """Augmentation settings that do nothing with the rest of ``cfg`` (a key that needs another
-    key), one warning each: ``train`` logs them before training, ``browse --augment`` prints them."""
+    key), one warning each: ``train`` logs them before training (with its ``steps_per_epoch``),
+    ``browse --augment`` prints them."""
     found = []
     if cfg.data.crop_size is None and cfg.data.crop_scale_range != DataConfig().crop_scale_range:
         found.append(
@@ -153,6 +154,13 @@ def unused_settings(cfg: TrainConfig) -> list[str]:
     aug = cfg.augment
     if aug.close_mosaic and not (aug.mosaic or aug.mixup):
         found.append(f"augment.close_mosaic={aug.close_mosaic} does nothing: augment.mosaic and augment.mixup are 0")
+    elif aug.close_mosaic and steps_per_epoch and cfg.max_steps:  # it counts back from `epochs`
+        reached = math.ceil(cfg.max_steps / steps_per_epoch)
+        if reached <= cfg.epochs - aug.close_mosaic:
+            found.append(
+                f"augment.close_mosaic={aug.close_mosaic} does nothing: it counts back from epochs={cfg.epochs}, "
+                f"but max_steps={cfg.max_steps} stops the run after {reached} epochs; set epochs={reached}"
+            )
     return found
 
 

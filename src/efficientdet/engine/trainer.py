@@ -120,8 +120,6 @@ class Trainer:
         overlap = val_overlap_warning(self.train_index, self.val_index, cfg.data.val)
         if overlap:
             self.log(f"warning: {overlap}")
-        for unused in unused_settings(cfg):
-            self.log(f"warning: {unused}")
         if self.train_index.num_objects == 0:  # e.g. every label file empty: hours spent learning nothing
             self.log(f"warning: {cfg.data.train}: no objects in its {len(self.train_index)} training images; nothing to learn")
         self._build_run(model)
@@ -153,6 +151,8 @@ class Trainer:
             cfg, self.train_index, mc, self.dist, self.device
         )
         self.steps_per_epoch, self.total_steps = count_steps(cfg, len(self.loader))
+        for unused in unused_settings(cfg, self.steps_per_epoch):
+            self.log(f"warning: {unused}")
         steps = (self.steps_per_epoch, self.total_steps)
         self.state: TrainState = build_train_state(cfg, model, steps, self.dist.world_size, self.amp_dtype)
         if self.dist.enabled:
