@@ -87,3 +87,8 @@ def test_settings_that_need_another_setting_are_named(tiny_dataset: Path, tmp_pa
             f"warning: augment.close_mosaic=2 does nothing: it counts back from epochs={epochs}, but max_steps=8 "
             "stops the run after 2 epochs; set epochs=2"
         ][:expected]
+    close_long = ["augment.mosaic=0.5", "augment.close_mosaic=5", "epochs=50", "max_steps=8"]
+    assert unused_settings(load_train_config(None, close_long), steps_per_epoch=4) == [
+        "augment.close_mosaic=5 does nothing: it counts back from epochs=50, but max_steps=8 stops the run after "
+        "2 epochs; set epochs=2 and close_mosaic below 2"  # epochs=2 alone would be refused
+    ]

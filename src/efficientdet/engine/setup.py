@@ -157,9 +157,10 @@ def unused_settings(cfg: TrainConfig, steps_per_epoch: int | None = None) -> lis
     elif aug.close_mosaic and steps_per_epoch and cfg.max_steps:  # it counts back from `epochs`
         reached = math.ceil(cfg.max_steps / steps_per_epoch)
         if reached <= cfg.epochs - aug.close_mosaic:
+            fix = f"set epochs={reached}" + ("" if aug.close_mosaic < reached else f" and close_mosaic below {reached}")
             found.append(
                 f"augment.close_mosaic={aug.close_mosaic} does nothing: it counts back from epochs={cfg.epochs}, "
-                f"but max_steps={cfg.max_steps} stops the run after {reached} epochs; set epochs={reached}"
+                f"but max_steps={cfg.max_steps} stops the run after {reached} epochs; {fix}"
             )
     return found
 
