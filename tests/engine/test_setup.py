@@ -78,13 +78,13 @@ def test_settings_that_need_another_setting_are_named(tiny_dataset: Path, tmp_pa
     Trainer(cfg, log=lines.append, progress=False)
     assert [line for line in lines if "crop_scale_range" in line] == [f"warning: {crop}"]
     # close_mosaic counts back from `epochs`: a max_steps run that ends before that never closes
-    for epochs, expected in ((10, 1), (4, 1), (3, 0)):  # 8 images, batch 2: 4 steps per epoch; 8 steps = 2 epochs
+    for epochs, expected in ((10, 1), (3, 1), (2, 0)):  # 8 images, batch 2: 4 steps per epoch; 8 steps = 2 epochs
         lines.clear()
-        overrides = {"augment.mosaic": 0.5, "augment.close_mosaic": 2, "epochs": epochs, "max_steps": 8}
+        overrides = {"augment.mosaic": 0.5, "augment.close_mosaic": 1, "epochs": epochs, "max_steps": 8}
         Trainer(make_config(tiny_dataset, tmp_path / f"run{epochs}", **overrides), log=lines.append, progress=False)
         said = [line for line in lines if "close_mosaic" in line]
         assert said == [
-            f"warning: augment.close_mosaic=2 does nothing: it counts back from epochs={epochs}, but max_steps=8 "
+            f"warning: augment.close_mosaic=1 does nothing: it counts back from epochs={epochs}, but max_steps=8 "
             "stops the run after 2 epochs; set epochs=2"
         ][:expected]
     close_long = ["augment.mosaic=0.5", "augment.close_mosaic=5", "epochs=50", "max_steps=8"]
