@@ -73,3 +73,20 @@ def test_an_unknown_key_without_a_near_field_suggests_nothing(tmp_path: Path) ->
     path.write_text("augment:\n  mosiac: 0.5\n")  # from a file too, which the message names
     with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: .*'augment\.mosiac'.*; did you mean augment\.mosaic\?$"):
         load_train_config(path)
+
+
+def test_exponent_numbers_in_lists_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``5e-1`` as text; a float field took it (``optim.lr=2e-3``) but a list of
+    floats did not: ``data.scale_range=[5e-1, 2]`` was "('5e-1', 2) is not [a number, a number]"."""
+    cfg = load_train_config(None, ["data.scale_range=[5e-1, 2]", "data.crop_scale_range=[8e-1, 1.25]"])
+    assert cfg.data.scale_range == (0.5, 2.0) and cfg.data.crop_scale_range == (0.8, 1.25)
+    assert load_train_config(None, ["anchors.aspect_ratios=[[1e0, 2e0]]"]).anchors.aspect_ratios == ((1.0, 2.0),)
+    path = tmp_path / "train.yaml"
+    path.write_text("data:\n  scale_range: [5e-1, 1.5]\n")
+    assert load_train_config(path).data.scale_range == (0.5, 1.5)
+    # text stays text where the field is text, and a whole-number field still wants a whole number
+    assert load_train_config(None, ["data.val=1e3", "output=2e-3"]).data.val == "1e3"
+    with pytest.raises(ValueError, match=r"^data\.scale_range: \('nan', 1\) is not \[a number, a number\]$"):
+        load_train_config(None, ["data.scale_range=[nan, 1]"])
+    with pytest.raises(ValueError, match=r"^epochs: '1e1' is not a whole number$"):
+        load_train_config(None, ["epochs=1e1"])

@@ -298,8 +298,9 @@ def _conform(value: Any, hint: Any) -> Any:
         out = tuple(_conform(v, a) for v, a in zip(value, items))
         return _MISMATCH if any(o is _MISMATCH for o in out) else out
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is float:
-        return float(value) if number else _MISMATCH
+    if hint is float:  # "2e-3" too, also in a list: YAML 1.1 (PyYAML) reads it as text
+        text = isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip())
+        return float(value) if number or text else _MISMATCH
     if hint is int:
         whole = number and (isinstance(value, int) or float(value).is_integer())
         return int(value) if whole else _MISMATCH
@@ -327,12 +328,10 @@ def _describe(hint: Any) -> str:
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _coerce(value: Any, current: Any, annotation: str = "") -> Any:
+def _coerce(value: Any, current: Any) -> Any:
     """Turn a YAML/CLI value into the type of the current value (tuples stay tuples)."""
     if isinstance(current, tuple) and isinstance(value, (list, tuple)):
         return tuple(value)
-    if isinstance(value, str) and "float" in annotation and _FLOAT_TEXT.fullmatch(value.strip()):
-        return float(value)
     return value
 
 
@@ -371,7 +370,7 @@ def _replace(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             direct[key] = _replace(current, value, f"{prefix}{key}.")
         else:
-            value = _coerce(value, current, str(valid[key].type))
+            value = _coerce(value, current)
             hint = get_type_hints(type(obj))[key]
             direct[key] = _conform(value, hint)
             if direct[key] is _MISMATCH:
