@@ -86,7 +86,7 @@ def test_exponent_numbers_in_lists_are_numbers(tmp_path: Path) -> None:
     assert load_train_config(path).data.scale_range == (0.5, 1.5)
     # text stays text where the field is text, and a whole-number field still wants a whole number
     assert load_train_config(None, ["data.val=1e3", "output=2e-3"]).data.val == "1e3"
-    with pytest.raises(ValueError, match=r"^data\.scale_range: \('nan', 1\) is not \[a number, a number\]$"):
+    with pytest.raises(ValueError, match=r"^data\.scale_range: \['nan', 1\] is not \[a number, a number\]$"):
         load_train_config(None, ["data.scale_range=[nan, 1]"])
     with pytest.raises(ValueError, match=r"^epochs: '1e1' is not a whole number$"):
         load_train_config(None, ["epochs=1e1"])

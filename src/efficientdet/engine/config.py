@@ -266,7 +266,6 @@ def _optional(rule: Rule) -> Rule:
     return (lambda v: v is None or rule[0](v), rule[1] + " (or null)")
 
 
-# finite: an infinite high end passed here and failed as an OverflowError traceback in the transform
 _ORDERED_POSITIVE: Rule = (lambda v: 0 < v[0] <= v[1] < math.inf, "must be [low, high] with 0 < low <= high < inf")
 
 
@@ -328,13 +327,6 @@ def _describe(hint: Any) -> str:
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _coerce(value: Any, current: Any) -> Any:
-    """Turn a YAML/CLI value into the type of the current value (tuples stay tuples)."""
-    if isinstance(current, tuple) and isinstance(value, (list, tuple)):
-        return tuple(value)
-    return value
-
-
 def _did_you_mean(given: str) -> str:
     """``"; did you mean augment.mosaic?"`` for ``mosaic``, ``data.mosaic`` (another section's) or a near spelling."""
     paths: list[str] = []
@@ -370,7 +362,6 @@ def _replace(obj: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             direct[key] = _replace(current, value, f"{prefix}{key}.")
         else:
-            value = _coerce(value, current)
             hint = get_type_hints(type(obj))[key]
             direct[key] = _conform(value, hint)
             if direct[key] is _MISMATCH:
@@ -388,8 +379,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                line = key_node.start_mark.line + 1  # one line: no mark, whose text is "<unicode string>"
-                raise yaml.constructor.ConstructorError(None, None, f"line {line}: {key!r} given twice at the same level")
+                where = f"line {key_node.start_mark.line + 1}"  # not the mark: 3 lines, naming "<unicode string>"
+                raise yaml.constructor.ConstructorError(None, None, f"{where}: {key!r} given twice at the same level")
             seen.add(key)
         return super().construct_mapping(node, deep)
 
