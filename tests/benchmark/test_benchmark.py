@@ -265,3 +265,28 @@ def test_options_that_would_be_ignored_or_fail_late_are_refused_first(
     assert main(["benchmark", MODEL, "--backends", "torch", *argv]) == 2
     err = capsys.readouterr().err
     assert message.replace("{tmp}", str(tmp_path)) in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("compare_effdet", [False, True])
+def test_random_weights_calibrate_on_a_single_image(tmp_path: Path, compare_effdet: bool) -> None:
+    """``--images`` a folder of one photo (the README's own benchmark command) with random
+    weights at 128 px ended in torch's "Expected more than 1 value per channel when training":
+    Lite0's P7 is 1x1 there, and BatchNorm statistics were taken on a batch of one."""
+    if compare_effdet:
+        pytest.importorskip("effdet")
+    [photo] = synthetic_images(tmp_path / "images", 1)
+    ours, ref, described = build_models(MODEL, (SIZE, SIZE), None, compare_effdet, tmp_path, [photo])
+    assert (ref is not None) == compare_effdet and "random" in described
+    for model in [ours] + ([ref] if ref is not None else []):
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert bns and all(bool(torch.isfinite(m.running_var).all()) for m in bns)
+        assert not model.training
+    [result] = Detector(ours)([photo])
+    assert len(result["scores"]) > 0
+
+
+def test_cli_runs_on_a_folder_of_one_photo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    synthetic_images(tmp_path / "one", 1)
+    assert main(["benchmark", MODEL, *TINY, "--batch-sizes", "1", "--backends", "torch", "--images",
+                 str(tmp_path / "one"), "--quiet"]) == 0  # fmt: skip
+    assert f"images: {tmp_path / 'one'}" in capsys.readouterr().out
