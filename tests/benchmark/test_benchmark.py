@@ -242,6 +242,8 @@ def test_timing_counts_faults_per_call_and_joins_rounds() -> None:
     ("argv", "message"),
     [
         (["--json", "{tmp}"], "--json {tmp}: is a folder; give the JSON file to write"),
+        (["--json", "{tmp}/a.txt/out.json"], "--json {tmp}/a.txt/out.json: cannot create a folder under {tmp}/a.txt, "
+         "which is a file"),
         (["--score-threshold", "2"], "--score-threshold 2.0: must be in 0..1"),
         (["--score-threshold", "-1"], "--score-threshold -1.0: must be in 0..1"),
         (["--calibration", "{tmp}"], "--calibration is for the int8 backends (onnxruntime-int8, openvino-int8), "
@@ -253,7 +255,8 @@ def test_timing_counts_faults_per_call_and_joins_rounds() -> None:
 def test_options_that_would_be_ignored_or_fail_late_are_refused_first(
     argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A --json folder ended the finished run in an IsADirectoryError traceback (results lost);
+    """A --json folder ended the finished run in an IsADirectoryError traceback (results lost),
+    a --json under a file in a FileExistsError one;
     the other options were accepted and ignored (a threshold of 2 or -1, --calibration without
     an int8 backend) or a 20-device-type torch message. Each is one line before any work."""
 
@@ -261,6 +264,7 @@ def test_options_that_would_be_ignored_or_fail_late_are_refused_first(
         raise AssertionError("the benchmark ran")
 
     monkeypatch.setattr("efficientdet.benchmark.run_benchmark", no_run)
+    (tmp_path / "a.txt").write_text("a file")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(["benchmark", MODEL, "--backends", "torch", *argv]) == 2
     err = capsys.readouterr().err

@@ -29,15 +29,17 @@ def _int_list(text: str) -> list[int]:
 
 def _check_outputs_and_options(args: argparse.Namespace) -> None:
     """Options that were accepted and then ignored or failed only after the whole run: a
-    ``--json`` folder (an IsADirectoryError traceback, results lost), a score threshold outside
+    ``--json`` folder or a path under a file (tracebacks, results lost), a score threshold outside
     0..1, ``--calibration`` without an int8 backend, an unknown ``--device``."""
     from ..benchmark import INT8_BACKENDS
-    from .common import check_image_size, check_score_threshold, resolve_device
+    from .common import check_image_size, check_out_file, check_score_threshold, resolve_device
 
     if args.image_size is not None:  # was "image size 100x100: ..." (no flag named)
         check_image_size(args.image_size)
     if args.json is not None and Path(args.json).is_dir():
         raise ValueError(f"--json {args.json}: is a folder; give the JSON file to write")
+    if args.json is not None:  # under a file: a FileExistsError traceback after the whole run
+        check_out_file(args.json, "--json")
     if args.score_threshold is not None:
         check_score_threshold(args.score_threshold)
     if args.calibration is not None and not set(INT8_BACKENDS) & set(args.backends):
