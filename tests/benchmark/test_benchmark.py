@@ -294,3 +294,30 @@ def test_cli_runs_on_a_folder_of_one_photo(tmp_path: Path, capsys: pytest.Captur
     assert main(["benchmark", MODEL, *TINY, "--batch-sizes", "1", "--backends", "torch", "--images",
                  str(tmp_path / "one"), "--quiet"]) == 0  # fmt: skip
     assert f"images: {tmp_path / 'one'}" in capsys.readouterr().out
+
+
+def test_score_threshold_reaches_the_graph_with_nms_inside(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--backends torch,onnxruntime-nms --score-threshold 0.3`` measured torch, then stopped
+    with "onnxruntime-nms: the graph's score threshold is fixed at export" (torch's rows lost):
+    the benchmark exports that graph itself, so the threshold goes into it, as ``export --nms
+    --score-threshold 0.3`` does."""
+    pytest.importorskip("onnxruntime")
+    from efficientdet.benchmark.pipelines import make_pipeline
+    from efficientdet.export.metadata import read_onnx_metadata
+
+    files = synthetic_images(tmp_path / "images", 2)
+    model, _, _ = build_models(MODEL, (SIZE, SIZE), None, False, tmp_path, files)
+    pipe = make_pipeline("onnxruntime-nms", model, torch.device("cpu"), 1, tmp_path, onnx_exporter="torchscript",
+                         score_threshold=0.3)  # fmt: skip
+    assert read_onnx_metadata(tmp_path / "model.nms.onnx").postprocess["score_threshold"] == pytest.approx(0.3)
+    with torch.inference_mode():
+        inputs, info = pipe.preprocess(pipe.decode(files))
+        results = pipe.postprocess(pipe.network(inputs), info)
+    assert all(bool((r["scores"] >= 0.3).all()) for r in results)
+
+    out = tmp_path / "bench.json"
+    argv = ["benchmark", MODEL, *TINY, "--batch-sizes", "1", "--backends", "torch,onnxruntime-nms",
+            "--onnx-exporter", "torchscript", "--score-threshold", "0.3", "--json", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    backends = {r["backend"] for r in json.loads(out.read_text())["rows"]}
+    assert backends == {"torch", "onnxruntime-nms"}

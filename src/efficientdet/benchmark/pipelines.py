@@ -10,8 +10,9 @@ sum of the stages is what a user of that entry point waits for:
 * ``onnxruntime``: ``efficientdet.export.OnnxDetector`` on the graph ``predict --backend
   onnxruntime`` exports (:func:`efficientdet.export.cached_onnx`: no NMS inside, candidate
   pre-selection), through the same public stages.
-* ``onnxruntime-nms``: the same on a graph with decoding + NMS inside, so its "network" stage
-  includes the post-processing and "postprocess" is only the rescaling on the host.
+* ``onnxruntime-nms``: the same on a graph with decoding + NMS inside (``export --nms``, with
+  the benchmark's ``--score-threshold`` exported into it), so its "network" stage includes the
+  post-processing and "postprocess" is only the rescaling on the host.
 * ``onnxruntime-int8``: ``OnnxDetector`` on the graph ``export --int8`` writes (same layout as
   ``onnxruntime``'s, the network quantized with the default options, calibrated on the
   benchmark's images or ``calibration``).
@@ -127,11 +128,12 @@ def onnx_pipeline(
     dynamo: bool,
     int8_calibration: Sequence[Path] | None = None,
     engine: str = "onnxruntime",
+    nms_score_threshold: float | None = None,
 ) -> DetectorPipeline:
     """``OnnxDetector`` (``engine="openvino"``: ``OpenVinoDetector``) on the graph ``predict
     --backend onnxruntime`` runs (or, for ``onnxruntime-nms``, one with decoding + NMS inside, as
-    ``export --nms`` writes; with ``int8_calibration``, the int8 graph ``export --int8`` writes
-    with the engine's quantizer, calibrated on those files)."""
+    ``export --nms [--score-threshold nms_score_threshold]`` writes; with ``int8_calibration``,
+    the int8 graph ``export --int8`` writes with the engine's quantizer, calibrated on those files)."""
     from ..export.cache import cached_onnx
 
     name = engine
@@ -150,7 +152,7 @@ def onnx_pipeline(
 
         raw, path = workdir / "model.onnx", workdir / "model.nms.onnx"
         export_onnx(model, raw, dynamic_batch=True, dynamo=dynamo, check=False)
-        attach_postprocess(raw, path, dynamo=dynamo, check=False)
+        attach_postprocess(raw, path, score_threshold=nms_score_threshold, dynamo=dynamo, check=False)
         name = "onnxruntime-nms"
     else:
         path = cached_onnx(model, workdir, dynamo=dynamo)
@@ -242,13 +244,37 @@ def make_pipeline(
     onnx_exporter: str = "dynamo",
     reference: torch.nn.Module | None = None,
     calibration: Sequence[Path] = (),
+    score_threshold: float | None = None,
 ) -> Pipeline:
     """Set up ``backend`` (export, fold, quantize, open a session); not timed. ``calibration``:
-    image files for the int8 backends."""
+    image files for the int8 backends. ``score_threshold``: our backends drop lower scores
+    before NMS (``onnxruntime-nms``: in its graph, as ``export --nms --score-threshold``)."""
+    pipeline = _make_pipeline(backend, model, device, threads, workdir, compile, onnx_exporter, reference,
+                              calibration, score_threshold)  # fmt: skip
+    if score_threshold is not None and pipeline.network_only and backend != REFERENCE:
+        pipeline.set_score_threshold(score_threshold)
+    return pipeline
+
+
+def _make_pipeline(
+    backend: str,
+    model: EfficientDet,
+    device: torch.device,
+    threads: int,
+    workdir: Path,
+    compile: bool,
+    onnx_exporter: str,
+    reference: torch.nn.Module | None,
+    calibration: Sequence[Path],
+    score_threshold: float | None,
+) -> Pipeline:
     if backend == "torch":
         return torch_pipeline(model, device, compile=compile)
-    if backend in ("onnxruntime", "onnxruntime-nms"):
-        return onnx_pipeline(model, device, threads, workdir, backend == "onnxruntime-nms", onnx_exporter == "dynamo")
+    if backend == "onnxruntime-nms":
+        return onnx_pipeline(model, device, threads, workdir, True, onnx_exporter == "dynamo",
+                             nms_score_threshold=score_threshold)  # fmt: skip
+    if backend == "onnxruntime":
+        return onnx_pipeline(model, device, threads, workdir, False, onnx_exporter == "dynamo")
     if backend == "openvino":
         return onnx_pipeline(model, device, threads, workdir, False, onnx_exporter == "dynamo", engine="openvino")
     if backend in ("onnxruntime-int8", "openvino-int8"):

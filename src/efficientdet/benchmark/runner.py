@@ -286,10 +286,9 @@ def _setup_pipeline(
     score_threshold: float | None,
 ) -> Pipeline:
     """``make_pipeline`` for ``backend``, with our backends' ``score_threshold`` applied."""
-    pipeline = make_pipeline(backend, model, device, threads, workdir, compile, onnx_exporter, reference, calibration)
-    if score_threshold is not None and backend != REFERENCE:
-        pipeline.set_score_threshold(score_threshold)
-    return pipeline
+    return make_pipeline(
+        backend, model, device, threads, workdir, compile, onnx_exporter, reference, calibration, score_threshold
+    )
 
 
 def _measure_rounds(
