@@ -249,6 +249,11 @@ def test_timing_counts_faults_per_call_and_joins_rounds() -> None:
         (["--calibration", "{tmp}"], "--calibration is for the int8 backends (onnxruntime-int8, openvino-int8), "
          "and --backends torch has none"),
         (["--device", "foo"], "--device foo: not a device; use cpu, cuda or cuda:N"),
+        # were accepted and ignored: nothing here compiles or exports
+        (["--backends", "onnxruntime", "--compile"], "--compile is for the torch backend, and --backends "
+         "onnxruntime has none"),
+        (["--onnx-exporter", "torchscript"], "--onnx-exporter is for the backends that export a float graph "
+         "(onnxruntime, onnxruntime-nms, openvino; the int8 ones use torchscript), and --backends torch has none"),
         (["--image-size", "100"], "--image-size 100: must be a positive multiple of 32"),
     ],
 )  # fmt: skip

@@ -48,6 +48,23 @@ def _check_outputs_and_options(args: argparse.Namespace) -> None:
             f"{','.join(args.backends)} has none"
         )
     resolve_device(args.device)
+    _check_backend_options(args)
+
+
+# The backends that export a float graph with --onnx-exporter (the int8 ones use torchscript).
+_EXPORTING = ("onnxruntime", "onnxruntime-nms", "openvino")
+
+
+def _check_backend_options(args: argparse.Namespace) -> None:
+    """``--compile`` without the torch backend and ``--onnx-exporter`` without a backend that
+    exports with it were accepted and ignored."""
+    if args.compile and "torch" not in args.backends:
+        raise ValueError(f"--compile is for the torch backend, and --backends {','.join(args.backends)} has none")
+    if args.onnx_exporter is not None and not set(_EXPORTING) & set(args.backends):
+        raise ValueError(
+            f"--onnx-exporter is for the backends that export a float graph ({', '.join(_EXPORTING)}; the int8 "
+            f"ones use torchscript), and --backends {','.join(args.backends)} has none"
+        )
 
 
 def _names(text: str) -> list[str]:
@@ -87,7 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
     p.add_argument(
-        "--onnx-exporter", choices=["dynamo", "torchscript"], default="dynamo",
+        "--onnx-exporter", choices=["dynamo", "torchscript"], default=None,
         help="torch.onnx exporter for the onnxruntime backends (default dynamo; torchscript exports faster)",
     )  # fmt: skip
     p.add_argument(
@@ -135,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         compare_effdet=args.compare_effdet,
         images=args.images,
         compile=args.compile,
-        onnx_exporter=args.onnx_exporter,
+        onnx_exporter=args.onnx_exporter or "dynamo",
         score_threshold=args.score_threshold,
         log=log,
         rounds=args.rounds,
