@@ -249,6 +249,9 @@ def test_timing_counts_faults_per_call_and_joins_rounds() -> None:
         (["--calibration", "{tmp}"], "--calibration is for the int8 backends (onnxruntime-int8, openvino-int8), "
          "and --backends torch has none"),
         (["--device", "foo"], "--device foo: not a device; use cpu, cuda or cuda:N"),
+        # said "an exported .onnx runs with --backend onnxruntime or openvino", which was given
+        (["--backends", "onnxruntime", "--weights", "{tmp}/m.onnx"], "--weights {tmp}/m.onnx: an exported graph; "
+         "the benchmark takes the weights"),
         # were accepted and ignored: nothing here compiles or exports
         (["--backends", "onnxruntime", "--compile"], "--compile is for the torch backend, and --backends "
          "onnxruntime has none"),

@@ -30,8 +30,10 @@ def _int_list(text: str) -> list[int]:
 def _check_outputs_and_options(args: argparse.Namespace) -> None:
     """Options that were accepted and then ignored or failed only after the whole run: a
     ``--json`` folder or a path under a file (tracebacks, results lost), a score threshold outside
-    0..1, ``--calibration`` without an int8 backend, an unknown ``--device``."""
+    0..1, ``--calibration`` without an int8 backend, an unknown ``--device``, an ``.onnx`` as
+    ``--weights``."""
     from ..benchmark import INT8_BACKENDS
+    from ..export.metadata import is_graph_file
     from .common import check_image_size, check_out_file, check_score_threshold, resolve_device
 
     if args.image_size is not None:  # was "image size 100x100: ..." (no flag named)
@@ -49,6 +51,13 @@ def _check_outputs_and_options(args: argparse.Namespace) -> None:
         )
     resolve_device(args.device)
     _check_backend_options(args)
+    if args.weights is not None and is_graph_file(args.weights):
+        # create_model's message sent the user to "--backend onnxruntime", which they had given.
+        raise ValueError(
+            f"--weights {args.weights}: an exported graph; the benchmark takes the weights (.safetensors, a "
+            "registered name or an effdet .pth) and exports its own graph for each onnxruntime/openvino "
+            "backend: pass the weights the graph was exported from"
+        )
 
 
 # The backends that export a float graph with --onnx-exporter (the int8 ones use torchscript).
