@@ -329,3 +329,16 @@ def test_score_threshold_reaches_the_graph_with_nms_inside(tmp_path: Path, capsy
     assert main(argv) == 0
     backends = {r["backend"] for r in json.loads(out.read_text())["rows"]}
     assert backends == {"torch", "onnxruntime-nms"}
+
+
+def test_int8_calibration_takes_at_most_100_of_the_benchmark_images(tmp_path: Path) -> None:
+    """Without --calibration the int8 backends calibrated on every file of --images, all decoded
+    and kept in memory (a folder of 5000 photos: gigabytes); ``export --int8`` takes 100,
+    evenly spaced, as --calibration here does."""
+    from efficientdet.benchmark.runner import _calibration_files
+
+    files = [tmp_path / f"{i:04d}.jpg" for i in range(250)]
+    picked = _calibration_files(["torch", "openvino-int8"], None, files)
+    assert len(picked) == 100 and picked[0] == files[0] and picked[1] == files[2] and picked[-1] == files[247]
+    assert _calibration_files(["onnxruntime-int8"], None, files[:7]) == files[:7]
+    assert _calibration_files(["torch"], None, files) == []

@@ -361,14 +361,15 @@ def _finish(
 def _calibration_files(
     backends: Sequence[str], calibration: str | os.PathLike[str] | None, files: list[Path]
 ) -> list[Path]:
-    """The int8 backends' calibration images (checked before any model is built)."""
+    """The int8 backends' calibration images (checked before any model is built): up to
+    ``export --calibration-images``'s default of them, as ``export --int8`` takes."""
     if not set(INT8_BACKENDS) & set(backends):
         return []
-    if calibration is None:
-        return files
-    from ..export.calibration import calibration_files
+    from ..export.calibration import DEFAULT_CALIBRATION_IMAGES, calibration_files, evenly_spaced
 
-    return calibration_files(calibration, 100)
+    if calibration is None:  # all of --images were decoded and kept: a big folder ran out of memory
+        return evenly_spaced(files, DEFAULT_CALIBRATION_IMAGES)
+    return calibration_files(calibration, DEFAULT_CALIBRATION_IMAGES)
 
 
 def _measure(

@@ -125,7 +125,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", default=None, help="folder of images for end-to-end runs (default: synthetic JPEGs)")
     p.add_argument(
         "--calibration", default=None, metavar="DATA",
-        help="int8 backends: calibration dataset or image folder (default: the benchmark's images)",
+        help="int8 backends: calibration dataset or image folder, up to 100 images evenly spaced, as export "
+        "--int8 takes (default: the benchmark's images)",
     )  # fmt: skip
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON to OUT")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
