@@ -299,9 +299,21 @@ def test_random_weights_calibrate_on_a_single_image(tmp_path: Path, compare_effd
 
 def test_cli_runs_on_a_folder_of_one_photo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     synthetic_images(tmp_path / "one", 1)
-    assert main(["benchmark", MODEL, *TINY, "--batch-sizes", "1", "--backends", "torch", "--images",
+    assert main(["benchmark", MODEL, *TINY, "--batch-sizes", "1,2", "--backends", "torch", "--images",
                  str(tmp_path / "one"), "--quiet"]) == 0  # fmt: skip
-    assert f"images: {tmp_path / 'one'}" in capsys.readouterr().out
+    assert f"images: {tmp_path / 'one'}: the first 1 of its 1 image files by name" in capsys.readouterr().out
+
+
+def test_report_says_how_many_of_the_folder_s_images_are_timed(tmp_path: Path) -> None:
+    """``images:`` was the folder alone: a folder of 5 photos benchmarked at batch 1 and 2 read
+    as if all 5 were measured; only the first 2 are."""
+    from efficientdet.benchmark.runner import _benchmark_images
+
+    synthetic_images(tmp_path / "five", 5)
+    files, described = _benchmark_images(tmp_path / "five", tmp_path, [1, 2])
+    assert len(files) == 5
+    assert described == (f"{tmp_path / 'five'}: the first 2 of its 5 image files by name (a batch of N: the first "
+                         "N, repeated where the folder has fewer)")  # fmt: skip
 
 
 def test_score_threshold_reaches_the_graph_with_nms_inside(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
