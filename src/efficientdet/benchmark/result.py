@@ -14,7 +14,7 @@ class BenchmarkRow:
     """One backend x mode x batch size. Times are per batch (median over the iterations).
 
     ``mode``: ``network`` (preprocessed tensors in, raw head outputs out) or ``end-to-end``
-    (JPEG files in, detections out). Stage times are set for end-to-end rows; their sum is
+    (image files in, detections out). Stage times are set for end-to-end rows; their sum is
     the latency up to the medians' rounding. ``peak_memory_mb``: peak resident memory (GPU:
     allocated memory) above what was in use before this backend's first inference call, up
     to and including this row. ``faults_per_image``: minor page faults (first touches of

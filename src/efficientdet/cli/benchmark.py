@@ -1,6 +1,6 @@
 """``efficientdet benchmark MODEL``: latency, throughput, memory and FLOP rates per backend.
 
-Network only (preprocessed tensors -> head outputs) and end-to-end (JPEG files -> detections:
+Network only (preprocessed tensors -> head outputs) and end-to-end (image files -> detections:
 decode, preprocess, network, postprocess) at each batch size, for each backend; with
 ``--compare-effdet`` the reference implementation runs the same architecture with the same
 weights on the same images and every row shows ours / effdet images per second.
