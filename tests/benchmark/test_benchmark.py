@@ -354,3 +354,23 @@ def test_int8_calibration_takes_at_most_100_of_the_benchmark_images(tmp_path: Pa
     assert len(picked) == 100 and picked[0] == files[0] and picked[1] == files[2] and picked[-1] == files[247]
     assert _calibration_files(["onnxruntime-int8"], None, files[:7]) == files[:7]
     assert _calibration_files(["torch"], None, files) == []
+
+
+def test_a_corrupt_image_among_those_timed_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated third photo in --images stopped the run at batch 4, after the model was built
+    and the first backend measured (minutes with D0 and --rounds)."""
+    folder = tmp_path / "photos"
+    synthetic_images(folder, 2)
+    data = (folder / "synthetic_000.jpg").read_bytes()
+    (folder / "z_cut.jpg").write_bytes(data[: len(data) // 3])
+
+    def no_build(*_a: object, **_k: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr("efficientdet.benchmark.models.build_models", no_build)
+    argv = ["benchmark", MODEL, *TINY, "--batch-sizes", "1,4", "--backends", "torch", "--images", str(folder)]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'z_cut.jpg'}: corrupt, truncated or unsupported JPEG image" in err and err.count("\n") == 1

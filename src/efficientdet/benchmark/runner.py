@@ -221,9 +221,13 @@ def _benchmark_images(
 ) -> tuple[list[Path], str]:
     """(image files, their description): the files in ``images``, or synthetic JPEGs written to ``work``."""
     if images is not None:
+        from ..data.images import load_image
+
         files = image_files(images)
         # Only the first files are timed: a folder of 200 photos read as if all were measured.
         used = min(len(files), max(sizes))
+        for path in files[:used]:  # a corrupt one stopped the run once the first backend was measured
+            load_image(path)
         return files, (
             f"{os.fspath(images)}: the first {used} of its {len(files)} image files by name "
             "(a batch of N: the first N, repeated where the folder has fewer)"
