@@ -374,3 +374,28 @@ def test_a_corrupt_image_among_those_timed_is_refused_before_any_work(
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"{folder / 'z_cut.jpg'}: corrupt, truncated or unsupported JPEG image" in err and err.count("\n") == 1
+
+
+def test_unreadable_calibration_images_are_named_not_skipped_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The int8 backends dropped calibration images that could not be decoded without a word
+    (``export --int8`` names them)."""
+    from efficientdet.benchmark.pipelines import make_pipeline
+    from efficientdet.data.records import DataIssue
+
+    good = synthetic_images(tmp_path / "calib", 2)
+    bad = tmp_path / "calib" / "text.jpg"
+    bad.write_text("not a JPEG")
+    seen: list[int] = []
+
+    def export_int8(_model: object, _path: object, images: list, *_a: object, **_k: object) -> None:
+        seen.append(len(images))
+        raise RuntimeError("stop after loading the calibration images")
+
+    monkeypatch.setattr("efficientdet.export.quantize.export_int8", export_int8)
+    model = create_model(MODEL, image_size=(SIZE, SIZE)).eval()
+    skipped = r"skipped 1 unreadable calibration image\(s\), e.g. .*text.jpg"
+    with pytest.warns(DataIssue, match=skipped), pytest.raises(RuntimeError, match="stop after"):
+        make_pipeline("onnxruntime-int8", model, torch.device("cpu"), 1, tmp_path, calibration=[*good, bad])
+    assert seen == [2]

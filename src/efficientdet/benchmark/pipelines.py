@@ -144,7 +144,7 @@ def onnx_pipeline(
         quantizer = "nncf" if engine == "openvino" else "onnxruntime"
         path = workdir / f"model.{quantizer}.int8.onnx"
         assert model.config is not None  # create_model sets it
-        images = load_calibration_images(list(int8_calibration), image_size=model.config.image_size)
+        images = load_calibration_images(list(int8_calibration), image_size=model.config.image_size, warn=_data_issue)
         export_int8(model, path, images, Int8Options(quantizer=quantizer))  # the layout `export --int8` picks
         name = f"{engine}-int8"
     elif nms_inside:
@@ -157,6 +157,15 @@ def onnx_pipeline(
     else:
         path = cached_onnx(model, workdir, dynamo=dynamo)
     return DetectorPipeline(name, _graph_detector(engine, path, device, threads), device, network_only=not nms_inside)
+
+
+def _data_issue(message: str) -> None:
+    """Unreadable calibration images were skipped without a word (``export --int8`` names them)."""
+    import warnings
+
+    from ..data.records import DataIssue
+
+    warnings.warn(message, DataIssue, stacklevel=2)
 
 
 def _graph_detector(engine: str, path: Path, device: torch.device, threads: int) -> ImageDetector:

@@ -14,7 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..benchmark import BenchmarkResult
 
 
 def _int_list(text: str) -> list[int]:
@@ -134,8 +139,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import check_backends, render_table, run_benchmark
+    from ..benchmark import check_backends, render_table
     from ..fs import atomic_write
+    from .notices import print_data_warnings
 
     if args.iterations < 1 or args.warmup < 0 or args.rounds < 1:
         raise ValueError(
@@ -149,7 +155,21 @@ def run(args: argparse.Namespace) -> int:
     check_backends(args.backends, args.compare_effdet)  # fail before building anything
     _check_outputs_and_options(args)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = run_benchmark(
+    with print_data_warnings("benchmark"):  # e.g. calibration images skipped
+        result = _run(args, log)
+    print(render_table(result))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"\nwrote {out}")
+    return 0
+
+
+def _run(args: argparse.Namespace, log: Callable[[str], None] | None) -> BenchmarkResult:
+    from ..benchmark import run_benchmark
+
+    return run_benchmark(
         args.model,
         weights=args.weights,
         image_size=args.image_size,
@@ -169,10 +189,3 @@ def run(args: argparse.Namespace) -> int:
         steady_heap=args.malloc == "steady",
         calibration=args.calibration,
     )
-    print(render_table(result))
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, json.dumps(result.to_dict(), indent=2) + "\n")
-        print(f"\nwrote {out}")
-    return 0
