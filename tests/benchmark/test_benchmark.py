@@ -399,3 +399,36 @@ def test_unreadable_calibration_images_are_named_not_skipped_silently(
     with pytest.warns(DataIssue, match=skipped), pytest.raises(RuntimeError, match="stop after"):
         make_pipeline("onnxruntime-int8", model, torch.device("cpu"), 1, tmp_path, calibration=[*good, bad])
     assert seen == [2]
+
+
+def test_onnxruntime_backend_measures_the_graph_predict_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``predict --backend onnxruntime`` runs the cached graph of ``cached_onnx``'s default
+    (TorchScript) exporter; the benchmark's onnxruntime row, said to be that graph, defaulted to
+    the dynamo exporter's."""
+    pytest.importorskip("onnxruntime")
+    import efficientdet.export.cache as cache
+    from efficientdet import save_model
+    from efficientdet.benchmark.pipelines import make_pipeline
+    from efficientdet.export.runtime import OnnxDetector
+
+    calls: list[bool] = []
+
+    def recorded(*_a: object, dynamo: bool = False, **_k: object) -> None:
+        calls.append(dynamo)
+        raise RuntimeError("stop before exporting")
+
+    monkeypatch.setattr(cache, "cached_onnx", recorded)
+    model = create_model(MODEL, image_size=(SIZE, SIZE)).eval()
+    save_model(model, tmp_path / "w.safetensors")
+    for start in (
+        lambda: OnnxDetector.from_weights(tmp_path / "w.safetensors", tmp_path / "cache"),  # what predict builds
+        lambda: make_pipeline("onnxruntime", model, torch.device("cpu"), 1, tmp_path),
+        lambda: run_benchmark(MODEL, image_size=SIZE, batch_sizes=[1], backends=["onnxruntime"], iterations=1),
+    ):
+        with pytest.raises(RuntimeError, match="stop before exporting"):
+            start()
+    assert main(["benchmark", MODEL, *TINY, "--backends", "onnxruntime", "--quiet"]) == 2
+    assert "stop before exporting" in capsys.readouterr().err
+    assert calls == [False, False, False, False]

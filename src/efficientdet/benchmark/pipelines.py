@@ -250,13 +250,14 @@ def make_pipeline(
     threads: int,
     workdir: Path,
     compile: bool = False,
-    onnx_exporter: str = "dynamo",
+    onnx_exporter: str = "torchscript",
     reference: torch.nn.Module | None = None,
     calibration: Sequence[Path] = (),
     score_threshold: float | None = None,
 ) -> Pipeline:
-    """Set up ``backend`` (export, fold, quantize, open a session); not timed. ``calibration``:
-    image files for the int8 backends. ``score_threshold``: our backends drop lower scores
+    """Set up ``backend`` (export, fold, quantize, open a session); not timed. ``onnx_exporter``:
+    of the float graphs (default ``torchscript``, the exporter of ``predict --backend
+    onnxruntime``'s cached graph). ``calibration``: image files for the int8 backends. ``score_threshold``: our backends drop lower scores
     before NMS (``onnxruntime-nms``: in its graph, as ``export --nms --score-threshold``)."""
     pipeline = _make_pipeline(backend, model, device, threads, workdir, compile, onnx_exporter, reference,
                               calibration, score_threshold)  # fmt: skip

@@ -122,7 +122,7 @@ def run_benchmark(
     compare_effdet: bool = False,
     images: str | os.PathLike[str] | None = None,
     compile: bool = False,
-    onnx_exporter: str = "dynamo",
+    onnx_exporter: str = "torchscript",
     score_threshold: float | None = None,
     log: Callable[[str], None] | None = None,
     rounds: int = 1,

@@ -119,7 +119,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
     p.add_argument(
         "--onnx-exporter", choices=["dynamo", "torchscript"], default=None,
-        help="torch.onnx exporter for the onnxruntime backends (default dynamo; torchscript exports faster)",
+        help="torch.onnx exporter of the float graphs (default torchscript, as predict/eval/serve --backend "
+        "onnxruntime export theirs; dynamo: the torch.export-based one, export's default)",
     )  # fmt: skip
     p.add_argument(
         "--score-threshold", type=float, default=None,
@@ -182,7 +183,7 @@ def _run(args: argparse.Namespace, log: Callable[[str], None] | None) -> Benchma
         compare_effdet=args.compare_effdet,
         images=args.images,
         compile=args.compile,
-        onnx_exporter=args.onnx_exporter or "dynamo",
+        onnx_exporter=args.onnx_exporter or "torchscript",
         score_threshold=args.score_threshold,
         log=log,
         rounds=args.rounds,
