@@ -432,3 +432,16 @@ def test_onnxruntime_backend_measures_the_graph_predict_exports(
     assert main(["benchmark", MODEL, *TINY, "--backends", "onnxruntime", "--quiet"]) == 2
     assert "stop before exporting" in capsys.readouterr().err
     assert calls == [False, False, False, False]
+
+
+def test_openvino_on_a_gpu_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--device cuda --backends torch,openvino`` measured torch on the GPU, then stopped at
+    openvino's setup ("run on the CPU only"), torch's rows lost."""
+
+    def no_build(*_a: object, **_k: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("efficientdet.benchmark.models.build_models", no_build)
+    with pytest.raises(ValueError, match=r"device cuda: the openvino, openvino-int8 backend\(s\) run on the CPU only"):
+        run_benchmark(MODEL, backends=["torch", "openvino", "openvino-int8"], device="cuda")

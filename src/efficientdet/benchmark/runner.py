@@ -195,6 +195,10 @@ def _checked_options(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device}: CUDA is not available on this machine; use cpu")
+    on_cpu_only = [b for b in backends if b.startswith("openvino")]
+    if dev.type != "cpu" and on_cpu_only:  # was refused at their setup, after the other backends ran
+        raise ValueError(f"device {device}: the {', '.join(on_cpu_only)} backend(s) run on the CPU only; "
+                         "benchmark them with device cpu")  # fmt: skip
     return sizes, dev
 
 
