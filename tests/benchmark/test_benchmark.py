@@ -445,3 +445,18 @@ def test_openvino_on_a_gpu_is_refused_before_any_work(monkeypatch: pytest.Monkey
     monkeypatch.setattr("efficientdet.benchmark.models.build_models", no_build)
     with pytest.raises(ValueError, match=r"device cuda: the openvino, openvino-int8 backend\(s\) run on the CPU only"):
         run_benchmark(MODEL, backends=["torch", "openvino", "openvino-int8"], device="cuda")
+
+
+def test_onnxruntime_without_cuda_on_a_gpu_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for an onnxruntime without the CUDA provider: refused after its export."""
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+
+    def no_build(*_a: object, **_k: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("efficientdet.benchmark.models.build_models", no_build)
+    with pytest.raises(ValueError, match="this onnxruntime has no CUDA support"):
+        run_benchmark(MODEL, backends=["torch", "onnxruntime"], device="cuda")

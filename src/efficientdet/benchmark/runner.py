@@ -199,6 +199,10 @@ def _checked_options(
     if dev.type != "cpu" and on_cpu_only:  # was refused at their setup, after the other backends ran
         raise ValueError(f"device {device}: the {', '.join(on_cpu_only)} backend(s) run on the CPU only; "
                          "benchmark them with device cpu")  # fmt: skip
+    if dev.type == "cuda" and any(b.startswith("onnxruntime") for b in backends):
+        from ..export.cache import onnx_providers
+
+        onnx_providers(dev)  # an onnxruntime without CUDA: refused now, not after the other backends ran
     return sizes, dev
 
 
