@@ -307,10 +307,10 @@ def test_cli_runs_on_a_folder_of_one_photo(tmp_path: Path, capsys: pytest.Captur
 def test_report_says_how_many_of_the_folder_s_images_are_timed(tmp_path: Path) -> None:
     """``images:`` was the folder alone: a folder of 5 photos benchmarked at batch 1 and 2 read
     as if all 5 were measured; only the first 2 are."""
-    from efficientdet.benchmark.runner import _benchmark_images
+    from efficientdet.benchmark.inputs import benchmark_images
 
     synthetic_images(tmp_path / "five", 5)
-    files, described = _benchmark_images(tmp_path / "five", tmp_path, [1, 2])
+    files, described = benchmark_images(tmp_path / "five", tmp_path, [1, 2])
     assert len(files) == 5
     assert described == (f"{tmp_path / 'five'}: the first 2 of its 5 image files by name (a batch of N: the first "
                          "N, repeated where the folder has fewer)")  # fmt: skip
@@ -343,17 +343,17 @@ def test_score_threshold_reaches_the_graph_with_nms_inside(tmp_path: Path, capsy
     assert backends == {"torch", "onnxruntime-nms"}
 
 
-def test_int8_calibration_takes_at_most_100_of_the_benchmark_images(tmp_path: Path) -> None:
+def test_int8_calibration_takes_at_most_100_of_thebenchmark_images(tmp_path: Path) -> None:
     """Without --calibration the int8 backends calibrated on every file of --images, all decoded
     and kept in memory (a folder of 5000 photos: gigabytes); ``export --int8`` takes 100,
     evenly spaced, as --calibration here does."""
-    from efficientdet.benchmark.runner import _calibration_files
+    from efficientdet.benchmark.inputs import calibration_images
 
     files = [tmp_path / f"{i:04d}.jpg" for i in range(250)]
-    picked = _calibration_files(["torch", "openvino-int8"], None, files)
+    picked = calibration_images(["torch", "openvino-int8"], None, files)
     assert len(picked) == 100 and picked[0] == files[0] and picked[1] == files[2] and picked[-1] == files[247]
-    assert _calibration_files(["onnxruntime-int8"], None, files[:7]) == files[:7]
-    assert _calibration_files(["torch"], None, files) == []
+    assert calibration_images(["onnxruntime-int8"], None, files[:7]) == files[:7]
+    assert calibration_images(["torch"], None, files) == []
 
 
 def test_a_corrupt_image_among_those_timed_is_refused_before_any_work(

@@ -20,10 +20,10 @@ from torch import nn
 from efficientdet.benchmark.heap import steady_heap as apply_steady_heap
 
 from ..models.efficientdet import EfficientDet
-from . import INT8_BACKENDS
-from .measure import MemoryProbe, Timing, float_matmul_gflops, stopwatch, synthetic_images, time_calls
+from .inputs import benchmark_images, calibration_images
+from .measure import MemoryProbe, Timing, float_matmul_gflops, stopwatch, time_calls
 from .notes import result_notes
-from .pipelines import BACKENDS, REFERENCE, Pipeline, image_files, make_pipeline
+from .pipelines import BACKENDS, REFERENCE, Pipeline, make_pipeline
 from .result import BenchmarkResult, BenchmarkRow
 
 __all__ = ["check_backends", "run_benchmark"]
@@ -158,8 +158,8 @@ def run_benchmark(
     threads = threads or physical_cores()
     with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as tmp:
         work = Path(tmp)
-        files, source = _benchmark_images(images, work, sizes)
-        calib = _calibration_files(backends, calibration, files)
+        files, source = benchmark_images(images, work, sizes)
+        calib = calibration_images(backends, calibration, files)
         say("building the model" + (" and the effdet reference" if compare_effdet else ""))
         ours, reference, described = build_models(model, size, weights, compare_effdet, work, files)
         versions = _versions(backends, compare_effdet)
@@ -222,26 +222,6 @@ def _torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
-
-
-def _benchmark_images(
-    images: str | os.PathLike[str] | None, work: Path, sizes: list[int]
-) -> tuple[list[Path], str]:
-    """(image files, their description): the files in ``images``, or synthetic JPEGs written to ``work``."""
-    if images is not None:
-        from ..data.images import load_image
-
-        files = image_files(images)
-        # Only the first files are timed: a folder of 200 photos read as if all were measured.
-        used = min(len(files), max(sizes))
-        for path in files[:used]:  # a corrupt one stopped the run once the first backend was measured
-            load_image(path)
-        return files, (
-            f"{os.fspath(images)}: the first {used} of its {len(files)} image files by name "
-            "(a batch of N: the first N, repeated where the folder has fewer)"
-        )
-    files = synthetic_images(work / "images", max(max(sizes), 2))
-    return files, f"{len(files)} synthetic COCO-sized JPEGs (quality 90)"
 
 
 def _new_result(
@@ -374,20 +354,6 @@ def _finish(
             f"our backends drop scores below {score_threshold} before NMS (as `efficientdet predict "
             f"--score-threshold {score_threshold}` does); effdet's predict path has no such option."
         )
-
-
-def _calibration_files(
-    backends: Sequence[str], calibration: str | os.PathLike[str] | None, files: list[Path]
-) -> list[Path]:
-    """The int8 backends' calibration images (checked before any model is built): up to
-    ``export --calibration-images``'s default of them, as ``export --int8`` takes."""
-    if not set(INT8_BACKENDS) & set(backends):
-        return []
-    from ..export.calibration import DEFAULT_CALIBRATION_IMAGES, calibration_files, evenly_spaced
-
-    if calibration is None:  # all of --images were decoded and kept: a big folder ran out of memory
-        return evenly_spaced(files, DEFAULT_CALIBRATION_IMAGES)
-    return calibration_files(calibration, DEFAULT_CALIBRATION_IMAGES)
 
 
 def _measure(
