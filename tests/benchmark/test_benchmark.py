@@ -460,3 +460,36 @@ def test_onnxruntime_without_cuda_on_a_gpu_is_refused_before_any_work(monkeypatc
     monkeypatch.setattr("efficientdet.benchmark.models.build_models", no_build)
     with pytest.raises(ValueError, match="this onnxruntime has no CUDA support"):
         run_benchmark(MODEL, backends=["torch", "onnxruntime"], device="cuda")
+
+
+def test_ctrl_c_keeps_the_rows_measured_so_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C printed "interrupted" and lost every row already measured (a D0 run with
+    --rounds 3 is many minutes); now they are printed (and written to --json), exit 130."""
+    import efficientdet.benchmark.runner as runner
+
+    real_measure, calls = runner._measure, []
+
+    def measure(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:  # the second round
+            raise KeyboardInterrupt
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_measure", measure)
+    out = tmp_path / "bench.json"
+    argv = ["benchmark", MODEL, *TINY, "--backends", "torch", "--rounds", "2", "--json", str(out)]
+    assert main([*argv, "--quiet"]) == 130
+    captured = capsys.readouterr()
+    assert "efficientdet benchmark: interrupted; the 4 rows measured so far are above" in captured.err
+    assert sum(line.startswith("torch ") for line in captured.out.splitlines()) == 4
+    assert "interrupted (Ctrl-C): only the rows measured before it" in captured.out
+    doc = json.loads(out.read_text())
+    assert {(r["mode"], r["batch_size"]) for r in doc["rows"]} == {(m, n) for m in ("network", "end-to-end") for n in (1, 2)}
+
+    calls.clear()
+    calls.append(1)  # the next call is "the second": nothing measured yet
+    assert main([*argv[:-2], "--quiet"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "efficientdet benchmark: interrupted\n" and captured.out == ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["BenchmarkResult", "BenchmarkRow"]
+__all__ = ["BenchmarkInterrupted", "BenchmarkResult", "BenchmarkRow"]
 
 
 @dataclass
@@ -77,3 +77,12 @@ class BenchmarkResult:
             if (r.backend, r.mode, r.batch_size) == (backend, mode, batch_size):
                 return r
         raise KeyError(f"no row for {backend} / {mode} / batch {batch_size}")
+
+
+class BenchmarkInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``run_benchmark`` after some rows were measured: ``result`` holds them
+    (with a note saying so); a ``KeyboardInterrupt`` for callers that do not look."""
+
+    def __init__(self, result: BenchmarkResult) -> None:
+        super().__init__("benchmark interrupted")
+        self.result = result

@@ -24,7 +24,7 @@ from .inputs import benchmark_images, calibration_images
 from .measure import MemoryProbe, Timing, float_matmul_gflops, stopwatch, time_calls
 from .notes import result_notes
 from .pipelines import BACKENDS, REFERENCE, Pipeline, make_pipeline
-from .result import BenchmarkResult, BenchmarkRow
+from .result import BenchmarkInterrupted, BenchmarkResult, BenchmarkRow
 
 __all__ = ["check_backends", "run_benchmark"]
 
@@ -169,9 +169,11 @@ def run_benchmark(
             _setup_pipeline, model=ours, device=dev, threads=threads, workdir=work, compile=compile,
             onnx_exporter=onnx_exporter, reference=reference, calibration=calib, score_threshold=score_threshold,
         )  # fmt: skip
-        measured = _measure_rounds(runs, rounds, setup, files, sizes, iterations, warmup, dev, say)
+        measured, interrupted = _measure_rounds(runs, rounds, setup, files, sizes, iterations, warmup, dev, say)
         result.rows.extend(_rows(runs, measured, result.flops_per_image))
-    _finish(result, dev, compare_effdet, onnx_exporter, score_threshold)
+    _finish(result, dev, compare_effdet, onnx_exporter, score_threshold, interrupted)
+    if interrupted:  # the rows measured before Ctrl-C, as predict keeps its detections so far
+        raise BenchmarkInterrupted(result)
     return result
 
 
@@ -299,39 +301,46 @@ def _measure_rounds(
     warmup: int,
     device: torch.device,
     say: Callable[[str], None],
-) -> dict[str, dict[tuple[str, int], tuple[Timing, float | None]]]:
-    """Row label -> (mode, batch size) -> (timing joined over the rounds, peak memory of the first).
+) -> tuple[dict[str, dict[tuple[str, int], tuple[Timing, float | None]]], bool]:
+    """(Row label -> (mode, batch size) -> (timing joined over the rounds, peak memory of the
+    first), whether Ctrl-C stopped it: then what was measured before, if anything).
 
     Each round measures every run, in an order rotated by one per round; a pipeline set up in
     the first round is kept for the others.
     """
     kept: dict[str, Pipeline] = {}  # across rounds
     measured: dict[str, dict[tuple[str, int], tuple[Timing, float | None]]] = {}
-    for r in range(rounds):
-        for label, backend in runs[r % len(runs) :] + runs[: r % len(runs)]:
-            pipeline = kept.get(label)
-            if pipeline is None:
-                say(f"setting up {label}")
-                pipeline = setup(backend)
-            timings = _measure(pipeline, files, sizes, iterations, warmup, device, say, memory=r == 0)
-            for key, (timing, memory) in timings.items():
-                before = measured.setdefault(label, {}).get(key)
-                measured[label][key] = (timing, memory) if before is None else (before[0] + timing, before[1])
-            if rounds > 1:
-                kept[label] = pipeline
-            del pipeline
-    kept.clear()
-    return measured
+    try:
+        for r in range(rounds):
+            for label, backend in runs[r % len(runs) :] + runs[: r % len(runs)]:
+                pipeline = kept.get(label)
+                if pipeline is None:
+                    say(f"setting up {label}")
+                    pipeline = setup(backend)
+                timings = _measure(pipeline, files, sizes, iterations, warmup, device, say, memory=r == 0)
+                for key, (timing, memory) in timings.items():
+                    before = measured.setdefault(label, {}).get(key)
+                    measured[label][key] = (timing, memory) if before is None else (before[0] + timing, before[1])
+                if rounds > 1:
+                    kept[label] = pipeline
+                del pipeline
+    except KeyboardInterrupt:
+        if not measured:
+            raise
+        return measured, True
+    finally:
+        kept.clear()
+    return measured, False
 
 
 def _rows(
     runs: list[tuple[str, str]], measured: dict[str, dict[tuple[str, int], tuple[Timing, float | None]]], flops: int
 ) -> list[BenchmarkRow]:
-    """The result's rows of the runs' measurements, in the order of ``runs``."""
+    """The result's rows of the runs' measurements, in the order of ``runs`` (those measured)."""
     return [
         _row(label, mode, n, timing, flops, memory)
         for label, _ in runs
-        for (mode, n), (timing, memory) in measured[label].items()
+        for (mode, n), (timing, memory) in measured.get(label, {}).items()
     ]
 
 
@@ -341,6 +350,7 @@ def _finish(
     compare_effdet: bool,
     onnx_exporter: str,
     score_threshold: float | None,
+    interrupted: bool = False,
 ) -> None:
     """Fill in what compares the measured rows: ratios to effdet, float floors, notes."""
     _set_ratios(result)
@@ -353,6 +363,11 @@ def _finish(
         result.notes.append(
             f"our backends drop scores below {score_threshold} before NMS (as `efficientdet predict "
             f"--score-threshold {score_threshold}` does); effdet's predict path has no such option."
+        )
+    if interrupted:
+        result.notes.append(
+            "interrupted (Ctrl-C): only the rows measured before it; a backend stopped mid-way has none, "
+            "and with --rounds the backends may have different numbers of rounds."
         )
 
 

@@ -140,8 +140,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import check_backends, render_table
-    from ..fs import atomic_write
+    from ..benchmark import BenchmarkInterrupted, check_backends
     from .notices import print_data_warnings
 
     if args.iterations < 1 or args.warmup < 0 or args.rounds < 1:
@@ -156,15 +155,29 @@ def run(args: argparse.Namespace) -> int:
     check_backends(args.backends, args.compare_effdet)  # fail before building anything
     _check_outputs_and_options(args)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    with print_data_warnings("benchmark"):  # e.g. calibration images skipped
-        result = _run(args, log)
+    try:
+        with print_data_warnings("benchmark"):  # e.g. calibration images skipped
+            result = _run(args, log)
+    except BenchmarkInterrupted as stop:  # Ctrl-C lost every row measured (minutes of D0 rounds)
+        _report(stop.result, args.json)
+        print(f"efficientdet benchmark: interrupted; the {len(stop.result.rows)} rows measured so far are above",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    _report(result, args.json)
+    return 0
+
+
+def _report(result: BenchmarkResult, json_out: str | None) -> None:
+    """The table on stdout and, with ``--json``, the JSON document."""
+    from ..benchmark import render_table
+    from ..fs import atomic_write
+
     print(render_table(result))
-    if args.json:
-        out = Path(args.json)
+    if json_out:
+        out = Path(json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, json.dumps(result.to_dict(), indent=2) + "\n")
         print(f"\nwrote {out}")
-    return 0
 
 
 def _run(args: argparse.Namespace, log: Callable[[str], None] | None) -> BenchmarkResult:
