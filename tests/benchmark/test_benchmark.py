@@ -242,18 +242,29 @@ def test_timing_counts_faults_per_call_and_joins_rounds() -> None:
     ("argv", "message"),
     [
         (["--json", "{tmp}"], "--json {tmp}: is a folder; give the JSON file to write"),
+        (["--json", "{tmp}/a.txt/out.json"], "--json {tmp}/a.txt/out.json: cannot create a folder under {tmp}/a.txt, "
+         "which is a file"),
         (["--score-threshold", "2"], "--score-threshold 2.0: must be in 0..1"),
         (["--score-threshold", "-1"], "--score-threshold -1.0: must be in 0..1"),
         (["--calibration", "{tmp}"], "--calibration is for the int8 backends (onnxruntime-int8, openvino-int8), "
          "and --backends torch has none"),
         (["--device", "foo"], "--device foo: not a device; use cpu, cuda or cuda:N"),
+        # said "an exported .onnx runs with --backend onnxruntime or openvino", which was given
+        (["--backends", "onnxruntime", "--weights", "{tmp}/m.onnx"], "--weights {tmp}/m.onnx: an exported graph; "
+         "the benchmark takes the weights"),
+        # were accepted and ignored: nothing here compiles or exports
+        (["--backends", "onnxruntime", "--compile"], "--compile is for the torch backend, and --backends "
+         "onnxruntime has none"),
+        (["--onnx-exporter", "torchscript"], "--onnx-exporter is for the backends that export a float graph "
+         "(onnxruntime, onnxruntime-nms, openvino; the int8 ones use torchscript), and --backends torch has none"),
         (["--image-size", "100"], "--image-size 100: must be a positive multiple of 32"),
     ],
 )  # fmt: skip
 def test_options_that_would_be_ignored_or_fail_late_are_refused_first(
     argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A --json folder ended the finished run in an IsADirectoryError traceback (results lost);
+    """A --json folder ended the finished run in an IsADirectoryError traceback (results lost),
+    a --json under a file in a FileExistsError one;
     the other options were accepted and ignored (a threshold of 2 or -1, --calibration without
     an int8 backend) or a 20-device-type torch message. Each is one line before any work."""
 
@@ -261,7 +272,224 @@ def test_options_that_would_be_ignored_or_fail_late_are_refused_first(
         raise AssertionError("the benchmark ran")
 
     monkeypatch.setattr("efficientdet.benchmark.run_benchmark", no_run)
+    (tmp_path / "a.txt").write_text("a file")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(["benchmark", MODEL, "--backends", "torch", *argv]) == 2
     err = capsys.readouterr().err
     assert message.replace("{tmp}", str(tmp_path)) in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("compare_effdet", [False, True])
+def test_random_weights_calibrate_on_a_single_image(tmp_path: Path, compare_effdet: bool) -> None:
+    """``--images`` a folder of one photo (the README's own benchmark command) with random
+    weights at 128 px ended in torch's "Expected more than 1 value per channel when training":
+    Lite0's P7 is 1x1 there, and BatchNorm statistics were taken on a batch of one."""
+    if compare_effdet:
+        pytest.importorskip("effdet")
+    [photo] = synthetic_images(tmp_path / "images", 1)
+    ours, ref, described = build_models(MODEL, (SIZE, SIZE), None, compare_effdet, tmp_path, [photo])
+    assert (ref is not None) == compare_effdet and "random" in described
+    for model in [ours] + ([ref] if ref is not None else []):
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert bns and all(bool(torch.isfinite(m.running_var).all()) for m in bns)
+        assert not model.training
+    [result] = Detector(ours)([photo])
+    assert len(result["scores"]) > 0
+
+
+def test_cli_runs_on_a_folder_of_one_photo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    synthetic_images(tmp_path / "one", 1)
+    assert main(["benchmark", MODEL, *TINY, "--batch-sizes", "1,2", "--backends", "torch", "--images",
+                 str(tmp_path / "one"), "--quiet"]) == 0  # fmt: skip
+    assert f"images: {tmp_path / 'one'}: the first 1 of its 1 image files by name" in capsys.readouterr().out
+
+
+def test_report_says_how_many_of_the_folder_s_images_are_timed(tmp_path: Path) -> None:
+    """``images:`` was the folder alone: a folder of 5 photos benchmarked at batch 1 and 2 read
+    as if all 5 were measured; only the first 2 are."""
+    from efficientdet.benchmark.inputs import benchmark_images
+
+    synthetic_images(tmp_path / "five", 5)
+    files, described = benchmark_images(tmp_path / "five", tmp_path, [1, 2])
+    assert len(files) == 5
+    assert described == (f"{tmp_path / 'five'}: the first 2 of its 5 image files by name (a batch of N: the first "
+                         "N, repeated where the folder has fewer)")  # fmt: skip
+
+
+def test_score_threshold_reaches_the_graph_with_nms_inside(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--backends torch,onnxruntime-nms --score-threshold 0.3`` measured torch, then stopped
+    with "onnxruntime-nms: the graph's score threshold is fixed at export" (torch's rows lost):
+    the benchmark exports that graph itself, so the threshold goes into it, as ``export --nms
+    --score-threshold 0.3`` does."""
+    pytest.importorskip("onnxruntime")
+    from efficientdet.benchmark.pipelines import make_pipeline
+    from efficientdet.export.metadata import read_onnx_metadata
+
+    files = synthetic_images(tmp_path / "images", 2)
+    model, _, _ = build_models(MODEL, (SIZE, SIZE), None, False, tmp_path, files)
+    pipe = make_pipeline("onnxruntime-nms", model, torch.device("cpu"), 1, tmp_path, onnx_exporter="torchscript",
+                         score_threshold=0.3)  # fmt: skip
+    assert read_onnx_metadata(tmp_path / "model.nms.onnx").postprocess["score_threshold"] == pytest.approx(0.3)
+    with torch.inference_mode():
+        inputs, info = pipe.preprocess(pipe.decode(files))
+        results = pipe.postprocess(pipe.network(inputs), info)
+    assert all(bool((r["scores"] >= 0.3).all()) for r in results)
+
+    out = tmp_path / "bench.json"
+    argv = ["benchmark", MODEL, *TINY, "--batch-sizes", "1", "--backends", "torch,onnxruntime-nms",
+            "--onnx-exporter", "torchscript", "--score-threshold", "0.3", "--json", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    backends = {r["backend"] for r in json.loads(out.read_text())["rows"]}
+    assert backends == {"torch", "onnxruntime-nms"}
+
+
+def test_int8_calibration_takes_at_most_100_of_thebenchmark_images(tmp_path: Path) -> None:
+    """Without --calibration the int8 backends calibrated on every file of --images, all decoded
+    and kept in memory (a folder of 5000 photos: gigabytes); ``export --int8`` takes 100,
+    evenly spaced, as --calibration here does."""
+    from efficientdet.benchmark.inputs import calibration_images
+
+    files = [tmp_path / f"{i:04d}.jpg" for i in range(250)]
+    picked = calibration_images(["torch", "openvino-int8"], None, files)
+    assert len(picked) == 100 and picked[0] == files[0] and picked[1] == files[2] and picked[-1] == files[247]
+    assert calibration_images(["onnxruntime-int8"], None, files[:7]) == files[:7]
+    assert calibration_images(["torch"], None, files) == []
+
+
+def test_a_corrupt_image_among_those_timed_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated third photo in --images stopped the run at batch 4, after the model was built
+    and the first backend measured (minutes with D0 and --rounds)."""
+    folder = tmp_path / "photos"
+    synthetic_images(folder, 2)
+    data = (folder / "synthetic_000.jpg").read_bytes()
+    (folder / "z_cut.jpg").write_bytes(data[: len(data) // 3])
+
+    def no_build(*_a: object, **_k: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr("efficientdet.benchmark.models.build_models", no_build)
+    argv = ["benchmark", MODEL, *TINY, "--batch-sizes", "1,4", "--backends", "torch", "--images", str(folder)]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'z_cut.jpg'}: corrupt, truncated or unsupported JPEG image" in err and err.count("\n") == 1
+
+
+def test_unreadable_calibration_images_are_named_not_skipped_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The int8 backends dropped calibration images that could not be decoded without a word
+    (``export --int8`` names them)."""
+    from efficientdet.benchmark.pipelines import make_pipeline
+    from efficientdet.data.records import DataIssue
+
+    good = synthetic_images(tmp_path / "calib", 2)
+    bad = tmp_path / "calib" / "text.jpg"
+    bad.write_text("not a JPEG")
+    seen: list[int] = []
+
+    def export_int8(_model: object, _path: object, images: list, *_a: object, **_k: object) -> None:
+        seen.append(len(images))
+        raise RuntimeError("stop after loading the calibration images")
+
+    monkeypatch.setattr("efficientdet.export.quantize.export_int8", export_int8)
+    model = create_model(MODEL, image_size=(SIZE, SIZE)).eval()
+    skipped = r"skipped 1 unreadable calibration image\(s\), e.g. .*text.jpg"
+    with pytest.warns(DataIssue, match=skipped), pytest.raises(RuntimeError, match="stop after"):
+        make_pipeline("onnxruntime-int8", model, torch.device("cpu"), 1, tmp_path, calibration=[*good, bad])
+    assert seen == [2]
+
+
+def test_onnxruntime_backend_measures_the_graph_predict_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``predict --backend onnxruntime`` runs the cached graph of ``cached_onnx``'s default
+    (TorchScript) exporter; the benchmark's onnxruntime row, said to be that graph, defaulted to
+    the dynamo exporter's."""
+    pytest.importorskip("onnxruntime")
+    import efficientdet.export.cache as cache
+    from efficientdet import save_model
+    from efficientdet.benchmark.pipelines import make_pipeline
+    from efficientdet.export.runtime import OnnxDetector
+
+    calls: list[bool] = []
+
+    def recorded(*_a: object, dynamo: bool = False, **_k: object) -> None:
+        calls.append(dynamo)
+        raise RuntimeError("stop before exporting")
+
+    monkeypatch.setattr(cache, "cached_onnx", recorded)
+    model = create_model(MODEL, image_size=(SIZE, SIZE)).eval()
+    save_model(model, tmp_path / "w.safetensors")
+    for start in (
+        lambda: OnnxDetector.from_weights(tmp_path / "w.safetensors", tmp_path / "cache"),  # what predict builds
+        lambda: make_pipeline("onnxruntime", model, torch.device("cpu"), 1, tmp_path),
+        lambda: run_benchmark(MODEL, image_size=SIZE, batch_sizes=[1], backends=["onnxruntime"], iterations=1),
+    ):
+        with pytest.raises(RuntimeError, match="stop before exporting"):
+            start()
+    assert main(["benchmark", MODEL, *TINY, "--backends", "onnxruntime", "--quiet"]) == 2
+    assert "stop before exporting" in capsys.readouterr().err
+    assert calls == [False, False, False, False]
+
+
+def test_openvino_on_a_gpu_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--device cuda --backends torch,openvino`` measured torch on the GPU, then stopped at
+    openvino's setup ("run on the CPU only"), torch's rows lost."""
+
+    def no_build(*_a: object, **_k: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("efficientdet.benchmark.models.build_models", no_build)
+    with pytest.raises(ValueError, match=r"device cuda: the openvino, openvino-int8 backend\(s\) run on the CPU only"):
+        run_benchmark(MODEL, backends=["torch", "openvino", "openvino-int8"], device="cuda")
+
+
+def test_onnxruntime_without_cuda_on_a_gpu_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for an onnxruntime without the CUDA provider: refused after its export."""
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+
+    def no_build(*_a: object, **_k: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("efficientdet.benchmark.models.build_models", no_build)
+    with pytest.raises(ValueError, match="this onnxruntime has no CUDA support"):
+        run_benchmark(MODEL, backends=["torch", "onnxruntime"], device="cuda")
+
+
+def test_ctrl_c_keeps_the_rows_measured_so_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C printed "interrupted" and lost every row already measured (a D0 run with
+    --rounds 3 is many minutes); now they are printed (and written to --json), exit 130."""
+    import efficientdet.benchmark.runner as runner
+
+    real_measure, calls = runner._measure, []
+
+    def measure(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:  # the second round
+            raise KeyboardInterrupt
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_measure", measure)
+    out = tmp_path / "bench.json"
+    argv = ["benchmark", MODEL, *TINY, "--backends", "torch", "--rounds", "2", "--json", str(out)]
+    assert main([*argv, "--quiet"]) == 130
+    captured = capsys.readouterr()
+    assert "efficientdet benchmark: interrupted; the 4 rows measured so far are above" in captured.err
+    assert sum(line.startswith("torch ") for line in captured.out.splitlines()) == 4
+    assert "interrupted (Ctrl-C): only the rows measured before it" in captured.out
+    doc = json.loads(out.read_text())
+    assert {(r["mode"], r["batch_size"]) for r in doc["rows"]} == {(m, n) for m in ("network", "end-to-end") for n in (1, 2)}
+
+    calls.clear()
+    calls.append(1)  # the next call is "the second": nothing measured yet
+    assert main([*argv[:-2], "--quiet"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "efficientdet benchmark: interrupted\n" and captured.out == ""

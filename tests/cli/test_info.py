@@ -56,6 +56,9 @@ def test_info_of_a_graph_with_nms_inside_shows_its_thresholds(
 def test_info_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["info", str(tmp_path / "missing.onnx")]) == 2
     assert "missing.onnx: no such file" in capsys.readouterr().err
+    (tmp_path / "graphs.onnx").mkdir()  # was "no such file"
+    assert main(["info", str(tmp_path / "graphs.onnx")]) == 2
+    assert f"{tmp_path / 'graphs.onnx'}: is a folder, not an ONNX graph file" in capsys.readouterr().err
     (tmp_path / "other.onnx").write_bytes(b"")
     assert main(["info", str(tmp_path / "other.onnx")]) == 2
     assert "other.onnx: no efficientdet metadata" in capsys.readouterr().err

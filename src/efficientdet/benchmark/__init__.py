@@ -19,7 +19,7 @@ from efficientdet.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .report import render_table
-    from .result import BenchmarkResult, BenchmarkRow
+    from .result import BenchmarkInterrupted, BenchmarkResult, BenchmarkRow
     from .runner import check_backends, run_benchmark
 
 # Backends that ``--backends`` accepts, and the reference's name (effdet). Defined here, not in
@@ -30,6 +30,7 @@ REFERENCE = "effdet"
 
 _LAZY = {
     "render_table": ".report",
+    "BenchmarkInterrupted": ".result",
     "BenchmarkResult": ".result",
     "BenchmarkRow": ".result",
     "check_backends": ".runner",
@@ -37,4 +38,4 @@ _LAZY = {
 }
 __getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
-__all__ = ["BACKENDS", "INT8_BACKENDS", "REFERENCE", "BenchmarkResult", "BenchmarkRow", "check_backends", "render_table", "run_benchmark"]
+__all__ = ["BACKENDS", "INT8_BACKENDS", "REFERENCE", "BenchmarkInterrupted", "BenchmarkResult", "BenchmarkRow", "check_backends", "render_table", "run_benchmark"]

@@ -50,14 +50,20 @@ def calibrate_batchnorm_(model: nn.Module, images: torch.Tensor, var_floor: floa
 
 
 def _calibration_batch(files: Sequence[Path], preprocess: PreprocessConfig) -> torch.Tensor:
-    """Up to two of ``files``, preprocessed for the model -> [B, 3, H, W]."""
+    """Up to two of ``files``, preprocessed for the model -> [2, 3, H, W]; one file is paired
+    with its mirror image."""
     from efficientdet.inference.preprocess import preprocess_batch
 
     from ..data.images import load_image
 
     if not files:
         raise ValueError("random weights need at least one image to calibrate BatchNorm statistics on")
-    return preprocess_batch([load_image(f) for f in files[:2]], preprocess)[0]
+    images = [load_image(f) for f in files[:2]]
+    if len(images) == 1:
+        # Train-mode BatchNorm needs more than one value per channel, and small inputs have
+        # 1x1 top levels (Lite0 at 128: P7): one image was "Expected more than 1 value per channel".
+        images.append(images[0].flip(-1))
+    return preprocess_batch(images, preprocess)[0]
 
 
 def _reference_model(name: str, image_size: tuple[int, int], num_classes: int = 90) -> nn.Module:

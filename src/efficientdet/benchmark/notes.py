@@ -17,8 +17,8 @@ def result_notes(result: BenchmarkResult, compare_effdet: bool, exporter: str) -
     notes = [
         "MACs = multiply-adds, the paper's and `efficientdet info`'s \"FLOPs\"; achieved GFLOP/s counts "
         "2 FLOPs per multiply-add (2 x MACs x images/s / 1e9), also for end-to-end rows.",
-        "end-to-end = JPEG files -> detections: decode (as `predict`: a JPEG at least 3x the input is decoded "
-        "at 1/2-1/8 scale), preprocess (resize, normalise, pad), network, "
+        "end-to-end = image files (synthetic JPEGs, or --images) -> detections: decode (as `predict`: a JPEG "
+        "at least 3x the input is decoded at 1/2-1/8 scale), preprocess (resize, normalise, pad), network, "
         "postprocess (top-k, decode, NMS, rescale, copy to CPU); times are per batch.",
         "peak memory: resident-set high-water mark above the level before the backend's first call "
         "(GPU: allocated memory), cumulative over its rows.",

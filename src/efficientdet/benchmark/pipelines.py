@@ -10,8 +10,9 @@ sum of the stages is what a user of that entry point waits for:
 * ``onnxruntime``: ``efficientdet.export.OnnxDetector`` on the graph ``predict --backend
   onnxruntime`` exports (:func:`efficientdet.export.cached_onnx`: no NMS inside, candidate
   pre-selection), through the same public stages.
-* ``onnxruntime-nms``: the same on a graph with decoding + NMS inside, so its "network" stage
-  includes the post-processing and "postprocess" is only the rescaling on the host.
+* ``onnxruntime-nms``: the same on a graph with decoding + NMS inside (``export --nms``, with
+  the benchmark's ``--score-threshold`` exported into it), so its "network" stage includes the
+  post-processing and "postprocess" is only the rescaling on the host.
 * ``onnxruntime-int8``: ``OnnxDetector`` on the graph ``export --int8`` writes (same layout as
   ``onnxruntime``'s, the network quantized with the default options, calibrated on the
   benchmark's images or ``calibration``).
@@ -127,11 +128,12 @@ def onnx_pipeline(
     dynamo: bool,
     int8_calibration: Sequence[Path] | None = None,
     engine: str = "onnxruntime",
+    nms_score_threshold: float | None = None,
 ) -> DetectorPipeline:
     """``OnnxDetector`` (``engine="openvino"``: ``OpenVinoDetector``) on the graph ``predict
     --backend onnxruntime`` runs (or, for ``onnxruntime-nms``, one with decoding + NMS inside, as
-    ``export --nms`` writes; with ``int8_calibration``, the int8 graph ``export --int8`` writes
-    with the engine's quantizer, calibrated on those files)."""
+    ``export --nms [--score-threshold nms_score_threshold]`` writes; with ``int8_calibration``,
+    the int8 graph ``export --int8`` writes with the engine's quantizer, calibrated on those files)."""
     from ..export.cache import cached_onnx
 
     name = engine
@@ -142,7 +144,7 @@ def onnx_pipeline(
         quantizer = "nncf" if engine == "openvino" else "onnxruntime"
         path = workdir / f"model.{quantizer}.int8.onnx"
         assert model.config is not None  # create_model sets it
-        images = load_calibration_images(list(int8_calibration), image_size=model.config.image_size)
+        images = load_calibration_images(list(int8_calibration), image_size=model.config.image_size, warn=_data_issue)
         export_int8(model, path, images, Int8Options(quantizer=quantizer))  # the layout `export --int8` picks
         name = f"{engine}-int8"
     elif nms_inside:
@@ -150,11 +152,20 @@ def onnx_pipeline(
 
         raw, path = workdir / "model.onnx", workdir / "model.nms.onnx"
         export_onnx(model, raw, dynamic_batch=True, dynamo=dynamo, check=False)
-        attach_postprocess(raw, path, dynamo=dynamo, check=False)
+        attach_postprocess(raw, path, score_threshold=nms_score_threshold, dynamo=dynamo, check=False)
         name = "onnxruntime-nms"
     else:
         path = cached_onnx(model, workdir, dynamo=dynamo)
     return DetectorPipeline(name, _graph_detector(engine, path, device, threads), device, network_only=not nms_inside)
+
+
+def _data_issue(message: str) -> None:
+    """Unreadable calibration images were skipped without a word (``export --int8`` names them)."""
+    import warnings
+
+    from ..data.records import DataIssue
+
+    warnings.warn(message, DataIssue, stacklevel=2)
 
 
 def _graph_detector(engine: str, path: Path, device: torch.device, threads: int) -> ImageDetector:
@@ -239,16 +250,41 @@ def make_pipeline(
     threads: int,
     workdir: Path,
     compile: bool = False,
-    onnx_exporter: str = "dynamo",
+    onnx_exporter: str = "torchscript",
     reference: torch.nn.Module | None = None,
     calibration: Sequence[Path] = (),
+    score_threshold: float | None = None,
 ) -> Pipeline:
-    """Set up ``backend`` (export, fold, quantize, open a session); not timed. ``calibration``:
-    image files for the int8 backends."""
+    """Set up ``backend`` (export, fold, quantize, open a session); not timed. ``onnx_exporter``:
+    of the float graphs (default ``torchscript``, the exporter of ``predict --backend
+    onnxruntime``'s cached graph). ``calibration``: image files for the int8 backends. ``score_threshold``: our backends drop lower scores
+    before NMS (``onnxruntime-nms``: in its graph, as ``export --nms --score-threshold``)."""
+    pipeline = _make_pipeline(backend, model, device, threads, workdir, compile, onnx_exporter, reference,
+                              calibration, score_threshold)  # fmt: skip
+    if score_threshold is not None and pipeline.network_only and backend != REFERENCE:
+        pipeline.set_score_threshold(score_threshold)
+    return pipeline
+
+
+def _make_pipeline(
+    backend: str,
+    model: EfficientDet,
+    device: torch.device,
+    threads: int,
+    workdir: Path,
+    compile: bool,
+    onnx_exporter: str,
+    reference: torch.nn.Module | None,
+    calibration: Sequence[Path],
+    score_threshold: float | None,
+) -> Pipeline:
     if backend == "torch":
         return torch_pipeline(model, device, compile=compile)
-    if backend in ("onnxruntime", "onnxruntime-nms"):
-        return onnx_pipeline(model, device, threads, workdir, backend == "onnxruntime-nms", onnx_exporter == "dynamo")
+    if backend == "onnxruntime-nms":
+        return onnx_pipeline(model, device, threads, workdir, True, onnx_exporter == "dynamo",
+                             nms_score_threshold=score_threshold)  # fmt: skip
+    if backend == "onnxruntime":
+        return onnx_pipeline(model, device, threads, workdir, False, onnx_exporter == "dynamo")
     if backend == "openvino":
         return onnx_pipeline(model, device, threads, workdir, False, onnx_exporter == "dynamo", engine="openvino")
     if backend in ("onnxruntime-int8", "openvino-int8"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["BenchmarkResult", "BenchmarkRow"]
+__all__ = ["BenchmarkInterrupted", "BenchmarkResult", "BenchmarkRow"]
 
 
 @dataclass
@@ -14,7 +14,7 @@ class BenchmarkRow:
     """One backend x mode x batch size. Times are per batch (median over the iterations).
 
     ``mode``: ``network`` (preprocessed tensors in, raw head outputs out) or ``end-to-end``
-    (JPEG files in, detections out). Stage times are set for end-to-end rows; their sum is
+    (image files in, detections out). Stage times are set for end-to-end rows; their sum is
     the latency up to the medians' rounding. ``peak_memory_mb``: peak resident memory (GPU:
     allocated memory) above what was in use before this backend's first inference call, up
     to and including this row. ``faults_per_image``: minor page faults (first touches of
@@ -77,3 +77,12 @@ class BenchmarkResult:
             if (r.backend, r.mode, r.batch_size) == (backend, mode, batch_size):
                 return r
         raise KeyError(f"no row for {backend} / {mode} / batch {batch_size}")
+
+
+class BenchmarkInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``run_benchmark`` after some rows were measured: ``result`` holds them
+    (with a note saying so); a ``KeyboardInterrupt`` for callers that do not look."""
+
+    def __init__(self, result: BenchmarkResult) -> None:
+        super().__init__("benchmark interrupted")
+        self.result = result

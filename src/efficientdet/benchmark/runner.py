@@ -20,11 +20,11 @@ from torch import nn
 from efficientdet.benchmark.heap import steady_heap as apply_steady_heap
 
 from ..models.efficientdet import EfficientDet
-from . import INT8_BACKENDS
-from .measure import MemoryProbe, Timing, float_matmul_gflops, stopwatch, synthetic_images, time_calls
+from .inputs import benchmark_images, calibration_images
+from .measure import MemoryProbe, Timing, float_matmul_gflops, stopwatch, time_calls
 from .notes import result_notes
-from .pipelines import BACKENDS, REFERENCE, Pipeline, image_files, make_pipeline
-from .result import BenchmarkResult, BenchmarkRow
+from .pipelines import BACKENDS, REFERENCE, Pipeline, make_pipeline
+from .result import BenchmarkInterrupted, BenchmarkResult, BenchmarkRow
 
 __all__ = ["check_backends", "run_benchmark"]
 
@@ -122,7 +122,7 @@ def run_benchmark(
     compare_effdet: bool = False,
     images: str | os.PathLike[str] | None = None,
     compile: bool = False,
-    onnx_exporter: str = "dynamo",
+    onnx_exporter: str = "torchscript",
     score_threshold: float | None = None,
     log: Callable[[str], None] | None = None,
     rounds: int = 1,
@@ -158,8 +158,8 @@ def run_benchmark(
     threads = threads or physical_cores()
     with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="efficientdet-bench-") as tmp:
         work = Path(tmp)
-        files, source = _benchmark_images(images, work, sizes)
-        calib = _calibration_files(backends, calibration, files)
+        files, source = benchmark_images(images, work, sizes)
+        calib = calibration_images(backends, calibration, files)
         say("building the model" + (" and the effdet reference" if compare_effdet else ""))
         ours, reference, described = build_models(model, size, weights, compare_effdet, work, files)
         versions = _versions(backends, compare_effdet)
@@ -169,9 +169,11 @@ def run_benchmark(
             _setup_pipeline, model=ours, device=dev, threads=threads, workdir=work, compile=compile,
             onnx_exporter=onnx_exporter, reference=reference, calibration=calib, score_threshold=score_threshold,
         )  # fmt: skip
-        measured = _measure_rounds(runs, rounds, setup, files, sizes, iterations, warmup, dev, say)
+        measured, interrupted = _measure_rounds(runs, rounds, setup, files, sizes, iterations, warmup, dev, say)
         result.rows.extend(_rows(runs, measured, result.flops_per_image))
-    _finish(result, dev, compare_effdet, onnx_exporter, score_threshold)
+    _finish(result, dev, compare_effdet, onnx_exporter, score_threshold, interrupted)
+    if interrupted:  # the rows measured before Ctrl-C, as predict keeps its detections so far
+        raise BenchmarkInterrupted(result)
     return result
 
 
@@ -195,6 +197,14 @@ def _checked_options(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device}: CUDA is not available on this machine; use cpu")
+    on_cpu_only = [b for b in backends if b.startswith("openvino")]
+    if dev.type != "cpu" and on_cpu_only:  # was refused at their setup, after the other backends ran
+        raise ValueError(f"device {device}: the {', '.join(on_cpu_only)} backend(s) run on the CPU only; "
+                         "benchmark them with device cpu")  # fmt: skip
+    if dev.type == "cuda" and any(b.startswith("onnxruntime") for b in backends):
+        from ..export.cache import onnx_providers
+
+        onnx_providers(dev)  # an onnxruntime without CUDA: refused now, not after the other backends ran
     return sizes, dev
 
 
@@ -214,16 +224,6 @@ def _torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
-
-
-def _benchmark_images(
-    images: str | os.PathLike[str] | None, work: Path, sizes: list[int]
-) -> tuple[list[Path], str]:
-    """(image files, their description): the files in ``images``, or synthetic JPEGs written to ``work``."""
-    if images is not None:
-        return image_files(images), os.fspath(images)
-    files = synthetic_images(work / "images", max(max(sizes), 2))
-    return files, f"{len(files)} synthetic COCO-sized JPEGs (quality 90)"
 
 
 def _new_result(
@@ -286,10 +286,9 @@ def _setup_pipeline(
     score_threshold: float | None,
 ) -> Pipeline:
     """``make_pipeline`` for ``backend``, with our backends' ``score_threshold`` applied."""
-    pipeline = make_pipeline(backend, model, device, threads, workdir, compile, onnx_exporter, reference, calibration)
-    if score_threshold is not None and backend != REFERENCE:
-        pipeline.set_score_threshold(score_threshold)
-    return pipeline
+    return make_pipeline(
+        backend, model, device, threads, workdir, compile, onnx_exporter, reference, calibration, score_threshold
+    )
 
 
 def _measure_rounds(
@@ -302,39 +301,46 @@ def _measure_rounds(
     warmup: int,
     device: torch.device,
     say: Callable[[str], None],
-) -> dict[str, dict[tuple[str, int], tuple[Timing, float | None]]]:
-    """Row label -> (mode, batch size) -> (timing joined over the rounds, peak memory of the first).
+) -> tuple[dict[str, dict[tuple[str, int], tuple[Timing, float | None]]], bool]:
+    """(Row label -> (mode, batch size) -> (timing joined over the rounds, peak memory of the
+    first), whether Ctrl-C stopped it: then what was measured before, if anything).
 
     Each round measures every run, in an order rotated by one per round; a pipeline set up in
     the first round is kept for the others.
     """
     kept: dict[str, Pipeline] = {}  # across rounds
     measured: dict[str, dict[tuple[str, int], tuple[Timing, float | None]]] = {}
-    for r in range(rounds):
-        for label, backend in runs[r % len(runs) :] + runs[: r % len(runs)]:
-            pipeline = kept.get(label)
-            if pipeline is None:
-                say(f"setting up {label}")
-                pipeline = setup(backend)
-            timings = _measure(pipeline, files, sizes, iterations, warmup, device, say, memory=r == 0)
-            for key, (timing, memory) in timings.items():
-                before = measured.setdefault(label, {}).get(key)
-                measured[label][key] = (timing, memory) if before is None else (before[0] + timing, before[1])
-            if rounds > 1:
-                kept[label] = pipeline
-            del pipeline
-    kept.clear()
-    return measured
+    try:
+        for r in range(rounds):
+            for label, backend in runs[r % len(runs) :] + runs[: r % len(runs)]:
+                pipeline = kept.get(label)
+                if pipeline is None:
+                    say(f"setting up {label}")
+                    pipeline = setup(backend)
+                timings = _measure(pipeline, files, sizes, iterations, warmup, device, say, memory=r == 0)
+                for key, (timing, memory) in timings.items():
+                    before = measured.setdefault(label, {}).get(key)
+                    measured[label][key] = (timing, memory) if before is None else (before[0] + timing, before[1])
+                if rounds > 1:
+                    kept[label] = pipeline
+                del pipeline
+    except KeyboardInterrupt:
+        if not measured:
+            raise
+        return measured, True
+    finally:
+        kept.clear()
+    return measured, False
 
 
 def _rows(
     runs: list[tuple[str, str]], measured: dict[str, dict[tuple[str, int], tuple[Timing, float | None]]], flops: int
 ) -> list[BenchmarkRow]:
-    """The result's rows of the runs' measurements, in the order of ``runs``."""
+    """The result's rows of the runs' measurements, in the order of ``runs`` (those measured)."""
     return [
         _row(label, mode, n, timing, flops, memory)
         for label, _ in runs
-        for (mode, n), (timing, memory) in measured[label].items()
+        for (mode, n), (timing, memory) in measured.get(label, {}).items()
     ]
 
 
@@ -344,6 +350,7 @@ def _finish(
     compare_effdet: bool,
     onnx_exporter: str,
     score_threshold: float | None,
+    interrupted: bool = False,
 ) -> None:
     """Fill in what compares the measured rows: ratios to effdet, float floors, notes."""
     _set_ratios(result)
@@ -357,19 +364,11 @@ def _finish(
             f"our backends drop scores below {score_threshold} before NMS (as `efficientdet predict "
             f"--score-threshold {score_threshold}` does); effdet's predict path has no such option."
         )
-
-
-def _calibration_files(
-    backends: Sequence[str], calibration: str | os.PathLike[str] | None, files: list[Path]
-) -> list[Path]:
-    """The int8 backends' calibration images (checked before any model is built)."""
-    if not set(INT8_BACKENDS) & set(backends):
-        return []
-    if calibration is None:
-        return files
-    from ..export.calibration import calibration_files
-
-    return calibration_files(calibration, 100)
+    if interrupted:
+        result.notes.append(
+            "interrupted (Ctrl-C): only the rows measured before it; a backend stopped mid-way has none, "
+            "and with --rounds the backends may have different numbers of rounds."
+        )
 
 
 def _measure(

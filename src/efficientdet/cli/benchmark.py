@@ -1,6 +1,6 @@
 """``efficientdet benchmark MODEL``: latency, throughput, memory and FLOP rates per backend.
 
-Network only (preprocessed tensors -> head outputs) and end-to-end (JPEG files -> detections:
+Network only (preprocessed tensors -> head outputs) and end-to-end (image files -> detections:
 decode, preprocess, network, postprocess) at each batch size, for each backend; with
 ``--compare-effdet`` the reference implementation runs the same architecture with the same
 weights on the same images and every row shows ours / effdet images per second.
@@ -14,7 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..benchmark import BenchmarkResult
 
 
 def _int_list(text: str) -> list[int]:
@@ -29,15 +34,19 @@ def _int_list(text: str) -> list[int]:
 
 def _check_outputs_and_options(args: argparse.Namespace) -> None:
     """Options that were accepted and then ignored or failed only after the whole run: a
-    ``--json`` folder (an IsADirectoryError traceback, results lost), a score threshold outside
-    0..1, ``--calibration`` without an int8 backend, an unknown ``--device``."""
+    ``--json`` folder or a path under a file (tracebacks, results lost), a score threshold outside
+    0..1, ``--calibration`` without an int8 backend, an unknown ``--device``, an ``.onnx`` as
+    ``--weights``."""
     from ..benchmark import INT8_BACKENDS
-    from .common import check_image_size, check_score_threshold, resolve_device
+    from ..export.metadata import is_graph_file
+    from .common import check_image_size, check_out_file, check_score_threshold, resolve_device
 
     if args.image_size is not None:  # was "image size 100x100: ..." (no flag named)
         check_image_size(args.image_size)
     if args.json is not None and Path(args.json).is_dir():
         raise ValueError(f"--json {args.json}: is a folder; give the JSON file to write")
+    if args.json is not None:  # under a file: a FileExistsError traceback after the whole run
+        check_out_file(args.json, "--json")
     if args.score_threshold is not None:
         check_score_threshold(args.score_threshold)
     if args.calibration is not None and not set(INT8_BACKENDS) & set(args.backends):
@@ -46,6 +55,30 @@ def _check_outputs_and_options(args: argparse.Namespace) -> None:
             f"{','.join(args.backends)} has none"
         )
     resolve_device(args.device)
+    _check_backend_options(args)
+    if args.weights is not None and is_graph_file(args.weights):
+        # create_model's message sent the user to "--backend onnxruntime", which they had given.
+        raise ValueError(
+            f"--weights {args.weights}: an exported graph; the benchmark takes the weights (.safetensors, a "
+            "registered name or an effdet .pth) and exports its own graph for each onnxruntime/openvino "
+            "backend: pass the weights the graph was exported from"
+        )
+
+
+# The backends that export a float graph with --onnx-exporter (the int8 ones use torchscript).
+_EXPORTING = ("onnxruntime", "onnxruntime-nms", "openvino")
+
+
+def _check_backend_options(args: argparse.Namespace) -> None:
+    """``--compile`` without the torch backend and ``--onnx-exporter`` without a backend that
+    exports with it were accepted and ignored."""
+    if args.compile and "torch" not in args.backends:
+        raise ValueError(f"--compile is for the torch backend, and --backends {','.join(args.backends)} has none")
+    if args.onnx_exporter is not None and not set(_EXPORTING) & set(args.backends):
+        raise ValueError(
+            f"--onnx-exporter is for the backends that export a float graph ({', '.join(_EXPORTING)}; the int8 "
+            f"ones use torchscript), and --backends {','.join(args.backends)} has none"
+        )
 
 
 def _names(text: str) -> list[str]:
@@ -85,8 +118,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
     p.add_argument(
-        "--onnx-exporter", choices=["dynamo", "torchscript"], default="dynamo",
-        help="torch.onnx exporter for the onnxruntime backends (default dynamo; torchscript exports faster)",
+        "--onnx-exporter", choices=["dynamo", "torchscript"], default=None,
+        help="torch.onnx exporter of the float graphs (default torchscript, as predict/eval/serve --backend "
+        "onnxruntime export theirs; dynamo: the torch.export-based one, export's default)",
     )  # fmt: skip
     p.add_argument(
         "--score-threshold", type=float, default=None,
@@ -97,7 +131,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", default=None, help="folder of images for end-to-end runs (default: synthetic JPEGs)")
     p.add_argument(
         "--calibration", default=None, metavar="DATA",
-        help="int8 backends: calibration dataset or image folder (default: the benchmark's images)",
+        help="int8 backends: calibration dataset or image folder, up to 100 images evenly spaced, as export "
+        "--int8 takes (default: the benchmark's images)",
     )  # fmt: skip
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON to OUT")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
@@ -105,8 +140,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import check_backends, render_table, run_benchmark
-    from ..fs import atomic_write
+    from ..benchmark import BenchmarkInterrupted, check_backends
+    from .notices import print_data_warnings
 
     if args.iterations < 1 or args.warmup < 0 or args.rounds < 1:
         raise ValueError(
@@ -120,7 +155,35 @@ def run(args: argparse.Namespace) -> int:
     check_backends(args.backends, args.compare_effdet)  # fail before building anything
     _check_outputs_and_options(args)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = run_benchmark(
+    try:
+        with print_data_warnings("benchmark"):  # e.g. calibration images skipped
+            result = _run(args, log)
+    except BenchmarkInterrupted as stop:  # Ctrl-C lost every row measured (minutes of D0 rounds)
+        _report(stop.result, args.json)
+        print(f"efficientdet benchmark: interrupted; the {len(stop.result.rows)} rows measured so far are above",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    _report(result, args.json)
+    return 0
+
+
+def _report(result: BenchmarkResult, json_out: str | None) -> None:
+    """The table on stdout and, with ``--json``, the JSON document."""
+    from ..benchmark import render_table
+    from ..fs import atomic_write
+
+    print(render_table(result))
+    if json_out:
+        out = Path(json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"\nwrote {out}")
+
+
+def _run(args: argparse.Namespace, log: Callable[[str], None] | None) -> BenchmarkResult:
+    from ..benchmark import run_benchmark
+
+    return run_benchmark(
         args.model,
         weights=args.weights,
         image_size=args.image_size,
@@ -133,17 +196,10 @@ def run(args: argparse.Namespace) -> int:
         compare_effdet=args.compare_effdet,
         images=args.images,
         compile=args.compile,
-        onnx_exporter=args.onnx_exporter,
+        onnx_exporter=args.onnx_exporter or "torchscript",
         score_threshold=args.score_threshold,
         log=log,
         rounds=args.rounds,
         steady_heap=args.malloc == "steady",
         calibration=args.calibration,
     )
-    print(render_table(result))
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, json.dumps(result.to_dict(), indent=2) + "\n")
-        print(f"\nwrote {out}")
-    return 0

@@ -222,22 +222,22 @@ def check_out_folder(out: str | os.PathLike[str], command: str, writes: str) -> 
     _check_creatable(out, path)
 
 
-def check_out_file(out: str | os.PathLike[str]) -> None:
-    """A command that writes the file ``--out`` refuses, before any work, one it could not
-    create: under a file (``export --out m.onnx/x.onnx`` was a FileExistsError traceback after
-    the whole export) or in a folder without write permission."""
-    _check_creatable(out, Path(out).parent)
+def check_out_file(out: str | os.PathLike[str], flag: str = "--out") -> None:
+    """A command that writes the file ``out`` (given as ``flag``) refuses, before any work, one
+    it could not create: under a file (``export --out m.onnx/x.onnx`` was a FileExistsError
+    traceback after the whole export) or in a folder without write permission."""
+    _check_creatable(out, Path(out).parent, flag)
 
 
-def _check_creatable(out: str | os.PathLike[str], path: Path) -> None:
-    """The folder ``path`` (``--out`` or the one holding it) exists and is writable, or can be made."""
+def _check_creatable(out: str | os.PathLike[str], path: Path, flag: str = "--out") -> None:
+    """The folder ``path`` (``out`` or the one holding it) exists and is writable, or can be made."""
     base = path
     while not base.exists() and base.parent != base:
         base = base.parent  # the folder it would be created in
     if base.exists() and not base.is_dir():
-        raise ValueError(f"--out {out}: cannot create a folder under {base}, which is a file")
+        raise ValueError(f"{flag} {out}: cannot create a folder under {base}, which is a file")
     if base.is_dir() and not os.access(base, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: cannot write in {base} (permission denied); choose another --out")
+        raise ValueError(f"{flag} {out}: cannot write in {base} (permission denied); choose another {flag}")
 
 
 _COMPANIONS = {"tta_scales": ("tta", "1.0"), "tta_merge": ("tta", "nms"), "tile_overlap": ("tile", 0.2),

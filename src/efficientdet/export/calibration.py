@@ -19,7 +19,10 @@ from ..data.common import IMAGE_EXTENSIONS
 from ..data.images import ImageError, load_for_model
 from ..data.reduced import DecodedImage
 
-__all__ = ["calibration_files", "load_calibration_images"]
+__all__ = ["calibration_files", "evenly_spaced", "load_calibration_images"]
+
+# ``export --calibration-images``'s default, also the benchmark's number of calibration images.
+DEFAULT_CALIBRATION_IMAGES = 100
 
 
 def calibration_files(source: str | os.PathLike[str], count: int) -> list[Path]:
@@ -47,6 +50,11 @@ def calibration_files(source: str | os.PathLike[str], count: int) -> list[Path]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise ValueError(f"--calibration {path}: no images (expected a dataset or a folder of {', '.join(IMAGE_EXTENSIONS)})")
+    return evenly_spaced(files, count)
+
+
+def evenly_spaced(files: list[Path], count: int) -> list[Path]:
+    """Up to ``count`` of ``files``, evenly spaced over the list (all of them if no more)."""
     if len(files) <= count:
         return files
     step = len(files) / count

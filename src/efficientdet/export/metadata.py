@@ -113,6 +113,8 @@ def read_onnx_metadata(model: str | os.PathLike[str] | Any) -> OnnxMetadata:
     """Metadata of an exported graph: a path or a loaded ``onnx.ModelProto``."""
     if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
+        if os.path.isdir(source):  # was "no such file"
+            raise ValueError(f"{source}: is a folder, not an ONNX graph file")
         if not os.path.isfile(source):
             raise FileNotFoundError(f"{source}: no such file")
         try:
