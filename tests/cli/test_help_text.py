@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,13 @@ def test_usage_errors_are_plain_too(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "usage: efficientdet predict" in err and "``" not in err
     assert "efficientdet predict: error: the following arguments are required: SOURCE" in err
+
+
+def test_version_is_the_packages_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    """`efficientdet --version` was a usage error (exit 2: "the following arguments are required")."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    declared = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"efficientdet {declared}\n"

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from . import anchors, benchmark, browse, evaluate, export, info, predict, quickstart, serve, train
 
 # Each sub-command module has ``add_parser(subparsers)`` and ``run(args) -> int``.
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog="efficientdet", description="EfficientDet object detectors: inspect, train, evaluate, predict, export, serve."
     )
+    # the installed version, for bug reports (`efficientdet --version` was "the following arguments are required")
+    parser.add_argument("--version", action="version", version=f"efficientdet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.add_parser(sub)
