@@ -57,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Expected user errors (bad names, bad files): one clear line, no traceback.
         print(f"efficientdet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ImportError as err:
+        # An optional package is missing (OpenVINO for --backend openvino, NNCF for --int8):
+        # the message names what to install; a traceback added nothing to it
+        print(f"efficientdet {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         # Ctrl-C outside training's own handler (loading, evaluating, predicting): files are
         # written atomically, so what was written is whole; no traceback

@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if fmt not in EXPORT_FORMATS and fmt != "program":
         raise ValueError(f"unknown export format {args.format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
     _check_flags(args, fmt)
+    if fmt == "onnx":  # before the model loads: a missing package was an import traceback after it
+        from ..export.cache import require_onnx_export
+
+        require_onnx_export(dynamo=not args.int8 and args.onnx_exporter != "torchscript")
     if args.int8 or args.calibration:
         return _run_int8(args, fmt)
     model = create_model(args.model, weights=args.weights).eval()
