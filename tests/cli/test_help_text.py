@@ -54,3 +54,13 @@ def test_version_is_the_packages_and_exits_0(capsys: pytest.CaptureFixture[str])
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out == f"efficientdet {declared}\n"
+
+
+@pytest.mark.parametrize("command", command_names())
+def test_every_command_says_what_it_does_and_every_option_has_help(command: str) -> None:
+    """`quickstart --help`, the README's first command, had no description and two options
+    (--seed, --no-progress) without a word; `info`, `list` and `export` had no description."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    assert parser.description
+    assert [a.dest for a in parser._actions if not a.help] == []

@@ -11,7 +11,7 @@ from .common import check_image_size, check_out_file, check_score_threshold
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..export import EXPORT_FORMATS
 
-    p = sub.add_parser("export", help="export a model for deployment (ONNX, TorchScript, torch.export)")
+    p = sub.add_parser("export", help="export a model for deployment (ONNX, TorchScript, torch.export)", description=__doc__)
     p.add_argument("--weights", required=True, help="checkpoint, registered weights name or URL")
     p.add_argument("--model", help="model name (needed for effdet .pth files)")
     p.add_argument("--format", default="onnx", help=f"one of: {', '.join(EXPORT_FORMATS)} (default onnx)")
