@@ -128,3 +128,11 @@ def test_browse_takes_overrides_as_train_does_and_says_when_they_do_nothing(data
                  "data.allow_outside_root=true", "--preset", "finetune"]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert "note: augment.mosaic=1, --preset finetune: used only with --augment" in err
+
+
+def test_no_data_is_a_usage_error_naming_only_data(capsys: pytest.CaptureFixture[str]) -> None:
+    """It said "the following arguments are required: DATA, KEY=VALUE" (the overrides are optional)."""
+    with pytest.raises(SystemExit) as done:
+        main(["browse"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "efficientdet browse: error: the following arguments are required: DATA"
