@@ -134,6 +134,21 @@ def test_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsy
     assert "--compare-effdet needs the effdet package, which is not installed" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("compare_effdet", [False, True])
+def test_random_weights_from_one_image_at_a_1x1_top_level(compare_effdet: bool, tmp_path: Path) -> None:
+    """`benchmark efficientdet_lite0 --image-size 128 --images DIR_WITH_ONE_JPEG` (the README's
+    one-photo run, at a small size) failed calibrating BatchNorm: "Expected more than 1 value
+    per channel when training, got input size torch.Size([1, 64, 1, 1])"."""
+    if compare_effdet:
+        pytest.importorskip("effdet")
+    files = synthetic_images(tmp_path / "images", 1)
+    ours, ref, _ = build_models(MODEL, (SIZE, SIZE), None, compare_effdet, tmp_path, files)
+    assert not ours.training and (ref is None) != compare_effdet
+    with torch.no_grad():
+        class_out, _ = ours(torch.zeros(1, 3, SIZE, SIZE))
+    assert class_out[-1].shape[-2:] == (1, 1) and all(bool(torch.isfinite(c).all()) for c in class_out)
+
+
 def test_pipelines_match_the_public_entry_points(tmp_path: Path) -> None:
     """The timed stages compute what Detector(paths) and effdet's DetBenchPredict compute."""
     pytest.importorskip("effdet")

@@ -50,14 +50,17 @@ def calibrate_batchnorm_(model: nn.Module, images: torch.Tensor, var_floor: floa
 
 
 def _calibration_batch(files: Sequence[Path], preprocess: PreprocessConfig) -> torch.Tensor:
-    """Up to two of ``files``, preprocessed for the model -> [B, 3, H, W]."""
+    """Up to two of ``files`` (one and its mirror when there is one), preprocessed for the model -> [2, 3, H, W]."""
     from efficientdet.inference.preprocess import preprocess_batch
 
     from ..data.images import load_image
 
     if not files:
         raise ValueError("random weights need at least one image to calibrate BatchNorm statistics on")
-    return preprocess_batch([load_image(f) for f in files[:2]], preprocess)[0]
+    batch = preprocess_batch([load_image(f) for f in files[:2]], preprocess)[0]
+    # One image (the README's one-photo benchmark): its mirror is the second sample; batch norm
+    # in train mode needs more than one value per channel, and at 128 px the top level is 1x1
+    return torch.cat([batch, batch.flip(-1)]) if len(batch) == 1 else batch
 
 
 def _reference_model(name: str, image_size: tuple[int, int], num_classes: int = 90) -> nn.Module:
