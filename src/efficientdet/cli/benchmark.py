@@ -104,6 +104,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+# The backends that export the model as a float ONNX graph with --onnx-exporter.
+FLOAT_GRAPH_BACKENDS = ("onnxruntime", "onnxruntime-nms", "openvino")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..benchmark import check_backends, render_table, run_benchmark
     from ..fs import atomic_write
@@ -118,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.backends:
         raise ValueError("--backends: name at least one backend")
     check_backends(args.backends, args.compare_effdet)  # fail before building anything
+    exported = [b for b in args.backends if b in FLOAT_GRAPH_BACKENDS]
+    if exported:  # without onnxscript the export failed after the torch rows, naming no extra
+        from ..export.cache import require_onnx_export
+
+        require_onnx_export(args.onnx_exporter == "dynamo", f"--backends {exported[0]} (--onnx-exporter {args.onnx_exporter})")
     _check_outputs_and_options(args)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = run_benchmark(

@@ -38,13 +38,13 @@ def require_onnxruntime() -> None:
         raise RuntimeError(f"--backend onnxruntime needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
 
 
-def require_onnx_export(dynamo: bool) -> None:
-    """A RuntimeError with the install command when a package an ONNX export uses is missing:
-    onnx (the graph), onnxruntime (its check run) and, for the dynamo exporter, onnxscript."""
+def require_onnx_export(dynamo: bool, who: str = "--format onnx") -> None:
+    """A RuntimeError naming ``who`` and the install command when a package an ONNX export uses
+    is missing: onnx (the graph), onnxruntime (its check run) and, for the dynamo exporter, onnxscript."""
     needed = ("onnx", "onnxruntime", *(("onnxscript",) if dynamo else ()))
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
-        raise RuntimeError(f"--format onnx needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
+        raise RuntimeError(f"{who} needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
 
 
 @contextlib.contextmanager
