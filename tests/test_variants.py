@@ -90,3 +90,13 @@ def test_compound_scaling_takes_a_whole_phi(phi: object) -> None:
     with pytest.raises(ValueError, match=r"phi must be an integer >= 0, got "):
         compound_scaling(phi)  # type: ignore[arg-type]
     assert compound_scaling(2).image_size == (768, 768)
+
+
+def test_a_config_given_as_the_name_says_how_to_build_it() -> None:
+    """usage.md's compound_scaling(phi) returns a ModelConfig; create_model(config) failed with
+    "'ModelConfig' object has no attribute 'lower'"."""
+    from efficientdet import create_model
+
+    with pytest.raises(TypeError, match=r"not a ModelConfig; efficientdet.build_model\(config\) builds a model"):
+        create_model(compound_scaling(1))
+    assert build_model(compound_scaling(1)).config.image_size == (640, 640)

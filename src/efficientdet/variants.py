@@ -94,6 +94,9 @@ def list_models() -> list[str]:
 
 def get_config(name: str) -> ModelConfig:
     """The official configuration of a named variant (``efficientdet_d0`` ...)."""
+    if not isinstance(name, str):  # create_model(compound_scaling(1)) was "'ModelConfig' object has no attribute 'lower'"
+        hint = "; efficientdet.build_model(config) builds a model from a ModelConfig" if isinstance(name, ModelConfig) else ""
+        raise TypeError(f"a model name is a str such as 'efficientdet_d0', not a {type(name).__name__}{hint}")
     key = name.lower().replace("-", "_")
     if key.startswith("tf_"):  # accept effdet's names too
         key = key[3:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,35 @@ def test_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsy
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "effdet" else real(name, *a))
     assert main(["benchmark", MODEL, "--backends", "torch", "--compare-effdet"]) == 2
     assert "--compare-effdet needs the effdet package, which is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("backends", "message"),
+    [
+        # the export failed after the torch rows: "torch.onnx.export (dynamo) of ... failed: No module named 'onnxscript'"
+        ("torch,onnxruntime", "--backends onnxruntime (--onnx-exporter dynamo) needs onnxscript, not installed here"),
+        ("openvino", "--backends openvino (--onnx-exporter dynamo) needs onnxscript, not installed here"),
+    ],
+)
+def test_missing_onnxscript_is_named_before_any_work(
+    backends: str, message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # find_spec then finds nothing, as when not installed
+    monkeypatch.setattr("efficientdet.benchmark.run_benchmark", lambda *a, **k: pytest.fail("ran"))
+    assert main(["benchmark", MODEL, "--backends", backends, "--onnx-exporter", "dynamo"]) == 2
+    assert capsys.readouterr().err == f"efficientdet benchmark: error: {message}: pip install 'efficientdet[export]'\n"
+
+
+def test_the_torchscript_exporter_needs_no_onnxscript(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+
+    def reached(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("the run started")
+
+    monkeypatch.setattr("efficientdet.benchmark.run_benchmark", reached)
+    for exporter in (["--onnx-exporter", "torchscript"], []):  # torchscript is the default
+        assert main(["benchmark", MODEL, "--backends", "onnxruntime", *exporter]) == 2
+        assert capsys.readouterr().err == "efficientdet benchmark: error: the run started\n"
 
 
 def test_pipelines_match_the_public_entry_points(tmp_path: Path) -> None:

@@ -234,6 +234,19 @@ def test_missing_onnxruntime_names_the_extra(images: list[Path], weights: Path, 
     assert "needs onnxruntime" in err and "pip install 'efficientdet[export]'" in err
 
 
+@pytest.mark.parametrize("weights_name", ["w.safetensors", "m.int8.onnx"])
+def test_missing_openvino_is_one_line_naming_the_extra(weights_name: str, images: list[Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """--backend openvino without OpenVINO was an ImportError traceback, install hint at its end."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    argv = ["predict", str(images[0]), "--weights", str(tmp_path / weights_name), "--backend", "openvino",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "efficientdet predict: error: the openvino backend needs OpenVINO: pip install 'efficientdet[openvino]'\n"
+
+
 def test_openvino_backend_same_detections_and_ap(images: list[Path], dataset: Path, weights: Path, cache: Path,
                                                  tmp_path: Path) -> None:  # fmt: skip
     """--backend openvino: the exported graph in OpenVINO (float32) gives torch's detections and AP."""

@@ -196,3 +196,11 @@ def test_browse_takes_overrides_before_data_too(datasets, tmp_path: Path, capsys
     assert capsys.readouterr().err.startswith("efficientdet browse: error: DATA: give one dataset (got none)")
     assert main(["browse", str(datasets["coco"]), "augment.policy", "v0", "--out", str(out)]) == 2
     assert "(got " + repr(str(datasets["coco"])) + ", 'augment.policy', 'v0')" in capsys.readouterr().err
+
+
+def test_no_data_is_a_usage_error_naming_only_data(capsys: pytest.CaptureFixture[str]) -> None:
+    """It said "the following arguments are required: DATA, KEY=VALUE" (the overrides are optional)."""
+    with pytest.raises(SystemExit) as done:
+        main(["browse"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "efficientdet browse: error: the following arguments are required: DATA"

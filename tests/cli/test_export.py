@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,32 @@ def test_nncf_graph_in_onnxruntime_is_a_clear_error(tmp_path: Path, tiny_weights
                  "--out", str(tmp_path / "preds")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "quantized by NNCF for OpenVINO" in err and "--backend openvino" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("blocked", "extra", "message"),
+    [
+        # were import tracebacks, after the model had loaded
+        ("onnx", [], "--format onnx needs onnx, not installed here: pip install 'efficientdet[export]'"),
+        ("onnxscript", [], "--format onnx needs onnxscript, not installed here: pip install 'efficientdet[export]'"),
+        ("nncf", ["--int8", "--calibration", "DATA"],
+         "--quantizer nncf needs NNCF and OpenVINO: pip install 'efficientdet[openvino]' (or --quantizer onnxruntime)"),
+    ],
+)  # fmt: skip
+def test_a_missing_package_is_one_line_before_the_model_loads(
+    blocked: str, extra: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    monkeypatch.setitem(sys.modules, blocked, None)  # find_spec then finds nothing, as when not installed
+    weights = tmp_path / "missing.safetensors"  # loading it would be another error
+    assert main(["export", "--weights", str(weights), "--out", str(tmp_path / "m.onnx"), *extra]) == 2
+    assert capsys.readouterr().err == f"efficientdet export: error: {message}\n"
+
+
+def test_the_torchscript_exporter_needs_no_onnxscript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    args = ["export", "--weights", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "m.onnx"),
+            "--onnx-exporter", "torchscript"]  # fmt: skip
+    assert main(args) == 2
+    assert "onnxscript" not in capsys.readouterr().err  # the weights are what is missing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,23 @@ def test_usage_errors_are_plain_too(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "usage: efficientdet predict" in err and "``" not in err
     assert "efficientdet predict: error: the following arguments are required: SOURCE" in err
+
+
+def test_version_is_the_packages_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    """`efficientdet --version` was a usage error (exit 2: "the following arguments are required")."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    declared = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"efficientdet {declared}\n"
+
+
+@pytest.mark.parametrize("command", command_names())
+def test_every_command_says_what_it_does_and_every_option_has_help(command: str) -> None:
+    """`quickstart --help`, the README's first command, had no description and two options
+    (--seed, --no-progress) without a word; `info`, `list` and `export` had no description."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    assert parser.description
+    assert [a.dest for a in parser._actions if not a.help] == []

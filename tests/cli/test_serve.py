@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,25 @@ def test_a_port_in_use_or_a_bad_host_is_one_line_before_the_model_loads(
     assert main(["serve", "--weights", weights, "--host", "256.1.1.1"]) == 2
     err = capsys.readouterr().err
     assert "--host 256.1.1.1: not an address to listen on" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("blocked", "named"),
+    [
+        (["fastapi"], "fastapi"),  # was a ModuleNotFoundError traceback
+        (["prometheus_client"], "prometheus-client"),
+        # was a server that answered every form upload with 400 "bad_multipart"
+        (["python_multipart", "multipart"], "python-multipart"),
+    ],
+)
+def test_a_missing_serve_package_is_one_line_naming_the_extra(
+    blocked: list[str], named: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for module in blocked:
+        monkeypatch.setitem(sys.modules, module, None)  # find_spec then finds nothing, as when not installed
+    assert main(["serve", "--weights", "w.safetensors", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"efficientdet serve: error: serve needs {named}, not installed here: pip install 'efficientdet[serve]'\n"
 
 
 def test_a_negative_graceful_timeout_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

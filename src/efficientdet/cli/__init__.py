@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from . import anchors, benchmark, browse, evaluate, export, info, predict, quickstart, serve, train
 
 # Each sub-command module has ``add_parser(subparsers)`` and ``run(args) -> int``.
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog="efficientdet", description="EfficientDet object detectors: inspect, train, evaluate, predict, export, serve."
     )
+    # the installed version, for bug reports (`efficientdet --version` was "the following arguments are required")
+    parser.add_argument("--version", action="version", version=f"efficientdet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.add_parser(sub)
@@ -52,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         # Expected user errors (bad names, bad files): one clear line, no traceback.
+        print(f"efficientdet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        # An optional package is missing (OpenVINO for --backend openvino, NNCF for --int8):
+        # the message names what to install; a traceback added nothing to it
         print(f"efficientdet {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

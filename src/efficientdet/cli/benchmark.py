@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from ..benchmark import BenchmarkResult
 
 
+# The backends that export the model as a float ONNX graph with --onnx-exporter (int8 ones: torchscript).
+FLOAT_GRAPH_BACKENDS = ("onnxruntime", "onnxruntime-nms", "openvino")
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -65,18 +69,14 @@ def _check_outputs_and_options(args: argparse.Namespace) -> None:
         )
 
 
-# The backends that export a float graph with --onnx-exporter (the int8 ones use torchscript).
-_EXPORTING = ("onnxruntime", "onnxruntime-nms", "openvino")
-
-
 def _check_backend_options(args: argparse.Namespace) -> None:
     """``--compile`` without the torch backend and ``--onnx-exporter`` without a backend that
     exports with it were accepted and ignored."""
     if args.compile and "torch" not in args.backends:
         raise ValueError(f"--compile is for the torch backend, and --backends {','.join(args.backends)} has none")
-    if args.onnx_exporter is not None and not set(_EXPORTING) & set(args.backends):
+    if args.onnx_exporter is not None and not set(FLOAT_GRAPH_BACKENDS) & set(args.backends):
         raise ValueError(
-            f"--onnx-exporter is for the backends that export a float graph ({', '.join(_EXPORTING)}; the int8 "
+            f"--onnx-exporter is for the backends that export a float graph ({', '.join(FLOAT_GRAPH_BACKENDS)}; the int8 "
             f"ones use torchscript), and --backends {','.join(args.backends)} has none"
         )
 
@@ -153,6 +153,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.backends:
         raise ValueError("--backends: name at least one backend")
     check_backends(args.backends, args.compare_effdet)  # fail before building anything
+    exported = [b for b in args.backends if b in FLOAT_GRAPH_BACKENDS]
+    if exported and args.onnx_exporter == "dynamo":  # without onnxscript the export failed after the torch rows
+        from ..export.cache import require_onnx_export
+
+        require_onnx_export(True, f"--backends {exported[0]} (--onnx-exporter dynamo)")
     _check_outputs_and_options(args)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:

@@ -38,8 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data", metavar="DATA", help="COCO .json, VOC folder, or YOLO folder / data.yaml")
     p.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides, as train takes them (same as --set)"
-    )
+        # default=[]: argparse counts a "*" positional without a default as required, and its
+        # usage error then said "required: DATA, KEY=VALUE" when only DATA was missing
+        "overrides", nargs="*", default=[], metavar="KEY=VALUE",
+        help="training config overrides, as train takes them (same as --set)",
+    )  # fmt: skip
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="training config override (with --augment), repeatable: --set augment.policy=v0",

@@ -11,7 +11,7 @@ from .common import check_image_size, check_out_file, check_score_threshold
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..export import EXPORT_FORMATS
 
-    p = sub.add_parser("export", help="export a model for deployment (ONNX, TorchScript, torch.export)")
+    p = sub.add_parser("export", help="export a model for deployment (ONNX, TorchScript, torch.export)", description=__doc__)
     p.add_argument("--weights", required=True, help="checkpoint, registered weights name or URL")
     p.add_argument("--model", help="model name (needed for effdet .pth files)")
     p.add_argument("--format", default="onnx", help=f"one of: {', '.join(EXPORT_FORMATS)} (default onnx)")
@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if fmt not in EXPORT_FORMATS and fmt != "program":
         raise ValueError(f"unknown export format {args.format!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
     _check_flags(args, fmt)
+    if fmt == "onnx":  # before the model loads: a missing package was an import traceback after it
+        from ..export.cache import require_onnx_export
+
+        require_onnx_export(dynamo=not args.int8 and args.onnx_exporter != "torchscript")
     if args.int8 or args.calibration:
         return _run_int8(args, fmt)
     model = create_model(args.model, weights=args.weights).eval()

@@ -11,13 +11,14 @@ from ..variants import get_config, list_models
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="parameters, FLOPs and the resolved config of a model, or what an exported .onnx holds")
+    about = "parameters, FLOPs and the resolved config of a model, or what an exported .onnx holds"
+    p = sub.add_parser("info", help=about, description=about[0].upper() + about[1:] + ".")
     p.add_argument("model", help="a model name (see `efficientdet list`) or an .onnx file from `efficientdet export`")
     p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="count FLOPs at this size (H [W])")
     p.add_argument("--num-classes", type=int, default=None, help="number of classes (default 90)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=run_info)
-    q = sub.add_parser("list", help="list the model names")
+    q = sub.add_parser("list", help="list the model names", description="List the model names (efficientdet_d0 ... efficientdet_lite4).")
     q.set_defaults(run=run_list)
 
 

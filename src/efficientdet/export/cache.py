@@ -26,7 +26,7 @@ import torch
 if TYPE_CHECKING:  # the model (and timm) load only when a checkpoint is exported, not to run a graph
     from ..models.efficientdet import EfficientDet
 
-__all__ = ["INSTALL_HINT", "cached_onnx", "onnx_providers", "quiet_onnxruntime", "require_onnxruntime"]
+__all__ = ["INSTALL_HINT", "cached_onnx", "onnx_providers", "quiet_onnxruntime", "require_onnx_export", "require_onnxruntime"]
 
 INSTALL_HINT = "pip install 'efficientdet[export]'"
 
@@ -36,6 +36,15 @@ def require_onnxruntime() -> None:
     missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
     if missing:
         raise RuntimeError(f"--backend onnxruntime needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
+
+
+def require_onnx_export(dynamo: bool, who: str = "--format onnx") -> None:
+    """A RuntimeError naming ``who`` and the install command when a package an ONNX export uses
+    is missing: onnx (the graph), onnxruntime (its check run) and, for the dynamo exporter, onnxscript."""
+    needed = ("onnx", "onnxruntime", *(("onnxscript",) if dynamo else ()))
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"{who} needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
 
 
 @contextlib.contextmanager
