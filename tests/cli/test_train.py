@@ -98,3 +98,18 @@ def test_a_flag_and_an_override_of_the_same_setting_must_agree(
     ]
     assert not out.exists()
     assert main([*_args(data, out), "model=efficientdet_lite0", "max_steps=1", "eval_every=0"]) == 0
+
+
+def test_a_diverged_run_is_one_line_and_exit_3(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Too many non-finite losses in a row (engine tests make them): the trainer's message on one
+    line, exit 3, as docs/usage.md says, so a script can tell it from a usage error (2)."""
+    from efficientdet.engine.trainer import Trainer, TrainingDiverged
+
+    def diverge(self: Trainer) -> str:
+        raise TrainingDiverged("5 non-finite losses in a row; last.ckpt holds the run")
+
+    monkeypatch.setattr(Trainer, "fit", diverge)
+    assert main([*_args(data, tmp_path / "run"), "max_steps=1"]) == 3
+    assert capsys.readouterr().err == "efficientdet train: 5 non-finite losses in a row; last.ckpt holds the run\n"
