@@ -85,7 +85,9 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=len(DETECT_FIELDS))
+        # two files, not one: a second 'image' part is then a 422 duplicate_field below (starlette
+        # refused it as "Too many files", a 400 bad_multipart); a third is still refused here
+        form = await Request(request.scope, replay).form(max_files=2, max_fields=len(DETECT_FIELDS))
     except Exception as exc:  # malformed multipart, too many parts
         reason = getattr(exc, "detail", exc)
         raise ApiError(400, "bad_multipart", f"cannot parse the multipart body ({reason})") from None
@@ -94,10 +96,11 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
     for key, value in form.multi_items():
         if isinstance(value, str):
             continue
-        if key == "image":
-            image = value
-        else:
+        if key != "image":
             raise ApiError(422, "unknown_field", f"file field {key!r}: send the image in the field 'image'")
+        if image is not None:
+            raise ApiError(422, "duplicate_field", "field 'image' given 2 times in the form; give it once")
+        image = value
     if image is None:
         got = ", ".join(repr(k) for k in form) or "none"
         raise ApiError(422, "missing_image", f"no file field 'image' in the multipart body (fields: {got})")
