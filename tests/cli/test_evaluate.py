@@ -389,3 +389,14 @@ def test_compare_folder_says_what_it_evaluated(
     assert header.split()[-1] == "VOC"
     difference = next(line for line in printed.splitlines() if line.startswith("difference"))
     assert difference.split()[-1] == "+0.000" and len(difference.split()) == 4 + 7  # label, 7 columns
+
+
+def test_compare_help_says_which_engine_runs_the_second_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    """The help said ".onnx files run in ONNX Runtime": an NNCF int8 --compare file runs in
+    OpenVINO, and a checkpoint next to an .onnx --weights runs in that graph's engine."""
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ".onnx files run in ONNX Runtime" not in text
+    assert "a checkpoint next to an .onnx --weights runs in that file's engine" in text
+    assert "an .onnx in the runtime it was exported for" in text
