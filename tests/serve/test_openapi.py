@@ -18,9 +18,7 @@ def _never_loaded() -> ServedModel:
 
 
 def _schema() -> dict[str, Any]:
-    with warnings.catch_warnings():  # GET and HEAD /healthz share an operationId: FastAPI warns
-        warnings.simplefilter("ignore")
-        return create_app(_never_loaded).openapi()
+    return create_app(_never_loaded).openapi()
 
 
 def test_detect_documents_its_image_and_options() -> None:
@@ -41,3 +39,15 @@ def test_detect_documents_its_image_and_options() -> None:
     assert query["max_detections"]["schema"] == {"type": "integer", "minimum": 0, "maximum": 10000}
     assert {"400", "413", "422", "503"} <= set(detect["responses"])
 
+
+
+def test_operation_ids_are_unique_and_the_schema_builds_without_warnings() -> None:
+    """GET and HEAD /healthz were one route with two methods, so both got the operationId
+    ``healthz_healthz_head``: FastAPI warned in the server's log on the first GET /openapi.json, and
+    OpenAPI requires unique ids (client generators refuse or overwrite one of them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        schema = create_app(_never_loaded).openapi()
+    ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids))
+    assert set(schema["paths"]["/healthz"]) == {"get"}

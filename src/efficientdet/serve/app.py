@@ -174,12 +174,16 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    @app.get("/healthz")
     async def healthz() -> JSONResponse:
         if service.model is None:
             status = "failed" if service.load_error else "loading"
             return JSONResponse({"status": status, "error": service.load_error}, status_code=503)
         return JSONResponse({"status": "ok", "model": service.model.name})
+
+    # HEAD as its own route, left out of the schema: one route with both methods gave GET and HEAD
+    # the same operationId (FastAPI warned; OpenAPI requires unique ones)
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/metrics")
     async def metrics() -> Response:
