@@ -22,6 +22,7 @@ from .schemas import DETECT_FIELDS, ApiError
 __all__ = ["MULTIPART_OVERHEAD", "decode_upload", "read_upload"]
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and the small option fields
+_MAX_FILE_PARTS = 16  # file parts parsed before a multipart body is refused as malformed
 _DRAIN_LIMIT = 64 * 1024 * 1024  # an over-limit body is read (and dropped) up to this, so the client sees the 413
 
 
@@ -85,22 +86,20 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        # two files, not one: a second 'image' part is then a 422 duplicate_field below (starlette
-        # refused it as "Too many files", a 400 bad_multipart); a third is still refused here
-        form = await Request(request.scope, replay).form(max_files=2, max_fields=len(DETECT_FIELDS))
+        # more files than the one accepted, so that extra parts get the 422 below (unknown_field,
+        # duplicate_field) and not starlette's 400 "Too many files"; the body is already size-limited
+        form = await Request(request.scope, replay).form(max_files=_MAX_FILE_PARTS, max_fields=len(DETECT_FIELDS))
     except Exception as exc:  # malformed multipart, too many parts
         reason = getattr(exc, "detail", exc)
         raise ApiError(400, "bad_multipart", f"cannot parse the multipart body ({reason})") from None
     fields = _single_values([(k, v) for k, v in form.multi_items() if isinstance(v, str)], "the form")
-    image: Any = None
-    for key, value in form.multi_items():
-        if isinstance(value, str):
-            continue
+    files = [(key, value) for key, value in form.multi_items() if not isinstance(value, str)]
+    for key, _ in files:
         if key != "image":
             raise ApiError(422, "unknown_field", f"file field {key!r}: send the image in the field 'image'")
-        if image is not None:
-            raise ApiError(422, "duplicate_field", "field 'image' given 2 times in the form; give it once")
-        image = value
+    if len(files) > 1:
+        raise ApiError(422, "duplicate_field", f"field 'image' given {len(files)} times in the form; give it once")
+    image: Any = files[0][1] if files else None
     if image is None:
         got = ", ".join(repr(k) for k in form) or "none"
         raise ApiError(422, "missing_image", f"no file field 'image' in the multipart body (fields: {got})")
