@@ -123,3 +123,11 @@ def test_anchors_split_on_a_coco_file_is_ignored_with_a_note(tmp_path: Path, cap
     captured = capsys.readouterr()
     assert f"efficientdet anchors: note: --split is ignored for COCO; {data} is the split" in captured.err
     assert "of 2 boxes" in captured.out
+
+
+def test_fit_note_says_when_the_head_keeps_its_anchor_count() -> None:
+    """A fit that kept num_scales printed "they change the head's anchors per location from 9 to 9"."""
+    from efficientdet.cli.anchors import fit_note
+
+    assert fit_note(9, 9) == "(train with these KEY=VALUE overrides; the head keeps 9 anchors per location)"
+    assert fit_note(9, 12).endswith("they change the head's anchors per location from 9 to 12)")

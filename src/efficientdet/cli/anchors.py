@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_parser", "run_anchors"]
+__all__ = ["add_parser", "fit_note", "run_anchors"]
 
 MAX_LISTED = 20
 
@@ -75,6 +75,12 @@ def run_anchors(args: argparse.Namespace) -> int:
         fit = fit_anchors(boxes, config.anchors, config.image_size, args.threshold)
         print(f"fit: recall {fit.recall_before:.3f} -> {fit.recall_after:.3f} with")
         print("  " + " ".join(fit.overrides))
-        print("(train with these KEY=VALUE overrides; they change the head's anchors per location "
-              f"from {config.anchors.num_anchors} to {fit.config.num_anchors})")  # fmt: skip
+        print(fit_note(config.anchors.num_anchors, fit.config.num_anchors))
     return 0
+
+
+def fit_note(before: int, after: int) -> str:
+    """The line under ``--fit``'s overrides: what they do to the head (it said "from 9 to 9")."""
+    if before == after:
+        return f"(train with these KEY=VALUE overrides; the head keeps {before} anchors per location)"
+    return f"(train with these KEY=VALUE overrides; they change the head's anchors per location from {before} to {after})"
