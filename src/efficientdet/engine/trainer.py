@@ -111,7 +111,8 @@ class Trainer:
         self.class_names = self.train_index.class_names
         check_val_classes(self.class_names, self.val_index, cfg.data.val)
         self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
-        model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype)
+        resuming = self._resume_from is not None
+        model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype, resuming)
         assert model.config is not None  # set by build_model
         self.model_config = model.config
         warning = anchor_warning(cfg, self.train_index, self.model_config) if self.dist.is_main else None
