@@ -14,6 +14,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..data.common import yaml_error_text
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -409,7 +411,7 @@ def load_train_config(
         try:
             data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"{path}: cannot read the training config: {err}") from err
+            raise ValueError(f"{path}: cannot read the training config: {yaml_error_text(err)}") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a training config must be a mapping of fields")
         try:  # a bad field or value: name the file it is in (the overrides name themselves)
