@@ -38,6 +38,13 @@ def test_a_config_file_with_a_yaml_syntax_error_is_one_line(tmp_path: Path) -> N
         load_train_config(path)
 
 
+def test_an_override_that_is_not_yaml_is_one_line() -> None:
+    """``optim.lr=[0.1`` (a bracket left open) was a yaml.parser.ParserError traceback from the CLI."""
+    message = "override 'optim.lr=[0.1': the value is not YAML (while parsing a flow sequence at line 1 column 1: "
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}.* at line 1 column 5\\)$"):
+        load_train_config(None, ["optim.lr=[0.1"])
+
+
 def test_the_same_key_in_different_sections_is_fine(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("augment: {mosaic: 0.5, close_mosaic: 5}\nepochs: 20\ndata: {hflip: 0.0}\noptim: {lr: 0.01}\n")

@@ -392,7 +392,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} is not key=value")
     key, _, raw = text.partition("=")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:  # `optim.lr=[0.1`: was a ParserError traceback from the CLI
+        raise ValueError(f"override {text!r}: the value is not YAML ({yaml_error_text(err)})") from None
 
 
 def load_train_config(
