@@ -14,8 +14,6 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..data.common import yaml_error_text
-
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -395,6 +393,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key.strip(), yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:  # `optim.lr=[0.1`: was a ParserError traceback from the CLI
+        from ..data.common import yaml_error_text  # here: the data package imports torch (CLI help must not)
         raise ValueError(f"override {text!r}: the value is not YAML ({yaml_error_text(err)})") from None
 
 
@@ -414,6 +413,7 @@ def load_train_config(
         try:
             data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
         except (OSError, yaml.YAMLError) as err:
+            from ..data.common import yaml_error_text
             raise ValueError(f"{path}: cannot read the training config: {yaml_error_text(err)}") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a training config must be a mapping of fields")
