@@ -137,6 +137,7 @@ def test_box_fusion_serves_one_threshold_per_forward_pass(
         (["--tile", "100"], "--tile 100: must be a positive multiple of the model's stride (32)"),
         (["--device", "tpu"], "--device tpu: not a device; use cpu, cuda or cuda:N"),
         (["--image-size", "100"], "--image-size 100: must be a positive multiple of 32"),
+        (["--max-input-pixels", "0"], "--max-input-pixels 0: must be at least 1"),
     ],
 )
 def test_model_flags_are_checked_before_the_server_starts(

@@ -17,7 +17,14 @@ import math
 import sys
 from typing import Any
 
-from .common import add_model_args, check_image_size, check_score_threshold, check_tile_args, resolve_device
+from .common import (
+    add_model_args,
+    check_image_size,
+    check_max_input_pixels,
+    check_score_threshold,
+    check_tile_args,
+    resolve_device,
+)
 
 __all__ = ["add_parser", "run_serve"]
 
@@ -65,6 +72,8 @@ def _check(args: argparse.Namespace) -> None:
         resolve_device(args.device)
     if args.image_size is not None:
         check_image_size(args.image_size)
+    if args.max_input_pixels is not None:
+        check_max_input_pixels(args.max_input_pixels)
 
 
 def _loader(args: argparse.Namespace) -> Any:
