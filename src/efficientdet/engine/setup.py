@@ -207,6 +207,8 @@ def build_train_loader_for(
 def check_has_images(index: DatasetIndex, source: str) -> None:
     """Refuse training data of which every record was skipped (warned per file), before a
     model is built for its (then empty) class list."""
+    if len(index) == 0 and not index.skipped:  # "see the warnings above" when there were none
+        raise ValueError(f"{source}: no training images: the dataset lists none")
     if len(index) == 0:
         raise ValueError(
             f"{source}: no usable training images ({len(index.skipped)} records skipped, see the warnings above)"
