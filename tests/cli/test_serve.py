@@ -147,3 +147,26 @@ def test_box_fusion_serves_one_threshold_per_forward_pass(
     for key, value in flags.items():
         setattr(args, key, value)
     assert _loader(args)().mixed_thresholds is mixed
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--tta-scales", "1.2"], "--tta-scales needs --tta: without it --tta-scales would be ignored"),
+        (["--tile-merge", "wbf"], "--tile-merge needs --tile: without it --tile-merge would be ignored"),
+        (["--tile", "100"], "--tile 100: must be a positive multiple of the model's stride (32)"),
+        (["--device", "tpu"], "--device tpu: not a device; use cpu, cuda or cuda:N"),
+        (["--image-size", "100"], "--image-size 100: must be a positive multiple of 32"),
+        (["--max-input-pixels", "0"], "--max-input-pixels 0: must be at least 1"),
+    ],
+)
+def test_model_flags_are_checked_before_the_server_starts(
+    tmp_path: Path, flags: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As predict and eval refuse them: they were found only when the started server loaded the
+    model, "cannot load the model: --tta-scales needs --tta ..." among uvicorn's lines (one
+    saying "Uvicorn running on http://..." after it). The weights do not exist: not reached."""
+    weights = str(tmp_path / "missing.safetensors")
+    assert main(["serve", "--weights", weights, "--port", "0", *flags]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "missing.safetensors" not in err, err

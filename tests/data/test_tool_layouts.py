@@ -146,6 +146,21 @@ def test_yolo_split_named_in_yaml_but_missing_is_an_error(tmp_path: Path) -> Non
         read_split(tmp_path, "val")
 
 
+def test_yolo_split_named_in_yaml_but_missing_names_the_folder_read_instead(tmp_path: Path) -> None:
+    """``val: images/valid`` (a typo, a renamed folder) beside ``images/val``: the conventional
+    folder was read in its place without a word, whatever it held."""
+    _image(tmp_path / "images" / "train" / "a.jpg")
+    _image(tmp_path / "images" / "val" / "b.jpg")
+    (tmp_path / "labels" / "val").mkdir(parents=True)
+    (tmp_path / "labels" / "val" / "b.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+    (tmp_path / "data.yaml").write_text("train: images/train\nval: images/valid\nnames: [raccoon]\n")
+    index, messages = _read(read_split, tmp_path, "val")
+    assert [r.image_path.name for r in index.records] == ["b.jpg"] and index.num_objects == 1
+    assert messages == [
+        f"{tmp_path}: data.yaml val: {tmp_path / 'images' / 'valid'}: not found; read {tmp_path / 'images' / 'val'} instead"
+    ]
+
+
 def test_voc_difficult_flags_are_read_and_written_back(tmp_path: Path) -> None:
     """VOC2007's ``<difficult>1</difficult>``: kept for training, flagged for the VOC metric."""
     _image(tmp_path / "JPEGImages" / "a.jpg")

@@ -26,6 +26,25 @@ def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path: Path, text: str
         load_train_config(path)
 
 
+def test_a_config_file_with_a_yaml_syntax_error_is_one_line(tmp_path: Path) -> None:
+    """PyYAML's message is 6 lines naming "<unicode string>"; the CLI printed them all."""
+    path = tmp_path / "train.yaml"
+    path.write_text("optim:\n  lr: [0.1\n")
+    message = (
+        f"{path}: cannot read the training config: while parsing a flow sequence at line 2 column 7: "
+        "expected ',' or ']', but got '<stream end>' at line 3 column 1"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        load_train_config(path)
+
+
+def test_an_override_that_is_not_yaml_is_one_line() -> None:
+    """``optim.lr=[0.1`` (a bracket left open) was a yaml.parser.ParserError traceback from the CLI."""
+    message = "override 'optim.lr=[0.1': the value is not YAML (while parsing a flow sequence at line 1 column 1: "
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}.* at line 1 column 5\\)$"):
+        load_train_config(None, ["optim.lr=[0.1"])
+
+
 def test_the_same_key_in_different_sections_is_fine(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("augment: {mosaic: 0.5, close_mosaic: 5}\nepochs: 20\ndata: {hflip: 0.0}\noptim: {lr: 0.01}\n")

@@ -165,3 +165,23 @@ def test_resume_in_another_number_of_processes_is_named(tiny_dataset: Path, tmp_
     lines.clear()
     Trainer(cfg.replace(resume=True, max_steps=2), log=lines.append, progress=False)
     assert not [x for x in lines if x.startswith("warning: settings")]
+
+
+
+def test_resume_does_not_load_the_pretrained_backbone_again(
+    tiny_dataset: Path, tmp_path: Path, make_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint replaces every weight, yet a resume loaded the ImageNet backbone first:
+    offline, a non-lite0 run could not be resumed ("... This needs internet"), and resuming
+    with another ``--model`` said that instead of naming both variants."""
+    from efficientdet.weights import pretrained_backbone
+
+    cfg = make_config(tiny_dataset, tmp_path, max_steps=1, epochs=5, pretrained_backbone=True)
+    assert Trainer(cfg, progress=False).fit() == "max_steps"
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("this needs internet")
+
+    monkeypatch.setattr(pretrained_backbone, "load_pretrained_backbone", offline)
+    resumed = Trainer(cfg.replace(resume=True, max_steps=2), progress=False)
+    assert resumed.step == 1 and resumed.fit() == "max_steps" and resumed.step == 2

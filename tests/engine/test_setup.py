@@ -92,3 +92,17 @@ def test_settings_that_need_another_setting_are_named(tiny_dataset: Path, tmp_pa
         "augment.close_mosaic=5 does nothing: it counts back from epochs=50, but max_steps=8 stops the run after "
         "2 epochs; set epochs=2 and close_mosaic below 2"  # epochs=2 alone would be refused
     ]
+
+
+def test_training_data_that_lists_no_image_is_named_so(tmp_path: Path) -> None:
+    """A COCO file with ``images: []`` said "no usable training images (0 records skipped, see
+    the warnings above)", and there were none above."""
+    import json
+
+    from efficientdet.data.formats import read_dataset
+    from efficientdet.engine.setup import check_has_images
+
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    with pytest.raises(ValueError, match=r"^.*train\.json: no training images: the dataset lists none$"):
+        check_has_images(read_dataset(path), str(path))

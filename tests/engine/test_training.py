@@ -53,6 +53,20 @@ def test_repeated_nonfinite_losses_stop_with_a_checkpoint(tiny_dataset: Path, tm
     assert state["step"] == 1 and state["nonfinite_steps"] == 3
 
 
+def test_nonfinite_losses_in_a_row_across_an_epoch_end_stop_the_run(
+    tiny_dataset: Path, tmp_path: Path, make_config
+) -> None:
+    """The count restarted with each epoch: with fewer batches an epoch than the limit (8 raccoon
+    photos, batch 4, limit 5), a diverged run skipped every step of all its epochs and ended
+    "done", exit 0 (lr=1e30: 599 skipped steps, 1 taken)."""
+    cfg = make_config(tiny_dataset, tmp_path, epochs=3, max_consecutive_nonfinite=3)
+    trainer = Trainer(cfg, progress=False)
+    _poison(trainer, {4, 5, 6})  # the last batch of epoch 1, the first two of epoch 2
+    with pytest.raises(TrainingDiverged, match="3 non-finite losses in a row"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.ckpt")["step"] == 3
+
+
 def test_sigint_saves_and_stops_cleanly(tiny_dataset: Path, tmp_path: Path, make_config) -> None:
     trainer = Trainer(make_config(tiny_dataset, tmp_path, epochs=3), progress=False)
     original = trainer.stepper.optimizer_step

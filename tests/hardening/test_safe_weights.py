@@ -123,6 +123,19 @@ def test_resume_refuses_checkpoint_of_another_variant(tmp_path: Path) -> None:
     check_resumable(tmp_path / "last.ckpt", state, "efficientdet_d0", (512, 512), ["a"])  # fits
 
 
+def test_resume_from_inference_weights_says_which_file_to_use(tmp_path: Path) -> None:
+    """``resume=runs/x/best.safetensors`` said "not a training checkpoint of this library
+    (format None)": no word of the .ckpt beside it, or of ``weights=`` for a new run."""
+    path = tmp_path / "best.safetensors"
+    save_model(create_model("efficientdet_lite0", num_classes=1, image_size=128), path)
+    with pytest.raises(CheckpointError) as info:
+        check_resumable(path, load_checkpoint(path), "efficientdet_lite0", (128, 128), ["0"])
+    assert str(info.value) == (
+        f"{path}: inference weights, not a training checkpoint: resume from the run's last.ckpt (or best.ckpt) "
+        f"beside it; to start a new run from these weights, pass weights={path}"
+    )
+
+
 def test_cli_resume_of_another_variant_names_both(
     dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

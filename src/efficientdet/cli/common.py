@@ -39,6 +39,7 @@ __all__ = [
     "add_model_args",
     "build_runner",
     "check_image_size",
+    "check_max_input_pixels",
     "check_out_file",
     "check_tile_args",
     "check_tile_fits",
@@ -134,7 +135,7 @@ def load_model(
         check_image_size(image_size)
         overrides["image_size"] = image_size
     if max_input_pixels is not None:
-        overrides["preprocess.max_input_pixels"] = _check_limit(max_input_pixels)
+        overrides["preprocess.max_input_pixels"] = check_max_input_pixels(max_input_pixels)
     return create_model(name, weights=weights, **overrides)
 
 
@@ -163,7 +164,8 @@ def make_detector(model: EfficientDet, args: argparse.Namespace, device: torch.d
         raise ValueError(f"--tta-scales {args.tta_scales!r}: expected positive numbers, e.g. 0.8,1,1.2 ({exc})") from None
 
 
-def _check_limit(value: int) -> int:
+def check_max_input_pixels(value: int) -> int:
+    """``--max-input-pixels``: at least 1; returns it."""
     if value < 1:
         raise ValueError(f"--max-input-pixels {value}: must be at least 1")
     return value
@@ -320,7 +322,7 @@ def _onnx_runner(args: argparse.Namespace, out: Path, backend: str) -> Runner:
         raise ValueError(f"--tta is not available with --backend {backend} (the graph has a fixed input size); "
                          "use --backend torch for test-time augmentation")  # fmt: skip
     if args.max_input_pixels is not None:
-        _check_limit(args.max_input_pixels)
+        check_max_input_pixels(args.max_input_pixels)
     from ..export.cache import require_onnxruntime
 
     require_onnxruntime()

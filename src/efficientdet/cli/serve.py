@@ -18,7 +18,14 @@ import math
 import sys
 from typing import Any
 
-from .common import add_model_args, check_score_threshold
+from .common import (
+    add_model_args,
+    check_image_size,
+    check_max_input_pixels,
+    check_score_threshold,
+    check_tile_args,
+    resolve_device,
+)
 
 __all__ = ["add_parser", "run_serve"]
 
@@ -60,6 +67,14 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--port {args.port}: must be in 0..65535")
     if not args.graceful_timeout >= 0:  # a negative one cut the requests in flight at once
         raise ValueError(f"--graceful-timeout {args.graceful_timeout}: must be >= 0 (seconds)")
+    # the model's flags too, as predict and eval check them: at load time the server has started
+    check_tile_args(args)
+    if args.device is not None:
+        resolve_device(args.device)
+    if args.image_size is not None:
+        check_image_size(args.image_size)
+    if args.max_input_pixels is not None:
+        check_max_input_pixels(args.max_input_pixels)
 
 
 # The `serve` extra's packages, by import name (python-multipart is `python_multipart`, or

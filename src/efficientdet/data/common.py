@@ -166,6 +166,20 @@ def clip_text(text: str, limit: int = MAX_TEXT) -> str:
     return f"{text[:half]} ... {text[-half:]}"
 
 
+def yaml_error_text(err: Exception) -> str:
+    """A PyYAML error as one line, ``"<context> at line L column C: <problem> at line L column C"``
+    (its own text is several lines, quoting the source and naming "<unicode string>")."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if problem is None or mark is None:  # not a marked error (or one made with its own text)
+        return " ".join(str(err).split())
+    text = f"{problem} at line {mark.line + 1} column {mark.column + 1}"
+    context, where = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context is None:
+        return text
+    at = f" at line {where.line + 1} column {where.column + 1}" if where is not None else ""
+    return f"{context}{at}: {text}"
+
+
 def short_repr(value: object, limit: int = 80) -> str:
     """``repr(value)`` cut to about ``limit`` characters (for values quoted from broken files).
 

@@ -24,6 +24,7 @@ from efficientdet.data.common import (
     check_box,
     clip_text,
     short_repr,
+    yaml_error_text,
 )
 
 from .images import ImageError, image_size_of
@@ -139,7 +140,9 @@ def _parse_images(
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: unreadable YAML ({clip_text(yaml_error_text(exc))})") from None
+    except (UnicodeDecodeError, OSError) as exc:
         raise ValueError(f"{path}: unreadable YAML ({clip_text(str(exc))})") from None
     except (RecursionError, ValueError) as exc:  # nested thousands deep; a 5000-digit number
         raise ValueError(f"{path}: unreadable YAML ({type(exc).__name__}: {clip_text(str(exc))})") from None

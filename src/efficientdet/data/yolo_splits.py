@@ -67,6 +67,8 @@ def split_images(
     tried = [*named, root / "images" / split_str, root / split_str / "images", root / split_str]
     for folder in tried:
         if folder.is_dir():
+            for p in named:  # data.yaml's own entry is not there: say which folder stands in for it
+                issues.report(root, f"data.yaml {split_str}: {p}", "not found", f"read {folder} instead", "missing_split")
             return images_in(folder), True
     if split_str.endswith(".txt"):
         raise FileNotFoundError(f"{as_file}: YOLO image list not found")

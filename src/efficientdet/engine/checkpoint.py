@@ -120,6 +120,11 @@ def check_resumable(
     path: Path, state: dict[str, Any], model: str, image_size: Any, class_names: list[str]
 ) -> None:
     """Refuse to resume a checkpoint of another model, image size or class list (both named)."""
+    if state.get("format") != TRAIN_FORMAT and path.suffix == ".safetensors":  # best/last.safetensors
+        raise CheckpointError(
+            f"{path}: inference weights, not a training checkpoint: resume from the run's last.ckpt (or best.ckpt) "
+            f"beside it; to start a new run from these weights, pass weights={path}"
+        )
     if state.get("format") != TRAIN_FORMAT:
         raise CheckpointError(f"{path}: not a training checkpoint of this library (format {state.get('format')!r})")
     saved = state.get("config") or {}

@@ -390,7 +390,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} is not key=value")
     key, _, raw = text.partition("=")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:  # `optim.lr=[0.1`: was a ParserError traceback from the CLI
+        from ..data.common import yaml_error_text  # here: the data package imports torch (CLI help must not)
+        raise ValueError(f"override {text!r}: the value is not YAML ({yaml_error_text(err)})") from None
 
 
 def load_train_config(
@@ -409,7 +413,8 @@ def load_train_config(
         try:
             data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"{path}: cannot read the training config: {err}") from err
+            from ..data.common import yaml_error_text
+            raise ValueError(f"{path}: cannot read the training config: {yaml_error_text(err)}") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a training config must be a mapping of fields")
         try:  # a bad field or value: name the file it is in (the overrides name themselves)

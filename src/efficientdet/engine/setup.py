@@ -98,17 +98,19 @@ def build_train_model(
     device: torch.device,
     distributed: bool,
     amp_dtype: torch.dtype | None,
+    resuming: bool = False,
 ) -> EfficientDet:
     """The model as ``cfg`` trains it, on ``device``: weights, frozen backbone, BN momentum,
     :func:`prepare_for_training`, activation checkpointing and, for multi-GPU runs, SyncBatchNorm. ``amp_dtype``: from
-    :func:`resolve_amp_dtype`."""
+    :func:`resolve_amp_dtype`. ``resuming``: the checkpoint replaces every weight, so no
+    ImageNet backbone is loaded (offline, a non-lite0 one could not be: the resume failed)."""
     overrides: dict = {"image_size": cfg.image_size} if cfg.image_size else {}
     overrides.update(anchor_model_overrides(cfg))
     model = create_model(
         cfg.model,
         num_classes=len(class_names),
         weights=cfg.weights,
-        pretrained_backbone=cfg.pretrained_backbone and cfg.weights is None,
+        pretrained_backbone=cfg.pretrained_backbone and cfg.weights is None and not resuming,
         class_names=list(class_names),
         **overrides,
     )
@@ -205,6 +207,8 @@ def build_train_loader_for(
 def check_has_images(index: DatasetIndex, source: str) -> None:
     """Refuse training data of which every record was skipped (warned per file), before a
     model is built for its (then empty) class list."""
+    if len(index) == 0 and not index.skipped:  # "see the warnings above" when there were none
+        raise ValueError(f"{source}: no training images: the dataset lists none")
     if len(index) == 0:
         raise ValueError(
             f"{source}: no usable training images ({len(index.skipped)} records skipped, see the warnings above)"

@@ -111,7 +111,8 @@ class Trainer:
         self.class_names = self.train_index.class_names
         check_val_classes(self.class_names, self.val_index, cfg.data.val)
         self.amp_dtype = resolve_amp_dtype(cfg.amp, self.device)
-        model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype)
+        resuming = self._resume_from is not None
+        model = build_train_model(cfg, self.class_names, self.device, self.dist.enabled, self.amp_dtype, resuming)
         assert model.config is not None  # set by build_model
         self.model_config = model.config
         warning = anchor_warning(cfg, self.train_index, self.model_config) if self.dist.is_main else None
@@ -125,6 +126,7 @@ class Trainer:
         self._build_run(model)
 
         self.bad_batches = 0
+        self.bad_in_a_row = 0  # non-finite losses in a row, across epochs (one may be shorter than the limit)
         self.skipped_images = 0  # unreadable images skipped, over this session's epochs
         self.issues_seen: set[str] = set()  # data warnings already shown in this run
         self._clock: tuple[float, float] | None = None  # (wall time, elapsed_s) when fit() began
@@ -234,7 +236,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         self.sampler.skip(self.batch_in_epoch * cfg.batch_size)
         bar = self._progress_bar()
-        accum, consecutive_bad, t0, seen = 0, 0, time.perf_counter(), 0
+        accum, t0, seen = 0, time.perf_counter(), 0
         try:
             batches = len(self.loader)  # this pass's (a resumed epoch skips those done)
             for i, batch in enumerate(self.loader):
@@ -251,14 +253,14 @@ class Trainer:
                     continue
                 losses = self.stepper.backward(batch, sync=due)
                 if losses is None:
-                    accum, consecutive_bad = 0, consecutive_bad + 1
-                    self._skipped_step(consecutive_bad)
+                    accum, self.bad_in_a_row = 0, self.bad_in_a_row + 1
+                    self._skipped_step(self.bad_in_a_row)
                     continue
                 accum += 1
                 seen += batch["images"].shape[0]
                 if not due:
                     continue
-                accum, consecutive_bad = 0, 0
+                accum, self.bad_in_a_row = 0, 0
                 # the budget share agreed after the previous step: one all-reduce a step, not two
                 self.stepper.optimizer_step(self.stops.budget_used if cfg.time_budget_minutes else None)
                 self._after_update(losses, seen / max(time.perf_counter() - t0, 1e-9), bar)
