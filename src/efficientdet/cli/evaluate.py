@@ -54,8 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--compare", default=None, metavar="WEIGHTS",
-        help="also evaluate these weights on the same images (e.g. the float model next to an int8 .onnx; "
-        ".onnx files run in ONNX Runtime) and print both APs side by side",
+        help="also evaluate these weights on the same images and print both APs side by side (e.g. the float "
+        "checkpoint next to an int8 .onnx: a checkpoint next to an .onnx runs in that graph's runtime, an .onnx "
+        "in the runtime it was exported for)",
     )  # fmt: skip
     add_dist_args(p)
     p.add_argument("--confusion-iou", type=float, default=0.5, help="confusion matrix: IoU for a match (default 0.5)")
