@@ -411,7 +411,7 @@ def test_static_batch_int8_export_calibrates_in_whole_batches(tmp_path: Path, qu
 
 
 def test_calibration_groups_keep_every_image() -> None:
-    from efficientdet.export.quantize import calibration_groups
+    from efficientdet.export.calibration import calibration_groups
 
     assert calibration_groups([1, 2, 3], 1) == [[1], [2], [3]]
     assert calibration_groups([1, 2, 3], 2) == [[1, 2], [3, 1]]

@@ -41,7 +41,6 @@ __all__ = [
     "FLOAT_GROUPS",
     "QUANTIZERS",
     "Int8Options",
-    "calibration_groups",
     "cpu_has_vnni",
     "export_int8",
     "float_nodes",
@@ -371,6 +370,7 @@ def export_int8(
 
     from ..data.images import load_for_model
     from ..fs import atomic_path
+    from .calibration import calibration_groups
     from .onnx import attach_candidates, attach_postprocess, check_onnx, export_onnx
     from .runtime import OnnxDetector
 
@@ -386,11 +386,8 @@ def export_int8(
         # Decoded as the detectors decode for this input size (large JPEGs reduced): the ranges
         # are then observed on the very pixels the int8 model is fed at run time.
         size = runtime.decode_size
-        # A static-batch graph takes only batches of exactly batch_size images.
-        batches = [
-            runtime.prepare([load_for_model(image, size, max_pixels=None) for image in group]).inputs.numpy()
-            for group in calibration_groups(calibration, 1 if dynamic_batch else batch_size)
-        ]
+        groups = calibration_groups(calibration, 1 if dynamic_batch else batch_size)  # static: batch_size each
+        batches = [runtime.prepare([load_for_model(i, size, max_pixels=None) for i in g]).inputs.numpy() for g in groups]
         del runtime
         quantize_network(raw, quantized, batches, options)
         proto = _add_int8_metadata(quantized, options, len(calibration))
@@ -406,15 +403,6 @@ def export_int8(
             if check:
                 check_onnx(dst, batch_size, label=out)
         return out
-
-
-def calibration_groups(images: Sequence[Any], size: int) -> list[list[Any]]:
-    """``images`` in groups of exactly ``size`` (a graph with a static batch takes no other), the
-    last group filled up with images from the start, so that none is left out."""
-    groups = [list(images[i : i + size]) for i in range(0, len(images), size)]
-    if groups and len(groups[-1]) < size:
-        groups[-1] += [images[i % len(images)] for i in range(size - len(groups[-1]))]
-    return groups
 
 
 def _int8_layout(model: Any, options: Int8Options, include_postprocess: bool, candidates: bool | None) -> bool:
