@@ -39,6 +39,8 @@ def test_unknown_format_lists_formats(tmp_path: Path, tiny_weights: Path, capsys
         (["--score-threshold", "0.5"], "--score-threshold sets the graph's own post-processing: it needs --nms"),
         (["--nms", "--score-threshold", "2"], "--score-threshold 2.0: must be in 0..1"),
         (["--nms", "--max-detections", "0"], "--max-detections 0: must be at least 1"),
+        (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["--int8", "--calibration", ".", "--batch-size", "-2"], "--batch-size -2: must be at least 1"),
         (["--quantizer", "onnxruntime"], "--quantizer is an int8 option: add --int8"),
         (["--keep-float", "stem"], "--keep-float is an int8 option"),
         (["--out", "."], "--out .: is a folder; give the file to write, e.g. model.onnx"),
@@ -67,7 +69,8 @@ def test_flags_that_would_be_ignored_are_errors(
     An ONNX graph written as ``m.pt`` was then refused by predict as "not model weights", a
     TorchScript file named ``m.onnx`` as "not a readable ONNX graph"; ``--image-size 200`` failed
     after loading without naming the flag ("image_size must be (h, w) ..."); ``--onnx-exporter``
-    off ONNX and ``--static-batch`` with TorchScript were ignored."""
+    off ONNX and ``--static-batch`` with TorchScript were ignored; ``--batch-size 0`` failed after
+    loading (and after reading the calibration images) as "batch_size must be >= 1"."""
     out = tmp_path / "m.out"
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--weights", str(tiny_weights), "--out", str(out), *extra]) == 2

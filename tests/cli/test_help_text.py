@@ -64,3 +64,13 @@ def test_every_command_says_what_it_does_and_every_option_has_help(command: str)
     parser = sub.choices[command]
     assert parser.description
     assert [a.dest for a in parser._actions if not a.help] == []
+
+
+def test_eval_compare_help_says_where_each_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--compare`` said ".onnx files run in ONNX Runtime": an NNCF int8 file runs in OpenVINO, and
+    a float checkpoint given next to it runs there too (the difference is then the weights')."""
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ".onnx files run in ONNX Runtime" not in text
+    assert "a checkpoint next to an .onnx runs in that graph's runtime, an .onnx in the runtime it was exported for" in text

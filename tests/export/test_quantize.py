@@ -389,3 +389,31 @@ def test_onnxruntime_quantizer_prints_nothing(tmp_path: Path, capfd: pytest.Capt
     captured = capfd.readouterr()
     assert "unused_constant" not in captured.err and "pre-processing" not in captured.err, captured.err
     assert logging.getLogger().handlers == handlers  # no root handler left behind
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_static_batch_int8_export_calibrates_in_whole_batches(tmp_path: Path, quantizer: str) -> None:
+    """``export --int8 --static-batch --batch-size 2`` fed the fixed-batch graph one image at a
+    time (an ONNX Runtime "Got: 1 Expected: 2" traceback); three images now make two batches of
+    two (the last filled up from the start) and the file records the three images."""
+    if quantizer == "nncf":
+        pytest.importorskip("nncf")
+    model = create_model("efficientdet_lite0", num_classes=2, image_size=SIZE, pretrained_backbone=False).eval()
+    images = [torch.randint(0, 256, (3, 96 + 8 * i, SIZE), dtype=torch.uint8) for i in range(3)]
+    options = Int8Options(quantizer=quantizer, calibration_images=3)
+    out = export_int8(model, tmp_path / "m.int8.onnx", images, options, batch_size=2, dynamic_batch=False)
+    meta = read_onnx_metadata(out)
+    assert meta.int8 is not None and meta.int8["calibration_images"] == 3
+    import onnx
+
+    dims = onnx.load(os.fspath(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [2, 3, SIZE, SIZE]
+
+
+def test_calibration_groups_keep_every_image() -> None:
+    from efficientdet.export.calibration import calibration_groups
+
+    assert calibration_groups([1, 2, 3], 1) == [[1], [2], [3]]
+    assert calibration_groups([1, 2, 3], 2) == [[1, 2], [3, 1]]
+    assert calibration_groups([1], 4) == [[1, 1, 1, 1]]
+    assert calibration_groups([1, 2, 3, 4], 2) == [[1, 2], [3, 4]]

@@ -108,6 +108,8 @@ def _check_flags(args: argparse.Namespace, fmt: str) -> None:
         check_score_threshold(args.score_threshold)
     if args.max_detections is not None and args.max_detections < 1:
         raise ValueError(f"--max-detections {args.max_detections}: must be at least 1")
+    if args.batch_size < 1:  # else named "batch_size" by the export, after loading (and calibrating)
+        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
     if not args.int8:
         defaults = (("--quantizer", "nncf"), ("--calibration-method", "auto"), ("--keep-float", "heads"),
                     ("--reduce-range", "auto"), ("--calibration-images", 100))  # fmt: skip

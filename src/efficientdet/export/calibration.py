@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..data.common import IMAGE_EXTENSIONS
 from ..data.images import ImageError, load_for_model
 from ..data.reduced import DecodedImage
 
-__all__ = ["calibration_files", "evenly_spaced", "load_calibration_images"]
+__all__ = ["calibration_files", "calibration_groups", "evenly_spaced", "load_calibration_images"]
 
 # ``export --calibration-images``'s default, also the benchmark's number of calibration images.
 DEFAULT_CALIBRATION_IMAGES = 100
@@ -59,6 +60,15 @@ def evenly_spaced(files: list[Path], count: int) -> list[Path]:
         return files
     step = len(files) / count
     return [files[int(i * step)] for i in range(count)]
+
+
+def calibration_groups(images: Sequence[Any], size: int) -> list[list[Any]]:
+    """``images`` in groups of exactly ``size`` (a graph with a static batch takes no other), the
+    last group filled up with images from the start, so that none is left out."""
+    groups = [list(images[i : i + size]) for i in range(0, len(images), size)]
+    if groups and len(groups[-1]) < size:
+        groups[-1] += [images[i % len(images)] for i in range(size - len(groups[-1]))]
+    return groups
 
 
 def load_calibration_images(

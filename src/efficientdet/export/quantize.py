@@ -370,6 +370,7 @@ def export_int8(
 
     from ..data.images import load_for_model
     from ..fs import atomic_path
+    from .calibration import calibration_groups
     from .onnx import attach_candidates, attach_postprocess, check_onnx, export_onnx
     from .runtime import OnnxDetector
 
@@ -385,10 +386,11 @@ def export_int8(
         # Decoded as the detectors decode for this input size (large JPEGs reduced): the ranges
         # are then observed on the very pixels the int8 model is fed at run time.
         size = runtime.decode_size
-        batches = [runtime.prepare([load_for_model(image, size, max_pixels=None)]).inputs.numpy() for image in calibration]
+        groups = calibration_groups(calibration, 1 if dynamic_batch else batch_size)  # static: batch_size each
+        batches = [runtime.prepare([load_for_model(i, size, max_pixels=None) for i in g]).inputs.numpy() for g in groups]
         del runtime
         quantize_network(raw, quantized, batches, options)
-        proto = _add_int8_metadata(quantized, options, len(batches))
+        proto = _add_int8_metadata(quantized, options, len(calibration))
         out = Path(path)
         if include_postprocess:
             return attach_postprocess(
