@@ -417,3 +417,24 @@ def test_calibration_groups_keep_every_image() -> None:
     assert calibration_groups([1, 2, 3], 2) == [[1, 2], [3, 1]]
     assert calibration_groups([1], 4) == [[1, 1, 1, 1]]
     assert calibration_groups([1, 2, 3, 4], 2) == [[1, 2], [3, 4]]
+
+
+def test_calibration_reads_a_datasets_train_split(tmp_path: Path) -> None:
+    """``--calibration VOC_FOLDER`` read every XML, the val split's too, so ``eval VOC_FOLDER
+    --compare`` scored an int8 model on the photos it was calibrated on; it now reads the train
+    split, as ``train``, ``anchors`` and ``browse`` do (a folder without splits: every image)."""
+    from efficientdet.data.formats import read_dataset
+    from efficientdet.data.synthetic import make_synthetic_dataset
+    from efficientdet.data.voc import write_voc
+
+    index = read_dataset(make_synthetic_dataset(tmp_path / "syn", num_images=6, image_size=(64, 64), seed=1))
+    voc = tmp_path / "voc"
+    write_voc(index, voc, split="train")
+    stems = sorted(p.stem for p in (voc / "Annotations").glob("*.xml"))
+    assert len(stems) == 6
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("\n".join(stems[:4]) + "\n")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("\n".join(stems[4:]) + "\n")
+    assert sorted(p.stem for p in calibration_files(voc, 100)) == stems[:4]
+    (voc / "ImageSets" / "Main" / "train.txt").unlink()
+    (voc / "ImageSets" / "Main" / "val.txt").unlink()
+    assert len(calibration_files(voc, 100)) == 6

@@ -29,10 +29,11 @@ DEFAULT_CALIBRATION_IMAGES = 100
 def calibration_files(source: str | os.PathLike[str], count: int) -> list[Path]:
     """Up to ``count`` image paths of ``source``, evenly spaced over the sorted set.
 
-    ``source``: a dataset (whatever ``read_dataset`` detects) or a folder of images. Errors name
+    ``source``: a dataset (whatever ``read_dataset`` detects; its train split where it has
+    splits) or a folder of images. Errors name
     ``--calibration`` and what is wrong (missing, unreadable annotations, no images).
     """
-    from ..data.formats import read_dataset
+    from ..data.formats import read_split
 
     path = Path(source)
     if not path.exists():
@@ -43,7 +44,9 @@ def calibration_files(source: str | os.PathLike[str], count: int) -> list[Path]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # box problems do not matter for calibration
-            index = read_dataset(path, allow_outside_root=True)
+            # the train split where the dataset has one (as train reads it): calibrating on the
+            # val photos made `eval --compare` score the int8 model on its own calibration set
+            index = read_split(path, "train", allow_outside_root=True)
         files = sorted({r.image_path for r in index.records})
     except (ValueError, OSError) as err:
         if not path.is_dir():
