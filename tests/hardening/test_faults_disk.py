@@ -104,7 +104,8 @@ def assert_no_temp_files(folder: Path) -> None:
 def test_cli_full_disk_on_second_save_keeps_previous_checkpoint(
     dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    disk = FullDisk(fail_from=2)  # the first checkpoint fits, the second does not
+    # writes: config.yaml (at the start), the first checkpoint (fits), the second (does not)
+    disk = FullDisk(fail_from=3)
     monkeypatch.setattr(fs_mod, "os", disk)
     args = [f"{k}={v}" for k, v in overrides(dataset, tmp_path, max_steps=3).items()]
     rc = main(["train", "--no-progress", *args])
@@ -114,7 +115,7 @@ def test_cli_full_disk_on_second_save_keeps_previous_checkpoint(
     assert rc == 2 and len(err) == 1, err  # one clear line, no traceback
     assert err[0].startswith(f"efficientdet train: error: {tmp_path / 'last.ckpt'}: could not write the checkpoint")
     assert f"the disk is full ({NOSPACE})" in err[0] and "previous file, if any, is intact" in err[0]
-    assert disk.opened == 2 and disk.free == 0  # the second write really ran out of space
+    assert disk.opened == 3 and disk.free == 0  # the second checkpoint's write really ran out of space
     state = load_checkpoint(tmp_path / "last.ckpt")  # the first checkpoint, intact
     assert state["step"] == 1
     tensors, meta = read_weights(tmp_path / "last.safetensors")

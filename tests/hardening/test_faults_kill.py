@@ -91,7 +91,7 @@ def assert_folder_consistent(output: Path) -> list[str]:
             assert path not in {*output.glob("*.ckpt"), *output.glob("*.safetensors")}
             temps.append(path.name)
         else:
-            assert path.name in {"metrics.csv", "tensorboard", "training_curves.png"}, path
+            assert path.name in {"metrics.csv", "tensorboard", "training_curves.png", "config.yaml"}, path
     return temps
 
 
