@@ -78,18 +78,23 @@ def test_yolo_absolute_split_entries_inside_the_root_are_read(tmp_path: Path) ->
     assert len(messages) == 1 and "escapes the dataset root" in messages[0]
 
 
+def _voc_xml(folder: Path, stem: str, label: str) -> None:
+    """``folder/<stem>.xml``: one ``label`` box [2, 3, 20, 30] on ``<stem>.jpg`` of W x H."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.xml").write_text(
+        f"<annotation><filename>{stem}.jpg</filename><size><width>{W}</width><height>{H}</height></size>"
+        f"<object><name>{label}</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>20</xmax><ymax>30</ymax>"
+        "</bndbox></object></annotation>"
+    )
+
+
 def test_voc_split_file_with_spaces_in_image_ids(tmp_path: Path) -> None:
     """labelImg keeps a photo's name ("IMG 0001.jpg") as the XML stem; write_voc's split list
     then holds "IMG 0001", which read back as "IMG" (not found) before."""
     src = tmp_path / "src"
     for n in ("IMG 0001", "plain", "raton laveur é"):
         _image(src / "JPEGImages" / f"{n}.jpg")
-        (src / "Annotations").mkdir(exist_ok=True)
-        (src / "Annotations" / f"{n}.xml").write_text(
-            f"<annotation><filename>{n}.jpg</filename><size><width>{W}</width><height>{H}</height></size>"
-            "<object><name>Stop Sign</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>20</xmax><ymax>30</ymax>"
-            "</bndbox></object></annotation>"
-        )
+        _voc_xml(src / "Annotations", n, "Stop Sign")
     out = tmp_path / "out"
     write_voc(read_voc(src / "Annotations"), out, split="train")
     index, messages = _read(read_dataset, out, split="train")
@@ -330,12 +335,7 @@ def test_fiftyone_voc_export_data_and_labels_folders(tmp_path: Path) -> None:
     YOLO before (``labels/``): 'no images for split train'."""
     for n in ("a", "b"):
         _image(tmp_path / "data" / f"{n}.jpg")
-        (tmp_path / "labels").mkdir(exist_ok=True)
-        (tmp_path / "labels" / f"{n}.xml").write_text(
-            f"<annotation><filename>{n}.jpg</filename><size><width>{W}</width><height>{H}</height></size>"
-            "<object><name>raccoon</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>20</xmax><ymax>30</ymax>"
-            "</bndbox></object></annotation>"
-        )
+        _voc_xml(tmp_path / "labels", n, "raccoon")
     assert detect_format(tmp_path) == "voc"
     index, messages = _read(read_split, tmp_path, "train")
     assert [r.image_path for r in index.records] == [tmp_path / "data" / "a.jpg", tmp_path / "data" / "b.jpg"]

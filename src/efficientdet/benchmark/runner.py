@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from efficientdet.benchmark.heap import steady_heap as apply_steady_heap
 
@@ -166,7 +165,7 @@ def run_benchmark(
         result = _new_result(ours, dev, threads, sizes, iterations, warmup, described, source, versions, rounds, heap)
         runs = _runs(backends, compile, reference is not None)
         setup = functools.partial(
-            _setup_pipeline, model=ours, device=dev, threads=threads, workdir=work, compile=compile,
+            make_pipeline, model=ours, device=dev, threads=threads, workdir=work, compile=compile,
             onnx_exporter=onnx_exporter, reference=reference, calibration=calib, score_threshold=score_threshold,
         )  # fmt: skip
         measured, interrupted = _measure_rounds(runs, rounds, setup, files, sizes, iterations, warmup, dev, say)
@@ -270,25 +269,6 @@ def _runs(backends: list[str], compile: bool, with_reference: bool) -> list[tupl
     """(row label, backend) of every pipeline to measure, effdet's last."""
     names = [("torch-compile" if b == "torch" and compile else b) for b in backends]
     return list(zip(names, backends)) + ([(REFERENCE, REFERENCE)] if with_reference else [])
-
-
-def _setup_pipeline(
-    backend: str,
-    *,
-    model: EfficientDet,
-    device: torch.device,
-    threads: int,
-    workdir: Path,
-    compile: bool,
-    onnx_exporter: str,
-    reference: nn.Module | None,
-    calibration: list[Path],
-    score_threshold: float | None,
-) -> Pipeline:
-    """``make_pipeline`` for ``backend``, with our backends' ``score_threshold`` applied."""
-    return make_pipeline(
-        backend, model, device, threads, workdir, compile, onnx_exporter, reference, calibration, score_threshold
-    )
 
 
 def _measure_rounds(
