@@ -31,20 +31,22 @@ __all__ = ["INSTALL_HINT", "cached_onnx", "onnx_providers", "quiet_onnxruntime",
 INSTALL_HINT = "pip install 'efficientdet[export]'"
 
 
+def _require(modules: tuple[str, ...], who: str) -> None:
+    """A RuntimeError naming ``who``, the missing ``modules`` and the install command."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"{who} needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
+
+
 def require_onnxruntime() -> None:
     """A RuntimeError with the install command when onnx or onnxruntime is missing."""
-    missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise RuntimeError(f"--backend onnxruntime needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
+    _require(("onnxruntime", "onnx"), "--backend onnxruntime")
 
 
 def require_onnx_export(dynamo: bool, who: str = "--format onnx") -> None:
     """A RuntimeError naming ``who`` and the install command when a package an ONNX export uses
     is missing: onnx (the graph), onnxruntime (its check run) and, for the dynamo exporter, onnxscript."""
-    needed = ("onnx", "onnxruntime", *(("onnxscript",) if dynamo else ()))
-    missing = [m for m in needed if importlib.util.find_spec(m) is None]
-    if missing:
-        raise RuntimeError(f"{who} needs {' and '.join(missing)}, not installed here: {INSTALL_HINT}")
+    _require(("onnx", "onnxruntime", *(("onnxscript",) if dynamo else ())), who)
 
 
 @contextlib.contextmanager
